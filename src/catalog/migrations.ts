@@ -1,0 +1,88 @@
+/**
+ * Versioned schema migrations. The catalog's PRAGMA user_version is the number
+ * of migrations applied; each runs once, in its own transaction. Never edit a
+ * migration that has shipped: add a new one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  // 1: VMs, layers, snapshots, the operations journal and per-VM locks.
+  `
+  CREATE TABLE vms (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    config      TEXT NOT NULL,              -- VmConfig JSON
+    created_at  TEXT NOT NULL,
+    current_snapshot_id TEXT                -- "you are here": the snapshot the present state descends from
+  );
+
+  -- One qcow2 (or imported) file holding one disk's writes for a span of time.
+  CREATE TABLE layers (
+    id          TEXT PRIMARY KEY,           -- also the QEMU node name suffix and file name
+    vm_id       TEXT NOT NULL,              -- the VM that created it (clones may share it)
+    slot        TEXT NOT NULL,              -- disk slot (disk0, disk1, ...)
+    path        TEXT NOT NULL,              -- absolute path
+    format      TEXT NOT NULL CHECK (format IN ('qcow2', 'raw')),
+    backing_id  TEXT REFERENCES layers(id),
+    frozen      INTEGER NOT NULL DEFAULT 0,
+    external    INTEGER NOT NULL DEFAULT 0, -- imported image: never written, never deleted
+    created_at  TEXT NOT NULL
+  );
+  CREATE INDEX layers_vm ON layers(vm_id);
+  CREATE INDEX layers_backing ON layers(backing_id);
+
+  -- The layer each disk slot of a VM writes to now.
+  CREATE TABLE active_layers (
+    vm_id    TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    slot     TEXT NOT NULL,
+    layer_id TEXT NOT NULL REFERENCES layers(id),
+    PRIMARY KEY (vm_id, slot)
+  );
+
+  CREATE TABLE snapshots (
+    id          TEXT PRIMARY KEY,
+    vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    parent_id   TEXT REFERENCES snapshots(id),
+    created_at  TEXT NOT NULL,
+    config      TEXT NOT NULL,              -- VmConfig JSON at that instant
+    state_file  TEXT,                       -- memory/device state, if taken
+    vm_state    TEXT NOT NULL DEFAULT 'off',-- running | paused | off at that instant
+    pause_ms    REAL,                       -- guest-visible pause, from STOP/RESUME timestamps
+    status      TEXT NOT NULL DEFAULT 'ready' CHECK (status IN ('prepare', 'ready', 'deleting')),
+    meta        TEXT NOT NULL DEFAULT '{}', -- measurements and details (JSON)
+    UNIQUE (vm_id, name)
+  );
+
+  CREATE TABLE snapshot_layers (
+    snapshot_id TEXT NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+    slot        TEXT NOT NULL,
+    layer_id    TEXT NOT NULL REFERENCES layers(id),
+    PRIMARY KEY (snapshot_id, slot)
+  );
+
+  -- The journal: an operation is written with its plan before any file is touched.
+  CREATE TABLE operations (
+    id          TEXT PRIMARY KEY,
+    vm_id       TEXT,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('running', 'done', 'rolled_back', 'failed')),
+    step        INTEGER NOT NULL DEFAULT 0, -- steps completed
+    plan        TEXT NOT NULL,              -- JSON: what the operation will do
+    error       TEXT,
+    pid         INTEGER NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT
+  );
+  CREATE INDEX operations_status ON operations(status);
+
+  -- Who acts on a VM now. A row whose process is gone is stale and may be taken over.
+  CREATE TABLE locks (
+    vm_id       TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    pid_start   TEXT NOT NULL,
+    purpose     TEXT NOT NULL,
+    acquired_at TEXT NOT NULL
+  );
+  `,
+];

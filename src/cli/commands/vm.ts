@@ -1,0 +1,260 @@
+import type { Command } from 'commander';
+import { connect } from 'node:net';
+import { VmsnapError } from '../../errors.js';
+import { formatBytes } from '../../util/size.js';
+import type { VmInfo, VmSummary } from '../../vm/machines.js';
+import { parseAccelerator } from '../../qemu/accel.js';
+import { ago, printJson, printTable } from '../output.js';
+import { parseCount, parseDiskSize, parseDiskSpec, parseMemory } from '../parse.js';
+import type { Run } from '../main.js';
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+function describeState(s: VmSummary): string {
+  const pid = s.pid !== undefined ? ` (pid ${s.pid})` : '';
+  const qemu = s.state === 'paused' && s.qemuStatus && s.qemuStatus !== 'paused' ? ` [${s.qemuStatus}]` : '';
+  return `${s.state}${qemu}${pid}`;
+}
+
+function printSummary(s: VmSummary): void {
+  const lines = [
+    `${s.name}: ${describeState(s)}`,
+    `  memory ${s.memoryMiB} MiB, ${s.cpus} CPU${s.cpus === 1 ? '' : 's'}, ${s.disks} disk${s.disks === 1 ? '' : 's'}`,
+    `  snapshots ${s.snapshots}${s.currentSnapshot ? `, current: ${s.currentSnapshot}` : ''}`,
+  ];
+  if (s.staleCleaned) lines.push('  (QEMU had died: its stale pid file and sockets were removed)');
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function printInfo(i: VmInfo): void {
+  printSummary(i);
+  const boot = i.config.boot;
+  process.stdout.write(`  id ${i.id}\n  machine ${i.config.machine}, created ${i.createdAt}\n`);
+  if (boot.image) process.stdout.write(`  boot: ${boot.image} image\n`);
+  else if (boot.kernel) process.stdout.write(`  boot: kernel ${boot.kernel}${boot.initrd ? ` initrd ${boot.initrd}` : ''}\n`);
+  if (boot.append) process.stdout.write(`  append: ${boot.append}\n`);
+  for (const nic of i.config.nics) process.stdout.write(`  ${nic.id}: mac ${nic.mac}\n`);
+  for (const d of i.diskChains) {
+    process.stdout.write(`  ${d.slot}: ${formatBytes(d.sizeBytes)}, chain of ${d.chain.length}\n`);
+    d.chain.forEach((l, n) => {
+      const role = n === 0 ? 'active' : l.external ? 'imported base' : n === d.chain.length - 1 ? 'base' : 'frozen';
+      process.stdout.write(`    ${n === 0 ? '' : '└─'}${l.id}  ${role.padEnd(13)} ${formatBytes(l.bytes).padStart(9)}  ${l.path}\n`);
+    });
+  }
+}
+
+export function registerVmCommands(program: Command, run: Run): void {
+  program
+    .command('create')
+    .description('create a VM (its disks are created empty, or imported read-only as base layers)')
+    .argument('<name>', 'VM name')
+    .option('--memory <size>', 'guest RAM, e.g. 256M or 1G', '256M')
+    .option('--cpus <n>', 'virtual CPUs', '1')
+    .option('--disk <size|path>', 'a blank disk of SIZE, or an image to import (repeatable)', collect)
+    .option('--kernel <file>', 'boot this Linux kernel directly')
+    .option('--initrd <file>', 'initial ramdisk for --kernel')
+    .option('--append <cmdline>', 'kernel command line')
+    .option('--image <name>', "a built-in guest image: 'demo' (the tiny test guest)")
+    .option('--json', 'print the new VM as JSON')
+    .action((name: string, o: { memory: string; cpus: string; disk?: string[]; kernel?: string; initrd?: string; append?: string; image?: string; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        if (o.image !== undefined && o.image !== 'demo') {
+          throw new VmsnapError('INVALID_ARGUMENT', `image: '${o.image}' is not a known image`, {
+            hint: "the built-in image is 'demo'",
+            details: { field: 'image', value: o.image },
+          });
+        }
+        const info = await lib.vms.create(name, {
+          memoryMiB: parseMemory(o.memory),
+          cpus: parseCount(o.cpus, 'cpus'),
+          ...(o.disk ? { disks: o.disk.map(parseDiskSpec) } : {}),
+          ...(o.kernel !== undefined ? { kernel: o.kernel } : {}),
+          ...(o.initrd !== undefined ? { initrd: o.initrd } : {}),
+          ...(o.append !== undefined ? { append: o.append } : {}),
+          ...(o.image === 'demo' ? { image: 'demo' as const } : {}),
+        });
+        if (o.json) printJson(info);
+        else log(`created VM '${info.name}' (${info.memoryMiB} MiB, ${info.cpus} CPU, ${info.disks} disk${info.disks === 1 ? '' : 's'})`);
+      }),
+    );
+
+  program
+    .command('start')
+    .description('start a VM')
+    .argument('<name>')
+    .option('--paused', 'start with vCPUs stopped')
+    .option('--accel <auto|kvm|tcg>', 'accelerator (VMSNAP_ACCEL overrides)', 'auto')
+    .option('--json', 'print the VM status as JSON')
+    .action((name: string, o: { paused?: boolean; accel: string; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        const s = await lib.vms.start(name, { accel: parseAccelerator(o.accel, 'accel'), paused: o.paused ?? false, log });
+        if (o.json) printJson(s);
+        else log(`started VM '${s.name}': ${describeState(s)}`);
+      }),
+    );
+
+  program
+    .command('stop')
+    .description('power a VM off: ACPI shutdown, then force after --timeout')
+    .argument('<name>')
+    .option('--force', 'power off at once, without asking the guest')
+    .option('--timeout <seconds>', 'how long the guest may take to shut down', '60')
+    .action((name: string, o: { force?: boolean; timeout: string }) =>
+      run(o, async (lib, log) => {
+        await lib.vms.stop(name, { force: o.force ?? false, timeoutMs: parseCount(o.timeout, 'timeout', 0, 86_400) * 1000 });
+        log(`stopped VM '${name}'`);
+      }),
+    );
+
+  for (const [cmd, desc] of [
+    ['pause', 'pause a running VM (vCPUs stop; memory stays)'],
+    ['resume', 'resume a paused VM'],
+  ] as const) {
+    program
+      .command(cmd)
+      .description(desc)
+      .argument('<name>')
+      .action((name: string) =>
+        run({}, async (lib, log) => {
+          const s = cmd === 'pause' ? await lib.vms.pause(name) : await lib.vms.resume(name);
+          log(`${s.name}: ${describeState(s)}`);
+        }),
+      );
+  }
+
+  program
+    .command('status')
+    .description("show a VM's power state (found from the machine, not assumed)")
+    .argument('<name>')
+    .option('--json', 'print as JSON')
+    .action((name: string, o: { json?: boolean }) =>
+      run(o, async (lib) => {
+        const s = await lib.vms.status(name);
+        if (o.json) printJson(s);
+        else printSummary(s);
+      }),
+    );
+
+  program
+    .command('list')
+    .alias('ls')
+    .description('list VMs')
+    .option('--json', 'print as JSON')
+    .action((o: { json?: boolean }) =>
+      run(o, async (lib) => {
+        const vms = await lib.vms.list();
+        if (o.json) return printJson(vms);
+        if (vms.length === 0) return process.stdout.write("no VMs yet: create one with 'vmsnap create NAME --image demo'\n") as unknown as void;
+        printTable(
+          ['NAME', 'STATE', 'CPUS', 'MEMORY', 'DISKS', 'SNAPSHOTS', 'CURRENT', 'CREATED'],
+          vms.map((v) => [v.name, v.state, v.cpus, `${v.memoryMiB} MiB`, v.disks, v.snapshots, v.currentSnapshot ?? '-', ago(v.createdAt)]),
+        );
+      }),
+    );
+
+  program
+    .command('info')
+    .description("show a VM's hardware config, disks and the layer chain of each disk")
+    .argument('<name>')
+    .option('--json', 'print as JSON')
+    .action((name: string, o: { json?: boolean }) =>
+      run(o, async (lib) => {
+        const i = await lib.vms.info(name);
+        if (o.json) printJson(i);
+        else printInfo(i);
+      }),
+    );
+
+  program
+    .command('set')
+    .description('change the hardware config of a stopped VM')
+    .argument('<name>')
+    .option('--memory <size>', 'guest RAM, e.g. 512M')
+    .option('--cpus <n>', 'virtual CPUs')
+    .option('--add-disk <size>', 'add a blank disk (repeatable)', collect)
+    .option('--json', 'print the new config as JSON')
+    .action((name: string, o: { memory?: string; cpus?: string; addDisk?: string[]; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        const info = await lib.vms.set(name, {
+          ...(o.memory !== undefined ? { memoryMiB: parseMemory(o.memory) } : {}),
+          ...(o.cpus !== undefined ? { cpus: parseCount(o.cpus, 'cpus') } : {}),
+          ...(o.addDisk ? { addDisks: o.addDisk.map((d) => parseDiskSize(d, 'add-disk')) } : {}),
+        });
+        if (o.json) printJson(info.config);
+        else log(`updated VM '${info.name}': ${info.memoryMiB} MiB, ${info.cpus} CPU, ${info.disks} disk${info.disks === 1 ? '' : 's'}`);
+      }),
+    );
+
+  program
+    .command('rm')
+    .description('remove a stopped VM with its snapshots and disks (imported images are left alone)')
+    .argument('<name>')
+    .action((name: string) =>
+      run({}, async (lib, log) => {
+        await lib.vms.remove(name);
+        log(`removed VM '${name}'`);
+      }),
+    );
+
+  program
+    .command('exec')
+    .description('run a command in the guest (through the guest agent); exits with its exit code')
+    .argument('<name>')
+    .argument('<command...>', 'the command and its arguments, after --')
+    .option('--timeout <seconds>', 'how long the command may run', '300')
+    .option('--json', 'print exit code, stdout and stderr as JSON')
+    .action((name: string, command: string[], o: { timeout: string; json?: boolean }) =>
+      run(o, async (lib) => {
+        const r = await lib.vms.exec(name, command, { timeoutMs: parseCount(o.timeout, 'timeout', 1, 86_400) * 1000 });
+        if (o.json) printJson(r);
+        else {
+          process.stdout.write(r.stdout);
+          process.stderr.write(r.stderr);
+        }
+        return r.exitCode;
+      }),
+    );
+
+  program
+    .command('console')
+    .description("attach to a VM's serial console (detach with Ctrl-])")
+    .argument('<name>')
+    .action((name: string) =>
+      run({}, async (lib) => {
+        const { socket } = lib.vms.console(name);
+        return new Promise<number>((resolve, reject) => {
+          const sock = connect(socket);
+          const stdin = process.stdin;
+          const restore = (): void => {
+            if (stdin.isTTY) stdin.setRawMode(false);
+            stdin.pause();
+          };
+          sock.on('connect', () => {
+            process.stderr.write(`connected to ${name}'s serial console; detach with Ctrl-]\r\n`);
+            if (stdin.isTTY) stdin.setRawMode(true);
+            stdin.on('data', (d: Buffer) => {
+              if (d.includes(0x1d)) {
+                restore();
+                sock.end();
+                resolve(0);
+                return;
+              }
+              sock.write(d);
+            });
+            stdin.resume();
+          });
+          sock.pipe(process.stdout);
+          sock.on('close', () => {
+            restore();
+            resolve(0);
+          });
+          sock.on('error', (e) => {
+            restore();
+            reject(e);
+          });
+        });
+      }),
+    );
+}

@@ -1,0 +1,76 @@
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { Vmsnap } from '../vmsnap.js';
+import { reportError } from './output.js';
+import { registerVmCommands } from './commands/vm.js';
+
+/**
+ * How every command runs: open the library, do the work, close, and turn a
+ * thrown VmsnapError into its message and stable exit code. An action may
+ * return an exit code (exec passes the guest command's through).
+ */
+export type Run = (
+  opts: { json?: boolean; [option: string]: unknown },
+  action: (lib: Vmsnap, log: (line: string) => void) => Promise<number | void>,
+) => Promise<void>;
+
+const run: Run = async (opts, action) => {
+  let lib: Vmsnap | undefined;
+  // Human progress goes to stderr with --json, so stdout stays parseable.
+  const log = (line: string): void => {
+    (opts.json ? process.stderr : process.stdout).write(`${line}\n`);
+  };
+  try {
+    lib = Vmsnap.open();
+    const code = await action(lib, log);
+    process.exitCode = typeof code === 'number' ? code : 0;
+  } catch (e) {
+    process.exitCode = reportError(e, opts.json ?? false);
+  } finally {
+    lib?.close();
+  }
+};
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('vmsnap')
+    .description('live snapshots for QEMU/KVM virtual machines: take, list, revert, delete, clone')
+    .version(version())
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText(
+      'after',
+      `
+Environment:
+  VMSNAP_HOME         data dir (catalog, layers, state files); default ~/.local/share/vmsnap
+  VMSNAP_ACCEL        auto|kvm|tcg: overrides the accelerator
+  VMSNAP_IMAGE_CACHE  where the demo guest is built; default ~/.cache/vmsnap/images
+
+Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
+6 busy, 7 would lose data, 10-15 QEMU/guest agent errors, 16 no space.`,
+    );
+  registerVmCommands(program, run);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  program.exitOverride();
+  program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  for (const c of program.commands) c.exitOverride();
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and version exit 0; usage errors exit 2 like other Unix tools.
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    process.exitCode = reportError(e, argv.includes('--json'));
+  }
+}
+
+await main(process.argv);

@@ -1,0 +1,48 @@
+import Table from 'cli-table3';
+import { VmsnapError, toVmsnapError } from '../errors.js';
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** A plain table in the style of `docker ps`: no borders, aligned columns. */
+export function printTable(head: string[], rows: (string | number)[][]): void {
+  const t = new Table({
+    head,
+    chars: {
+      top: '', 'top-mid': '', 'top-left': '', 'top-right': '',
+      bottom: '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '',
+      left: '', 'left-mid': '', mid: '', 'mid-mid': '', right: '', 'right-mid': '', middle: '  ',
+    },
+    style: { head: process.stdout.isTTY ? ['bold'] : [], border: [], 'padding-left': 0, 'padding-right': 0 },
+  });
+  t.push(...rows.map((r) => r.map(String)));
+  process.stdout.write(`${t.toString()}\n`);
+}
+
+/** Report an error the way the user can act on it; returns the exit code. */
+export function reportError(e: unknown, json: boolean): number {
+  const err = toVmsnapError(e);
+  if (json) {
+    process.stderr.write(`${JSON.stringify({ error: err.toJSON() })}\n`);
+  } else {
+    process.stderr.write(`vmsnap: error: ${err.message}\n`);
+    if (err.hint) process.stderr.write(`  hint: ${err.hint}\n`);
+    if (err.code === 'INTERNAL' && err.cause instanceof Error && err.cause.stack) {
+      process.stderr.write(`${process.env.VMSNAP_DEBUG ? err.cause.stack : '  (set VMSNAP_DEBUG=1 for the stack trace)'}\n`);
+    }
+  }
+  return err.exitCode;
+}
+
+export function usageError(message: string, hint?: string): VmsnapError {
+  return new VmsnapError('INVALID_ARGUMENT', message, hint === undefined ? {} : { hint });
+}
+
+export function ago(iso: string, now = Date.now()): string {
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}

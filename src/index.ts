@@ -1,0 +1,26 @@
+export { Vmsnap, type OpenOptions } from './vmsnap.js';
+export type { VmsnapEvent } from './context.js';
+export {
+  VmsnapError,
+  QmpCommandError,
+  GuestAgentCommandError,
+  ERROR_CODES,
+  EXIT_CODES,
+  HTTP_STATUSES,
+  isVmsnapError,
+  type ErrorCode,
+} from './errors.js';
+export type { VmConfig, DiskConfig, NicConfig, BootConfig } from './vm/config.js';
+export type {
+  CreateVmOptions,
+  DiskSpec,
+  SetVmOptions,
+  VmSummary,
+  VmInfo,
+  DiskInfo,
+  LayerInfo,
+  ExecResult,
+  StartOptions,
+} from './vm/machines.js';
+export type { PowerState } from './vm/runtime.js';
+export { parseSize, formatBytes } from './util/size.js';

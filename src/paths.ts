@@ -1,0 +1,43 @@
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+/**
+ * Where vmsnap keeps everything. One VMSNAP_HOME holds the catalog, every layer
+ * and state file, and a runtime folder per running VM.
+ */
+export interface VmsnapPaths {
+  home: string;
+  catalog: string;
+  /** All layers of all VMs live here, so linked clones can share them by relative backing path. */
+  layers: string;
+  /** Memory/device state files of snapshots. */
+  states: string;
+  /** One folder per running VM: QMP and guest-agent sockets, serial log, pid file. */
+  run: string;
+  /** Built demo guest images; shared across homes (tests make many homes). */
+  imageCache: string;
+}
+
+export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.VMSNAP_HOME) return resolve(env.VMSNAP_HOME);
+  const xdg = env.XDG_DATA_HOME || join(homedir(), '.local', 'share');
+  return join(xdg, 'vmsnap');
+}
+
+export function defaultImageCache(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.VMSNAP_IMAGE_CACHE) return resolve(env.VMSNAP_IMAGE_CACHE);
+  const xdg = env.XDG_CACHE_HOME || join(homedir(), '.cache');
+  return join(xdg, 'vmsnap', 'images');
+}
+
+export function pathsFor(home: string, imageCache = defaultImageCache()): VmsnapPaths {
+  const h = resolve(home);
+  return {
+    home: h,
+    catalog: join(h, 'catalog.sqlite'),
+    layers: join(h, 'layers'),
+    states: join(h, 'states'),
+    run: join(h, 'run'),
+    imageCache,
+  };
+}

@@ -1,0 +1,188 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { VmsnapError } from '../errors.js';
+import type { VmConfig } from '../vm/config.js';
+import type { Accelerator } from './accel.js';
+
+/** Files of one running VM. Unix socket paths must stay under 108 bytes. */
+export interface RuntimeFiles {
+  dir: string;
+  pidFile: string;
+  qmpSocket: string;
+  /** A second QMP monitor for long-lived watchers (the server), since a QMP socket serves one client at a time. */
+  eventsSocket: string;
+  agentSocket: string;
+  consoleSocket: string;
+  serialLog: string;
+}
+
+export function runtimeFiles(runDir: string, vmId: string): RuntimeFiles {
+  const dir = join(runDir, vmId);
+  const files = {
+    dir,
+    pidFile: join(dir, 'qemu.pid'),
+    qmpSocket: join(dir, 'qmp.sock'),
+    eventsSocket: join(dir, 'qmp-events.sock'),
+    agentSocket: join(dir, 'qga.sock'),
+    consoleSocket: join(dir, 'console.sock'),
+    serialLog: join(dir, 'serial.log'),
+  };
+  if (Buffer.byteLength(files.consoleSocket) > 107) {
+    throw new VmsnapError('INVALID_ARGUMENT', `VMSNAP_HOME is too deep for unix sockets: ${files.consoleSocket}`, {
+      hint: 'use a shorter VMSNAP_HOME path (unix socket paths are limited to 107 bytes)',
+    });
+  }
+  return files;
+}
+
+/** One layer of a disk's chain as QEMU opens it. */
+export interface ChainLayer {
+  id: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+}
+
+export interface LaunchDisk {
+  slot: string;
+  /** Top (active) layer first, base last. */
+  chain: ChainLayer[];
+}
+
+export interface LaunchSpec {
+  vmId: string;
+  vmName: string;
+  config: VmConfig;
+  /** Kernel/initrd resolved to files (the demo image resolves at start). */
+  kernel?: string;
+  initrd?: string;
+  disks: LaunchDisk[];
+  accel: Exclude<Accelerator, 'auto'>;
+  files: RuntimeFiles;
+  /** Start with vCPUs stopped (-S). */
+  paused?: boolean;
+  /** Wait for a migration stream (-incoming defer): used to load memory state. */
+  incomingDefer?: boolean;
+}
+
+/** QEMU node names: the format node of a layer, and the protocol (file) node under it. */
+export const formatNode = (layerId: string): string => `l${layerId}`;
+export const fileNode = (layerId: string): string => `f${layerId}`;
+
+/** QEMU's option syntax doubles commas to escape them inside values. */
+const q = (v: string): string => v.replace(/,/g, ',,');
+
+export function blockdevArgs(disk: LaunchDisk): string[] {
+  const args: string[] = [];
+  // Bottom up, so each node's backing is defined before it is referenced.
+  const chain = [...disk.chain].reverse();
+  chain.forEach((layer, i) => {
+    const active = i === chain.length - 1;
+    const below = i === 0 ? 'null' : formatNode(chain[i - 1]!.id);
+    args.push(
+      '-blockdev',
+      `driver=file,filename=${q(layer.path)},node-name=${fileNode(layer.id)},auto-read-only=on,discard=unmap`,
+    );
+    const fmt = [`driver=${layer.format}`, `file=${fileNode(layer.id)}`, `node-name=${formatNode(layer.id)}`];
+    if (layer.format === 'qcow2') fmt.push(`backing=${below}`);
+    // Frozen layers are read-only: block jobs reopen them read-write only while they merge.
+    if (!active) fmt.push('read-only=on');
+    args.push('-blockdev', fmt.join(','));
+  });
+  return args;
+}
+
+export function buildQemuArgs(spec: LaunchSpec): string[] {
+  const { config, files } = spec;
+  const args = [
+    '-name',
+    `guest=${spec.vmName},debug-threads=on`,
+    '-machine',
+    `${config.machine},accel=${spec.accel}`,
+    ...(spec.accel === 'kvm' ? ['-cpu', 'host'] : []),
+    '-m',
+    `${config.memoryMiB}M`,
+    '-smp',
+    String(config.cpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-vga',
+    'none',
+    '-qmp',
+    `unix:${q(files.qmpSocket)},server=on,wait=off`,
+    '-chardev',
+    `socket,id=qmpev,path=${q(files.eventsSocket)},server=on,wait=off`,
+    '-mon',
+    'chardev=qmpev,mode=control',
+    '-chardev',
+    `socket,id=ser0,path=${q(files.consoleSocket)},server=on,wait=off,logfile=${q(files.serialLog)},logappend=on`,
+    '-serial',
+    'chardev:ser0',
+    '-chardev',
+    `socket,id=qga0,path=${q(files.agentSocket)},server=on,wait=off`,
+    '-device',
+    'virtio-serial-pci,id=vser0',
+    '-device',
+    'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
+    '-pidfile',
+    files.pidFile,
+    '-daemonize',
+  ];
+  if (spec.kernel) args.push('-kernel', spec.kernel);
+  if (spec.initrd) args.push('-initrd', spec.initrd);
+  if (config.boot.append) args.push('-append', config.boot.append);
+  for (const disk of spec.disks) {
+    args.push(...blockdevArgs(disk));
+    const top = disk.chain[0];
+    if (!top) throw new VmsnapError('INTERNAL', `disk ${disk.slot} has no layers`);
+    // The device keeps its id (the slot) while snapshots move the node under it.
+    args.push('-device', `virtio-blk-pci,drive=${formatNode(top.id)},id=${disk.slot},serial=${disk.slot}`);
+  }
+  for (const nic of config.nics) {
+    args.push('-netdev', `user,id=${nic.id}`, '-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac},id=${nic.id}-dev`);
+  }
+  if (spec.paused) args.push('-S');
+  if (spec.incomingDefer) args.push('-incoming', 'defer');
+  return args;
+}
+
+export function qemuBinary(): string {
+  return process.env.VMSNAP_QEMU ?? 'qemu-system-x86_64';
+}
+
+/**
+ * Start QEMU daemonized. The foreground process exits once QEMU has set up
+ * (or failed to): its stderr carries the reason of a failure.
+ */
+export async function launchQemu(spec: LaunchSpec): Promise<{ pid: number; args: string[] }> {
+  rmSync(spec.files.dir, { recursive: true, force: true });
+  mkdirSync(spec.files.dir, { recursive: true, mode: 0o700 });
+  const args = buildQemuArgs(spec);
+  const bin = qemuBinary();
+  const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (d: string) => (err += d));
+    child.on('error', (e) => reject(e));
+    child.on('close', (c) => resolve({ code: c, stderr: err }));
+  }).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') {
+      throw new VmsnapError('QEMU_FAILED', `${bin} is not installed`, { hint: 'apt-get install qemu-system-x86' });
+    }
+    throw e;
+  });
+  const warnings = stderr
+    .split('\n')
+    .filter((l) => l && !/warning: host doesn't support requested feature/.test(l))
+    .join('\n');
+  if (code !== 0 || !existsSync(spec.files.pidFile)) {
+    throw new VmsnapError('QEMU_FAILED', `QEMU failed to start VM '${spec.vmName}': ${warnings || `exit code ${code}`}`, {
+      details: { args },
+    });
+  }
+  const pid = Number(readFileSync(spec.files.pidFile, 'utf8').trim());
+  return { pid, args };
+}

@@ -1,0 +1,146 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { VmsnapError } from '../errors.js';
+
+const run = promisify(execFile);
+
+export type ImageFormat = 'qcow2' | 'raw';
+
+/** What `qemu-img info --output=json` says of one image (the fields vmsnap uses). */
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  virtualSize: number;
+  actualSize: number;
+  clusterSize?: number;
+  backingFilename?: string;
+  fullBackingFilename?: string;
+  backingFormat?: string;
+  dirty: boolean;
+  corrupt: boolean;
+}
+
+export interface CheckResult {
+  filename: string;
+  checkErrors: number;
+  corruptions: number;
+  leaks: number;
+  /** False when qemu-img check found anything to worry about. */
+  clean: boolean;
+}
+
+interface RawInfo {
+  filename: string;
+  format: string;
+  'virtual-size': number;
+  'actual-size'?: number;
+  'cluster-size'?: number;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  'dirty-flag'?: boolean;
+  'format-specific'?: { data?: { corrupt?: boolean } };
+}
+
+function toInfo(r: RawInfo): ImageInfo {
+  return {
+    filename: r.filename,
+    format: r.format,
+    virtualSize: r['virtual-size'],
+    actualSize: r['actual-size'] ?? 0,
+    ...(r['cluster-size'] === undefined ? {} : { clusterSize: r['cluster-size'] }),
+    ...(r['backing-filename'] === undefined ? {} : { backingFilename: r['backing-filename'] }),
+    ...(r['full-backing-filename'] === undefined ? {} : { fullBackingFilename: r['full-backing-filename'] }),
+    ...(r['backing-filename-format'] === undefined ? {} : { backingFormat: r['backing-filename-format'] }),
+    dirty: r['dirty-flag'] ?? false,
+    corrupt: r['format-specific']?.data?.corrupt ?? false,
+  };
+}
+
+async function qemuImg(args: string[], what: string): Promise<string> {
+  try {
+    const { stdout } = await run('qemu-img', args, { maxBuffer: 64 * 1024 * 1024 });
+    return stdout;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { stderr?: string; code?: number | string };
+    if (err.code === 'ENOENT') {
+      throw new VmsnapError('QEMU_FAILED', 'qemu-img is not installed', { hint: 'apt-get install qemu-utils' });
+    }
+    const msg = (err.stderr ?? err.message).trim().replace(/^qemu-img: /, '');
+    if (/No space left on device/i.test(msg)) {
+      throw new VmsnapError('NO_SPACE', `${what}: ${msg}`, { hint: 'free disk space in the vmsnap data dir' });
+    }
+    throw new VmsnapError('QEMU_FAILED', `${what}: ${msg}`, { details: { args } });
+  }
+}
+
+/**
+ * `forceShare` (-U) reads an image that a running QEMU holds open; the answer
+ * may be slightly stale for the active layer but is exact for frozen ones.
+ */
+export async function imageInfo(path: string, opts: { forceShare?: boolean } = {}): Promise<ImageInfo> {
+  const out = await qemuImg(['info', '--output=json', ...(opts.forceShare ? ['-U'] : []), path], `cannot read image ${path}`);
+  return toInfo(JSON.parse(out) as RawInfo);
+}
+
+export async function imageChain(path: string, opts: { forceShare?: boolean } = {}): Promise<ImageInfo[]> {
+  const out = await qemuImg(
+    ['info', '--output=json', '--backing-chain', ...(opts.forceShare ? ['-U'] : []), path],
+    `cannot read image chain of ${path}`,
+  );
+  return (JSON.parse(out) as RawInfo[]).map(toInfo);
+}
+
+export interface CreateImageOptions {
+  format?: ImageFormat;
+  sizeBytes?: number;
+  /** Backing file as written into the header (relative paths are relative to the new image). */
+  backing?: string;
+  backingFormat?: ImageFormat;
+}
+
+export async function createImage(path: string, opts: CreateImageOptions): Promise<void> {
+  const args = ['create', '-q', '-f', opts.format ?? 'qcow2'];
+  if (opts.backing !== undefined) args.push('-b', opts.backing, '-F', opts.backingFormat ?? 'qcow2');
+  args.push(path);
+  if (opts.sizeBytes !== undefined) args.push(String(opts.sizeBytes));
+  await qemuImg(args, `cannot create image ${path}`);
+}
+
+export async function checkImage(path: string, opts: { forceShare?: boolean } = {}): Promise<CheckResult> {
+  // check exits 2 (corruptions) or 3 (leaks) with JSON still on stdout.
+  try {
+    const { stdout } = await run('qemu-img', ['check', '--output=json', ...(opts.forceShare ? ['-U'] : []), path]);
+    return toCheck(stdout);
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string; code?: number };
+    if (err.stdout && (err.code === 2 || err.code === 3)) return toCheck(err.stdout);
+    throw new VmsnapError('QEMU_FAILED', `qemu-img check ${path}: ${(err.stderr ?? String(e)).trim()}`);
+  }
+}
+
+function toCheck(stdout: string): CheckResult {
+  const r = JSON.parse(stdout) as { filename: string; 'check-errors': number; corruptions?: number; leaks?: number };
+  const corruptions = r.corruptions ?? 0;
+  const leaks = r.leaks ?? 0;
+  return {
+    filename: r.filename,
+    checkErrors: r['check-errors'],
+    corruptions,
+    leaks,
+    clean: r['check-errors'] === 0 && corruptions === 0 && leaks === 0,
+  };
+}
+
+/** Rewrite only the backing pointer in the header (-u: no data is copied). */
+export async function rebaseUnsafe(path: string, backing: string, backingFormat: ImageFormat = 'qcow2'): Promise<void> {
+  await qemuImg(['rebase', '-u', '-b', backing, '-F', backingFormat, path], `cannot rebase ${path}`);
+}
+
+/** Flatten a chain into one independent image. */
+export async function convertImage(src: string, dst: string, opts: { format?: ImageFormat; forceShare?: boolean } = {}): Promise<void> {
+  await qemuImg(
+    ['convert', ...(opts.forceShare ? ['-U'] : []), '-O', opts.format ?? 'qcow2', src, dst],
+    `cannot convert ${src}`,
+  );
+}

@@ -1,0 +1,68 @@
+import { z } from 'zod';
+import { VmsnapError } from '../errors.js';
+
+/**
+ * The hardware configuration of a VM. It is versioned with every snapshot:
+ * memory state is only ever loaded with the config it was saved with.
+ */
+export const DiskConfigSchema = z.object({
+  /** Stable name of the disk slot; the guest sees disks in slot order (vda, vdb, …). */
+  slot: z.string().regex(/^disk[0-9]{1,2}$/, 'a slot is named disk0, disk1, …'),
+  /** Virtual size the guest sees, in bytes. */
+  sizeBytes: z.number().int().positive(),
+});
+
+export const NicConfigSchema = z.object({
+  id: z.string().regex(/^net[0-9]{1,2}$/),
+  mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, 'a MAC address is six lowercase hex pairs, e.g. 52:54:00:12:34:56'),
+});
+
+export const BootConfigSchema = z.object({
+  /** 'demo' resolves kernel and initrd to the built demo guest at start. */
+  image: z.literal('demo').optional(),
+  kernel: z.string().min(1).optional(),
+  initrd: z.string().min(1).optional(),
+  append: z.string().max(4096).optional(),
+});
+
+export const VmConfigSchema = z.object({
+  memoryMiB: z
+    .number()
+    .int()
+    .min(16, 'at least 16 MiB')
+    .max(1024 * 1024, 'at most 1 TiB'),
+  cpus: z.number().int().min(1).max(256),
+  machine: z.enum(['q35', 'pc']),
+  boot: BootConfigSchema,
+  disks: z.array(DiskConfigSchema).max(16, 'at most 16 disks'),
+  nics: z.array(NicConfigSchema).max(8),
+});
+
+export type DiskConfig = z.infer<typeof DiskConfigSchema>;
+export type NicConfig = z.infer<typeof NicConfigSchema>;
+export type BootConfig = z.infer<typeof BootConfigSchema>;
+export type VmConfig = z.infer<typeof VmConfigSchema>;
+
+/** Validate a config; the error names the first bad field and the accepted form. */
+export function validateConfig(input: unknown): VmConfig {
+  const r = VmConfigSchema.safeParse(input);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  const field = issue.path.join('.') || 'config';
+  throw new VmsnapError('INVALID_ARGUMENT', `invalid hardware config: ${field}: ${issue.message}`, {
+    details: { field, issues: r.error.issues.map((i) => ({ field: i.path.join('.'), message: i.message })) },
+  });
+}
+
+const VM_NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
+
+/** Names reach file names and command lines only through ids, but are still kept plain. */
+export function validateName(name: string, what: 'VM' | 'snapshot'): string {
+  if (!VM_NAME.test(name)) {
+    throw new VmsnapError('INVALID_ARGUMENT', `invalid ${what} name '${name}'`, {
+      hint: `a ${what} name is 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit`,
+      details: { field: 'name', value: name },
+    });
+  }
+  return name;
+}

@@ -1,0 +1,88 @@
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { VmsnapError } from '../errors.js';
+import { runtimeFiles, type RuntimeFiles } from '../qemu/launcher.js';
+import { QmpClient } from '../qemu/qmp.js';
+import { isProcessAlive, processCmdline, sleep } from '../util/process.js';
+
+/** What a VM is doing, as found on the machine (never trusted from the catalog). */
+export type PowerState = 'running' | 'paused' | 'stopped' | 'unknown';
+
+export interface RuntimeStatus {
+  state: PowerState;
+  pid?: number;
+  /** QEMU's own run state (running, paused, inmigrate, postmigrate, …). */
+  qemuStatus?: string;
+  /** Set when a dead QEMU's pid file and sockets were found and removed. */
+  staleCleaned?: boolean;
+  detail?: string;
+}
+
+/** The pid of the VM's QEMU, if that process is alive and really is ours. */
+export function livePid(files: RuntimeFiles): number | undefined {
+  if (!existsSync(files.pidFile)) return undefined;
+  const pid = Number(readFileSync(files.pidFile, 'utf8').trim());
+  if (!Number.isInteger(pid) || pid <= 0 || !isProcessAlive(pid)) return undefined;
+  // A reused pid belongs to another program: ours has our pid file on its command line.
+  return processCmdline(pid).includes(files.pidFile) ? pid : undefined;
+}
+
+export function cleanRuntime(files: RuntimeFiles): void {
+  rmSync(files.dir, { recursive: true, force: true });
+}
+
+const PAUSED_STATES = new Set(['paused', 'prelaunch', 'inmigrate', 'postmigrate', 'finish-migrate', 'suspended', 'save-vm', 'restore-vm', 'debug', 'io-error', 'watchdog', 'guest-panicked', 'colo', 'internal-error', 'shutdown']);
+
+/** Find out the truth: dead pid → clean up and say stopped; live → ask QEMU. */
+export async function probeRuntime(runDir: string, vmId: string): Promise<RuntimeStatus> {
+  const files = runtimeFiles(runDir, vmId);
+  const pid = livePid(files);
+  if (pid === undefined) {
+    const stale = existsSync(files.dir);
+    if (stale) cleanRuntime(files);
+    return { state: 'stopped', ...(stale ? { staleCleaned: true } : {}) };
+  }
+  let qmp: QmpClient | undefined;
+  try {
+    qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs: 5000, retryUntilMs: 3000 });
+    const s = await qmp.execute<{ status: string; running: boolean }>('query-status');
+    const state: PowerState = s.running ? 'running' : PAUSED_STATES.has(s.status) ? 'paused' : 'unknown';
+    return { state, pid, qemuStatus: s.status };
+  } catch (e) {
+    return { state: 'unknown', pid, detail: `QEMU (pid ${pid}) does not answer on QMP: ${(e as Error).message}` };
+  } finally {
+    await qmp?.close();
+  }
+}
+
+/** Open a QMP session to a running VM, or say clearly that it is not running. */
+export async function connectQmp(runDir: string, vm: { id: string; name: string }, timeoutMs = 10_000): Promise<QmpClient> {
+  const files = runtimeFiles(runDir, vm.id);
+  if (livePid(files) === undefined) {
+    throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is not running`, { hint: `start it with 'vmsnap start ${vm.name}'` });
+  }
+  return QmpClient.connect(files.qmpSocket, { timeoutMs, retryUntilMs: 5000 });
+}
+
+/** Wait for a QEMU process (not our child: it daemonized) to be gone. */
+export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (isProcessAlive(pid)) {
+    if (Date.now() >= deadline) return false;
+    await sleep(25);
+  }
+  return true;
+}
+
+/** Kill a VM's QEMU at once (its present state is being discarded or it hangs). */
+export async function killQemu(files: RuntimeFiles): Promise<void> {
+  const pid = livePid(files);
+  if (pid !== undefined) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+    await waitForExit(pid, 10_000);
+  }
+  cleanRuntime(files);
+}
