@@ -24,3 +24,12 @@ export type {
 } from './vm/machines.js';
 export type { PowerState } from './vm/runtime.js';
 export { parseSize, formatBytes } from './util/size.js';
+export type {
+  TakeSnapshotOptions,
+  SnapshotView,
+  SnapshotDiskView,
+  RevertOptions,
+  RevertResult,
+  PresentStateChanges,
+} from './snapshot/snapshots.js';
+export { buildTree, renderTree, type TreeNode } from './snapshot/tree.js';

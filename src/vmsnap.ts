@@ -1,6 +1,7 @@
 import { defaultHome } from './paths.js';
 import { openContext, type Context, type VmsnapEvent } from './context.js';
 import { VmService } from './vm/machines.js';
+import { SnapshotService } from './snapshot/snapshots.js';
 
 export interface OpenOptions {
   /** The data dir; default $VMSNAP_HOME or the XDG data dir. */
@@ -16,10 +17,12 @@ export interface OpenOptions {
 export class Vmsnap {
   readonly ctx: Context;
   readonly vms: VmService;
+  readonly snapshots: SnapshotService;
 
   private constructor(ctx: Context) {
     this.ctx = ctx;
     this.vms = new VmService(ctx);
+    this.snapshots = new SnapshotService(ctx, this.vms);
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {

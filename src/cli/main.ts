@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { Vmsnap } from '../vmsnap.js';
 import { reportError } from './output.js';
 import { registerVmCommands } from './commands/vm.js';
+import { registerSnapshotCommands } from './commands/snapshot.js';
 
 /**
  * How every command runs: open the library, do the work, close, and turn a
@@ -53,6 +54,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
 6 busy, 7 would lose data, 10-15 QEMU/guest agent errors, 16 no space.`,
     );
   registerVmCommands(program, run);
+  registerSnapshotCommands(program, run);
   return program;
 }
 
@@ -60,7 +62,11 @@ export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   program.exitOverride();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  for (const c of program.commands) c.exitOverride();
+  const override = (c: Command): void => {
+    c.exitOverride();
+    c.commands.forEach(override);
+  };
+  override(program);
   try {
     await program.parseAsync(argv);
   } catch (e) {

@@ -145,7 +145,12 @@ export class VmService {
             details: { field: 'disk', path: spec.importPath },
           });
         }
-        const info = await imageInfo(path, { forceShare: true });
+        const info = await imageInfo(path, { forceShare: true }).catch((e: unknown) => {
+          throw new VmsnapError('INVALID_ARGUMENT', `disk: '${spec.importPath}' is not a readable disk image: ${(e as Error).message}`, {
+            hint: 'vmsnap imports qcow2 or raw images',
+            details: { field: 'disk', path: spec.importPath },
+          });
+        });
         if (info.format !== 'qcow2' && info.format !== 'raw') {
           throw new VmsnapError('INVALID_ARGUMENT', `disk: '${spec.importPath}' is ${info.format}; vmsnap imports qcow2 or raw`, {
             hint: `convert it first: qemu-img convert -O qcow2 ${spec.importPath} disk.qcow2`,

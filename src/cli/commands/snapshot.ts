@@ -1,0 +1,144 @@
+import type { Command } from 'commander';
+import { createInterface } from 'node:readline/promises';
+import { VmsnapError } from '../../errors.js';
+import type { SnapshotView } from '../../snapshot/snapshots.js';
+import { formatBytes } from '../../util/size.js';
+import type { Run } from '../main.js';
+import { ago, printJson, printTable } from '../output.js';
+
+const pause = (s: SnapshotView): string => (s.pauseMs === null ? '-' : `${s.pauseMs.toFixed(1)} ms`);
+
+function printShow(s: SnapshotView): void {
+  const out = [
+    `${s.name}${s.current ? '  (current: you are here)' : ''}`,
+    `  id          ${s.id}`,
+    `  taken       ${s.createdAt} (${ago(s.createdAt)}), VM was ${s.vmState}`,
+    `  parent      ${s.parent ?? '-'}`,
+    `  children    ${s.children.length ? s.children.join(', ') : '-'}`,
+    `  memory      ${s.hasMemory ? `yes, state file ${formatBytes(s.stateBytes)}` : 'no (disk only)'}`,
+    `  guest pause ${pause(s)}`,
+    `  config      ${s.config.memoryMiB} MiB, ${s.config.cpus} CPU, ${s.config.disks.length} disk(s)`,
+  ];
+  if (s.description) out.push(`  description ${s.description}`);
+  for (const d of s.disks) out.push(`  ${d.slot.padEnd(11)} layer ${d.layerId}, delta ${formatBytes(d.bytes)}`);
+  if (typeof s.meta.fallbackReason === 'string') out.push(`  note        memory saved with pre-copy: ${s.meta.fallbackReason}`);
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+async function confirm(question: string): Promise<boolean> {
+  if (!process.stdin.isTTY || !process.stderr.isTTY) return false;
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+export function registerSnapshotCommands(program: Command, run: Run): void {
+  const snap = program.command('snapshot').alias('snap').description('take, list, show and revert snapshots');
+
+  snap
+    .command('create')
+    .description('take a snapshot: disks, memory and device state (unless --no-memory), and the hardware config')
+    .argument('<vm>')
+    .argument('<name>', 'snapshot name, unique per VM')
+    .option('--description <text>', 'what this snapshot is for')
+    .option('--no-memory', 'disks only (the VM reverts powered off)')
+    .option('--json', 'print the snapshot as JSON')
+    .action((vm: string, name: string, o: { description?: string; memory: boolean; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        const s = await lib.snapshots.create(vm, name, {
+          ...(o.description !== undefined ? { description: o.description } : {}),
+          ...(o.memory === false ? { memory: false } : {}),
+        });
+        if (o.json) return printJson(s);
+        const mem = s.hasMemory ? `memory ${formatBytes(s.stateBytes)}` : 'disk only';
+        log(`took snapshot '${s.name}' of VM '${vm}' (${mem}, guest pause ${pause(s)})`);
+        if (typeof s.meta.fallbackReason === 'string') log(`note: memory was saved with a live pre-copy: ${s.meta.fallbackReason}`);
+      }),
+    );
+
+  snap
+    .command('list')
+    .alias('ls')
+    .description("list a VM's snapshots")
+    .argument('<vm>')
+    .option('--json', 'print as JSON')
+    .action((vm: string, o: { json?: boolean }) =>
+      run(o, async (lib) => {
+        const list = lib.snapshots.list(vm);
+        if (o.json) return printJson(list);
+        if (list.length === 0) {
+          process.stdout.write(`VM '${vm}' has no snapshots: take one with 'vmsnap snapshot create ${vm} NAME'\n`);
+          return;
+        }
+        printTable(
+          ['', 'NAME', 'PARENT', 'TAKEN', 'MEMORY', 'PAUSE', 'DELTA', 'STATE FILE'],
+          list.map((s) => [
+            s.current ? '*' : '',
+            s.name,
+            s.parent ?? '-',
+            ago(s.createdAt),
+            s.hasMemory ? 'yes' : 'no',
+            pause(s),
+            formatBytes(s.deltaBytes),
+            s.hasMemory ? formatBytes(s.stateBytes) : '-',
+          ]),
+        );
+      }),
+    );
+
+  snap
+    .command('tree')
+    .description("draw a VM's snapshot tree, with where the VM is now")
+    .argument('<vm>')
+    .option('--json', 'print the snapshots with their parents and children as JSON')
+    .action((vm: string, o: { json?: boolean }) =>
+      run(o, async (lib) => {
+        if (o.json) return printJson(lib.snapshots.list(vm));
+        process.stdout.write(`${vm}\n${lib.snapshots.tree(vm)}\n`);
+      }),
+    );
+
+  snap
+    .command('show')
+    .description('show one snapshot in detail')
+    .argument('<vm>')
+    .argument('<snapshot>')
+    .option('--json', 'print as JSON')
+    .action((vm: string, name: string, o: { json?: boolean }) =>
+      run(o, async (lib) => {
+        const s = lib.snapshots.show(vm, name);
+        if (o.json) printJson(s);
+        else printShow(s);
+      }),
+    );
+
+  snap
+    .command('revert')
+    .description('go back to a snapshot: disks, config, and (with memory) the running guest')
+    .argument('<vm>')
+    .argument('<snapshot>')
+    .option('--force', 'discard the present state without asking')
+    .option('--start', 'boot the VM after reverting to a snapshot without memory')
+    .option('--json', 'print the result as JSON')
+    .action((vm: string, name: string, o: { force?: boolean; start?: boolean; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        const go = (force: boolean) => lib.snapshots.revert(vm, name, { force, start: o.start ?? false });
+        let r;
+        try {
+          r = await go(o.force ?? false);
+        } catch (e) {
+          if (!(e instanceof VmsnapError) || e.code !== 'WOULD_LOSE_DATA' || o.json) throw e;
+          const lost = (e.details.lost as string[] | undefined) ?? [];
+          process.stderr.write(`Reverting '${vm}' to '${name}' discards:\n${lost.map((l) => `  - ${l}`).join('\n')}\n`);
+          if (!(await confirm('Discard the present state?'))) throw e;
+          r = await go(true);
+        }
+        if (o.json) return printJson(r);
+        const how = r.state === 'stopped' ? 'the VM is off' + (r.snapshot.hasMemory ? '' : ` (disk-only snapshot: 'vmsnap start ${vm}' boots it)`) : `the VM is ${r.state}`;
+        log(`reverted '${vm}' to '${r.snapshot.name}': ${how}${r.resumeMs !== undefined ? ` (${Math.round(r.resumeMs)} ms)` : ''}`);
+      }),
+    );
+}

@@ -1,0 +1,484 @@
+import { existsSync, rmSync, statSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import type { LayerRecord, SnapshotRecord, VmRecord, VmRunState } from '../catalog/catalog.js';
+import { withVmLock } from '../catalog/lock.js';
+import type { Context } from '../context.js';
+import { VmsnapError } from '../errors.js';
+import { runtimeFiles } from '../qemu/launcher.js';
+import { createImage } from '../qemu/qemu-img.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import { newId, newLayerId } from '../util/ids.js';
+import { validateName, type VmConfig } from '../vm/config.js';
+import { fileBytes, layerPath, type VmService } from '../vm/machines.js';
+import { connectQmp, killQemu, probeRuntime } from '../vm/runtime.js';
+import { addOverlayNodes, fsyncFileAndDir, loadMemory, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays, type OverlaySwitch } from './live.js';
+import { renderTree } from './tree.js';
+
+export interface TakeSnapshotOptions {
+  description?: string;
+  /** Save memory and device state (default: yes for a running or paused VM). */
+  memory?: boolean;
+  /** Use a live pre-copy save even where background-snapshot works (benchmarks, tests). */
+  forcePrecopy?: boolean;
+}
+
+export interface SnapshotDiskView {
+  slot: string;
+  layerId: string;
+  path: string;
+  /** Bytes the frozen layer (this snapshot's delta) takes on disk. */
+  bytes: number;
+}
+
+/** A snapshot as the CLI, the API and the UI show it. */
+export interface SnapshotView {
+  id: string;
+  name: string;
+  description: string;
+  parentId: string | null;
+  parent: string | null;
+  createdAt: string;
+  hasMemory: boolean;
+  /** The VM's power state when it was taken: a revert brings it back to that. */
+  vmState: VmRunState;
+  /** Guest-visible pause in ms (STOP → RESUME event timestamps); null when the VM was off. */
+  pauseMs: number | null;
+  current: boolean;
+  children: string[];
+  disks: SnapshotDiskView[];
+  deltaBytes: number;
+  stateBytes: number;
+  config: VmConfig;
+  meta: Record<string, unknown>;
+}
+
+export interface RevertOptions {
+  /** Discard the present state even when it has changes since its snapshot. */
+  force?: boolean;
+  /** Boot the VM after reverting to a snapshot without memory. */
+  start?: boolean;
+}
+
+export interface RevertResult {
+  snapshot: SnapshotView;
+  /** What the VM is now. */
+  state: 'running' | 'paused' | 'stopped';
+  /** What was discarded. */
+  discarded: string[];
+  /** From the kill of the old QEMU to the guest running again, for reverts with memory. */
+  resumeMs?: number;
+}
+
+/** What a revert would throw away, in words a user can judge. */
+export interface PresentStateChanges {
+  running: boolean;
+  lost: string[];
+}
+
+function size(path: string | null): number {
+  if (!path) return 0;
+  try {
+    return statSync(path).blocks * 512;
+  } catch {
+    return 0;
+  }
+}
+
+/** A fresh qcow2 overlay header, with no data written yet, is this small or smaller. */
+const EMPTY_OVERLAY_BYTES = 256 * 1024;
+
+export class SnapshotService {
+  constructor(
+    private readonly ctx: Context,
+    private readonly vms: VmService,
+  ) {}
+
+  private get catalog() {
+    return this.ctx.catalog;
+  }
+
+  private resolve(vm: VmRecord, nameOrId: string): SnapshotRecord {
+    const s = this.catalog.findSnapshot(vm.id, nameOrId);
+    if (!s || s.status === 'prepare') {
+      throw new VmsnapError('NOT_FOUND', `VM '${vm.name}' has no snapshot '${nameOrId}'`, {
+        hint: `see 'vmsnap snapshot list ${vm.name}'`,
+        details: { vm: vm.name, snapshot: nameOrId },
+      });
+    }
+    return s;
+  }
+
+  private view(vm: VmRecord, s: SnapshotRecord, all: SnapshotRecord[]): SnapshotView {
+    const disks = Object.entries(s.layers).map(([slot, layerId]) => {
+      const l = this.catalog.findLayer(layerId);
+      return { slot, layerId, path: l?.path ?? '', bytes: l ? fileBytes(l.path) : 0 };
+    });
+    const parent = s.parentId ? all.find((p) => p.id === s.parentId) : undefined;
+    return {
+      id: s.id,
+      name: s.name,
+      description: s.description,
+      parentId: s.parentId,
+      parent: parent?.name ?? null,
+      createdAt: s.createdAt,
+      hasMemory: s.stateFile !== null,
+      vmState: s.vmState,
+      pauseMs: s.pauseMs,
+      current: vm.currentSnapshotId === s.id,
+      children: all.filter((c) => c.parentId === s.id).map((c) => c.name),
+      disks,
+      deltaBytes: disks.reduce((a, d) => a + d.bytes, 0),
+      stateBytes: size(s.stateFile),
+      config: s.config,
+      meta: s.meta,
+    };
+  }
+
+  list(vmName: string): SnapshotView[] {
+    const vm = this.vms.get(vmName);
+    const all = this.catalog.listSnapshots(vm.id).filter((s) => s.status !== 'prepare');
+    return all.map((s) => this.view(vm, s, all));
+  }
+
+  show(vmName: string, snapName: string): SnapshotView {
+    const vm = this.vms.get(vmName);
+    const s = this.resolve(vm, snapName);
+    return this.view(vm, s, this.catalog.listSnapshots(vm.id));
+  }
+
+  /** The tree drawn for a terminal, with "you are here" under the current snapshot. */
+  tree(vmName: string): string {
+    const vm = this.vms.get(vmName);
+    const views = this.list(vm.id);
+    return renderTree(views, vm.currentSnapshotId, (s) => {
+      const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString()];
+      return `${s.name}  (${bits.join(', ')})${s.description ? ` — ${s.description}` : ''}`;
+    });
+  }
+
+  /** New empty overlays, one per disk, on top of the given layers. */
+  private planOverlays(onto: Record<string, string>): OverlaySwitch[] {
+    return Object.entries(onto).map(([slot, oldLayerId]) => {
+      const id = newLayerId();
+      return { slot, oldLayerId, newLayerId: id, newPath: layerPath(this.ctx.paths.layers, id) };
+    });
+  }
+
+  /** Create the overlay files with qemu-img; the backing pointer is relative when both live in the layers dir. */
+  private async createOverlayFiles(switches: OverlaySwitch[]): Promise<void> {
+    for (const s of switches) {
+      const below = this.catalog.getLayer(s.oldLayerId);
+      const backing = dirname(below.path) === dirname(s.newPath) ? basename(below.path) : below.path;
+      await createImage(s.newPath, { format: 'qcow2', backing, backingFormat: below.format });
+      fsyncFileAndDir(s.newPath);
+    }
+  }
+
+  private newLayerRecords(vm: VmRecord, switches: OverlaySwitch[], now: string): LayerRecord[] {
+    return switches.map((s) => ({
+      id: s.newLayerId,
+      vmId: vm.id,
+      slot: s.slot,
+      path: s.newPath,
+      format: 'qcow2',
+      backingId: s.oldLayerId,
+      frozen: false,
+      external: false,
+      createdAt: now,
+    }));
+  }
+
+  /**
+   * Take a snapshot. Every disk's active layer is frozen and a new empty
+   * overlay takes the writes, for all disks at one instant; with memory, the
+   * RAM and device state of that same instant goes to a state file.
+   */
+  async create(vmName: string, name: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotView> {
+    const vm0 = this.vms.get(vmName);
+    validateName(name, 'snapshot');
+    if (opts.description !== undefined && opts.description.length > 4096) {
+      throw new VmsnapError('INVALID_ARGUMENT', 'description: at most 4096 characters', { details: { field: 'description' } });
+    }
+    return withVmLock(this.catalog, vm0, `snapshot create ${name}`, async () => {
+      const vm = this.vms.get(vm0.id);
+      if (this.catalog.findSnapshot(vm.id, name)) {
+        throw new VmsnapError('ALREADY_EXISTS', `VM '${vm.name}' already has a snapshot named '${name}'`, {
+          hint: 'snapshot names are unique per VM: choose another',
+          details: { vm: vm.name, snapshot: name },
+        });
+      }
+      const rt = await probeRuntime(this.ctx.paths.run, vm.id);
+      if (rt.state === 'unknown') {
+        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is in an unknown state: ${rt.detail ?? ''}`, { hint: `vmsnap status ${vm.name}` });
+      }
+      const vmState: VmRunState = rt.state === 'stopped' ? 'off' : rt.state;
+      const withMemory = vmState !== 'off' && (opts.memory ?? true);
+      if (opts.memory === true && vmState === 'off') {
+        throw new VmsnapError('INVALID_ARGUMENT', `VM '${vm.name}' is off: there is no memory state to save`, {
+          hint: 'take a disk-only snapshot (--no-memory), or start the VM first',
+        });
+      }
+      const switches = this.planOverlays(this.catalog.activeLayers(vm.id));
+      const snapshotId = newId();
+      const stateFile = withMemory ? join(this.ctx.paths.states, `${snapshotId}.state`) : null;
+      const now = new Date().toISOString();
+      const record: SnapshotRecord = {
+        id: snapshotId,
+        vmId: vm.id,
+        name,
+        description: opts.description ?? '',
+        parentId: vm.currentSnapshotId,
+        createdAt: now,
+        config: vm.config,
+        stateFile,
+        vmState,
+        pauseMs: null,
+        status: 'prepare',
+        meta: {},
+        layers: Object.fromEntries(switches.map((s) => [s.slot, s.oldLayerId])),
+      };
+      const op = this.ctx.journal.begin('snapshot-create', vm.id, {
+        snapshotId,
+        name,
+        vmState,
+        stateFile,
+        switches,
+        createFiles: [...switches.map((s) => s.newPath), ...(stateFile ? [stateFile] : [])],
+      });
+      this.ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-create', status: 'started' });
+
+      let qmp: QmpClient | undefined;
+      let switched = false;
+      let nodesAdded = false;
+      const meta: Record<string, unknown> = {};
+      try {
+        await this.createOverlayFiles(switches);
+        // Step 1: files exist; the snapshot row is written in 'prepare' (not shown, removed on failure).
+        this.ctx.journal.step(op, 1, () => this.catalog.insertSnapshot(record));
+
+        if (vmState === 'off') {
+          switched = true;
+        } else {
+          qmp = await connectQmp(this.ctx.paths.run, vm);
+          await addOverlayNodes(qmp, switches);
+          nodesAdded = true;
+          if (withMemory) {
+            const r = await snapshotWithMemory(qmp, switches, stateFile!, {
+              running: vmState === 'running',
+              onDisksSwitched: () => (switched = true),
+              ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
+            });
+            fsyncFileAndDir(stateFile!);
+            record.pauseMs = r.pauseMs;
+            Object.assign(meta, {
+              memoryMode: r.mode,
+              saveMs: Math.round(r.totalMs),
+              ...(r.qemuDowntimeMs !== undefined ? { qemuDowntimeMs: r.qemuDowntimeMs } : {}),
+              ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
+            });
+          } else {
+            // Disk only: quiesce the guest's filesystems if its agent answers, then switch.
+            const quiesced = vmState === 'running' ? await this.freezeGuest(vm) : false;
+            const t0 = performance.now();
+            try {
+              await switchToOverlays(qmp, switches);
+              switched = true;
+            } finally {
+              if (quiesced) await this.thawGuest(vm);
+            }
+            // The vCPUs never stop; I/O is drained for the length of the transaction at most.
+            record.pauseMs = vmState === 'running' ? performance.now() - t0 : 0;
+            Object.assign(meta, { quiesced, pauseSource: 'transaction' });
+          }
+        }
+        // Step 2: QEMU writes to the new overlays. Record it all in one transaction and finish.
+        this.ctx.journal.finish(op, 'done', undefined, () => {
+          for (const l of this.newLayerRecords(vm, switches, now)) this.catalog.insertLayer(l);
+          for (const s of switches) {
+            this.catalog.setLayerFrozen(s.oldLayerId);
+            this.catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
+          }
+          this.catalog.updateSnapshot(snapshotId, { status: 'ready', pauseMs: record.pauseMs, meta });
+          this.catalog.setCurrentSnapshot(vm.id, snapshotId);
+        });
+        this.ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-create', status: 'done' });
+        return this.show(vm.id, snapshotId);
+      } catch (e) {
+        // Undo in reverse: put the VM back on its previous layers, then remove every file made.
+        try {
+          if (qmp && switched && vmState !== 'off') await mergeBackOverlays(qmp, switches);
+          else if (qmp && nodesAdded) await removeOverlayNodes(qmp, switches);
+          for (const s of switches) rmSync(s.newPath, { force: true });
+          if (stateFile) rmSync(stateFile, { force: true });
+          this.ctx.journal.finish(op, 'rolled_back', e, () => this.catalog.deleteSnapshot(snapshotId));
+        } catch (undoError) {
+          this.ctx.journal.finish(op, 'failed', `${String(e)}; rollback failed: ${String(undoError)}`);
+          throw new VmsnapError('INTERNAL', `snapshot failed and its rollback failed too: ${(undoError as Error).message}`, {
+            hint: "run 'vmsnap recover'",
+            cause: e,
+          });
+        }
+        this.ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-create', status: 'failed', error: String(e) });
+        throw e;
+      } finally {
+        await qmp?.close();
+      }
+    });
+  }
+
+  private async freezeGuest(vm: VmRecord): Promise<boolean> {
+    try {
+      const agent = await this.vms.agent(vm, 1500);
+      try {
+        await agent.fsfreezeFreeze();
+        return true;
+      } finally {
+        await agent.close();
+      }
+    } catch {
+      return false;
+    }
+  }
+
+  private async thawGuest(vm: VmRecord): Promise<void> {
+    const agent = await this.vms.agent(vm, 10_000);
+    try {
+      await agent.fsfreezeThaw();
+    } finally {
+      await agent.close();
+    }
+  }
+
+  /** What reverting now would discard: the running state, disk writes since the current snapshot, config changes. */
+  async presentStateChanges(vmName: string): Promise<PresentStateChanges> {
+    const vm = this.vms.get(vmName);
+    const rt = await probeRuntime(this.ctx.paths.run, vm.id);
+    const lost: string[] = [];
+    const running = rt.state !== 'stopped';
+    const since = vm.currentSnapshotId ? `since snapshot '${this.catalog.findSnapshotById(vm.currentSnapshotId)?.name}'` : 'since the VM was created';
+    if (running) lost.push(`the ${rt.state} state of the VM (its memory and processes)`);
+    for (const [slot, layerId] of Object.entries(this.catalog.activeLayers(vm.id))) {
+      const l = this.catalog.getLayer(layerId);
+      const bytes = fileBytes(l.path);
+      if (running || bytes > EMPTY_OVERLAY_BYTES) lost.push(`writes to ${slot} ${since} (layer ${l.id}, ${Math.round(bytes / 1024)} KiB on disk)`);
+    }
+    const current = vm.currentSnapshotId ? this.catalog.findSnapshotById(vm.currentSnapshotId) : undefined;
+    if (current && JSON.stringify(current.config) !== JSON.stringify(vm.config)) lost.push('hardware config changes made since that snapshot');
+    if (!current) lost.push('everything on the disks: the VM has no snapshot to come back to');
+    return { running, lost };
+  }
+
+  /**
+   * Revert to any snapshot in the tree: every disk gets a new empty overlay on
+   * the snapshot's frozen layers, the config goes back to the snapshot's, and
+   * with memory the guest resumes exactly where it was.
+   */
+  async revert(vmName: string, snapName: string, opts: RevertOptions = {}): Promise<RevertResult> {
+    const vm0 = this.vms.get(vmName);
+    const snap0 = this.resolve(vm0, snapName);
+    return withVmLock(this.catalog, vm0, `snapshot revert ${snap0.name}`, async () => {
+      const vm = this.vms.get(vm0.id);
+      const snap = this.resolve(vm, snap0.id);
+      const changes = await this.presentStateChanges(vm.id);
+      const wouldLose = changes.lost.filter((l) => !l.startsWith('everything on the disks') || changes.running);
+      const hasChanges = changes.running || changes.lost.some((l) => l.startsWith('writes to') || l.startsWith('hardware'));
+      if (hasChanges && !opts.force) {
+        throw new VmsnapError('WOULD_LOSE_DATA', `reverting VM '${vm.name}' to '${snap.name}' would discard: ${wouldLose.join('; ')}`, {
+          hint: 'take a snapshot first to keep the present state, or pass --force to discard it',
+          details: { vm: vm.name, snapshot: snap.name, lost: wouldLose },
+        });
+      }
+      for (const [slot, layerId] of Object.entries(snap.layers)) {
+        const l = this.catalog.findLayer(layerId);
+        if (!l || !existsSync(l.path)) {
+          throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': the layer of ${slot} is missing (${l?.path ?? layerId})`, {
+            hint: "run 'vmsnap verify'",
+          });
+        }
+      }
+      if (snap.stateFile && !existsSync(snap.stateFile)) {
+        throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, {
+          hint: "run 'vmsnap verify'",
+        });
+      }
+
+      const switches = this.planOverlays(snap.layers);
+      const oldActive = Object.values(this.catalog.activeLayers(vm.id)).map((id) => this.catalog.getLayer(id));
+      // The old active layers hold only the present state: no snapshot names them, and nothing builds on them.
+      const discard = oldActive.filter((l) => !l.frozen && !l.external && this.catalog.childrenOfLayer(l.id).length === 0);
+      const op = this.ctx.journal.begin('snapshot-revert', vm.id, {
+        snapshotId: snap.id,
+        switches,
+        createFiles: switches.map((s) => s.newPath),
+        removeLayers: discard.map((l) => l.id),
+        removeFiles: discard.map((l) => l.path),
+      });
+      this.ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-revert', status: 'started' });
+      try {
+        await this.createOverlayFiles(switches);
+        this.ctx.journal.step(op, 1);
+      } catch (e) {
+        for (const s of switches) rmSync(s.newPath, { force: true });
+        this.ctx.journal.finish(op, 'rolled_back', e);
+        throw e;
+      }
+
+      // Past this point the present state is discarded: the operation only rolls forward.
+      const t0 = performance.now();
+      const files = runtimeFiles(this.ctx.paths.run, vm.id);
+      await killQemu(files);
+      const now = new Date().toISOString();
+      this.ctx.journal.step(op, 2, () => {
+        for (const l of this.newLayerRecords(vm, switches, now)) this.catalog.insertLayer(l);
+        this.catalog.clearActiveLayers(vm.id);
+        for (const s of switches) this.catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
+        for (const l of discard) this.catalog.deleteLayer(l.id);
+        this.catalog.updateVmConfig(vm.id, snap.config);
+        this.catalog.setCurrentSnapshot(vm.id, snap.id);
+      });
+      for (const l of discard) rmSync(l.path, { force: true });
+      this.ctx.journal.step(op, 3);
+
+      let state: RevertResult['state'] = 'stopped';
+      let resumeMs: number | undefined;
+      const reverted = this.vms.get(vm.id);
+      try {
+        if (snap.stateFile) {
+          await this.vms.startLocked(reverted, { incomingDefer: true });
+          const qmp = await connectQmp(this.ctx.paths.run, reverted);
+          try {
+            await loadMemory(qmp, snap.stateFile);
+            const st = await qmp.queryStatus();
+            if (snap.vmState === 'paused' && st.running) await qmp.execute('stop');
+            state = snap.vmState === 'paused' ? 'paused' : 'running';
+          } finally {
+            await qmp.close();
+          }
+          resumeMs = performance.now() - t0;
+        } else if (opts.start) {
+          await this.vms.startLocked(reverted, {});
+          state = 'running';
+        }
+        this.ctx.journal.finish(op, 'done');
+      } catch (e) {
+        // The disks and config are reverted; only bringing the VM up failed. Leave it off, say so.
+        await killQemu(files);
+        this.ctx.journal.finish(op, 'done', e);
+        throw new VmsnapError(
+          e instanceof VmsnapError ? e.code : 'QEMU_FAILED',
+          `reverted VM '${vm.name}' to '${snap.name}' on disk, but starting it failed: ${(e as Error).message}`,
+          { hint: `the VM is off; 'vmsnap start ${vm.name}' boots it from the snapshot's disks`, cause: e },
+        );
+      }
+      this.ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-revert', status: 'done' });
+      this.ctx.events.emitEvent({ type: 'vm-state', vm: vm.name, vmId: vm.id, state });
+      return {
+        snapshot: this.show(vm.id, snap.id),
+        state,
+        discarded: hasChanges ? wouldLose : [],
+        ...(resumeMs !== undefined ? { resumeMs } : {}),
+      };
+    });
+  }
+}
+

@@ -1,0 +1,88 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Vmsnap } from '../src/vmsnap.js';
+
+export const BIN = fileURLToPath(new URL('../bin/vmsnap.js', import.meta.url));
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** A throwaway VMSNAP_HOME; short, because unix socket paths are limited. */
+export function tempHome(): string {
+  return mkdtempSync(join(tmpdir(), 'vs-'));
+}
+
+/** Run the real CLI as a user would. */
+export function cli(home: string, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, VMSNAP_HOME: home, VMSNAP_ACCEL: 'tcg', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
+  });
+}
+
+/** Kill every QEMU started under a home and remove it. */
+export function cleanupHome(home: string): void {
+  const run = join(home, 'run');
+  if (existsSync(run)) {
+    for (const id of readdirSync(run)) {
+      const pidFile = join(run, id, 'qemu.pid');
+      if (!existsSync(pidFile)) continue;
+      try {
+        process.kill(Number(readFileSync(pidFile, 'utf8').trim()), 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  rmSync(home, { recursive: true, force: true });
+}
+
+/** The library on a home, with TCG (guests stall under KVM on these machines). */
+export function openLib(home: string): Vmsnap {
+  process.env.VMSNAP_ACCEL = 'tcg';
+  return Vmsnap.open({ home });
+}
+
+/** Run a shell command in the guest and return its stdout, failing on a non-zero exit. */
+export async function sh(lib: Vmsnap, vm: string, script: string): Promise<string> {
+  const r = await lib.vms.exec(vm, ['/bin/sh', '-c', script]);
+  if (r.exitCode !== 0) throw new Error(`guest command failed (${r.exitCode}): ${script}\n${r.stderr}`);
+  return r.stdout;
+}
+
+/** Files currently in the layers and states dirs of a home. */
+export function dataFiles(home: string): string[] {
+  const out: string[] = [];
+  for (const dir of ['layers', 'states']) {
+    const p = join(home, dir);
+    if (existsSync(p)) out.push(...readdirSync(p).map((f) => join(p, f)));
+  }
+  return out.sort();
+}
+
+/** Everything the catalog holds about VMs, layers and snapshots, plus the data files: to prove "nothing changed". */
+export function catalogDump(home: string): string {
+  const lib = Vmsnap.open({ home });
+  try {
+    const db = lib.ctx.catalog.db;
+    const tables = ['vms', 'layers', 'active_layers', 'snapshots', 'snapshot_layers'];
+    const rows = Object.fromEntries(tables.map((t) => [t, db.prepare(`SELECT * FROM ${t} ORDER BY rowid`).all()]));
+    return JSON.stringify({ rows, files: dataFiles(home) });
+  } finally {
+    lib.close();
+  }
+}
