@@ -348,8 +348,11 @@ export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 for p in /run/qemu-ga.pid /run/acpid.pid; do
   [ -s "$p" ] && kill "$(cat "$p")" 2>/dev/null
 done
+mps=$(awk '$1 ~ /^\/dev\/vd/ {print $2}' /proc/mounts | sort -r)
+# a filesystem left frozen (guest-fsfreeze-freeze without thaw) would hang sync
+for mp in $mps; do fsfreeze --unfreeze "$mp" 2>/dev/null; done
 sync
-for mp in $(awk '$1 ~ /^\/dev\/vd/ {print $2}' /proc/mounts | sort -r); do
+for mp in $mps; do
   umount "$mp" 2>/dev/null || mount -o remount,ro "$mp" 2>/dev/null
 done
 sync

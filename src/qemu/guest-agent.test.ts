@@ -23,7 +23,8 @@ interface FakeAgent {
 /**
  * A fake qemu-ga: like the real one it handles commands strictly in order (so a late
  * reply comes before the reply to anything sent after it), answers
- * guest-sync-delimited with a 0xFF-prefixed reply, and answers other commands with
+ * guest-sync-delimited with a 0xFF-prefixed reply (after a parse error for the 0xFF
+ * flush byte itself, as qemu-ga 7.2 does), and answers other commands with
  * `handle`. `upAfterMs` models a guest that is still booting: the socket accepts, but
  * nothing is read until then.
  */
@@ -43,13 +44,18 @@ async function fakeAgent(dir: string, handle: (m: Msg) => Answer, opts: { upAfte
       if (busy > 0 && m.execute !== 'guest-sync-delimited') fake.overlapped++;
       busy++;
       chain = chain.then(async () => {
-        const a: Answer = m.execute === 'guest-sync-delimited' ? { reply: { return: m.arguments?.id } } : handle(m);
+        // The sync reply comes a little apart from what precedes it, so that a client
+        // taking a stale reply for it would then take the sync reply for its next command.
+        const a: Answer = m.execute === 'guest-sync-delimited' ? { reply: { return: m.arguments?.id }, delayMs: 10 } : handle(m);
         if (a?.delayMs) await new Promise((r) => setTimeout(r, a.delayMs));
         busy--;
         if (a?.reply === undefined || sock.destroyed) return;
         const text = Buffer.from(JSON.stringify(a.reply) + '\n');
         sock.write(m.execute === 'guest-sync-delimited' ? Buffer.concat([Buffer.from([0xff]), text]) : text);
       });
+    }, () => {
+      // qemu-ga 7.2 answers the flush byte itself with a parse error, before the sync's reply.
+      chain = chain.then(() => void sock.write(`{"error": {"class": "GenericError", "desc": "JSON parse error, stray '\\uFFFD'"}}\n`));
     });
     if (opts.upAfterMs) {
       sock.pause();

@@ -75,19 +75,16 @@ const q = (v: string): string => v.replace(/,/g, ',,');
 export function blockdevArgs(disk: LaunchDisk): string[] {
   const args: string[] = [];
   // Bottom up, so each node's backing is defined before it is referenced.
+  // JSON syntax: the dotted syntax cannot say "backing: null" (no backing to open).
   const chain = [...disk.chain].reverse();
   chain.forEach((layer, i) => {
     const active = i === chain.length - 1;
-    const below = i === 0 ? 'null' : formatNode(chain[i - 1]!.id);
-    args.push(
-      '-blockdev',
-      `driver=file,filename=${q(layer.path)},node-name=${fileNode(layer.id)},auto-read-only=on,discard=unmap`,
-    );
-    const fmt = [`driver=${layer.format}`, `file=${fileNode(layer.id)}`, `node-name=${formatNode(layer.id)}`];
-    if (layer.format === 'qcow2') fmt.push(`backing=${below}`);
+    const file = { driver: 'file', filename: layer.path, 'node-name': fileNode(layer.id), 'auto-read-only': true, discard: 'unmap' };
+    const format: Record<string, unknown> = { driver: layer.format, file: fileNode(layer.id), 'node-name': formatNode(layer.id) };
+    if (layer.format === 'qcow2') format.backing = i === 0 ? null : formatNode(chain[i - 1]!.id);
     // Frozen layers are read-only: block jobs reopen them read-write only while they merge.
-    if (!active) fmt.push('read-only=on');
-    args.push('-blockdev', fmt.join(','));
+    if (!active) format['read-only'] = true;
+    args.push('-blockdev', JSON.stringify(file), '-blockdev', JSON.stringify(format));
   });
   return args;
 }

@@ -220,19 +220,22 @@ export async function snapshotWithMemory(
   const resumed = qmp.waitForEvent('RESUME', { timeoutMs });
 
   if (!fallbackReason) {
-    await qmp.execute('stop');
-    try {
-      await switchToOverlays(qmp, switches);
-    } catch (e) {
-      await qmp.execute('cont').catch(() => undefined);
-      throw e;
-    }
-    opts.onDisksSwitched?.();
-    try {
-      await qmp.execute('migrate', { uri });
-    } catch (e) {
-      await qmp.execute('cont').catch(() => undefined);
-      throw e;
+    // Pipelined: QEMU runs a monitor's commands in order, so sending all three at
+    // once keeps the client's round trips out of the guest's pause. If the
+    // transaction fails, the migration that follows it is cancelled and the state
+    // file discarded by the caller's rollback.
+    const stop = qmp.execute('stop');
+    const transaction = switchToOverlays(qmp, switches);
+    const migrate = qmp.execute('migrate', { uri });
+    const [stopR, txR, migR] = await Promise.allSettled([stop, transaction, migrate]);
+    if (txR.status === 'fulfilled') opts.onDisksSwitched?.();
+    const failed = [stopR, txR, migR].find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await qmp.execute('migrate_cancel').catch(() => undefined);
+      await waitForMigration(qmp, (st) => st !== 'active' && st !== 'setup' && st !== 'cancelling', 30_000).catch(() => undefined);
+      const st = await qmp.queryStatus().catch(() => undefined);
+      if (st && !st.running) await qmp.execute('cont').catch(() => undefined);
+      throw failed.reason;
     }
     const [stopEv, resumeEv] = await Promise.all([stopped, resumed]);
     const info = await waitForMigration(qmp, (s) => s === 'completed', timeoutMs);

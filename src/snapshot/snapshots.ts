@@ -448,8 +448,11 @@ export class SnapshotService {
           const qmp = await connectQmp(this.ctx.paths.run, reverted);
           try {
             await loadMemory(qmp, snap.stateFile);
+            // The saved run state is the one at save time, which is 'paused' when vmsnap
+            // stopped the vCPUs itself for the disk switch: set it to what the snapshot says.
             const st = await qmp.queryStatus();
             if (snap.vmState === 'paused' && st.running) await qmp.execute('stop');
+            if (snap.vmState === 'running' && !st.running) await qmp.execute('cont');
             state = snap.vmState === 'paused' ? 'paused' : 'running';
           } finally {
             await qmp.close();

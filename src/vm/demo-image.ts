@@ -11,7 +11,7 @@ export interface DemoImage {
 }
 
 /** The kernel command line the demo guest is built for. */
-export const DEMO_APPEND = 'console=ttyS0 quiet panic=-1';
+export const DEMO_APPEND = 'console=ttyS0 quiet';
 
 export function demoImagePaths(imageCache: string): DemoImage {
   const dir = join(imageCache, 'demo');

@@ -1,0 +1,205 @@
+/**
+ * vmsnap benchmarks (`npm run bench`): each vmsnap operation on the demo guest
+ * beside the raw QEMU operation it is built on, on the same machine, as medians
+ * of several runs and as ratios. Targets are printed beside the figures; they
+ * are never asserted in tests (these machines are noisy).
+ *
+ *   npm run bench -- --runs 5 --json bench/results/latest.json
+ */
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { formatNode, runtimeFiles } from '../src/qemu/launcher.js';
+import { createImage } from '../src/qemu/qemu-img.js';
+import { QmpClient } from '../src/qemu/qmp.js';
+import { shellQuote, tuneMigration } from '../src/snapshot/live.js';
+import { livePid, waitForExit } from '../src/vm/runtime.js';
+import { Vmsnap } from '../src/vmsnap.js';
+import { cleanupHome, sh, tempHome } from '../test/helpers.js';
+
+interface Row {
+  name: string;
+  unit: string;
+  vmsnap: number;
+  raw?: number;
+  target?: string;
+}
+
+const args = process.argv.slice(2);
+const RUNS = Number(args[args.indexOf('--runs') + 1] || 5) || 5;
+const JSON_OUT = args.includes('--json') ? args[args.indexOf('--json') + 1] : undefined;
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+async function rawQmp(lib: Vmsnap, vm: string): Promise<QmpClient> {
+  const rec = lib.vms.get(vm);
+  return QmpClient.connect(runtimeFiles(lib.ctx.paths.run, rec.id).qmpSocket, { timeoutMs: 10_000, retryUntilMs: 5000 });
+}
+
+/** Raw QEMU: a bare blockdev-snapshot-sync of the running VM's disk (its round trip is the I/O pause). */
+async function rawDiskSnapshot(lib: Vmsnap, vm: string, dir: string, i: number): Promise<number> {
+  const rec = lib.vms.get(vm);
+  const active = lib.ctx.catalog.activeLayers(rec.id).disk0!;
+  const qmp = await rawQmp(lib, vm);
+  try {
+    const t0 = performance.now();
+    await qmp.execute('blockdev-snapshot-sync', { 'node-name': formatNode(active), 'snapshot-file': join(dir, `raw-${i}.qcow2`), 'snapshot-node-name': `raw${i}`, format: 'qcow2' });
+    return performance.now() - t0;
+  } finally {
+    await qmp.close();
+  }
+}
+
+/** Raw QEMU: a bare background-snapshot migration to a file; pause from its STOP/RESUME events, wall until completed. */
+async function rawMemorySave(lib: Vmsnap, vm: string, path: string): Promise<{ pauseMs: number; wallMs: number }> {
+  const qmp = await rawQmp(lib, vm);
+  try {
+    await tuneMigration(qmp);
+    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'background-snapshot', state: true }] });
+    const stop = qmp.waitForEvent('STOP', { timeoutMs: 60_000 });
+    const resume = qmp.waitForEvent('RESUME', { timeoutMs: 60_000 });
+    const t0 = performance.now();
+    await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(path)}` });
+    for (;;) {
+      const m = await qmp.execute<{ status: string }>('query-migrate');
+      if (m.status === 'completed') break;
+      if (m.status === 'failed') throw new Error('raw migration failed');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const wallMs = performance.now() - t0;
+    const [s, r] = await Promise.all([stop, resume]);
+    return { pauseMs: r.timeMs - s.timeMs, wallMs };
+  } finally {
+    await qmp.close();
+  }
+}
+
+/** Raw QEMU: start a QEMU with -incoming defer on the same disks and load the same state file, until the guest runs. */
+async function rawIncoming(lib: Vmsnap, vm: string, statePath: string, dir: string): Promise<number> {
+  const rec = lib.vms.get(vm);
+  const info = await lib.vms.info(vm);
+  const overlay = join(dir, `incoming-${Date.now()}.qcow2`);
+  const disks = lib.vms.launchDisks(rec);
+  const base = disks[0]!.chain[1]!;
+  await createImage(overlay, { backing: base.path, backingFormat: base.format });
+  const sock = join(dir, 'raw.sock');
+  const pidFile = join(dir, 'raw.pid');
+  const t0 = performance.now();
+  const argv = [
+    '-machine', 'q35,accel=tcg', '-m', `${info.config.memoryMiB}M`, '-smp', String(info.config.cpus), '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none',
+    '-qmp', `unix:${sock},server=on,wait=off`, '-chardev', `socket,id=qmpev,path=${sock}.ev,server=on,wait=off`, '-mon', 'chardev=qmpev,mode=control',
+    '-chardev', `socket,id=ser0,path=${sock}.con,server=on,wait=off`, '-serial', 'chardev:ser0',
+    '-chardev', `socket,id=qga0,path=${sock}.qga,server=on,wait=off`, '-device', 'virtio-serial-pci,id=vser0', '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
+    '-blockdev', `driver=file,filename=${base.path},node-name=f${base.id},auto-read-only=on,discard=unmap`,
+    '-blockdev', `driver=qcow2,file=f${base.id},node-name=l${base.id},backing=null,read-only=on`,
+    '-blockdev', `driver=file,filename=${overlay},node-name=ftop,auto-read-only=on,discard=unmap`,
+    '-blockdev', `driver=qcow2,file=ftop,node-name=ltop,backing=l${base.id}`,
+    '-device', 'virtio-blk-pci,drive=ltop,id=disk0,serial=disk0',
+    ...info.config.nics.flatMap((n) => ['-netdev', `user,id=${n.id}`, '-device', `virtio-net-pci,netdev=${n.id},mac=${n.mac},id=${n.id}-dev`]),
+    '-pidfile', pidFile, '-daemonize', '-incoming', 'defer',
+  ];
+  if (info.config.boot.image === 'demo') {
+    const img = join(lib.ctx.paths.imageCache, 'demo');
+    argv.push('-kernel', join(img, 'vmlinuz'), '-initrd', join(img, 'initrd.img'), '-append', info.config.boot.append ?? '');
+  }
+  await new Promise<void>((resolve, reject) => {
+    const c = spawn('qemu-system-x86_64', argv, { stdio: 'inherit' });
+    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`qemu exit ${code}`))));
+  });
+  const qmp = await QmpClient.connect(sock, { retryUntilMs: 5000 });
+  try {
+    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
+    for (;;) {
+      const s = await qmp.queryStatus();
+      if (s.status !== 'inmigrate') break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return performance.now() - t0;
+  } finally {
+    await qmp.execute('quit').catch(() => undefined);
+    await qmp.close();
+  }
+}
+
+async function main(): Promise<void> {
+  process.env.VMSNAP_ACCEL ??= 'tcg';
+  const home = tempHome();
+  const scratch = join(home, 'raw');
+  mkdirSync(scratch, { recursive: true });
+  const lib = Vmsnap.open({ home });
+  const rows: Row[] = [];
+  try {
+    await lib.vms.create('bench', { image: 'demo', memoryMiB: 256 });
+    await lib.vms.start('bench');
+    await sh(lib, 'bench', 'echo ready > /data/ready && sync');
+    // Let the guest settle after boot, like a VM in use would be.
+    await sh(lib, 'bench', "nohup /bin/sh -c 'while :; do date > /tmp/now; sleep 0.05; done' >/dev/null 2>&1 &");
+
+    const diskPause: number[] = [];
+    const diskWall: number[] = [];
+    const diskRaw: number[] = [];
+    const memPause: number[] = [];
+    const memWall: number[] = [];
+    const memRawPause: number[] = [];
+    const memRawWall: number[] = [];
+    const stateRatio: number[] = [];
+    const revert: number[] = [];
+    const revertRaw: number[] = [];
+
+    for (let i = 0; i < RUNS; i++) {
+      process.stderr.write(`run ${i + 1}/${RUNS}\n`);
+      let t0 = performance.now();
+      const d = await lib.snapshots.create('bench', `disk-${i}`, { memory: false });
+      diskWall.push(performance.now() - t0);
+      diskPause.push(d.pauseMs ?? NaN);
+      diskRaw.push(await rawDiskSnapshot(lib, 'bench', scratch, i));
+      // The raw overlay sits on top now; put the VM back on vmsnap's chain by reverting (fresh QEMU).
+      await lib.snapshots.revert('bench', `disk-${i}`, { force: true, start: true });
+      await sh(lib, 'bench', 'true');
+
+      t0 = performance.now();
+      const m = await lib.snapshots.create('bench', `mem-${i}`);
+      memWall.push(performance.now() - t0);
+      memPause.push(m.pauseMs ?? NaN);
+      stateRatio.push(m.stateBytes / (256 * 1024 ** 2));
+      const rawState = join(scratch, `raw-${i}.state`);
+      const raw = await rawMemorySave(lib, 'bench', rawState);
+      memRawPause.push(raw.pauseMs);
+      memRawWall.push(raw.wallMs);
+
+      const r = await lib.snapshots.revert('bench', `mem-${i}`, { force: true });
+      revert.push(r.resumeMs ?? NaN);
+      revertRaw.push(await rawIncoming(lib, 'bench', rawState, scratch));
+    }
+    rows.push({ name: 'disk-only snapshot: guest pause', unit: 'ms', vmsnap: median(diskPause), raw: median(diskRaw), target: '≤ 10 ms' });
+    rows.push({ name: 'disk-only snapshot: wall time', unit: 'ms', vmsnap: median(diskWall), raw: median(diskRaw) });
+    rows.push({ name: 'memory snapshot (256 MiB): guest pause', unit: 'ms', vmsnap: median(memPause), raw: median(memRawPause), target: '≤ 20 ms' });
+    rows.push({ name: 'memory snapshot (256 MiB): wall time', unit: 'ms', vmsnap: median(memWall), raw: median(memRawWall) });
+    rows.push({ name: 'state file size / guest RAM', unit: 'ratio', vmsnap: median(stateRatio) });
+    rows.push({ name: 'revert with memory until the guest runs', unit: 'ms', vmsnap: median(revert), raw: median(revertRaw), target: '≤ 300 ms' });
+  } finally {
+    const pid = livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('bench').id));
+    if (pid) process.kill(pid, 'SIGKILL');
+    if (pid) await waitForExit(pid, 5000);
+    lib.close();
+    cleanupHome(home);
+  }
+
+  const fmt = (n: number | undefined, unit: string) => (n === undefined ? '-' : unit === 'ratio' ? n.toFixed(3) : n.toFixed(1));
+  process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs, demo guest under ${process.env.VMSNAP_ACCEL}\n\n`);
+  process.stdout.write(`${'measure'.padEnd(44)} ${'vmsnap'.padStart(9)} ${'raw QEMU'.padStart(9)} ${'ratio'.padStart(6)}  target\n`);
+  for (const r of rows) {
+    const ratio = r.raw ? (r.vmsnap / r.raw).toFixed(2) : '-';
+    process.stdout.write(`${r.name.padEnd(44)} ${fmt(r.vmsnap, r.unit).padStart(9)} ${fmt(r.raw, r.unit).padStart(9)} ${ratio.padStart(6)}  ${r.target ?? ''}\n`);
+  }
+  if (JSON_OUT) {
+    mkdirSync(dirname(JSON_OUT), { recursive: true });
+    writeFileSync(JSON_OUT, JSON.stringify({ runs: RUNS, at: new Date().toISOString(), rows }, null, 2));
+  }
+}
+
+await main();

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian/Ubuntu machine to a running demo VM:
+# installs what is missing (QEMU, npm dependencies), builds the demo guest,
+# creates and starts the VM 'demo', and shows it running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+[ -d node_modules ] || npm ci --no-audit --no-fund
+VMSNAP="node bin/vmsnap.js"
+VM=${1:-demo}
+
+if ! $VMSNAP status "$VM" >/dev/null 2>&1; then
+  $VMSNAP create "$VM" --image demo --memory 256M
+fi
+state=$($VMSNAP status "$VM" --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).state))')
+[ "$state" = stopped ] && $VMSNAP start "$VM"
+[ "$state" = paused ] && $VMSNAP resume "$VM"
+
+echo
+$VMSNAP status "$VM"
+echo
+echo "the guest says: $($VMSNAP exec "$VM" -- uname -a)"
+cat <<TXT
+
+Try it:
+  $VMSNAP exec $VM -- sh -c 'echo hello > /data/hello.txt; sync'
+  $VMSNAP snapshot create $VM first --description "with hello.txt"
+  $VMSNAP exec $VM -- rm /data/hello.txt
+  $VMSNAP snapshot revert $VM first --force
+  $VMSNAP exec $VM -- cat /data/hello.txt
+  $VMSNAP snapshot tree $VM
+  $VMSNAP console $VM        (Ctrl-] to detach)
+TXT

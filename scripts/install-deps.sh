@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what vmsnap and its tests need on Debian/Ubuntu: QEMU, qemu-img, and
+# the tools that build the demo guest. Idempotent: installs only what is missing.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio gzip xz-utils zstd kmod e2fsprogs)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "installing: ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null
