@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { Catalog } from './catalog/catalog.js';
 import { Journal } from './catalog/journal.js';
+import { withVmLock } from './catalog/lock.js';
 import { pathsFor, type VmsnapPaths } from './paths.js';
 
 /** Everything the library emits: progress of long jobs and VM state changes (the API streams these). */
@@ -22,11 +23,21 @@ export interface Context {
   catalog: Catalog;
   journal: Journal;
   events: VmsnapEvents;
+  /** Finishes a VM's interrupted operations; runs under the VM's lock before anything else acts on it. */
+  recoverVm: (vmId: string) => Promise<void>;
+}
+
+/** Hold a VM's lock for an action, recovering what an earlier process left unfinished first. */
+export function withVm<T>(ctx: Context, vm: { id: string; name: string }, purpose: string, fn: () => Promise<T>): Promise<T> {
+  return withVmLock(ctx.catalog, vm, purpose, async () => {
+    await ctx.recoverVm(vm.id);
+    return fn();
+  });
 }
 
 export function openContext(home: string, imageCache?: string): Context {
   const paths = pathsFor(home, imageCache);
   for (const dir of [paths.home, paths.layers, paths.states, paths.run]) mkdirSync(dir, { recursive: true, mode: 0o700 });
   const catalog = Catalog.open(paths.catalog);
-  return { paths, catalog, journal: new Journal(catalog), events: new VmsnapEvents() };
+  return { paths, catalog, journal: new Journal(catalog), events: new VmsnapEvents(), recoverVm: async () => {} };
 }

@@ -1,7 +1,11 @@
+import { rmSync } from 'node:fs';
+import { withVmLock } from './catalog/lock.js';
 import { defaultHome } from './paths.js';
 import { openContext, type Context, type VmsnapEvent } from './context.js';
 import { VmService } from './vm/machines.js';
 import { SnapshotService } from './snapshot/snapshots.js';
+import { findOrphans, othersAtWork, recoverVm, type RecoveryReport } from './snapshot/recovery.js';
+import { recordFingerprints, verifyVm, type VerifyReport } from './snapshot/verify.js';
 
 export interface OpenOptions {
   /** The data dir; default $VMSNAP_HOME or the XDG data dir. */
@@ -23,6 +27,10 @@ export class Vmsnap {
     this.ctx = ctx;
     this.vms = new VmService(ctx);
     this.snapshots = new SnapshotService(ctx, this.vms);
+    // Whoever takes a VM's lock first finishes what a dead process left half done.
+    ctx.recoverVm = async (vmId) => {
+      await recoverVm(ctx, vmId);
+    };
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {
@@ -37,6 +45,46 @@ export class Vmsnap {
   onEvent(listener: (e: VmsnapEvent) => void): () => void {
     this.ctx.events.on('event', listener);
     return () => this.ctx.events.off('event', listener);
+  }
+
+  /**
+   * Finish every interrupted operation (rolled forward or back, each VM under
+   * its lock), then remove files nothing refers to.
+   */
+  async recover(): Promise<RecoveryReport> {
+    const report: RecoveryReport = { operations: [], orphansRemoved: [] };
+    const vmIds = new Set(this.ctx.journal.unfinished().map((op) => op.vmId));
+    for (const vmId of vmIds) {
+      if (vmId === null) continue;
+      const vm = this.ctx.catalog.findVm(vmId);
+      // A VM that never got into the catalog (an unfinished create) has no lock to take.
+      const run = () => recoverVm(this.ctx, vmId);
+      report.operations.push(...(vm ? await withVmLock(this.ctx.catalog, vm, 'recover', run) : await run()));
+    }
+    if (!othersAtWork(this.ctx)) {
+      for (const f of findOrphans(this.ctx)) {
+        rmSync(f, { force: true });
+        report.orphansRemoved.push(f);
+      }
+    }
+    return report;
+  }
+
+  /** Check that a VM's catalog rows, files and chains agree; `deep` also re-hashes every snapshot's content. */
+  async verify(vmName: string, opts: { deep?: boolean } = {}): Promise<VerifyReport> {
+    return verifyVm(this.ctx, this.vms.get(vmName), opts);
+  }
+
+  /** verify() for every VM. */
+  async verifyAll(opts: { deep?: boolean } = {}): Promise<VerifyReport[]> {
+    const out: VerifyReport[] = [];
+    for (const vm of this.ctx.catalog.listVms()) out.push(await verifyVm(this.ctx, vm, opts));
+    return out;
+  }
+
+  /** Fingerprint the snapshots of a VM that have none yet (normally done in the background after each snapshot). */
+  async fingerprint(vmName: string): Promise<number> {
+    return recordFingerprints(this.ctx, this.vms.get(vmName));
   }
 
   close(): void {

@@ -2,7 +2,8 @@ import { VmsnapError } from '../errors.js';
 import { newId } from '../util/ids.js';
 import type { Catalog } from './catalog.js';
 
-export type OperationStatus = 'running' | 'done' | 'rolled_back' | 'failed';
+/** running: in progress (or its process died); interrupted: failed half way, to be rolled forward by recovery. */
+export type OperationStatus = 'running' | 'interrupted' | 'done' | 'rolled_back' | 'failed';
 
 export interface OperationRecord<P = Record<string, unknown>> {
   id: string;
@@ -44,16 +45,20 @@ const toOperation = (r: OperationRow): OperationRecord => ({
 });
 
 /**
- * Test-only fault injection: VMSNAP_FAULT="kind:N" makes the process die
- * (SIGKILL, like kill -9) right after step N of an operation of that kind has
- * been journaled, so tests can prove recovery from every step boundary.
+ * Test-only fault injection: VMSNAP_FAULT="kind:POINT" makes the process die
+ * (SIGKILL, like kill -9) at that point of an operation of that kind: a number
+ * is the boundary right after that journal step was recorded, a name one of the
+ * named points in between (e.g. snapshot-create:switched). Tests use it to
+ * prove recovery from every boundary.
  */
-function maybeInjectFault(kind: string, step: number): void {
+export function faultPoint(kind: string, point: string | number): void {
   const fault = process.env.VMSNAP_FAULT;
   if (!fault) return;
-  const [k, n] = fault.split(':');
-  if (k === kind && Number(n) === step) process.kill(process.pid, 'SIGKILL');
+  const i = fault.lastIndexOf(':');
+  if (fault.slice(0, i) === kind && fault.slice(i + 1) === String(point)) process.kill(process.pid, 'SIGKILL');
 }
+
+const maybeInjectFault = faultPoint;
 
 /**
  * The operations journal. An operation is written with its plan (every file it
@@ -116,7 +121,7 @@ export class Journal {
   }
 
   unfinished(): OperationRecord[] {
-    return (this.catalog.db.prepare("SELECT * FROM operations WHERE status = 'running' ORDER BY started_at").all() as OperationRow[]).map(
+    return (this.catalog.db.prepare("SELECT * FROM operations WHERE status IN ('running', 'interrupted') ORDER BY started_at").all() as OperationRow[]).map(
       toOperation,
     );
   }

@@ -65,7 +65,7 @@ export const MIGRATIONS: readonly string[] = [
     id          TEXT PRIMARY KEY,
     vm_id       TEXT,
     kind        TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('running', 'done', 'rolled_back', 'failed')),
+    status      TEXT NOT NULL CHECK (status IN ('running', 'interrupted', 'done', 'rolled_back', 'failed')),
     step        INTEGER NOT NULL DEFAULT 0, -- steps completed
     plan        TEXT NOT NULL,              -- JSON: what the operation will do
     error       TEXT,

@@ -4,6 +4,8 @@ import { Vmsnap } from '../vmsnap.js';
 import { reportError } from './output.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
+import { registerMaintenanceCommands } from './commands/maintenance.js';
+import { registerServeCommand } from './commands/serve.js';
 
 /**
  * How every command runs: open the library, do the work, close, and turn a
@@ -55,6 +57,8 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
     );
   registerVmCommands(program, run);
   registerSnapshotCommands(program, run);
+  registerMaintenanceCommands(program, run);
+  registerServeCommand(program);
   return program;
 }
 

@@ -185,7 +185,7 @@ export class GuestAgentClient {
       Buffer.from([0xff]),
       Buffer.from(JSON.stringify({ execute: 'guest-sync-delimited', arguments: { id } }) + '\n'),
     ]);
-    const reply = await this.request(payload, () => true, timeoutMs, 'guest-sync-delimited');
+    const reply = await this.request(payload, (m) => m.return === id, timeoutMs, 'guest-sync-delimited');
     if (!reply) throw this.timeoutError('guest-sync-delimited', timeoutMs);
     this.needSync = false;
   }

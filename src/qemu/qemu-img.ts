@@ -144,3 +144,67 @@ export async function convertImage(src: string, dst: string, opts: { format?: Im
     `cannot convert ${src}`,
   );
 }
+
+/**
+ * Run a long qemu-img job with -p, reporting its percentage as it goes
+ * (qemu-img prints "(12.34/100%)" with carriage returns).
+ */
+async function qemuImgWithProgress(args: string[], what: string, onProgress?: (fraction: number) => void): Promise<void> {
+  const { spawn } = await import('node:child_process');
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn('qemu-img', [args[0]!, onProgress ? '-p' : '-q', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (d: string) => {
+      const all = [...d.matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
+      const last = all[all.length - 1];
+      if (last && onProgress) onProgress(Number(last[1]) / 100);
+    });
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code === 0) return resolve();
+      const msg = stderr.trim().replace(/^qemu-img: /, '');
+      reject(
+        /No space left on device/i.test(msg)
+          ? new VmsnapError('NO_SPACE', `${what}: ${msg}`, { hint: 'free disk space in the vmsnap data dir' })
+          : new VmsnapError('QEMU_FAILED', `${what}: ${msg || `exit code ${code}`}`, { details: { args } }),
+      );
+    });
+  });
+}
+
+/** Merge an overlay into its backing file (-d: leave the overlay's own data in place). */
+export async function commitImage(path: string, onProgress?: (fraction: number) => void): Promise<void> {
+  await qemuImgWithProgress(['commit', '-d', path], `cannot merge ${path} into its backing file`, onProgress);
+}
+
+/**
+ * Give an image a new backing file, copying in whatever differs between the
+ * old and the new backing chain (safe mode). `backing` null makes it standalone.
+ */
+export async function rebaseImage(
+  path: string,
+  backing: string | null,
+  backingFormat: ImageFormat = 'qcow2',
+  onProgress?: (fraction: number) => void,
+): Promise<void> {
+  const args = ['rebase', '-b', backing ?? '', ...(backing === null ? [] : ['-F', backingFormat]), path];
+  await qemuImgWithProgress(args, `cannot rebase ${path}`, onProgress);
+}
+
+/** One extent of `qemu-img map`: where a guest range's data lives (depth into the chain, host offset). */
+export interface MapExtent {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+}
+
+export async function mapImage(path: string, opts: { forceShare?: boolean } = {}): Promise<MapExtent[]> {
+  const out = await qemuImg(['map', '--output=json', ...(opts.forceShare ? ['-U'] : []), path], `cannot map ${path}`);
+  return JSON.parse(out) as MapExtent[];
+}

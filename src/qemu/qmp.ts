@@ -145,8 +145,7 @@ interface Pending {
 }
 
 export class QmpClient {
-  /** The greeting QEMU sent: its version and capabilities. */
-  greeting!: QmpGreeting;
+  private greetingMsg: QmpGreeting | undefined;
   private nextId = 1;
   private readonly pending = new Map<string, Pending>();
   private readonly eventListeners = new Set<(e: QmpEvent) => void>();
@@ -179,14 +178,19 @@ export class QmpClient {
     }
     const client = new QmpClient(socket, socketPath, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
     try {
-      const greeting = await client.readGreeting(timeoutMs);
-      client.greeting = greeting;
+      client.greetingMsg = await client.readGreeting(timeoutMs);
       await client.execute('qmp_capabilities', undefined, { timeoutMs });
       return client;
     } catch (e) {
       await client.close();
       throw e;
     }
+  }
+
+  /** The greeting QEMU sent: its version and capabilities. */
+  get greeting(): QmpGreeting {
+    if (!this.greetingMsg) throw new VmsnapError('INTERNAL', 'QMP greeting read before connect() finished');
+    return this.greetingMsg;
   }
 
   /** "7.2.22" */

@@ -1,8 +1,8 @@
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import type { LayerRecord, SnapshotRecord, VmRecord, VmRunState } from '../catalog/catalog.js';
-import { withVmLock } from '../catalog/lock.js';
-import type { Context } from '../context.js';
+import type { Catalog, LayerRecord, SnapshotRecord, VmRecord, VmRunState } from '../catalog/catalog.js';
+import { faultPoint } from '../catalog/journal.js';
+import { withVm, type Context } from '../context.js';
 import { VmsnapError } from '../errors.js';
 import { runtimeFiles } from '../qemu/launcher.js';
 import { createImage } from '../qemu/qemu-img.js';
@@ -13,6 +13,7 @@ import { fileBytes, layerPath, type VmService } from '../vm/machines.js';
 import { connectQmp, killQemu, probeRuntime } from '../vm/runtime.js';
 import { addOverlayNodes, fsyncFileAndDir, loadMemory, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays, type OverlaySwitch } from './live.js';
 import { renderTree } from './tree.js';
+import { deleteSnapshotLocked, vmDiskUsage, type MergeReport } from './delete.js';
 
 export interface TakeSnapshotOptions {
   description?: string;
@@ -69,6 +70,20 @@ export interface RevertResult {
   resumeMs?: number;
 }
 
+export interface DeleteResult {
+  /** Names of the snapshots deleted. */
+  deleted: string[];
+  /** Bytes of layers and state files freed (never negative: a delete never grows disk usage). */
+  reclaimedBytes: number;
+  /** The merges done to consolidate the chain (online with block jobs, or offline with qemu-img). */
+  merges: MergeReport[];
+}
+
+export interface DeleteOptions {
+  /** Bytes copied so far of the merge under way. */
+  onProgress?: (done: number, total: number, what: string) => void;
+}
+
 /** What a revert would throw away, in words a user can judge. */
 export interface PresentStateChanges {
   running: boolean;
@@ -87,6 +102,37 @@ function size(path: string | null): number {
 /** A fresh qcow2 overlay header, with no data written yet, is this small or smaller. */
 const EMPTY_OVERLAY_BYTES = 256 * 1024;
 
+export function newLayerRecords(vm: VmRecord, switches: OverlaySwitch[], now: string): LayerRecord[] {
+  return switches.map((s) => ({
+    id: s.newLayerId,
+    vmId: vm.id,
+    slot: s.slot,
+    path: s.newPath,
+    format: 'qcow2',
+    backingId: s.oldLayerId,
+    frozen: false,
+    external: false,
+    createdAt: now,
+  }));
+}
+
+/** The catalog side of a revert: new active layers, the discarded ones gone, config and "you are here" moved. */
+export function applyRevertToCatalog(
+  catalog: Catalog,
+  vm: VmRecord,
+  snap: SnapshotRecord,
+  switches: OverlaySwitch[],
+  discardLayerIds: string[],
+  now: string,
+): void {
+  for (const l of newLayerRecords(vm, switches, now)) catalog.insertLayer(l);
+  catalog.clearActiveLayers(vm.id);
+  for (const s of switches) catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
+  for (const id of discardLayerIds) catalog.deleteLayer(id);
+  catalog.updateVmConfig(vm.id, snap.config);
+  catalog.setCurrentSnapshot(vm.id, snap.id);
+}
+
 export class SnapshotService {
   constructor(
     private readonly ctx: Context,
@@ -99,7 +145,7 @@ export class SnapshotService {
 
   private resolve(vm: VmRecord, nameOrId: string): SnapshotRecord {
     const s = this.catalog.findSnapshot(vm.id, nameOrId);
-    if (!s || s.status === 'prepare') {
+    if (!s || s.status !== 'ready') {
       throw new VmsnapError('NOT_FOUND', `VM '${vm.name}' has no snapshot '${nameOrId}'`, {
         hint: `see 'vmsnap snapshot list ${vm.name}'`,
         details: { vm: vm.name, snapshot: nameOrId },
@@ -136,7 +182,7 @@ export class SnapshotService {
 
   list(vmName: string): SnapshotView[] {
     const vm = this.vms.get(vmName);
-    const all = this.catalog.listSnapshots(vm.id).filter((s) => s.status !== 'prepare');
+    const all = this.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
     return all.map((s) => this.view(vm, s, all));
   }
 
@@ -175,17 +221,7 @@ export class SnapshotService {
   }
 
   private newLayerRecords(vm: VmRecord, switches: OverlaySwitch[], now: string): LayerRecord[] {
-    return switches.map((s) => ({
-      id: s.newLayerId,
-      vmId: vm.id,
-      slot: s.slot,
-      path: s.newPath,
-      format: 'qcow2',
-      backingId: s.oldLayerId,
-      frozen: false,
-      external: false,
-      createdAt: now,
-    }));
+    return newLayerRecords(vm, switches, now);
   }
 
   /**
@@ -199,7 +235,7 @@ export class SnapshotService {
     if (opts.description !== undefined && opts.description.length > 4096) {
       throw new VmsnapError('INVALID_ARGUMENT', 'description: at most 4096 characters', { details: { field: 'description' } });
     }
-    return withVmLock(this.catalog, vm0, `snapshot create ${name}`, async () => {
+    return withVm(this.ctx, vm0, `snapshot create ${name}`, async () => {
       const vm = this.vms.get(vm0.id);
       if (this.catalog.findSnapshot(vm.id, name)) {
         throw new VmsnapError('ALREADY_EXISTS', `VM '${vm.name}' already has a snapshot named '${name}'`, {
@@ -291,6 +327,7 @@ export class SnapshotService {
             Object.assign(meta, { quiesced, pauseSource: 'transaction' });
           }
         }
+        faultPoint('snapshot-create', 'switched');
         // Step 2: QEMU writes to the new overlays. Record it all in one transaction and finish.
         this.ctx.journal.finish(op, 'done', undefined, () => {
           for (const l of this.newLayerRecords(vm, switches, now)) this.catalog.insertLayer(l);
@@ -376,7 +413,7 @@ export class SnapshotService {
   async revert(vmName: string, snapName: string, opts: RevertOptions = {}): Promise<RevertResult> {
     const vm0 = this.vms.get(vmName);
     const snap0 = this.resolve(vm0, snapName);
-    return withVmLock(this.catalog, vm0, `snapshot revert ${snap0.name}`, async () => {
+    return withVm(this.ctx, vm0, `snapshot revert ${snap0.name}`, async () => {
       const vm = this.vms.get(vm0.id);
       const snap = this.resolve(vm, snap0.id);
       const changes = await this.presentStateChanges(vm.id);
@@ -428,14 +465,7 @@ export class SnapshotService {
       const files = runtimeFiles(this.ctx.paths.run, vm.id);
       await killQemu(files);
       const now = new Date().toISOString();
-      this.ctx.journal.step(op, 2, () => {
-        for (const l of this.newLayerRecords(vm, switches, now)) this.catalog.insertLayer(l);
-        this.catalog.clearActiveLayers(vm.id);
-        for (const s of switches) this.catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
-        for (const l of discard) this.catalog.deleteLayer(l.id);
-        this.catalog.updateVmConfig(vm.id, snap.config);
-        this.catalog.setCurrentSnapshot(vm.id, snap.id);
-      });
+      this.ctx.journal.step(op, 2, () => applyRevertToCatalog(this.catalog, vm, snap, switches, discard.map((l) => l.id), now));
       for (const l of discard) rmSync(l.path, { force: true });
       this.ctx.journal.step(op, 3);
 
@@ -483,5 +513,38 @@ export class SnapshotService {
       };
     });
   }
-}
 
+  /**
+   * Delete any snapshot — a leaf, an inner one, a branch point, the root, the
+   * current one — while the VM runs or is off. Its delta is merged into what
+   * depends on it; its memory state file goes with it.
+   */
+  async delete(vmName: string, snapName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    const vm = this.vms.get(vmName);
+    const snap = this.resolve(vm, snapName);
+    return withVm(this.ctx, vm, `snapshot delete ${snap.name}`, async () => {
+      const target = this.resolve(vm, snap.id);
+      const before = vmDiskUsage(this.ctx, vm.id);
+      const { merges } = await deleteSnapshotLocked(this.ctx, this.vms.get(vm.id), target, opts.onProgress);
+      return { deleted: [target.name], reclaimedBytes: Math.max(0, before - vmDiskUsage(this.ctx, vm.id)), merges };
+    });
+  }
+
+  /** Delete every snapshot of a VM: all deltas merge into the present disks (VMware's "Delete All"). */
+  async deleteAll(vmName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    const vm = this.vms.get(vmName);
+    return withVm(this.ctx, vm, 'snapshot delete --all', async () => {
+      const before = vmDiskUsage(this.ctx, vm.id);
+      const deleted: string[] = [];
+      const merges: MergeReport[] = [];
+      // Newest first: each delete then mostly drops leaves and merges small deltas.
+      for (const s of this.catalog.listSnapshots(vm.id).reverse()) {
+        if (s.status === 'prepare') continue;
+        const r = await deleteSnapshotLocked(this.ctx, this.vms.get(vm.id), s, opts.onProgress);
+        deleted.push(s.name);
+        merges.push(...r.merges);
+      }
+      return { deleted, reclaimedBytes: Math.max(0, before - vmDiskUsage(this.ctx, vm.id)), merges };
+    });
+  }
+}

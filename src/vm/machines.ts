@@ -1,8 +1,7 @@
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { LayerRecord, VmRecord } from '../catalog/catalog.js';
-import { withVmLock } from '../catalog/lock.js';
-import type { Context } from '../context.js';
+import { withVm, type Context } from '../context.js';
 import { VmsnapError } from '../errors.js';
 import { resolveAccelerator, type Accelerator } from '../qemu/accel.js';
 import { GuestAgentClient } from '../qemu/guest-agent.js';
@@ -296,7 +295,7 @@ export class VmService {
 
   async start(nameOrId: string, opts: StartOptions = {}): Promise<VmSummary> {
     const vm = this.get(nameOrId);
-    return withVmLock(this.catalog, vm, 'start', async () => {
+    return withVm(this.ctx, vm, 'start', async () => {
       await this.startLocked(vm, opts);
       return this.status(vm.id);
     });
@@ -346,7 +345,7 @@ export class VmService {
    */
   async stop(nameOrId: string, opts: { force?: boolean; timeoutMs?: number } = {}): Promise<VmSummary> {
     const vm = this.get(nameOrId);
-    return withVmLock(this.catalog, vm, 'stop', async () => {
+    return withVm(this.ctx, vm, 'stop', async () => {
       await this.stopLocked(vm, opts);
       return this.status(vm.id);
     });
@@ -387,7 +386,7 @@ export class VmService {
 
   private async setRunning(nameOrId: string, run: boolean): Promise<VmSummary> {
     const vm = this.get(nameOrId);
-    return withVmLock(this.catalog, vm, run ? 'resume' : 'pause', async () => {
+    return withVm(this.ctx, vm, run ? 'resume' : 'pause', async () => {
       const qmp = await connectQmp(this.ctx.paths.run, vm);
       try {
         const s = await qmp.execute<{ running: boolean; status: string }>('query-status');
@@ -411,7 +410,7 @@ export class VmService {
   /** Remove a stopped VM: its snapshots, its layers and state files. Imported images are left alone. */
   async remove(nameOrId: string): Promise<void> {
     const vm = this.get(nameOrId);
-    await withVmLock(this.catalog, vm, 'rm', async () => {
+    await withVm(this.ctx, vm, 'rm', async () => {
       const rt = await probeRuntime(this.ctx.paths.run, vm.id);
       if (rt.state !== 'stopped') {
         throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is ${rt.state}: stop it before removing it`, {
@@ -454,7 +453,7 @@ export class VmService {
     if (opts.memoryMiB === undefined && opts.cpus === undefined && !opts.addDisks?.length) {
       throw new VmsnapError('INVALID_ARGUMENT', 'nothing to change', { hint: 'give --memory, --cpus or --add-disk' });
     }
-    return withVmLock(this.catalog, vm, 'set', async () => {
+    return withVm(this.ctx, vm, 'set', async () => {
       const rt = await probeRuntime(this.ctx.paths.run, vm.id);
       if (rt.state !== 'stopped') {
         throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is ${rt.state}: its hardware can only be changed while it is stopped`, {

@@ -4,7 +4,10 @@ import { VmsnapError } from '../../errors.js';
 import type { SnapshotView } from '../../snapshot/snapshots.js';
 import { formatBytes } from '../../util/size.js';
 import type { Run } from '../main.js';
-import { ago, printJson, printTable } from '../output.js';
+import { ago, printJson, printTable, usageError } from '../output.js';
+import { progressBar } from '../progress.js';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 
 const pause = (s: SnapshotView): string => (s.pauseMs === null ? '-' : `${s.pauseMs.toFixed(1)} ms`);
 
@@ -35,6 +38,16 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
+/**
+ * Fingerprint the new snapshot's disks in a detached process, so the content
+ * can later be proven unchanged (verify --deep) without making the user wait.
+ */
+function fingerprintInBackground(vm: string): void {
+  if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
+  const bin = fileURLToPath(new URL('../../../bin/vmsnap.js', import.meta.url));
+  spawn(process.execPath, [bin, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore' }).unref();
+}
+
 export function registerSnapshotCommands(program: Command, run: Run): void {
   const snap = program.command('snapshot').alias('snap').description('take, list, show and revert snapshots');
 
@@ -52,6 +65,7 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
           ...(o.description !== undefined ? { description: o.description } : {}),
           ...(o.memory === false ? { memory: false } : {}),
         });
+        fingerprintInBackground(vm);
         if (o.json) return printJson(s);
         const mem = s.hasMemory ? `memory ${formatBytes(s.stateBytes)}` : 'disk only';
         log(`took snapshot '${s.name}' of VM '${vm}' (${mem}, guest pause ${pause(s)})`);
@@ -139,6 +153,33 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
         if (o.json) return printJson(r);
         const how = r.state === 'stopped' ? 'the VM is off' + (r.snapshot.hasMemory ? '' : ` (disk-only snapshot: 'vmsnap start ${vm}' boots it)`) : `the VM is ${r.state}`;
         log(`reverted '${vm}' to '${r.snapshot.name}': ${how}${r.resumeMs !== undefined ? ` (${Math.round(r.resumeMs)} ms)` : ''}`);
+      }),
+    );
+
+  snap
+    .command('delete')
+    .alias('rm')
+    .description("delete a snapshot (or --all): its delta is merged into what depends on it, online if the VM runs")
+    .argument('<vm>')
+    .argument('[snapshot]')
+    .option('--all', 'delete every snapshot: all deltas merge into the present disks')
+    .option('--json', 'print the result as JSON')
+    .action((vm: string, name: string | undefined, o: { all?: boolean; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        if (!o.all && name === undefined) throw usageError('name the snapshot to delete, or pass --all', `vmsnap snapshot delete ${vm} NAME`);
+        if (o.all && name !== undefined) throw usageError('give a snapshot name or --all, not both');
+        const bar = progressBar(!o.json);
+        const onProgress = (done: number, total: number, what: string) => bar.update(done, total, what);
+        let r;
+        try {
+          r = o.all ? await lib.snapshots.deleteAll(vm, { onProgress }) : await lib.snapshots.delete(vm, name!, { onProgress });
+        } finally {
+          bar.stop();
+        }
+        if (o.json) return printJson(r);
+        const what = r.deleted.length === 1 ? `snapshot '${r.deleted[0]}'` : `${r.deleted.length} snapshots`;
+        const merged = r.merges.filter((m) => m.kind !== 'drop').length;
+        log(`deleted ${what} of VM '${vm}': reclaimed ${formatBytes(r.reclaimedBytes)}${merged ? `, ${merged} layer merge${merged === 1 ? '' : 's'}` : ''}`);
       }),
     );
 }

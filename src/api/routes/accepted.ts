@@ -1,0 +1,7 @@
+import type { Context } from 'hono';
+import type { Operation } from '../operations.js';
+
+/** 202 with the operation, and where to follow it. */
+export function accepted(c: Context, op: Operation) {
+  return c.json({ operation: op }, 202, { Location: `/api/operations/${op.id}` });
+}

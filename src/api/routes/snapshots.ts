@@ -1,0 +1,179 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { VmsnapError } from '../../errors.js';
+import { buildTree, type TreeNode } from '../../snapshot/tree.js';
+import type { SnapshotView } from '../../snapshot/snapshots.js';
+import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
+import { snapshotAllDeleter, snapshotDeleter } from '../library.js';
+import { AcceptedSchema, RevertBody, SnapshotParams, SnapshotSchema, SnapshotTreeSchema, TakeSnapshotBody, VmParams, type TreeNodeJson } from '../schemas.js';
+import { accepted } from './accepted.js';
+import { presentState } from './vms.js';
+
+const tags = ['Snapshots'];
+
+const toJson = (n: TreeNode<SnapshotView>): TreeNodeJson => ({
+  id: n.snapshot.id,
+  name: n.snapshot.name,
+  current: n.snapshot.current,
+  children: n.children.map(toJson),
+});
+
+/** Snapshots: take, list, tree, show, revert, delete, delete all. */
+export function snapshotRoutes(d: ApiDeps) {
+  const { lib, tracker } = d;
+  const app = newRouter();
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/vms/{vm}/snapshots',
+      tags,
+      summary: "List a VM's snapshots (oldest first)",
+      request: { params: VmParams },
+      responses: { 200: jsonResponse(z.array(SnapshotSchema), 'the snapshots'), 404: errors[404] },
+    }),
+    (c) => c.json(lib.snapshots.list(c.req.valid('param').vm), 200),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/vms/{vm}/tree',
+      tags,
+      summary: "A VM's snapshot tree, with where the VM is now",
+      request: { params: VmParams },
+      responses: { 200: jsonResponse(SnapshotTreeSchema, 'the tree'), 404: errors[404] },
+    }),
+    (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      const list = lib.snapshots.list(vm.id);
+      return c.json(
+        {
+          vm: vm.name,
+          current: list.find((s) => s.current)?.name ?? null,
+          roots: buildTree(list).map(toJson),
+          text: lib.snapshots.tree(vm.id),
+        },
+        200,
+      );
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/vms/{vm}/snapshots/{snap}',
+      tags,
+      summary: 'Show one snapshot',
+      request: { params: SnapshotParams },
+      responses: { 200: jsonResponse(SnapshotSchema, 'the snapshot'), 404: errors[404] },
+    }),
+    (c) => {
+      const p = c.req.valid('param');
+      return c.json(lib.snapshots.show(p.vm, p.snap), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/{vm}/snapshots',
+      tags,
+      summary: 'Take a snapshot: disks, memory (unless memory: false) and config (202: an operation)',
+      request: { params: VmParams, body: jsonBody(TakeSnapshotBody, true) },
+      responses: { 202: jsonResponse(AcceptedSchema, 'taking it in the background'), 400: errors[400], 404: errors[404], 409: errors[409], 423: errors[423] },
+    }),
+    (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      tracker.assertIdle(vm);
+      const b = c.req.valid('json');
+      // Refused here rather than in the operation: a name clash is the caller's to fix at once.
+      if (lib.snapshots.list(vm.id).some((s) => s.name === b.name)) {
+        throw new VmsnapError('ALREADY_EXISTS', `VM '${vm.name}' already has a snapshot named '${b.name}'`, {
+          hint: 'snapshot names are unique per VM: choose another',
+          details: { vm: vm.name, snapshot: b.name, field: 'name' },
+        });
+      }
+      const op = tracker.start({ kind: 'snapshot.create', vm, snapshot: b.name, title: `take snapshot ${b.name} of ${vm.name}` }, () =>
+        lib.snapshots.create(vm.id, b.name, {
+          ...(b.description !== undefined ? { description: b.description } : {}),
+          ...(b.memory !== undefined ? { memory: b.memory } : {}),
+        }),
+      );
+      return accepted(c, op);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/{vm}/snapshots/{snap}/revert',
+      tags,
+      summary: 'Revert to a snapshot (202: an operation)',
+      description:
+        'Without force, a revert that would discard the present state is refused at once with 409 WOULD_LOSE_DATA and `details.lost` listing what would be lost (see also GET /vms/{vm}/present-state).',
+      request: { params: SnapshotParams, body: jsonBody(RevertBody) },
+      responses: { 202: jsonResponse(AcceptedSchema, 'reverting in the background'), 404: errors[404], 409: errors[409], 423: errors[423] },
+    }),
+    async (c) => {
+      const p = c.req.valid('param');
+      const vm = lib.vms.get(p.vm);
+      const snap = lib.snapshots.show(vm.id, p.snap);
+      tracker.assertIdle(vm);
+      const b = c.req.valid('json');
+      if (!b.force) {
+        const present = await presentState(d, vm.id, vm.currentSnapshotId !== null);
+        if (present.wouldLoseData) {
+          const lost = present.lost.filter((_, i) => present.running || vm.currentSnapshotId !== null || i < present.lost.length - 1);
+          throw new VmsnapError('WOULD_LOSE_DATA', `reverting VM '${vm.name}' to '${snap.name}' would discard: ${lost.join('; ')}`, {
+            hint: 'take a snapshot first to keep the present state, or send force: true to discard it',
+            details: { vm: vm.name, snapshot: snap.name, lost },
+          });
+        }
+      }
+      const op = tracker.start({ kind: 'snapshot.revert', vm, snapshot: snap.name, title: `revert ${vm.name} to ${snap.name}` }, () =>
+        lib.snapshots.revert(vm.id, snap.id, { force: b.force ?? false, start: b.start ?? false }),
+      );
+      return accepted(c, op);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/vms/{vm}/snapshots/{snap}',
+      tags,
+      summary: 'Delete a snapshot, merging its changes into what depends on it (202: an operation)',
+      request: { params: SnapshotParams },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423], 501: errors[501] },
+    }),
+    (c) => {
+      const p = c.req.valid('param');
+      const vm = lib.vms.get(p.vm);
+      const snap = lib.snapshots.show(vm.id, p.snap);
+      const del = snapshotDeleter(lib);
+      const op = tracker.start({ kind: 'snapshot.delete', vm, snapshot: snap.name, title: `delete snapshot ${snap.name} of ${vm.name}` }, () =>
+        del(vm.id, snap.id),
+      );
+      return accepted(c, op);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/vms/{vm}/snapshots',
+      tags,
+      summary: "Delete all of a VM's snapshots; the present state is kept (202: an operation)",
+      request: { params: VmParams },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423], 501: errors[501] },
+    }),
+    (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      const delAll = snapshotAllDeleter(lib);
+      const op = tracker.start({ kind: 'snapshot.delete-all', vm, title: `delete all snapshots of ${vm.name}` }, () => delAll(vm.id));
+      return accepted(c, op);
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,263 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { VmsnapError } from '../../errors.js';
+import type { CreateVmOptions, DiskSpec } from '../../vm/machines.js';
+import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
+import { verifier } from '../library.js';
+import {
+  AcceptedSchema,
+  CreateVmBody,
+  ExecBody,
+  ExecResultSchema,
+  PresentStateSchema,
+  SetVmBody,
+  StartBody,
+  StopBody,
+  VerifyBody,
+  VmInfoSchema,
+  VmParams,
+  VmSummarySchema,
+} from '../schemas.js';
+import { accepted } from './accepted.js';
+
+const tags = ['VMs'];
+
+/** VMs: list, create, show, change, remove, and their power lifecycle. */
+export function vmRoutes(d: ApiDeps) {
+  const { lib, tracker, watch } = d;
+  const app = newRouter();
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/vms',
+      tags,
+      summary: 'List VMs with their power state',
+      responses: { 200: jsonResponse(z.array(VmSummarySchema), 'every VM') },
+    }),
+    async (c) => c.json(await lib.vms.list(), 200),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms',
+      tags,
+      summary: 'Create a VM',
+      description: "Blank disks are created empty; `image: 'demo'` gives the built-in test guest. Host paths (kernel, initrd, importPath) are accepted only under the server's --allow-path dirs.",
+      request: { body: jsonBody(CreateVmBody, true) },
+      responses: { 201: jsonResponse(VmInfoSchema, 'the new VM'), 400: errors[400], 403: errors[403], 409: errors[409] },
+    }),
+    async (c) => {
+      const b = c.req.valid('json');
+      const disks: DiskSpec[] | undefined = b.disks?.map((s, i) =>
+        'importPath' in s ? { importPath: d.hostPaths.check(s.importPath, `disks.${i}.importPath`) } : { sizeBytes: s.sizeBytes },
+      );
+      const opts: CreateVmOptions = {
+        ...(b.image ? { image: b.image } : {}),
+        ...(b.memoryMiB !== undefined ? { memoryMiB: b.memoryMiB } : {}),
+        ...(b.cpus !== undefined ? { cpus: b.cpus } : {}),
+        ...(disks ? { disks } : {}),
+        ...(b.kernel !== undefined ? { kernel: d.hostPaths.check(b.kernel, 'kernel') } : {}),
+        ...(b.initrd !== undefined ? { initrd: d.hostPaths.check(b.initrd, 'initrd') } : {}),
+        ...(b.append !== undefined ? { append: b.append } : {}),
+      };
+      const info = await lib.vms.create(b.name, opts);
+      void watch.refresh(info.id, { snapshots: true });
+      return c.json(info, 201, { Location: `/api/vms/${encodeURIComponent(info.name)}` });
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/vms/{vm}',
+      tags,
+      summary: 'Show a VM: state, config, disk chains',
+      request: { params: VmParams },
+      responses: { 200: jsonResponse(VmInfoSchema, 'the VM'), 404: errors[404] },
+    }),
+    async (c) => c.json(await lib.vms.info(c.req.valid('param').vm), 200),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'patch',
+      path: '/vms/{vm}',
+      tags,
+      summary: "Change a stopped VM's hardware (memory, CPUs, added disks)",
+      request: { params: VmParams, body: jsonBody(SetVmBody, true) },
+      responses: { 200: jsonResponse(VmInfoSchema, 'the changed VM'), 400: errors[400], 404: errors[404], 409: errors[409], 423: errors[423] },
+    }),
+    async (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      tracker.assertIdle(vm);
+      const b = c.req.valid('json');
+      const info = await lib.vms.set(vm.id, {
+        ...(b.memoryMiB !== undefined ? { memoryMiB: b.memoryMiB } : {}),
+        ...(b.cpus !== undefined ? { cpus: b.cpus } : {}),
+        ...(b.addDisks !== undefined ? { addDisks: b.addDisks } : {}),
+      });
+      void watch.refresh(vm.id);
+      return c.json(info, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/vms/{vm}',
+      tags,
+      summary: 'Remove a stopped VM with all its snapshots and files',
+      request: { params: VmParams },
+      responses: { 200: jsonResponse(z.object({ removed: z.string() }), 'removed'), 404: errors[404], 409: errors[409], 423: errors[423] },
+    }),
+    async (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      tracker.assertIdle(vm);
+      await lib.vms.remove(vm.id);
+      watch.removed(vm.id);
+      return c.json({ removed: vm.name }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/{vm}/start',
+      tags,
+      summary: 'Start a VM (202: an operation)',
+      request: { params: VmParams, body: jsonBody(StartBody) },
+      responses: { 202: jsonResponse(AcceptedSchema, 'started in the background; follow the operation'), 404: errors[404], 409: errors[409], 423: errors[423] },
+    }),
+    async (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      tracker.assertIdle(vm);
+      const b = c.req.valid('json');
+      const s = await lib.vms.status(vm.id);
+      if (s.state !== 'stopped') {
+        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is already ${s.state === 'unknown' ? 'started' : s.state}`, {
+          hint: s.state === 'paused' ? 'resume it instead' : 'stop it first',
+          details: { vm: vm.name, state: s.state },
+        });
+      }
+      const op = tracker.start({ kind: 'vm.start', vm, title: `start ${vm.name}` }, () =>
+        lib.vms.start(vm.id, { paused: b.paused ?? false, ...(b.accel ? { accel: b.accel } : {}) }),
+      );
+      return accepted(c, op);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/{vm}/stop',
+      tags,
+      summary: 'Power a VM off: ACPI shutdown, forced after the timeout (202: an operation)',
+      request: { params: VmParams, body: jsonBody(StopBody) },
+      responses: { 202: jsonResponse(AcceptedSchema, 'stopping in the background'), 404: errors[404], 409: errors[409], 423: errors[423] },
+    }),
+    async (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      tracker.assertIdle(vm);
+      const b = c.req.valid('json');
+      const s = await lib.vms.status(vm.id);
+      if (s.state === 'stopped') {
+        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is not running`, { details: { vm: vm.name, state: 'stopped' } });
+      }
+      const op = tracker.start({ kind: 'vm.stop', vm, title: `${b.force ? 'power off' : 'shut down'} ${vm.name}` }, () =>
+        lib.vms.stop(vm.id, { force: b.force ?? false, timeoutMs: (b.timeoutSeconds ?? 60) * 1000 }),
+      );
+      return accepted(c, op);
+    },
+  );
+
+  for (const action of ['pause', 'resume'] as const) {
+    app.openapi(
+      createRoute({
+        method: 'post',
+        path: `/vms/{vm}/${action}`,
+        tags,
+        summary: action === 'pause' ? "Pause a VM's vCPUs" : 'Resume a paused VM',
+        request: { params: VmParams },
+        responses: { 200: jsonResponse(VmSummarySchema, 'the VM now'), 404: errors[404], 409: errors[409], 423: errors[423] },
+      }),
+      async (c) => {
+        const vm = lib.vms.get(c.req.valid('param').vm);
+        tracker.assertIdle(vm);
+        const s = action === 'pause' ? await lib.vms.pause(vm.id) : await lib.vms.resume(vm.id);
+        void watch.refresh(vm.id);
+        return c.json(s, 200);
+      },
+    );
+  }
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/{vm}/exec',
+      tags,
+      summary: 'Run a command in the guest through its guest agent',
+      description: 'argv goes to the guest agent of the VM, never to a host shell.',
+      request: { params: VmParams, body: jsonBody(ExecBody, true) },
+      responses: { 200: jsonResponse(ExecResultSchema, "the command's exit code and output"), 400: errors[400], 404: errors[404], 409: errors[409] },
+    }),
+    async (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      const b = c.req.valid('json');
+      const r = await lib.vms.exec(vm.id, b.argv, {
+        ...(b.input !== undefined ? { input: b.input } : {}),
+        ...(b.timeoutSeconds !== undefined ? { timeoutMs: b.timeoutSeconds * 1000 } : {}),
+        agentWaitMs: 30_000,
+      });
+      return c.json(r, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/vms/{vm}/present-state',
+      tags: ['Snapshots'],
+      summary: 'What a revert would discard now (for confirmation dialogs)',
+      request: { params: VmParams },
+      responses: { 200: jsonResponse(PresentStateSchema, 'the present state'), 404: errors[404] },
+    }),
+    async (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      return c.json(await presentState(d, vm.id, vm.currentSnapshotId !== null), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/{vm}/verify',
+      tags,
+      summary: "Check a VM's catalog rows, files and backing chains (202: an operation)",
+      request: { params: VmParams, body: jsonBody(VerifyBody) },
+      responses: { 202: jsonResponse(AcceptedSchema, 'verifying in the background'), 404: errors[404], 423: errors[423], 501: errors[501] },
+    }),
+    async (c) => {
+      const vm = lib.vms.get(c.req.valid('param').vm);
+      const verify = verifier(lib);
+      const b = c.req.valid('json');
+      const op = tracker.start({ kind: 'vm.verify', vm, title: `verify ${vm.name}${b.deep ? ' (deep)' : ''}` }, () =>
+        verify(vm.id, { deep: b.deep ?? false }),
+      );
+      return accepted(c, op);
+    },
+  );
+
+  return app;
+}
+
+/**
+ * presentStateChanges plus whether a revert without force is refused. The
+ * library refuses when the VM runs or anything but "no snapshot to come back
+ * to" is listed; that entry is there exactly when there is no current snapshot.
+ */
+export async function presentState(d: ApiDeps, vmId: string, hasCurrent: boolean) {
+  const p = await d.lib.snapshots.presentStateChanges(vmId);
+  const wouldLoseData = p.running || p.lost.length > (hasCurrent ? 0 : 1);
+  return { running: p.running, lost: p.lost, wouldLoseData };
+}

@@ -1,0 +1,268 @@
+import { z } from '@hono/zod-openapi';
+import { ERROR_CODES } from '../errors.js';
+import { VmConfigSchema as LibVmConfigSchema } from '../vm/config.js';
+import { API_ONLY_STATUSES } from './errors.js';
+
+/**
+ * The API's request and response schemas. Requests are validated with them and
+ * the OpenAPI document is generated from them; response schemas mirror the
+ * library's types, so the compiler flags a drift between the two.
+ */
+
+// The same rule as validateName in src/vm/config.ts (which does not export it); test/api.test.ts checks they agree.
+export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
+const nameRule = (what: string) =>
+  `a ${what} name is 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit`;
+
+export const VmName = z.string().regex(NAME_PATTERN, nameRule('VM')).openapi({ example: 'demo' });
+export const SnapshotName = z.string().regex(NAME_PATTERN, nameRule('snapshot')).openapi({ example: 'before-upgrade' });
+
+export const VmParams = z.object({
+  vm: VmName.openapi({ param: { name: 'vm', in: 'path' }, description: 'VM name or id' }),
+});
+export const SnapshotParams = VmParams.extend({
+  snap: SnapshotName.openapi({ param: { name: 'snap', in: 'path' }, description: 'snapshot name or id' }),
+});
+export const OperationParams = z.object({
+  id: z
+    .string()
+    .regex(/^op-[0-9a-f]{16}$/, 'an operation id looks like op- and 16 hex digits')
+    .openapi({ param: { name: 'id', in: 'path' }, example: 'op-3f2a9c0d1e4b5a67' }),
+});
+
+export const ErrorSchema = z
+  .object({
+    error: z.object({
+      code: z.enum([...ERROR_CODES, ...(Object.keys(API_ONLY_STATUSES) as (keyof typeof API_ONLY_STATUSES)[])]),
+      message: z.string(),
+      hint: z.string().optional(),
+      details: z.record(z.string(), z.unknown()),
+    }),
+  })
+  .openapi('Error');
+
+// Re-made with the openapi-extended z: schemas built before the extension loaded lack .openapi().
+export const VmConfigSchema = z.object(LibVmConfigSchema.shape).openapi('VmConfig');
+
+export const PowerStateSchema = z.enum(['running', 'paused', 'stopped', 'unknown']);
+
+export const VmSummarySchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    state: PowerStateSchema,
+    pid: z.number().int().optional(),
+    qemuStatus: z.string().optional(),
+    memoryMiB: z.number().int(),
+    cpus: z.number().int(),
+    disks: z.number().int(),
+    snapshots: z.number().int(),
+    currentSnapshot: z.string().nullable(),
+    createdAt: z.string(),
+    staleCleaned: z.boolean().optional(),
+  })
+  .openapi('VmSummary');
+
+export const LayerInfoSchema = z.object({
+  id: z.string(),
+  path: z.string(),
+  format: z.enum(['qcow2', 'raw']),
+  frozen: z.boolean(),
+  external: z.boolean(),
+  bytes: z.number(),
+});
+
+export const VmInfoSchema = VmSummarySchema.extend({
+  config: VmConfigSchema,
+  diskChains: z.array(z.object({ slot: z.string(), sizeBytes: z.number(), chain: z.array(LayerInfoSchema) })),
+  runtimeDir: z.string(),
+}).openapi('VmInfo');
+
+export const SnapshotSchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    description: z.string(),
+    parentId: z.string().nullable(),
+    parent: z.string().nullable(),
+    createdAt: z.string(),
+    hasMemory: z.boolean(),
+    vmState: z.enum(['running', 'paused', 'off']),
+    pauseMs: z.number().nullable(),
+    current: z.boolean(),
+    children: z.array(z.string()),
+    disks: z.array(z.object({ slot: z.string(), layerId: z.string(), path: z.string(), bytes: z.number() })),
+    deltaBytes: z.number(),
+    stateBytes: z.number(),
+    config: VmConfigSchema,
+    meta: z.record(z.string(), z.unknown()),
+  })
+  .openapi('Snapshot');
+
+export const PresentStateSchema = z
+  .object({
+    running: z.boolean(),
+    lost: z.array(z.string()).openapi({ description: 'what a revert would discard, in words' }),
+    wouldLoseData: z.boolean().openapi({ description: 'whether a revert without force is refused' }),
+  })
+  .openapi('PresentState');
+
+export interface TreeNodeJson {
+  id: string;
+  name: string;
+  current: boolean;
+  children: TreeNodeJson[];
+}
+// Named, so the generator can refer to it recursively instead of expanding it forever.
+const TreeNodeSchema: z.ZodType<TreeNodeJson> = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    current: z.boolean(),
+    get children() {
+      return z.array(TreeNodeSchema);
+    },
+  })
+  .openapi('SnapshotTreeNode');
+export const SnapshotTreeSchema = z
+  .object({
+    vm: z.string(),
+    current: z.string().nullable().openapi({ description: 'the snapshot the present state descends from ("you are here")' }),
+    roots: z.array(TreeNodeSchema),
+    text: z.string().openapi({ description: 'the tree drawn as `vmsnap snapshot tree` draws it' }),
+  })
+  .openapi('SnapshotTree');
+
+export const OperationKindSchema = z.enum([
+  'vm.start',
+  'vm.stop',
+  'snapshot.create',
+  'snapshot.revert',
+  'snapshot.delete',
+  'snapshot.delete-all',
+  'vm.verify',
+]);
+
+export const OperationSchema = z
+  .object({
+    id: z.string(),
+    kind: OperationKindSchema,
+    vm: z.string(),
+    vmId: z.string(),
+    snapshot: z.string().nullable(),
+    title: z.string().openapi({ description: 'what it does, in words' }),
+    status: z.enum(['running', 'succeeded', 'failed']),
+    progress: z
+      .object({ what: z.string(), done: z.number(), total: z.number() })
+      .nullable()
+      .openapi({ description: 'last progress the library reported; null while it has reported none' }),
+    result: z.unknown().openapi({ description: "the library call's result once succeeded" }),
+    error: ErrorSchema.shape.error.nullable(),
+    createdAt: z.string(),
+    finishedAt: z.string().nullable(),
+    durationMs: z.number().nullable(),
+  })
+  .openapi('Operation');
+
+export const AcceptedSchema = z.object({ operation: OperationSchema }).openapi('Accepted');
+
+// ---- request bodies ----
+
+const MiB = 1024 * 1024;
+const hostPath = z.string().min(1).max(4096);
+
+export const CreateVmBody = z
+  .object({
+    name: VmName,
+    image: z.literal('demo').optional().openapi({ description: "the built-in tiny test guest" }),
+    memoryMiB: z.number().int().min(16).max(1024 * 1024).optional().openapi({ example: 256 }),
+    cpus: z.number().int().min(1).max(256).optional().openapi({ example: 1 }),
+    disks: z
+      .array(
+        z.union([
+          z.object({ sizeBytes: z.number().int().min(MiB, 'a blank disk is at least 1 MiB').max(2 ** 53) }).strict(),
+          z.object({ importPath: hostPath.openapi({ description: 'an image under one of the server\'s --allow-path dirs' }) }).strict(),
+        ]),
+      )
+      .max(16)
+      .optional(),
+    kernel: hostPath.optional(),
+    initrd: hostPath.optional(),
+    append: z.string().max(4096).optional(),
+  })
+  .strict()
+  .openapi('CreateVm');
+
+export const SetVmBody = z
+  .object({
+    memoryMiB: z.number().int().min(16).max(1024 * 1024).optional(),
+    cpus: z.number().int().min(1).max(256).optional(),
+    addDisks: z.array(z.number().int().min(MiB, 'a blank disk is at least 1 MiB')).max(16).optional().openapi({ description: 'sizes in bytes of blank disks to add' }),
+  })
+  .strict()
+  .openapi('SetVm');
+
+export const StartBody = z
+  .object({
+    paused: z.boolean().optional(),
+    accel: z.enum(['auto', 'kvm', 'tcg']).optional(),
+  })
+  .strict()
+  .openapi('StartVm');
+
+export const StopBody = z
+  .object({
+    force: z.boolean().optional().openapi({ description: 'power off at once, without asking the guest' }),
+    timeoutSeconds: z.number().int().min(0).max(86_400).optional().openapi({ description: 'how long the guest may take to shut down (default 60)' }),
+  })
+  .strict()
+  .openapi('StopVm');
+
+export const ExecBody = z
+  .object({
+    argv: z.array(z.string().max(65_536)).min(1, 'give the command and its arguments').max(1024),
+    input: z.string().max(512 * 1024).optional(),
+    timeoutSeconds: z.number().int().min(1).max(3600).optional(),
+  })
+  .strict()
+  .openapi('Exec');
+
+export const ExecResultSchema = z
+  .object({ exitCode: z.number().int(), stdout: z.string(), stderr: z.string(), signal: z.number().int().optional() })
+  .openapi('ExecResult');
+
+export const TakeSnapshotBody = z
+  .object({
+    name: SnapshotName,
+    description: z.string().max(4096).optional(),
+    memory: z.boolean().optional().openapi({ description: 'save RAM and device state (default: yes when the VM runs)' }),
+  })
+  .strict()
+  .openapi('TakeSnapshot');
+
+export const RevertBody = z
+  .object({
+    force: z.boolean().optional().openapi({ description: 'discard the present state; without it a revert that would lose data is refused (409)' }),
+    start: z.boolean().optional().openapi({ description: 'boot the VM after reverting to a snapshot without memory' }),
+  })
+  .strict()
+  .openapi('Revert');
+
+export const VerifyBody = z
+  .object({ deep: z.boolean().optional().openapi({ description: 'also read every layer (qemu-img check)' }) })
+  .strict()
+  .openapi('Verify');
+
+export const OperationsQuery = z.object({
+  vm: VmName.optional().openapi({ param: { name: 'vm', in: 'query' } }),
+  status: z.enum(['running', 'succeeded', 'failed']).optional().openapi({ param: { name: 'status', in: 'query' } }),
+});
+
+export const HealthSchema = z
+  .object({
+    ok: z.literal(true),
+    version: z.string(),
+    tokenRequired: z.boolean(),
+    features: z.object({ delete: z.boolean(), deleteAll: z.boolean(), verify: z.boolean() }),
+  })
+  .openapi('Health');

@@ -1,0 +1,229 @@
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { serve as serveNode } from '@hono/node-server';
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { bodyLimit } from 'hono/body-limit';
+import { VmsnapError } from '../errors.js';
+import { Vmsnap } from '../vmsnap.js';
+import { isLoopback, loadOrCreateToken, refuseCrossOrigin, requireBearer, requireLoopbackHost } from './auth.js';
+import type { ApiDeps } from './deps.js';
+import { ApiError, sendError } from './errors.js';
+import { EventHub } from './events.js';
+import { OperationTracker } from './operations.js';
+import { HostPathPolicy } from './paths.js';
+import { operationRoutes } from './routes/operations.js';
+import { snapshotRoutes } from './routes/snapshots.js';
+import { vmRoutes } from './routes/vms.js';
+import { WebAssets } from './static.js';
+import { VmWatch } from './watch.js';
+
+export interface AppOptions {
+  /** When set, every /api request must carry it as a bearer token. */
+  token?: string;
+  /** Host header names accepted besides loopback ones when no token is required. */
+  allowedHosts?: string[];
+  /** Dirs whose files requests may name (kernel, initrd, disk images to import). */
+  allowPaths?: string[];
+  /** The built web UI; default web/dist of this checkout. */
+  webDist?: string;
+  /** How often the server looks at VMs for changes made outside it, while clients listen. */
+  watchIntervalMs?: number;
+}
+
+export interface ApiApp {
+  app: OpenAPIHono;
+  tracker: OperationTracker;
+  hub: EventHub;
+  /** Stop watching and end event streams; waits for running operations to finish. */
+  close(): Promise<void>;
+}
+
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+const CSP = [
+  "default-src 'self'",
+  "img-src 'self' data:",
+  "style-src 'self' 'unsafe-inline'",
+  "connect-src 'self'",
+  "frame-ancestors 'none'",
+  "base-uri 'none'",
+  "form-action 'self'",
+].join('; ');
+
+/**
+ * The HTTP API and web UI over one open library. Thin: routes validate the
+ * request, call the library, and map its errors; long calls become operations.
+ */
+export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
+  const version = packageVersion();
+  const hub = new EventHub();
+  let watch: VmWatch | undefined;
+  const tracker = new OperationTracker(hub, (op) => {
+    void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot.') });
+  });
+  watch = new VmWatch(lib, hub, () => tracker.runningCount === 0, opts.watchIntervalMs);
+  const unsubscribe = lib.onEvent((e) => {
+    if (e.type === 'vm-state') hub.publish({ type: 'vm-state', data: { vm: e.vm, vmId: e.vmId, state: e.state } });
+    else tracker.onLibraryEvent(e);
+  });
+  watch.start();
+
+  const deps: ApiDeps = {
+    lib,
+    tracker,
+    hub,
+    watch,
+    hostPaths: new HostPathPolicy(opts.allowPaths ?? []),
+    version,
+    tokenRequired: opts.token !== undefined,
+  };
+
+  const app = new OpenAPIHono();
+  app.use('*', async (c, next) => {
+    await next();
+    c.header('X-Content-Type-Options', 'nosniff');
+    c.header('X-Frame-Options', 'DENY');
+    c.header('Referrer-Policy', 'no-referrer');
+    c.header('Content-Security-Policy', CSP);
+    if (c.req.path.startsWith('/api/')) c.header('Cache-Control', 'no-store');
+  });
+  // Without a token the server trusts "on this machine"; only loopback Host names prove it.
+  if (opts.token === undefined) app.use('*', requireLoopbackHost(opts.allowedHosts));
+  if (opts.token !== undefined) app.use('/api/*', requireBearer(opts.token));
+  app.use('/api/*', refuseCrossOrigin());
+  app.use(
+    '/api/*',
+    bodyLimit({ maxSize: 1024 * 1024, onError: (c) => sendError(c, new ApiError('PAYLOAD_TOO_LARGE', 'request body over 1 MiB')) }),
+  );
+
+  app.route('/api', vmRoutes(deps));
+  app.route('/api', snapshotRoutes(deps));
+  app.route('/api', operationRoutes(deps));
+
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', {
+    type: 'http',
+    scheme: 'bearer',
+    description: `required when the server is bound to a non-loopback address; the token is in $VMSNAP_HOME/api-token`,
+  });
+  app.doc31('/openapi.json', {
+    openapi: '3.1.0',
+    info: {
+      title: 'vmsnap API',
+      version,
+      description:
+        'Live snapshots for QEMU VMs. Long operations answer 202 with an Operation; follow it at /api/operations/{id} or on the /api/events stream. Errors are `{ error: { code, message, hint?, details } }` with stable codes.',
+    },
+    servers: [{ url: '/' }],
+    security: opts.token === undefined ? [] : [{ bearer: [] }],
+  });
+
+  app.all('/api/*', (c) => sendError(c, new VmsnapError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}`, { hint: 'see /openapi.json' })));
+  const assets = new WebAssets(opts.webDist);
+  app.get('*', (c) => assets.handle(c));
+  app.onError((e, c) => sendError(c, e));
+
+  return {
+    app,
+    tracker,
+    hub,
+    async close() {
+      watch?.stop();
+      unsubscribe();
+      hub.closeAll();
+      await tracker.settle();
+    },
+  };
+}
+
+export interface ServeOptions extends Omit<AppOptions, 'token'> {
+  /** Data dir; default $VMSNAP_HOME or the XDG data dir. Ignored when lib is given. */
+  home?: string;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** Require the token even on loopback (default: required exactly when bound off loopback). */
+  requireToken?: boolean;
+  /** Use this library instance (tests); otherwise the server opens and closes its own. */
+  lib?: Vmsnap;
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  url: string;
+  host: string;
+  port: number;
+  /** The bearer token when one is required. */
+  token: string | undefined;
+  lib: Vmsnap;
+  api: ApiApp;
+  /** Stop listening, end event streams, let running operations finish, close the library if the server opened it. */
+  close(): Promise<void>;
+}
+
+/** Start `vmsnap serve`: one library instance, one HTTP server. */
+export async function serve(opts: ServeOptions = {}): Promise<RunningServer> {
+  const host = opts.host ?? '127.0.0.1';
+  const port = opts.port ?? 8080;
+  const log = opts.log ?? (() => {});
+  const ownLib = opts.lib === undefined;
+  const lib = opts.lib ?? Vmsnap.open(opts.home !== undefined ? { home: opts.home } : {});
+  try {
+    const tokenRequired = opts.requireToken ?? !isLoopback(host);
+    let token: string | undefined;
+    if (tokenRequired) {
+      const t = loadOrCreateToken(lib.home);
+      token = t.token;
+      if (t.created) {
+        log(`created the API token (shown only this once; it is kept in ${t.file}, mode 0600):`);
+        log(`  ${t.token}`);
+      } else {
+        log(`API token required: it is in ${t.file}`);
+      }
+    }
+    const api = createApp(lib, { ...opts, ...(token !== undefined ? { token } : {}) });
+    const server = await new Promise<Server>((resolve, reject) => {
+      const s = serveNode({ fetch: api.app.fetch, hostname: host, port }) as Server;
+      s.once('listening', () => resolve(s));
+      s.once('error', (e: NodeJS.ErrnoException) => {
+        void api.close();
+        if (e.code === 'EADDRINUSE') {
+          reject(new VmsnapError('INVALID_ARGUMENT', `port ${port} on ${host} is in use`, { hint: 'choose another with --port', details: { field: 'port', value: port } }));
+        } else if (e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND') {
+          reject(new VmsnapError('INVALID_ARGUMENT', `cannot listen on ${host}: ${e.message}`, { details: { field: 'host', value: host } }));
+        } else reject(e);
+      });
+    });
+    const addr = server.address() as AddressInfo;
+    const shown = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+    const url = `http://${shown}:${addr.port}`;
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      host,
+      port: addr.port,
+      token,
+      lib,
+      api,
+      close() {
+        closing ??= (async () => {
+          const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+          await api.close();
+          server.closeIdleConnections();
+          // Event streams were ended above; anything still open after a grace period is cut.
+          const grace = setTimeout(() => server.closeAllConnections(), 2000);
+          await stopped;
+          clearTimeout(grace);
+          if (ownLib) lib.close();
+        })();
+        return closing;
+      },
+    };
+  } catch (e) {
+    if (ownLib) lib.close();
+    throw e;
+  }
+}

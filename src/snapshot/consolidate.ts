@@ -1,0 +1,221 @@
+import { rmSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import type { Catalog, LayerRecord } from '../catalog/catalog.js';
+import { VmsnapError } from '../errors.js';
+import { queryBlockGraph } from '../qemu/block-graph.js';
+import { runBlockJob } from '../qemu/block-jobs.js';
+import { fileNode, formatNode } from '../qemu/launcher.js';
+import { commitImage, rebaseImage, rebaseUnsafe } from '../qemu/qemu-img.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import { fileBytes } from '../vm/machines.js';
+
+/**
+ * Consolidation: after a snapshot is deleted, the layer it named may no longer
+ * be needed as a layer of its own. What happens to it depends only on the
+ * catalog, so the same rules serve the delete itself and its recovery:
+ *
+ * - no layer depends on it: it is dropped;
+ * - exactly one layer depends on it: the two are merged, in the cheaper
+ *   direction by bytes to copy: *stream* copies the lower one's data up into
+ *   the upper (which then backs onto the lower's backing); *commit* copies the
+ *   upper's data down into the lower, which takes the upper's place (its
+ *   snapshot, its children, or its role as the active layer);
+ * - two or more depend on it (a branch point): it stays as an internal layer
+ *   until only one does.
+ *
+ * A merge changes no remaining snapshot's content: stream copies only data the
+ * upper layer does not override; commit writes only into a layer no snapshot
+ * names. Each action is redone from scratch if interrupted (both are idempotent),
+ * and the catalog follows only once the files are merged.
+ */
+export type MergeAction =
+  | { kind: 'drop'; layerId: string }
+  | { kind: 'stream'; lowerId: string; upperId: string }
+  | { kind: 'commit'; lowerId: string; upperId: string };
+
+/** What the planner needs to know of the layer graph. */
+export interface LayerGraph {
+  layer(id: string): LayerRecord | undefined;
+  children(id: string): LayerRecord[];
+  /** Named by a snapshot, or the active layer of a VM: must stay as it is. */
+  pinned(id: string): boolean;
+  bytes(id: string): number;
+}
+
+/** The next thing to do about a layer no snapshot may need any more; undefined when it must stay. */
+export function nextAction(g: LayerGraph, layerId: string): MergeAction | undefined {
+  const l = g.layer(layerId);
+  if (!l || l.external || g.pinned(layerId)) return undefined;
+  const kids = g.children(layerId);
+  if (kids.length === 0) return { kind: 'drop', layerId };
+  if (kids.length > 1) return undefined;
+  const upper = kids[0]!;
+  // Stream copies the lower layer's bytes, commit the upper's: copy the fewer.
+  return g.bytes(layerId) <= g.bytes(upper.id) ? { kind: 'stream', lowerId: layerId, upperId: upper.id } : { kind: 'commit', lowerId: layerId, upperId: upper.id };
+}
+
+export function catalogGraph(catalog: Catalog): LayerGraph {
+  return {
+    layer: (id) => catalog.findLayer(id),
+    children: (id) => catalog.childrenOfLayer(id),
+    pinned: (id) =>
+      catalog.snapshotsUsingLayer(id).length > 0 ||
+      (catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(id) as unknown) !== undefined,
+    bytes: (id) => {
+      const l = catalog.findLayer(id);
+      return l ? fileBytes(l.path) : 0;
+    },
+  };
+}
+
+/** How a layer's header names its backing file: by file name when they share a folder, so the folder can move. */
+export function backingRef(layer: LayerRecord, backing: LayerRecord): string {
+  return dirname(layer.path) === dirname(backing.path) ? basename(backing.path) : backing.path;
+}
+
+export interface MergeContext {
+  catalog: Catalog;
+  /** A QMP session to the VM's running QEMU, if it runs. */
+  qmp?: QmpClient;
+  /** Layers the running QEMU has open (the chains of its disks). */
+  openLayers: Set<string>;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Run one action on the files (online with block jobs where QEMU has them open, else qemu-img). */
+export async function performMerge(action: MergeAction, mc: MergeContext): Promise<void> {
+  const { catalog } = mc;
+  if (action.kind === 'drop') return;
+  const lower = catalog.getLayer(action.lowerId);
+  const upper = catalog.getLayer(action.upperId);
+  const below = lower.backingId ? catalog.getLayer(lower.backingId) : null;
+  const online = mc.qmp !== undefined && mc.openLayers.has(upper.id);
+  const total = action.kind === 'stream' ? fileBytes(lower.path) : fileBytes(upper.path);
+  const fraction = (f: number): void => mc.onProgress?.(Math.round(f * total), total);
+
+  if (action.kind === 'stream') {
+    if (online) {
+      const qmp = mc.qmp!;
+      const graph = await queryBlockGraph(qmp);
+      // Already merged (a recovery redoing it): the upper layer no longer backs onto the lower.
+      if (graph.get(formatNode(upper.id))?.backing === formatNode(lower.id)) {
+        const jobId = `stream-${upper.id}`;
+        await runBlockJob(qmp, {
+          jobId,
+          timeoutMs: 24 * 3600_000,
+          onProgress: (d, t) => mc.onProgress?.(d, t),
+          start: async () => {
+            const jobs = await qmp.execute<{ id: string }[]>('query-jobs');
+            if (jobs.some((j) => j.id === jobId)) return; // still running from before: just follow it
+            await qmp.execute('block-stream', {
+              'job-id': jobId,
+              device: formatNode(upper.id),
+              ...(below ? { 'base-node': formatNode(below.id), 'backing-file': backingRef(upper, below) } : {}),
+              'auto-dismiss': false,
+            });
+          },
+        });
+      }
+      await closeNodes(qmp, lower.id);
+    } else {
+      await rebaseImage(upper.path, below ? backingRef(upper, below) : null, below?.format ?? 'qcow2', fraction);
+    }
+    return;
+  }
+
+  // commit: the upper layer's data goes down into the lower one.
+  if (online) {
+    const qmp = mc.qmp!;
+    const graph = await queryBlockGraph(qmp);
+    if (graph.has(formatNode(upper.id))) {
+      const jobId = `commit-${upper.id}`;
+      const top = [...graph.values()].find((n) => n.backing === formatNode(upper.id));
+      const active = top === undefined; // nothing in the running chain above it
+      const root = active ? formatNode(upper.id) : rootOf(graph, formatNode(upper.id));
+      await runBlockJob(qmp, {
+        jobId,
+        complete: active,
+        timeoutMs: 24 * 3600_000,
+        onProgress: (d, t) => mc.onProgress?.(d, t),
+        start: async () => {
+          const jobs = await qmp.execute<{ id: string }[]>('query-jobs');
+          if (jobs.some((j) => j.id === jobId)) return;
+          await qmp.execute('block-commit', {
+            'job-id': jobId,
+            device: root,
+            'top-node': formatNode(upper.id),
+            'base-node': formatNode(lower.id),
+            ...(active ? {} : { 'backing-file': backingRef(catalog.getLayer(nodeLayerId(top!.name)), lower) }),
+            'auto-dismiss': false,
+          });
+        },
+      });
+      await closeNodes(qmp, upper.id);
+    }
+  } else {
+    await commitImage(upper.path, fraction);
+  }
+  // Children of the upper layer that QEMU does not have open: point their headers at the lower one.
+  for (const child of catalog.childrenOfLayer(upper.id)) {
+    if (online && mc.openLayers.has(child.id)) continue;
+    await rebaseUnsafe(child.path, backingRef(child, lower), lower.format);
+  }
+}
+
+function nodeLayerId(nodeName: string): string {
+  return nodeName.slice(1);
+}
+
+/** The top of the chain a node is in (the node nothing backs onto). */
+function rootOf(graph: Map<string, { name: string; backing?: string }>, node: string): string {
+  let cur = node;
+  for (let i = 0; i < 10_000; i++) {
+    const above = [...graph.values()].find((n) => n.backing === cur);
+    if (!above) return cur;
+    cur = above.name;
+  }
+  throw new VmsnapError('INTERNAL', `cycle in QEMU's block graph at ${node}`);
+}
+
+/** Close a layer's nodes in QEMU once nothing uses them. */
+async function closeNodes(qmp: QmpClient, layerId: string): Promise<void> {
+  for (const node of [formatNode(layerId), fileNode(layerId)]) {
+    await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
+  }
+}
+
+/**
+ * The catalog change of a performed action, for the caller to run in the
+ * journal step's transaction. Returns the files to remove afterwards.
+ */
+export function applyMergeToCatalog(catalog: Catalog, action: MergeAction): string[] {
+  if (action.kind === 'drop') {
+    const l = catalog.getLayer(action.layerId);
+    catalog.deleteLayer(l.id);
+    return [l.path];
+  }
+  const lower = catalog.getLayer(action.lowerId);
+  const upper = catalog.getLayer(action.upperId);
+  if (action.kind === 'stream') {
+    catalog.setLayerBacking(upper.id, lower.backingId);
+    catalog.deleteLayer(lower.id);
+    return [lower.path];
+  }
+  // commit: the lower layer takes the upper's place everywhere.
+  const db = catalog.db;
+  db.prepare('UPDATE layers SET frozen = ? WHERE id = ?').run(upper.frozen ? 1 : 0, lower.id);
+  db.prepare('UPDATE snapshot_layers SET layer_id = ? WHERE layer_id = ?').run(lower.id, upper.id);
+  db.prepare('UPDATE active_layers SET layer_id = ? WHERE layer_id = ?').run(lower.id, upper.id);
+  db.prepare('UPDATE layers SET backing_id = ? WHERE backing_id = ?').run(lower.id, upper.id);
+  catalog.deleteLayer(upper.id);
+  return [upper.path];
+}
+
+export function removeFiles(paths: string[]): void {
+  for (const p of paths) rmSync(p, { force: true });
+}
+
+/** The layer to look at after an action: a drop may leave its backing layer unneeded in turn. */
+export function followUp(action: MergeAction, backingOfDropped: string | null): string | undefined {
+  return action.kind === 'drop' ? backingOfDropped ?? undefined : undefined;
+}
