@@ -143,7 +143,9 @@ export function toVmsnapError(e: unknown): VmsnapError {
   if (e instanceof VmsnapError) return e;
   if (e instanceof Error) {
     const errno = (e as NodeJS.ErrnoException).code;
-    if (errno === 'ENOSPC') return new VmsnapError('NO_SPACE', e.message, { cause: e });
+    if (errno === 'ENOSPC' || errno === 'SQLITE_FULL') {
+      return new VmsnapError('NO_SPACE', `the data dir is full: ${e.message}`, { cause: e, hint: 'free disk space, then run vmsnap recover' });
+    }
     return new VmsnapError('INTERNAL', e.message, { cause: e });
   }
   return new VmsnapError('INTERNAL', String(e));

@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgentCommandError } from '../errors.js';
 import { defaultImageCache } from '../paths.js';
 import { GuestAgentClient } from './guest-agent.js';
@@ -41,6 +41,11 @@ describe.skipIf(!imageExists)('GuestAgentClient (real guest)', () => {
     } catch (e) {
       throw new Error(`${(e as Error).message}\n--- serial log ---\n${serialLog()}`);
     }
+  });
+
+  afterEach((ctx) => {
+    // The guest's console says more than any assertion about why an agent call failed.
+    if (ctx.task.result?.state === 'fail') console.error(`--- serial log (tail) ---\n${serialLog().split('\n').slice(-40).join('\n')}`);
   });
 
   afterAll(async () => {

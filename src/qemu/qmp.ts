@@ -207,6 +207,7 @@ export class QmpClient {
     return new Promise<QmpGreeting>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.greetingWaiter = undefined;
+        unsubscribe();
         reject(
           new VmsnapError('QMP_TIMEOUT', `no QMP greeting on ${this.socketPath} within ${timeoutMs} ms`, {
             // QEMU serves one client per QMP socket; a second one waits unanswered.

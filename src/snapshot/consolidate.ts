@@ -82,8 +82,26 @@ export interface MergeContext {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** Test-only: throttle block jobs (bytes/s) so a test can act while one runs. */
+function jobSpeed(): Record<string, number> {
+  const speed = Number(process.env.VMSNAP_TEST_JOB_SPEED);
+  return speed > 0 ? { speed } : {};
+}
+
 /** Run one action on the files (online with block jobs where QEMU has them open, else qemu-img). */
 export async function performMerge(action: MergeAction, mc: MergeContext): Promise<void> {
+  try {
+    await performMergeUnchecked(action, mc);
+  } catch (e) {
+    // A block job that hit a full disk says so only in its error text.
+    if (e instanceof VmsnapError && e.code === 'QEMU_FAILED' && /No space left on device/i.test(e.message)) {
+      throw new VmsnapError('NO_SPACE', e.message, { hint: 'free disk space, then run vmsnap recover to finish the merge', cause: e });
+    }
+    throw e;
+  }
+}
+
+async function performMergeUnchecked(action: MergeAction, mc: MergeContext): Promise<void> {
   const { catalog } = mc;
   if (action.kind === 'drop') return;
   const lower = catalog.getLayer(action.lowerId);
@@ -111,6 +129,7 @@ export async function performMerge(action: MergeAction, mc: MergeContext): Promi
               'job-id': jobId,
               device: formatNode(upper.id),
               ...(below ? { 'base-node': formatNode(below.id), 'backing-file': backingRef(upper, below) } : {}),
+              ...jobSpeed(),
               'auto-dismiss': false,
             });
           },
@@ -146,6 +165,7 @@ export async function performMerge(action: MergeAction, mc: MergeContext): Promi
             'top-node': formatNode(upper.id),
             'base-node': formatNode(lower.id),
             ...(active ? {} : { 'backing-file': backingRef(catalog.getLayer(nodeLayerId(top!.name)), lower) }),
+            ...jobSpeed(),
             'auto-dismiss': false,
           });
         },

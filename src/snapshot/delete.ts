@@ -32,6 +32,23 @@ export function vmDiskUsage(ctx: Context, vmId: string): number {
   return [...layers.map((l) => l.path), ...states].reduce((a, p) => a + fileBytes(p), 0);
 }
 
+/**
+ * Bytes the merges that follow deleting this snapshot will copy (an estimate:
+ * allocated file sizes), for a free-space check before anything is touched.
+ */
+export function estimateMergeBytes(ctx: Context, snap: SnapshotRecord): number {
+  const g = catalogGraph(ctx.catalog);
+  let need = 0;
+  for (const layerId of Object.values(snap.layers)) {
+    const namedElsewhere = ctx.catalog.snapshotsUsingLayer(layerId).some((u) => u.snapshotId !== snap.id);
+    const active = (ctx.catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(layerId) as unknown) !== undefined;
+    const kids = g.children(layerId);
+    if (namedElsewhere || active || kids.length !== 1) continue;
+    need += Math.min(g.bytes(layerId), g.bytes(kids[0]!.id));
+  }
+  return need;
+}
+
 /** The layers a running VM's QEMU has open: every layer of every disk's chain. */
 export function openLayersOf(ctx: Context, vm: VmRecord): Set<string> {
   const out = new Set<string>();
@@ -61,7 +78,12 @@ export async function deleteSnapshotLocked(
     return { merges, operationId: op.id };
   } catch (e) {
     // Half-merged files are sound (each merge is redone from scratch); recovery finishes the job.
-    ctx.catalog.db.prepare("UPDATE operations SET status = 'interrupted', error = ? WHERE id = ?").run(String((e as Error).message ?? e), op.id);
+    // If even the journal cannot be written (a full disk), the row stays 'running' and recovery still finds it.
+    try {
+      ctx.catalog.db.prepare("UPDATE operations SET status = 'interrupted', error = ? WHERE id = ?").run(String((e as Error).message ?? e), op.id);
+    } catch {
+      /* keep the original error */
+    }
     ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-delete', status: 'failed', error: String(e) });
     throw e;
   }

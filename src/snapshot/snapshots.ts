@@ -13,7 +13,9 @@ import { fileBytes, layerPath, type VmService } from '../vm/machines.js';
 import { connectQmp, killQemu, probeRuntime } from '../vm/runtime.js';
 import { addOverlayNodes, fsyncFileAndDir, loadMemory, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays, type OverlaySwitch } from './live.js';
 import { renderTree } from './tree.js';
-import { deleteSnapshotLocked, vmDiskUsage, type MergeReport } from './delete.js';
+import { deleteSnapshotLocked, estimateMergeBytes, vmDiskUsage, type MergeReport } from './delete.js';
+import { statfsSync } from 'node:fs';
+import { formatBytes } from '../util/size.js';
 
 export interface TakeSnapshotOptions {
   description?: string;
@@ -524,10 +526,24 @@ export class SnapshotService {
     const snap = this.resolve(vm, snapName);
     return withVm(this.ctx, vm, `snapshot delete ${snap.name}`, async () => {
       const target = this.resolve(vm, snap.id);
+      this.checkSpaceForMerge(target);
       const before = vmDiskUsage(this.ctx, vm.id);
       const { merges } = await deleteSnapshotLocked(this.ctx, this.vms.get(vm.id), target, opts.onProgress);
       return { deleted: [target.name], reclaimedBytes: Math.max(0, before - vmDiskUsage(this.ctx, vm.id)), merges };
     });
+  }
+
+  /** Refuse a delete whose merge cannot fit, before anything is touched (a merge that runs out of space midway is still recoverable). */
+  private checkSpaceForMerge(snap: SnapshotRecord): void {
+    const need = estimateMergeBytes(this.ctx, snap);
+    const fs = statfsSync(this.ctx.paths.layers);
+    const free = fs.bavail * fs.bsize;
+    if (need > free) {
+      throw new VmsnapError('NO_SPACE', `deleting '${snap.name}' must merge about ${formatBytes(need)} but only ${formatBytes(free)} is free in ${this.ctx.paths.layers}`, {
+        hint: 'free disk space first; nothing was changed',
+        details: { needBytes: need, freeBytes: free },
+      });
+    }
   }
 
   /** Delete every snapshot of a VM: all deltas merge into the present disks (VMware's "Delete All"). */

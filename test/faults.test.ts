@@ -1,0 +1,203 @@
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runtimeFiles } from '../src/qemu/launcher.js';
+import { QmpClient } from '../src/qemu/qmp.js';
+import { findOrphans } from '../src/snapshot/recovery.js';
+import { sleep } from '../src/util/process.js';
+import type { Vmsnap } from '../src/vmsnap.js';
+import { cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+
+const files = async (lib: Vmsnap, vm: string) => (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
+
+/** After recovery: nothing unfinished, no orphan, every fingerprint holds, and each snapshot reverts to its own files. */
+async function expectSound(home: string, lib: Vmsnap, vm: string, expected: Record<string, string[]>): Promise<void> {
+  const rec = await cli(home, ['recover', '--json']);
+  expect(rec.code, rec.stderr).toBe(0);
+  const verify = await cli(home, ['verify', vm, '--deep', '--json']);
+  expect(JSON.parse(verify.stdout).problems, verify.stdout).toEqual([]);
+  expect(verify.code).toBe(0);
+  expect(findOrphans(lib.ctx)).toEqual([]);
+  expect(lib.ctx.journal.unfinished()).toEqual([]);
+  expect(lib.snapshots.list(vm).map((s) => s.name).sort()).toEqual(Object.keys(expected).sort());
+  for (const [snap, want] of Object.entries(expected)) {
+    await lib.snapshots.revert(vm, snap, { force: true });
+    expect(await files(lib, vm), `files of ${snap}`).toEqual(want);
+  }
+}
+
+describe('kill -9 at every step boundary, then recover', () => {
+  let home: string;
+  let lib: Vmsnap;
+  const expected: Record<string, string[]> = { S0: ['a'], S1: ['a', 'b'] };
+  beforeAll(async () => {
+    home = tempHome();
+    lib = openLib(home);
+    await lib.vms.create('f', { image: 'demo', disks: [{ sizeBytes: 128 * 1024 ** 2 }] });
+    await lib.vms.start('f');
+    await sh(lib, 'f', 'echo a > /data/a && sync');
+    await lib.snapshots.create('f', 'S0');
+    await sh(lib, 'f', 'echo b > /data/b && sync');
+    await lib.snapshots.create('f', 'S1');
+    await lib.fingerprint('f');
+  });
+  afterAll(() => {
+    lib.close();
+    cleanupHome(home);
+  });
+
+  const killedAt = async (fault: string, args: string[]) => {
+    const r = await cli(home, args, { VMSNAP_FAULT: fault, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' });
+    expect(r.code, `${fault}: ${r.stderr}`).toBe(128); // died by SIGKILL
+  };
+
+  for (const point of ['0', '1', 'switched']) {
+    it(`snapshot create killed at ${point}: rolled back, the VM runs on its previous layer`, async () => {
+      await killedAt(`snapshot-create:${point}`, ['snapshot', 'create', 'f', 'X']);
+      const rec = JSON.parse((await cli(home, ['recover', '--json'])).stdout);
+      expect(rec.operations).toEqual([expect.objectContaining({ kind: 'snapshot-create', outcome: 'rolled_back' })]);
+      expect((await lib.vms.status('f')).state).toBe('running');
+      await sh(lib, 'f', 'echo more > /data/more && rm /data/more && sync');
+      await expectSound(home, lib, 'f', expected);
+    });
+  }
+
+  for (const point of ['0', '1', '2', '3']) {
+    it(`snapshot revert killed at ${point}: rolled back before the old VM is killed, forward after`, async () => {
+      await lib.snapshots.revert('f', 'S1', { force: true });
+      await killedAt(`snapshot-revert:${point}`, ['snapshot', 'revert', 'f', 'S0', '--force']);
+      const rec = JSON.parse((await cli(home, ['recover', '--json'])).stdout);
+      const outcome = rec.operations[0]?.outcome;
+      expect(outcome).toBe(Number(point) < 2 ? 'rolled_back' : 'rolled_forward');
+      const state = (await lib.vms.status('f')).state;
+      expect(state).toBe(Number(point) < 2 ? 'running' : 'stopped');
+      if (state === 'running') expect(await files(lib, 'f')).toEqual(['a', 'b']);
+      await expectSound(home, lib, 'f', expected);
+    });
+  }
+
+  for (const point of ['0', '1', '2', 'merging', '3']) {
+    it(`snapshot delete killed at ${point}: rolled forward, the delta merged, nothing lost`, async () => {
+      await lib.snapshots.revert('f', 'S1', { force: true });
+      await sh(lib, 'f', 'echo t > /data/t && sync');
+      await lib.snapshots.create('f', 'T');
+      await sh(lib, 'f', 'echo u > /data/u && sync');
+      await killedAt(`snapshot-delete:${point}`, ['snapshot', 'delete', 'f', 'T']);
+      // Until recovery, the half-deleted snapshot is hidden, not revertable.
+      expect(lib.snapshots.list('f').map((s) => s.name)).not.toContain(point === '0' ? '-' : 'T');
+      const rec = JSON.parse((await cli(home, ['recover', '--json'])).stdout);
+      expect(rec.operations).toEqual([expect.objectContaining({ kind: 'snapshot-delete', outcome: 'rolled_forward' })]);
+      expect(await files(lib, 'f')).toEqual(['a', 'b', 't', 'u']);
+      await expectSound(home, lib, 'f', expected);
+    });
+  }
+
+  it('QEMU killed during a block job: the delete stops with a clear error; recover finishes it offline', async () => {
+    await lib.snapshots.revert('f', 'S1', { force: true });
+    await sh(lib, 'f', 'dd if=/dev/urandom of=/data/big bs=1M count=24 2>/dev/null && sync');
+    await lib.snapshots.create('f', 'BIG', { memory: false });
+    await sh(lib, 'f', 'dd if=/dev/urandom of=/data/big2 bs=1M count=32 2>/dev/null && sync');
+    const vm = lib.vms.get('f');
+    const files0 = runtimeFiles(lib.ctx.paths.run, vm.id);
+    const pid = (await lib.vms.status('f')).pid!;
+    const deleting = cli(home, ['snapshot', 'delete', 'f', 'BIG'], { VMSNAP_TEST_JOB_SPEED: String(4 * 1024 ** 2) });
+    // Watch for the job on the second monitor (the first is the deleting process's).
+    const watcher = await QmpClient.connect(files0.eventsSocket, { retryUntilMs: 2000 });
+    try {
+      for (let i = 0; i < 400; i++) {
+        const jobs = await watcher.execute<{ id: string }[]>('query-jobs');
+        if (jobs.length > 0) break;
+        await sleep(25);
+      }
+    } finally {
+      await watcher.close().catch(() => undefined);
+    }
+    process.kill(pid, 'SIGKILL');
+    const r = await deleting;
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/QMP|QEMU|closed|disconnected/i);
+    expect(lib.snapshots.list('f').map((s) => s.name)).not.toContain('BIG');
+    await expectSound(home, lib, 'f', expected);
+  });
+});
+
+describe('out of disk space during a merge', () => {
+  const mnt = join('/tmp', `vs-full-${process.pid}`);
+  let lib: Vmsnap;
+  let mounted = false;
+  beforeAll(() => {
+    mkdirSync(mnt, { recursive: true });
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=160m', 'tmpfs', mnt]);
+      mounted = true;
+    } catch {
+      mounted = false;
+    }
+  });
+  afterAll(() => {
+    lib?.close();
+    cleanupHome(join(mnt, 'home'));
+    if (mounted) execFileSync('umount', ['-l', mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+  });
+
+  it('refuses a delete whose merge cannot fit; one that runs out midway fails with NO_SPACE, loses nothing, and completes once space is freed', async (ctx) => {
+    if (!mounted) ctx.skip();
+    const home = join(mnt, 'home');
+    lib = openLib(home);
+    await lib.vms.create('full', { image: 'demo', memoryMiB: 128, disks: [{ sizeBytes: 128 * 1024 ** 2 }] });
+    await lib.vms.start('full');
+    await sh(lib, 'full', 'echo keep > /data/keep && sync');
+    await lib.snapshots.create('full', 'B', { memory: false });
+    await sh(lib, 'full', 'dd if=/dev/urandom of=/data/x bs=1M count=40 2>/dev/null && sync');
+    await lib.snapshots.create('full', 'T', { memory: false });
+    await sh(lib, 'full', 'dd if=/dev/urandom of=/data/y bs=1M count=30 2>/dev/null && sync');
+    await lib.fingerprint('full');
+    const filler = join(mnt, 'filler');
+    const fill = (leaveBytes: number) => {
+      const free = Number(execFileSync('df', ['--output=avail', '-B1', mnt]).toString().split('\n')[1]);
+      try {
+        writeFileSync(filler, Buffer.alloc(Math.max(0, free - leaveBytes)));
+      } catch (e) {
+        // The merge raced us for the last bytes: the disk is full either way.
+        if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
+      }
+    };
+
+    // Too little space for the merge (about 30 MiB): refused before anything is touched.
+    fill(8 * 1024 ** 2);
+    const before = lib.snapshots.list('full').map((s) => s.name);
+    const refused = await cli(home, ['snapshot', 'delete', 'full', 'T']);
+    expect(refused.code, refused.stderr).toBe(16);
+    expect(refused.stderr).toMatch(/must merge about .* but only .* is free[\s\S]*nothing was changed/);
+    expect(lib.snapshots.list('full').map((s) => s.name)).toEqual(before);
+    rmSync(filler);
+
+    // Space runs out while the (throttled) online merge runs.
+    const vm = lib.vms.get('full');
+    const deleting = cli(home, ['snapshot', 'delete', 'full', 'T'], { VMSNAP_TEST_JOB_SPEED: String(8 * 1024 ** 2) });
+    const watcher = await QmpClient.connect(runtimeFiles(lib.ctx.paths.run, vm.id).eventsSocket, { retryUntilMs: 2000 });
+    try {
+      for (let i = 0; i < 400 && (await watcher.execute<unknown[]>('query-jobs')).length === 0; i++) await sleep(25);
+    } finally {
+      await watcher.close();
+    }
+    fill(0);
+    const r = await deleting;
+    expect(r.code, r.stderr).toBe(16);
+    expect(r.stderr).toMatch(/No space left on device|full/);
+    rmSync(filler);
+
+    const rec = await cli(home, ['recover', '--json']);
+    expect(JSON.parse(rec.stdout).operations).toEqual([expect.objectContaining({ kind: 'snapshot-delete', outcome: 'rolled_forward' })]);
+    const verify = JSON.parse((await cli(home, ['verify', 'full', '--deep', '--json'])).stdout);
+    expect(verify.problems).toEqual([]);
+    const ls = async () => (await sh(lib, 'full', 'ls /data')).split('\n').filter((f) => f && f !== 'lost+found').sort();
+    const status = await lib.vms.status('full');
+    if (status.state === 'paused') await lib.vms.resume('full');
+    expect(await ls()).toEqual(['keep', 'x', 'y']);
+    await lib.snapshots.revert('full', 'B', { force: true, start: true });
+    expect(await ls()).toEqual(['keep']);
+  });
+});

@@ -1,0 +1,164 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { serve, type RunningServer } from '../src/api/server.js';
+import type { Vmsnap } from '../src/vmsnap.js';
+import { cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const WEB = join(ROOT, 'web');
+const CHROMIUM = '/usr/bin/chromium';
+
+/** Newest modification time under the UI's sources. */
+function newestSource(): number {
+  let newest = 0;
+  const walk = (p: string): void => {
+    const st = statSync(p);
+    if (st.isDirectory()) for (const f of readdirSync(p)) walk(join(p, f));
+    else newest = Math.max(newest, st.mtimeMs);
+  };
+  for (const p of ['src', 'public', 'index.html', 'vite.config.ts']) if (existsSync(join(WEB, p))) walk(join(WEB, p));
+  return newest;
+}
+
+/** `npm test` builds the UI first (pretest); a lone run of this file builds it when web/dist is missing or stale. */
+function ensureWebBuilt(): void {
+  const index = join(WEB, 'dist', 'index.html');
+  if (existsSync(index) && statSync(index).mtimeMs >= newestSource()) return;
+  const r = spawnSync('npm', ['run', 'build:web'], { cwd: ROOT, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`npm run build:web failed:\n${r.stdout}\n${r.stderr}`);
+}
+
+const PNG = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+
+describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo guest', () => {
+  let home: string;
+  let lib: Vmsnap;
+  let server: RunningServer;
+  let browser: BrowserContext;
+  let page: Page;
+  let shots: string;
+  let keepShots = false;
+  let step = 0;
+  const pageErrors: string[] = [];
+
+  /** A screenshot of the step, checked: a real PNG of some size, taken when `expectText` is on the page. */
+  const snap = async (name: string, expectText: (string | RegExp)[]) => {
+    for (const t of expectText) await expect.poll(async () => page.getByText(t).first().isVisible(), { timeout: 20_000 }).toBe(true);
+    const file = join(shots, `${String(++step).padStart(2, '0')}-${name}.png`);
+    await page.screenshot({ path: file });
+    const png = readFileSync(file);
+    expect(png.subarray(0, 8).equals(PNG), `${file} is a PNG`).toBe(true);
+    expect(png.length, `${file} has content`).toBeGreaterThan(20_000);
+    // Width and height from the IHDR chunk: the viewport the test asked for.
+    expect([png.readUInt32BE(16), png.readUInt32BE(20)]).toEqual([1280, 800]);
+    return file;
+  };
+
+  beforeAll(async () => {
+    ensureWebBuilt();
+    home = tempHome();
+    lib = openLib(home);
+    await lib.vms.create('ui', { image: 'demo', memoryMiB: 128 });
+    await lib.vms.start('ui');
+    await sh(lib, 'ui', 'echo base > /data/base && sync');
+    server = await serve({ lib, host: '127.0.0.1', port: 0, watchIntervalMs: 500 });
+    keepShots = process.env.VMSNAP_UI_SCREENSHOTS !== undefined;
+    shots = keepShots ? process.env.VMSNAP_UI_SCREENSHOTS! : mkdtempSync(join(tmpdir(), 'vmsnap-ui-'));
+    mkdirSync(shots, { recursive: true });
+    browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'vmsnap-chromium-')), {
+      executablePath: CHROMIUM,
+      headless: true,
+      viewport: { width: 1280, height: 800 },
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    page = browser.pages()[0] ?? (await browser.newPage());
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+    page.on('console', (m) => m.type() === 'error' && pageErrors.push(m.text()));
+  });
+
+  afterAll(async () => {
+    const profile = browser ? (browser as unknown as { _options?: { userDataDir?: string } })._options?.userDataDir : undefined;
+    await browser?.close();
+    if (profile) rmSync(profile, { recursive: true, force: true });
+    await server?.close();
+    lib?.close();
+    if (home) cleanupHome(home);
+    if (shots && !keepShots) rmSync(shots, { recursive: true, force: true });
+  });
+
+  it('shows the VM running, its (empty) tree with "you are here", and its storage', async () => {
+    await page.goto(`${server.url}/`);
+    await expect.poll(() => page.getByTestId('vm-title').textContent()).toBe('ui');
+    await page.getByTestId('tree-here').waitFor();
+    await expect.poll(() => page.getByTestId('conn').textContent()).toMatch(/live/);
+    await snap('initial', ['You are here', 'Storage per snapshot', 'running']);
+    expect(await page.getByTestId('details').textContent()).toMatch(/with no snapshot yet/);
+  });
+
+  it('takes a snapshot from the dialog and shows it in the tree', async () => {
+    await page.getByTestId('action-take').click();
+    const dialog = page.getByTestId('dialog-take');
+    await dialog.getByTestId('snapshot-name').fill('first');
+    await dialog.getByTestId('snapshot-description').fill('before the change');
+    await snap('take-dialog', ['Take a snapshot of ui', 'Include memory and device state']);
+    await dialog.getByTestId('confirm-take').click();
+
+    await page.getByTestId('tree-node-first').waitFor({ timeout: 60_000 });
+    await page.getByTestId('toast-ok').filter({ hasText: "Snapshot 'first' taken" }).waitFor({ timeout: 60_000 });
+    const details = page.getByTestId('details');
+    await expect.poll(() => details.textContent()).toMatch(/first.*current.*with memory.*before the change/s);
+    expect(await page.getByTestId('tree-node-first').textContent()).toMatch(/first.*memory/s);
+    expect(await page.getByTestId('storage-chart').textContent()).toMatch(/first/);
+    await snap('snapshot-taken', ["Snapshot 'first' taken", 'before the change']);
+    expect(lib.snapshots.list('ui').map((s) => s.name)).toEqual(['first']);
+  });
+
+  it('updates live when the CLI takes a snapshot in another process', async () => {
+    await sh(lib, 'ui', 'echo changed > /data/changed && sync');
+    const r = await cli(home, ['snapshot', 'create', 'ui', 'from-cli', '--no-memory']);
+    expect(r.code, r.stderr).toBe(0);
+    // No reload: the server's watcher sees it and the event stream carries it.
+    await page.getByTestId('tree-node-from-cli').waitFor({ timeout: 20_000 });
+    await snap('cli-snapshot-live', ['from-cli']);
+  });
+
+  it('reverts, after a confirmation that says what will be lost', async () => {
+    await page.getByTestId('tree-node-first').click();
+    await page.getByTestId('action-revert').click();
+    const dialog = page.getByTestId('dialog-revert');
+    await dialog.getByText('This discards the present state').waitFor();
+    expect(await dialog.getByTestId('revert-lost').textContent()).toMatch(/running state of the VM.*writes to disk0/s);
+    await snap('revert-dialog', ["Revert ui to 'first'?", 'This discards the present state', 'running state of the VM']);
+    await dialog.getByTestId('confirm-revert').click();
+
+    await page.getByTestId('toast-ok').filter({ hasText: "ui reverted to 'first': running" }).waitFor({ timeout: 60_000 });
+    // The present state now hangs under 'first'.
+    await expect.poll(() => page.getByText('current snapshot: first').isVisible()).toBe(true);
+    await snap('reverted', ["ui reverted to 'first'", 'current snapshot: first']);
+    expect((await sh(lib, 'ui', 'ls /data | grep -v lost+found')).trim().split('\n')).toEqual(['base']);
+  });
+
+  it('deletes a snapshot, after a confirmation that says what is reclaimed', async (ctx) => {
+    if (!('delete' in lib.snapshots)) {
+      ctx.skip('the library in this tree has no snapshots.delete yet');
+      return;
+    }
+    await page.getByTestId('tree-node-from-cli').click();
+    await page.getByTestId('action-delete').click();
+    const dialog = page.getByTestId('dialog-delete');
+    await dialog.getByText('What is lost and what is freed').waitFor();
+    await snap('delete-dialog', ["Delete snapshot 'from-cli'?", 'reclaimed in all']);
+    await dialog.getByTestId('confirm-delete').click();
+
+    await page.getByTestId('toast-ok').filter({ hasText: "Deleted snapshot 'from-cli'" }).waitFor({ timeout: 60_000 });
+    await expect.poll(() => page.getByTestId('tree-node-from-cli').count()).toBe(0);
+    await snap('deleted', ["Deleted snapshot 'from-cli'", 'reclaimed']);
+    expect(lib.snapshots.list('ui').map((s) => s.name)).toEqual(['first']);
+    expect(pageErrors).toEqual([]);
+  });
+});
