@@ -137,7 +137,7 @@ async function main(): Promise<void> {
     await lib.vms.start('bench');
     await sh(lib, 'bench', 'echo ready > /data/ready && sync');
     // Let the guest settle after boot, like a VM in use would be.
-    await sh(lib, 'bench', "nohup /bin/sh -c 'while :; do date > /tmp/now; sleep 0.05; done' >/dev/null 2>&1 &");
+    await sh(lib, 'bench', "setsid /bin/sh -c 'while :; do date > /tmp/now; sleep 0.05; done' </dev/null >/dev/null 2>&1 &");
 
     const diskPause: number[] = [];
     const diskWall: number[] = [];

@@ -312,6 +312,17 @@ describe('HTTP API over the demo guest', () => {
     expect((await call('GET', '/api/vms/api/snapshots')).json).toEqual([]);
   });
 
+  it('verifies a VM through an operation', async (ctx) => {
+    if (!(await call('GET', '/api/health')).json.features.verify) {
+      ctx.skip('the library in this tree has no verify yet');
+      return;
+    }
+    const op = await finish(await call('POST', '/api/vms/api/verify', {}));
+    expect(op.status, JSON.stringify(op.error)).toBe('succeeded');
+    expect(op.result).toMatchObject({ ok: true, problems: [] });
+    await refused('POST', '/api/vms/api/verify', { deep: 'yes' }, 400, 'INVALID_ARGUMENT', 'deep');
+  });
+
   it('refuses cross-origin writes and foreign Host names', async () => {
     const evil = await call('POST', '/api/vms/api/pause', undefined, { Origin: 'http://evil.example' });
     expect(evil.status).toBe(403);

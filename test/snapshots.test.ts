@@ -4,7 +4,7 @@ import { EXIT_CODES, VmsnapError } from '../src/errors.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { catalogDump, cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
 
-const COUNTER = "nohup /bin/sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' >/dev/null 2>&1 &";
+const COUNTER = "setsid /bin/sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &";
 const counter = async (lib: Vmsnap, vm: string) => Number((await sh(lib, vm, 'cat /tmp/counter')).trim());
 const files = async (lib: Vmsnap, vm: string) => (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
 const expectCode = async (p: Promise<unknown>, code: string, message: RegExp) => {
@@ -164,7 +164,7 @@ describe('snapshots of a VM with two disks', () => {
     await sh(lib, 'two', 'echo 1 > /data/seq && echo 1 > /mnt/vdb/seq && sync');
     await lib.snapshots.create('two', 'after', { memory: false });
     // A writer that keeps both disks in step while a snapshot is taken.
-    await sh(lib, 'two', "nohup /bin/sh -c 'i=2; while :; do echo $i > /data/seq; echo $i > /mnt/vdb/seq; sync; i=$((i+1)); done' >/dev/null 2>&1 &");
+    await sh(lib, 'two', "setsid /bin/sh -c 'i=2; while :; do echo $i > /data/seq; echo $i > /mnt/vdb/seq; sync; i=$((i+1)); done' </dev/null >/dev/null 2>&1 &");
     await new Promise((r) => setTimeout(r, 500));
     await lib.snapshots.create('two', 'during', { memory: false });
 

@@ -48,7 +48,7 @@ describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo g
 
   /** A screenshot of the step, checked: a real PNG of some size, taken when `expectText` is on the page. */
   const snap = async (name: string, expectText: (string | RegExp)[]) => {
-    for (const t of expectText) await expect.poll(async () => page.getByText(t).first().isVisible(), { timeout: 20_000 }).toBe(true);
+    for (const t of expectText) await page.getByText(t).filter({ visible: true }).first().waitFor({ timeout: 20_000 });
     const file = join(shots, `${String(++step).padStart(2, '0')}-${name}.png`);
     await page.screenshot({ path: file });
     const png = readFileSync(file);
@@ -137,8 +137,10 @@ describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo g
     await dialog.getByTestId('confirm-revert').click();
 
     await page.getByTestId('toast-ok').filter({ hasText: "ui reverted to 'first': running" }).waitFor({ timeout: 60_000 });
-    // The present state now hangs under 'first'.
+    // The present state now hangs under 'first': the tree says so, not only the header.
     await expect.poll(() => page.getByText('current snapshot: first').isVisible()).toBe(true);
+    await expect.poll(() => page.getByTestId('tree-node-first').getAttribute('class')).toMatch(/\bcurrent\b/);
+    await expect.poll(() => page.getByTestId('tree-node-from-cli').getAttribute('class')).not.toMatch(/\bcurrent\b/);
     await snap('reverted', ["ui reverted to 'first'", 'current snapshot: first']);
     expect((await sh(lib, 'ui', 'ls /data | grep -v lost+found')).trim().split('\n')).toEqual(['base']);
   });
