@@ -54,7 +54,8 @@ export class OperationTracker {
 
   constructor(
     private readonly hub: EventHub,
-    private readonly onFinished: (op: Operation) => void,
+    /** Called when an operation starts and when it ends. */
+    private readonly onChange: (op: Operation) => void,
     private readonly keepFinished = 500,
   ) {}
 
@@ -109,7 +110,7 @@ export class OperationTracker {
       this.running.delete(op.id);
       this.busyVms.delete(spec.vm.id);
       this.publish(op);
-      this.onFinished(op);
+      this.onChange(op);
     };
     // Started on the next tick, so the 202 (and the 'running' event) always goes out first.
     const done = new Promise<void>((resolve) => setImmediate(resolve))
@@ -120,6 +121,7 @@ export class OperationTracker {
       );
     this.running.set(op.id, { op, done, libraryIds: new Set() });
     this.publish(op);
+    this.onChange(op);
     return op;
   }
 

@@ -29,6 +29,8 @@ export interface AppOptions {
   webDist?: string;
   /** How often the server looks at VMs for changes made outside it, while clients listen. */
   watchIntervalMs?: number;
+  /** Where to say what the server does (operations started and ended). */
+  log?: (line: string) => void;
 }
 
 export interface ApiApp {
@@ -63,6 +65,12 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
   const hub = new EventHub();
   let watch: VmWatch | undefined;
   const tracker = new OperationTracker(hub, (op) => {
+    if (op.status === 'running') {
+      opts.log?.(`${op.id} ${op.title}: started`);
+      return;
+    }
+    const how = op.status === 'succeeded' ? `done in ${op.durationMs} ms` : `failed after ${op.durationMs} ms: ${op.error?.code} ${op.error?.message}`;
+    opts.log?.(`${op.id} ${op.title}: ${how}`);
     void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot.') });
   });
   watch = new VmWatch(lib, hub, () => tracker.runningCount === 0, opts.watchIntervalMs);

@@ -1,10 +1,11 @@
-import { closeSync, fsyncSync, openSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { VmsnapError, QmpCommandError } from '../errors.js';
 import { runBlockJob } from '../qemu/block-jobs.js';
 import { fileNode, formatNode } from '../qemu/launcher.js';
 import type { QmpClient, QmpEvent } from '../qemu/qmp.js';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { sleep } from '../util/process.js';
+import { openStateSink } from './state-sink.js';
 
 /**
  * The QMP steps of a live snapshot and a live revert. Everything here talks to
@@ -152,21 +153,6 @@ async function setCapability(qmp: QmpClient, capability: string, state: boolean)
   await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability, state }] });
 }
 
-export function fsyncPath(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** fsync a file and its directory, so a new file's name survives a crash too. */
-export function fsyncFileAndDir(path: string): void {
-  fsyncPath(path);
-  fsyncPath(dirname(path));
-}
-
 /**
  * Take a disk + memory snapshot of a running or paused VM so that both show
  * the same instant.
@@ -188,11 +174,28 @@ export async function snapshotWithMemory(
   qmp: QmpClient,
   switches: OverlaySwitch[],
   statePath: string,
-  opts: { running: boolean; timeoutMs?: number; onDisksSwitched?: () => void; forcePrecopy?: boolean },
-): Promise<MemorySaveResult> {
+  opts: SaveOptions & { sinkSocket: string },
+): Promise<MemorySaveResult & { stateBytes: number; stateSha256: string }> {
+  const sink = await openStateSink(opts.sinkSocket, statePath);
+  try {
+    const r = await saveToUri(qmp, switches, sink.uri, opts);
+    const file = await sink.done;
+    return { ...r, stateBytes: file.bytes, stateSha256: file.sha256 };
+  } finally {
+    sink.close();
+  }
+}
+
+interface SaveOptions {
+  running: boolean;
+  timeoutMs?: number;
+  onDisksSwitched?: () => void;
+  forcePrecopy?: boolean;
+}
+
+async function saveToUri(qmp: QmpClient, switches: OverlaySwitch[], uri: string, opts: SaveOptions): Promise<MemorySaveResult> {
   const t0 = performance.now();
   const timeoutMs = opts.timeoutMs ?? 600_000;
-  const uri = `exec:cat > ${shellQuote(statePath)}`;
   await tuneMigration(qmp);
 
   if (!opts.running) {
@@ -280,16 +283,23 @@ export async function snapshotWithMemory(
   }
 }
 
-/** Load a saved memory state into a QEMU started with -incoming defer; resolves when the guest runs (or is paused, as saved). */
-export async function loadMemory(qmp: QmpClient, statePath: string, timeoutMs = 120_000): Promise<{ loadMs: number }> {
+/**
+ * Load a saved memory state into a QEMU started with `-incoming defer -S`,
+ * hashing the file at the same time (it is in the page cache either way). The
+ * guest does not run until the caller resumes it, which it does only if the
+ * hash matched the one taken when the state was saved.
+ */
+export async function loadMemory(qmp: QmpClient, statePath: string, timeoutMs = 120_000): Promise<{ loadMs: number; sha256: string }> {
   const t0 = performance.now();
+  const hashing = sha256File(statePath);
+  hashing.catch(() => undefined);
   await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const st = await qmp.queryStatus();
     if (st.status !== 'inmigrate') break;
     if (Date.now() > deadline) throw new VmsnapError('QMP_TIMEOUT', `loading memory state took over ${timeoutMs} ms`);
-    await sleep(5);
+    await sleep(2);
   }
   const info = await qmp.execute<MigrateInfo>('query-migrate');
   if (info.status === 'failed') {
@@ -297,5 +307,11 @@ export async function loadMemory(qmp: QmpClient, statePath: string, timeoutMs = 
       details: { step: 'load-memory' },
     });
   }
-  return { loadMs: performance.now() - t0 };
+  return { loadMs: performance.now() - t0, sha256: await hashing };
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
 }

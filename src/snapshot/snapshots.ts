@@ -11,7 +11,8 @@ import { newId, newLayerId } from '../util/ids.js';
 import { validateName, type VmConfig } from '../vm/config.js';
 import { fileBytes, layerPath, type VmService } from '../vm/machines.js';
 import { connectQmp, killQemu, probeRuntime } from '../vm/runtime.js';
-import { addOverlayNodes, fsyncFileAndDir, loadMemory, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays, type OverlaySwitch } from './live.js';
+import { fsyncFileAndDir } from './fsync.js';
+import { addOverlayNodes, loadMemory, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays, type OverlaySwitch } from './live.js';
 import { renderTree } from './tree.js';
 import { deleteSnapshotLocked, estimateMergeBytes, vmDiskUsage, type MergeReport } from './delete.js';
 import { statfsSync } from 'node:fs';
@@ -302,14 +303,15 @@ export class SnapshotService {
           nodesAdded = true;
           if (withMemory) {
             const r = await snapshotWithMemory(qmp, switches, stateFile!, {
+              sinkSocket: join(runtimeFiles(this.ctx.paths.run, vm.id).dir, 'state-sink.sock'),
               running: vmState === 'running',
               onDisksSwitched: () => (switched = true),
               ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
             });
-            fsyncFileAndDir(stateFile!);
             record.pauseMs = r.pauseMs;
             Object.assign(meta, {
               memoryMode: r.mode,
+              stateSha256: r.stateSha256,
               saveMs: Math.round(r.totalMs),
               ...(r.qemuDowntimeMs !== undefined ? { qemuDowntimeMs: r.qemuDowntimeMs } : {}),
               ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
@@ -476,15 +478,19 @@ export class SnapshotService {
       const reverted = this.vms.get(vm.id);
       try {
         if (snap.stateFile) {
-          await this.vms.startLocked(reverted, { incomingDefer: true });
+          // Started with its vCPUs stopped: the guest runs only once the state is loaded and its checksum matched.
+          await this.vms.startLocked(reverted, { incomingDefer: true, paused: true });
           const qmp = await connectQmp(this.ctx.paths.run, reverted);
           try {
-            await loadMemory(qmp, snap.stateFile);
-            // The saved run state is the one at save time, which is 'paused' when vmsnap
-            // stopped the vCPUs itself for the disk switch: set it to what the snapshot says.
-            const st = await qmp.queryStatus();
-            if (snap.vmState === 'paused' && st.running) await qmp.execute('stop');
-            if (snap.vmState === 'running' && !st.running) await qmp.execute('cont');
+            const loaded = await loadMemory(qmp, snap.stateFile);
+            const expected = typeof snap.meta.stateSha256 === 'string' ? snap.meta.stateSha256 : undefined;
+            if (expected !== undefined && loaded.sha256 !== expected) {
+              throw new VmsnapError('CATALOG_ERROR', `snapshot '${snap.name}': its memory state file is damaged (checksum mismatch); the guest was not resumed from it`, {
+                hint: `the VM is left off; revert to another snapshot, or delete this one ('vmsnap verify ${vm.name} --deep' checks them all)`,
+                details: { step: 'load-memory', expected, actual: loaded.sha256 },
+              });
+            }
+            if (snap.vmState === 'running') await qmp.execute('cont');
             state = snap.vmState === 'paused' ? 'paused' : 'running';
           } finally {
             await qmp.close();

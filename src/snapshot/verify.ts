@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { sha256File } from './live.js';
 import { resolve, dirname } from 'node:path';
 import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
@@ -18,7 +19,8 @@ export interface VerifyProblem {
     | 'missing-active-layer'
     | 'orphan-file'
     | 'unfinished-operation'
-    | 'fingerprint-mismatch';
+    | 'fingerprint-mismatch'
+    | 'state-checksum-mismatch';
   message: string;
   layer?: string;
   snapshot?: string;
@@ -138,6 +140,18 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
   }
   if (opts.deep) {
     for (const s of snaps) {
+      const expected = typeof s.meta.stateSha256 === 'string' ? s.meta.stateSha256 : undefined;
+      if (s.stateFile && expected && existsSync(s.stateFile) && (await sha256File(s.stateFile)) !== expected) {
+        problems.push({
+          severity: 'error',
+          kind: 'state-checksum-mismatch',
+          message: `snapshot '${s.name}': its memory state file does not match the checksum taken when it was saved`,
+          snapshot: s.name,
+          path: s.stateFile,
+        });
+      }
+    }
+    for (const s of snaps) {
       const stored = storedFingerprints(s.meta);
       if (!stored || s.status !== 'ready') continue;
       for (const [slot, layerId] of Object.entries(s.layers)) {
@@ -179,3 +193,4 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
     problems,
   };
 }
+

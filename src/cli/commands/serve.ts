@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { serve } from '../../api/server.js';
+import { serve, type RunningServer } from '../../api/server.js';
 import { reportError } from '../output.js';
 import { parseCount } from '../parse.js';
 
@@ -23,19 +23,23 @@ export function registerServeCommand(program: Command): void {
     .option('--allow-host <name>', 'accept this Host header without a token, e.g. behind a local reverse proxy (repeatable)', collect)
     .action(async (o: { host: string; port: string; requireToken?: boolean; allowPath?: string[]; allowHost?: string[] }) => {
       const log = (line: string): void => void process.stdout.write(`${line}\n`);
+      const stamped = (line: string): void => log(`${new Date().toISOString()} ${line}`);
+      let server: RunningServer | undefined;
       try {
-        const server = await serve({
+        server = await serve({
           host: o.host,
           port: parseCount(o.port, 'port', 0, 65_535),
           ...(o.requireToken ? { requireToken: true } : {}),
           ...(o.allowPath ? { allowPaths: o.allowPath } : {}),
           ...(o.allowHost ? { allowedHosts: o.allowHost } : {}),
-          log,
+          // Startup lines (the token) plain; operations later with a time stamp.
+          log: (line) => (server === undefined ? log(line) : stamped(line)),
         });
         const openUrl = /^http:\/\/(0\.0\.0\.0|\[::\])/.test(server.url) ? server.url.replace(/^http:\/\/[^/]+:/, 'http://<this-host>:') : server.url;
         log(`vmsnap serving the web UI at ${openUrl}/ and the API at ${openUrl}/api (OpenAPI: ${openUrl}/openapi.json)`);
         if (server.token !== undefined) log('API requests need the header  Authorization: Bearer <token>  (the web UI asks for it once)');
         log('press Ctrl-C to stop');
+        const running = server;
         let stopping = false;
         const stop = (signal: string): void => {
           if (stopping) {
@@ -43,9 +47,9 @@ export function registerServeCommand(program: Command): void {
             process.exit(130);
           }
           stopping = true;
-          const running = server.api.tracker.runningCount;
-          log(running > 0 ? `stopping: waiting for ${running} running operation(s) to finish (Ctrl-C again to exit now)` : 'stopping');
-          server.close().then(
+          const busy = running.api.tracker.runningCount;
+          log(busy > 0 ? `stopping: waiting for ${busy} running operation(s) to finish (Ctrl-C again to exit now)` : 'stopping');
+          running.close().then(
             () => process.exit(0),
             (e: unknown) => process.exit(reportError(e, false)),
           );
