@@ -1,13 +1,13 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runtimeFiles } from '../src/qemu/launcher.js';
 import { QmpClient } from '../src/qemu/qmp.js';
 import { findOrphans } from '../src/snapshot/recovery.js';
-import { sleep } from '../src/util/process.js';
+import { isProcessAlive, sleep } from '../src/util/process.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+import { BIN, cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
 
 const files = async (lib: Vmsnap, vm: string) => (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
 
@@ -92,6 +92,34 @@ describe('kill -9 at every step boundary, then recover', () => {
       await expectSound(home, lib, 'f', expected);
     });
   }
+
+  it('vmsnap killed during an offline merge: recovery stops the orphaned storage daemon and finishes', async () => {
+    await lib.snapshots.revert('f', 'S1', { force: true });
+    await sh(lib, 'f', 'dd if=/dev/urandom of=/data/m1 bs=1M count=16 2>/dev/null && sync');
+    await lib.snapshots.create('f', 'M', { memory: false });
+    await sh(lib, 'f', 'dd if=/dev/urandom of=/data/m2 bs=1M count=16 2>/dev/null && sync');
+    await lib.vms.stop('f', { force: true });
+    const child = spawn(process.execPath, [BIN, 'snapshot', 'delete', 'f', 'M'], {
+      env: { ...process.env, VMSNAP_HOME: home, VMSNAP_TEST_JOB_SPEED: String(2 * 1024 ** 2) },
+      stdio: 'ignore',
+    });
+    // Wait until the merge's helper process is journaled, then kill vmsnap like kill -9 would.
+    let helper: number | undefined;
+    for (let i = 0; i < 400 && helper === undefined; i++) {
+      await sleep(25);
+      helper = lib.ctx.journal.unfinished()[0]?.plan.helperPid as number | undefined;
+    }
+    expect(helper).toBeDefined();
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('close', r));
+    expect(isProcessAlive(helper!)).toBe(true); // the daemon outlived vmsnap
+    const rec = JSON.parse((await cli(home, ['recover', '--json'])).stdout);
+    expect(rec.operations).toEqual([expect.objectContaining({ kind: 'snapshot-delete', outcome: 'rolled_forward' })]);
+    expect(isProcessAlive(helper!)).toBe(false);
+    await lib.vms.start('f');
+    expect(await files(lib, 'f')).toEqual(['a', 'b', 'm1', 'm2']);
+    await expectSound(home, lib, 'f', expected);
+  });
 
   it('QEMU killed during a block job: the delete stops with a clear error; recover finishes it offline', async () => {
     await lib.snapshots.revert('f', 'S1', { force: true });

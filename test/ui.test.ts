@@ -42,6 +42,7 @@ describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo g
   let browser: BrowserContext;
   let page: Page;
   let shots: string;
+  let profile: string;
   let keepShots = false;
   let step = 0;
   const pageErrors: string[] = [];
@@ -70,7 +71,9 @@ describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo g
     keepShots = process.env.VMSNAP_UI_SCREENSHOTS !== undefined;
     shots = keepShots ? process.env.VMSNAP_UI_SCREENSHOTS! : mkdtempSync(join(tmpdir(), 'vmsnap-ui-'));
     mkdirSync(shots, { recursive: true });
-    browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'vmsnap-chromium-')), {
+    // A fresh profile per run: nothing cached or remembered from an earlier one.
+    profile = mkdtempSync(join(tmpdir(), 'vmsnap-chromium-'));
+    browser = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
       viewport: { width: 1280, height: 800 },
@@ -82,7 +85,6 @@ describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo g
   });
 
   afterAll(async () => {
-    const profile = browser ? (browser as unknown as { _options?: { userDataDir?: string } })._options?.userDataDir : undefined;
     await browser?.close();
     if (profile) rmSync(profile, { recursive: true, force: true });
     await server?.close();
@@ -161,6 +163,30 @@ describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo g
     await expect.poll(() => page.getByTestId('tree-node-from-cli').count()).toBe(0);
     await snap('deleted', ["Deleted snapshot 'from-cli'", 'reclaimed']);
     expect(lib.snapshots.list('ui').map((s) => s.name)).toEqual(['first']);
-    expect(pageErrors).toEqual([]);
+  });
+
+  it('asks for the API token when the server requires one, and refuses a wrong one', async () => {
+    const guarded = await serve({ lib, host: '127.0.0.1', port: 0, requireToken: true });
+    try {
+      const p = await browser.newPage();
+      await p.goto(`${guarded.url}/`);
+      const dialog = p.getByTestId('dialog-token');
+      await dialog.waitFor();
+      await dialog.locator('input').fill('not-the-token');
+      await dialog.getByRole('button', { name: 'Connect' }).click();
+      await dialog.getByText('wrong bearer token').waitFor();
+      const file = join(shots, `${String(++step).padStart(2, '0')}-token-refused.png`);
+      await p.screenshot({ path: file });
+      expect(readFileSync(file).subarray(0, 8).equals(PNG)).toBe(true);
+      await dialog.locator('input').fill(guarded.token!);
+      await dialog.getByRole('button', { name: 'Connect' }).click();
+      await expect.poll(() => p.getByTestId('vm-title').textContent()).toBe('ui');
+      await expect.poll(() => p.getByTestId('conn').textContent()).toMatch(/live/);
+      await p.close();
+    } finally {
+      await guarded.close();
+    }
+    // 401s of the refused token are the browser's console errors; nothing else may be.
+    expect(pageErrors.filter((e) => !/401/.test(e))).toEqual([]);
   });
 });

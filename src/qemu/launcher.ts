@@ -12,6 +12,8 @@ export interface RuntimeFiles {
   qmpSocket: string;
   /** A second QMP monitor for long-lived watchers (the server), since a QMP socket serves one client at a time. */
   eventsSocket: string;
+  /** A third monitor for short status queries, so `status` answers while an operation holds the first. */
+  statusSocket: string;
   agentSocket: string;
   consoleSocket: string;
   serialLog: string;
@@ -24,6 +26,7 @@ export function runtimeFiles(runDir: string, vmId: string): RuntimeFiles {
     pidFile: join(dir, 'qemu.pid'),
     qmpSocket: join(dir, 'qmp.sock'),
     eventsSocket: join(dir, 'qmp-events.sock'),
+    statusSocket: join(dir, 'qmp-status.sock'),
     agentSocket: join(dir, 'qga.sock'),
     consoleSocket: join(dir, 'console.sock'),
     serialLog: join(dir, 'serial.log'),
@@ -113,6 +116,10 @@ export function buildQemuArgs(spec: LaunchSpec): string[] {
     `socket,id=qmpev,path=${q(files.eventsSocket)},server=on,wait=off`,
     '-mon',
     'chardev=qmpev,mode=control',
+    '-chardev',
+    `socket,id=qmpst,path=${q(files.statusSocket)},server=on,wait=off`,
+    '-mon',
+    'chardev=qmpst,mode=control',
     '-chardev',
     `socket,id=ser0,path=${q(files.consoleSocket)},server=on,wait=off,logfile=${q(files.serialLog)},logappend=on`,
     '-serial',

@@ -149,10 +149,16 @@ export async function convertImage(src: string, dst: string, opts: { format?: Im
  * Run a long qemu-img job with -p, reporting its percentage as it goes
  * (qemu-img prints "(12.34/100%)" with carriage returns).
  */
-async function qemuImgWithProgress(args: string[], what: string, onProgress?: (fraction: number) => void): Promise<void> {
+async function qemuImgWithProgress(
+  args: string[],
+  what: string,
+  onProgress?: (fraction: number) => void,
+  onSpawn?: (pid: number) => void,
+): Promise<void> {
   const { spawn } = await import('node:child_process');
   await new Promise<void>((resolve, reject) => {
     const child = spawn('qemu-img', [args[0]!, onProgress ? '-p' : '-q', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    if (child.pid !== undefined) onSpawn?.(child.pid);
     let stderr = '';
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (d: string) => {
@@ -175,8 +181,8 @@ async function qemuImgWithProgress(args: string[], what: string, onProgress?: (f
 }
 
 /** Merge an overlay into its backing file (-d: leave the overlay's own data in place). */
-export async function commitImage(path: string, onProgress?: (fraction: number) => void): Promise<void> {
-  await qemuImgWithProgress(['commit', '-d', path], `cannot merge ${path} into its backing file`, onProgress);
+export async function commitImage(path: string, onProgress?: (fraction: number) => void, onSpawn?: (pid: number) => void): Promise<void> {
+  await qemuImgWithProgress(['commit', '-d', path], `cannot merge ${path} into its backing file`, onProgress, onSpawn);
 }
 
 /**

@@ -5,7 +5,8 @@ import { VmsnapError } from '../errors.js';
 import { queryBlockGraph } from '../qemu/block-graph.js';
 import { runBlockJob } from '../qemu/block-jobs.js';
 import { fileNode, formatNode } from '../qemu/launcher.js';
-import { commitImage, rebaseImage, rebaseUnsafe } from '../qemu/qemu-img.js';
+import { commitImage, rebaseUnsafe } from '../qemu/qemu-img.js';
+import { withStorageDaemon } from '../qemu/storage-daemon.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import { fileBytes } from '../vm/machines.js';
 
@@ -80,6 +81,8 @@ export interface MergeContext {
   /** Layers the running QEMU has open (the chains of its disks). */
   openLayers: Set<string>;
   onProgress?: (done: number, total: number) => void;
+  /** The pid of a helper process (qemu-img, storage daemon) doing the merge: journaled, so recovery can stop an orphan. */
+  onHelper?: (pid: number) => void;
 }
 
 /** Test-only: throttle block jobs (bytes/s) so a test can act while one runs. */
@@ -112,8 +115,8 @@ async function performMergeUnchecked(action: MergeAction, mc: MergeContext): Pro
   const fraction = (f: number): void => mc.onProgress?.(Math.round(f * total), total);
 
   if (action.kind === 'stream') {
-    if (online) {
-      const qmp = mc.qmp!;
+    // Offline, the chain is opened by a storage daemon: the same block job, without a VM.
+    const stream = async (qmp: QmpClient): Promise<void> => {
       const graph = await queryBlockGraph(qmp);
       // Already merged (a recovery redoing it): the upper layer no longer backs onto the lower.
       if (graph.get(formatNode(upper.id))?.backing === formatNode(lower.id)) {
@@ -136,8 +139,11 @@ async function performMergeUnchecked(action: MergeAction, mc: MergeContext): Pro
         });
       }
       await closeNodes(qmp, lower.id);
-    } else {
-      await rebaseImage(upper.path, below ? backingRef(upper, below) : null, below?.format ?? 'qcow2', fraction);
+    };
+    if (online) await stream(mc.qmp!);
+    else {
+      const chain = catalog.chain(upper.id).map((l) => ({ id: l.id, path: l.path, format: l.format }));
+      await withStorageDaemon([{ slot: 'merge', chain }], stream, mc.onHelper);
     }
     return;
   }
@@ -173,7 +179,7 @@ async function performMergeUnchecked(action: MergeAction, mc: MergeContext): Pro
       await closeNodes(qmp, upper.id);
     }
   } else {
-    await commitImage(upper.path, fraction);
+    await commitImage(upper.path, fraction, mc.onHelper);
   }
   // Children of the upper layer that QEMU does not have open: point their headers at the lower one.
   for (const child of catalog.childrenOfLayer(upper.id)) {

@@ -3,6 +3,7 @@ import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import { faultPoint, type OperationRecord } from '../catalog/journal.js';
 import type { Context } from '../context.js';
 import type { QmpClient } from '../qemu/qmp.js';
+import { isProcessAlive, processCmdline } from '../util/process.js';
 import { fileBytes } from '../vm/machines.js';
 import { connectQmp, probeRuntime } from '../vm/runtime.js';
 import { applyMergeToCatalog, catalogGraph, nextAction, performMerge, removeFiles, type MergeAction } from './consolidate.js';
@@ -15,6 +16,8 @@ export interface DeletePlan {
   candidates: string[];
   /** The merge under way, so recovery knows what to redo. */
   pending?: MergeAction;
+  /** A helper process doing that merge, for recovery to stop if it outlived vmsnap. */
+  helperPid?: number;
 }
 
 export interface MergeReport {
@@ -98,6 +101,7 @@ export async function rollDeleteForward(
 ): Promise<MergeReport[]> {
   const { catalog, journal } = ctx;
   const plan = op.plan;
+  stopOrphanHelper(plan.helperPid);
   const snap = catalog.findSnapshotById(plan.snapshotId);
   if (snap && op.step < 1) journal.step(op, 1, () => catalog.updateSnapshot(snap.id, { status: 'deleting' }));
   if (op.step < 2) {
@@ -137,6 +141,10 @@ export async function rollDeleteForward(
         catalog,
         ...(qmp ? { qmp } : {}),
         openLayers,
+        onHelper: (pid) => {
+          plan.helperPid = pid;
+          journal.updatePlan(op, plan);
+        },
         onProgress: (done, total) => {
           onProgress?.(done, total, what);
           ctx.events.emitEvent({ type: 'progress', operationId: op.id, vm: vm.name, what, done, total });
@@ -145,6 +153,7 @@ export async function rollDeleteForward(
       let files: string[] = [];
       step++;
       delete plan.pending;
+      delete plan.helperPid;
       journal.step(op, step, () => {
         files = applyMergeToCatalog(catalog, action);
         catalog.db.prepare('UPDATE operations SET plan = ? WHERE id = ?').run(JSON.stringify(plan), op.id);
@@ -166,4 +175,17 @@ export async function rollDeleteForward(
   }
   journal.finish(op, 'done');
   return merges;
+}
+
+/** A qemu-img or storage daemon left running by a killed vmsnap holds the layers' locks: stop it before redoing its work. */
+function stopOrphanHelper(pid: number | undefined): void {
+  if (pid === undefined || pid === process.pid || !isProcessAlive(pid)) return;
+  const cmd = processCmdline(pid).join(' ');
+  if (!/qemu-img|qemu-storage-daemon/.test(cmd)) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return;
+  }
+  for (let i = 0; i < 200 && isProcessAlive(pid); i++) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
 }

@@ -43,7 +43,9 @@ export async function probeRuntime(runDir: string, vmId: string): Promise<Runtim
   }
   let qmp: QmpClient | undefined;
   try {
-    qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs: 5000, retryUntilMs: 3000 });
+    // The status monitor, not the one an operation in progress may be holding.
+    const socket = existsSync(files.statusSocket) ? files.statusSocket : files.qmpSocket;
+    qmp = await QmpClient.connect(socket, { timeoutMs: 5000, retryUntilMs: 3000 });
     const s = await qmp.execute<{ status: string; running: boolean }>('query-status');
     const state: PowerState = s.running ? 'running' : PAUSED_STATES.has(s.status) ? 'paused' : 'unknown';
     return { state, pid, qemuStatus: s.status };
