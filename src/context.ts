@@ -25,6 +25,8 @@ export interface Context {
   events: VmsnapEvents;
   /** Finishes a VM's interrupted operations; runs under the VM's lock before anything else acts on it. */
   recoverVm: (vmId: string) => Promise<void>;
+  /** Called when a VM was removed whose layers built on another VM's (a linked clone): those may now be merged. */
+  layersReleased: (ownerVmId: string, layerIds: string[]) => Promise<void>;
 }
 
 /** Hold a VM's lock for an action, recovering what an earlier process left unfinished first. */
@@ -39,5 +41,5 @@ export function openContext(home: string, imageCache?: string): Context {
   const paths = pathsFor(home, imageCache);
   for (const dir of [paths.home, paths.layers, paths.states, paths.run]) mkdirSync(dir, { recursive: true, mode: 0o700 });
   const catalog = Catalog.open(paths.catalog);
-  return { paths, catalog, journal: new Journal(catalog), events: new VmsnapEvents(), recoverVm: async () => {} };
+  return { paths, catalog, journal: new Journal(catalog), events: new VmsnapEvents(), recoverVm: async () => {}, layersReleased: async () => {} };
 }

@@ -1,7 +1,8 @@
 import { rmSync } from 'node:fs';
 import { withVmLock } from './catalog/lock.js';
 import { defaultHome } from './paths.js';
-import { openContext, type Context, type VmsnapEvent } from './context.js';
+import { openContext, withVm, type Context, type VmsnapEvent } from './context.js';
+import { rollDeleteForward } from './snapshot/delete.js';
 import { VmService } from './vm/machines.js';
 import { SnapshotService } from './snapshot/snapshots.js';
 import { findOrphans, othersAtWork, recoverVm, type RecoveryReport } from './snapshot/recovery.js';
@@ -30,6 +31,14 @@ export class Vmsnap {
     // Whoever takes a VM's lock first finishes what a dead process left half done.
     ctx.recoverVm = async (vmId) => {
       await recoverVm(ctx, vmId);
+    };
+    ctx.layersReleased = async (ownerVmId, layerIds) => {
+      const owner = ctx.catalog.findVm(ownerVmId);
+      if (!owner) return;
+      await withVm(ctx, owner, 'consolidate', async () => {
+        const op = ctx.journal.begin('consolidate', owner.id, { snapshotId: '', name: '', stateFile: null, candidates: layerIds });
+        await rollDeleteForward(ctx, owner, op);
+      });
     };
   }
 

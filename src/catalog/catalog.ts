@@ -202,6 +202,24 @@ export class Catalog {
     return (this.db.prepare('SELECT * FROM layers WHERE backing_id = ?').all(id) as LayerRow[]).map(toLayer);
   }
 
+  /**
+   * VMs other than the layer's owner with a layer built on it (directly or
+   * further up): linked clones. Their QEMU may have this layer open, so it
+   * must not be merged or written while they do.
+   */
+  foreignDependents(layerId: string): string[] {
+    const rows = this.db
+      .prepare(
+        `WITH RECURSIVE d(id) AS (
+           SELECT id FROM layers WHERE backing_id = ?
+           UNION SELECT l.id FROM layers l JOIN d ON l.backing_id = d.id)
+         SELECT DISTINCT l.vm_id FROM layers l WHERE l.id IN (SELECT id FROM d)
+           AND l.vm_id != (SELECT vm_id FROM layers WHERE id = ?)`,
+      )
+      .all(layerId, layerId) as { vm_id: string }[];
+    return rows.map((r) => r.vm_id);
+  }
+
   /** The chain of a layer, top first, down to its base. */
   chain(layerId: string): LayerRecord[] {
     const out: LayerRecord[] = [];

@@ -59,9 +59,11 @@ export function catalogGraph(catalog: Catalog): LayerGraph {
   return {
     layer: (id) => catalog.findLayer(id),
     children: (id) => catalog.childrenOfLayer(id),
+    // Layers that linked clones build on are never merged: another QEMU may be reading them.
     pinned: (id) =>
       catalog.snapshotsUsingLayer(id).length > 0 ||
-      (catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(id) as unknown) !== undefined,
+      (catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(id) as unknown) !== undefined ||
+      catalog.foreignDependents(id).length > 0,
     bytes: (id) => {
       const l = catalog.findLayer(id);
       return l ? fileBytes(l.path) : 0;

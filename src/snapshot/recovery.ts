@@ -7,6 +7,7 @@ import type { QmpClient } from '../qemu/qmp.js';
 import { isProcessAlive } from '../util/process.js';
 import { connectQmp, probeRuntime } from '../vm/runtime.js';
 import { rollDeleteForward, type DeletePlan } from './delete.js';
+import { rollDetachForward } from './clone.js';
 import { deviceTopNodes, mergeBackOverlays, removeOverlayNodes, type OverlaySwitch } from './live.js';
 import { applyRevertToCatalog } from './snapshots.js';
 import { formatNode } from '../qemu/launcher.js';
@@ -151,7 +152,18 @@ async function recoverOne(ctx: Context, op: OperationRecord): Promise<RecoveredO
       await rollDeleteForward(ctx, vm, typed);
       return { ...base, outcome: 'rolled_forward' };
     }
+    case 'detach-clone': {
+      if (vm) await rollDetachForward(ctx, vm, op as unknown as OperationRecord<{ layers: string[] }>);
+      else ctx.journal.finish(op, 'failed', 'VM gone');
+      return { ...base, outcome: 'rolled_forward' };
+    }
+    case 'consolidate': {
+      if (vm) await rollDeleteForward(ctx, vm, op as unknown as OperationRecord<DeletePlan>);
+      else ctx.journal.finish(op, 'failed', 'VM gone');
+      return { ...base, outcome: 'rolled_forward' };
+    }
     case 'create-vm':
+    case 'clone-vm':
     case 'set-vm': {
       // Their catalog rows are written in the transaction that finishes them: unfinished means uncommitted.
       removeUnreferenced(ctx, (op.plan.createFiles as string[] | undefined) ?? []);

@@ -14,6 +14,7 @@ import { connectQmp, killQemu, probeRuntime } from '../vm/runtime.js';
 import { fsyncFileAndDir } from './fsync.js';
 import { addOverlayNodes, loadMemory, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays, type OverlaySwitch } from './live.js';
 import { renderTree } from './tree.js';
+import { cloneFromSnapshot, detachClone, directClones, type CloneOptions, type CloneResult } from './clone.js';
 import { deleteSnapshotLocked, estimateMergeBytes, vmDiskUsage, type MergeReport } from './delete.js';
 import { statfsSync } from 'node:fs';
 import { formatBytes } from '../util/size.js';
@@ -85,6 +86,12 @@ export interface DeleteResult {
 export interface DeleteOptions {
   /** Bytes copied so far of the merge under way. */
   onProgress?: (done: number, total: number, what: string) => void;
+  /**
+   * A snapshot that linked clones build on is pinned: by default deleting it is
+   * refused, naming the clones; 'detach' first copies its data into each clone
+   * (they no longer depend on this VM), then deletes it.
+   */
+  clones?: 'refuse' | 'detach';
 }
 
 /** What a revert would throw away, in words a user can judge. */
@@ -532,11 +539,30 @@ export class SnapshotService {
     const snap = this.resolve(vm, snapName);
     return withVm(this.ctx, vm, `snapshot delete ${snap.name}`, async () => {
       const target = this.resolve(vm, snap.id);
+      const clones = directClones(this.ctx, target);
+      if (clones.length > 0 && opts.clones !== 'detach') {
+        throw new VmsnapError('INVALID_STATE', `snapshot '${target.name}' is pinned by its linked clones: ${clones.map((c) => c.name).join(', ')}`, {
+          hint: `pass --detach-clones to copy its data into them first (they keep all their data), or remove the clones`,
+          details: { vm: vm.name, snapshot: target.name, clones: clones.map((c) => c.name) },
+        });
+      }
+      for (const clone of clones) await withVm(this.ctx, clone, `detach from ${vm.name}`, () => detachClone(this.ctx, clone));
       this.checkSpaceForMerge(target);
       const before = vmDiskUsage(this.ctx, vm.id);
       const { merges } = await deleteSnapshotLocked(this.ctx, this.vms.get(vm.id), target, opts.onProgress);
       return { deleted: [target.name], reclaimedBytes: Math.max(0, before - vmDiskUsage(this.ctx, vm.id)), merges };
     });
+  }
+
+  /**
+   * Clone new VMs from any snapshot: linked (empty overlays on its layers,
+   * instant) or full (flattened, independent); with --start, from its memory
+   * when it has some: each clone carries on from that instant, with its own MAC.
+   */
+  async clone(vmName: string, snapName: string, newName: string, opts: CloneOptions = {}): Promise<CloneResult> {
+    const vm = this.vms.get(vmName);
+    const snap = this.resolve(vm, snapName);
+    return withVm(this.ctx, vm, `clone ${snap.name}`, async () => cloneFromSnapshot(this.ctx, this.vms, vm, this.resolve(vm, snap.id), newName, opts));
   }
 
   /** Refuse a delete whose merge cannot fit, before anything is touched (a merge that runs out of space midway is still recoverable). */
@@ -560,6 +586,15 @@ export class SnapshotService {
       const deleted: string[] = [];
       const merges: MergeReport[] = [];
       // Newest first: each delete then mostly drops leaves and merges small deltas.
+      const all = this.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
+      const pinned = all.flatMap((s) => directClones(this.ctx, s).map((c) => `${c.name} (on '${s.name}')`));
+      if (pinned.length > 0 && opts.clones !== 'detach') {
+        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' has linked clones built on its snapshots: ${pinned.join(', ')}`, {
+          hint: 'pass --detach-clones to copy their data into them first, or remove the clones',
+          details: { vm: vm.name, clones: pinned },
+        });
+      }
+      for (const s of all) for (const clone of directClones(this.ctx, s)) await withVm(this.ctx, clone, `detach from ${vm.name}`, () => detachClone(this.ctx, clone));
       for (const s of this.catalog.listSnapshots(vm.id).reverse()) {
         if (s.status === 'prepare') continue;
         const r = await deleteSnapshotLocked(this.ctx, this.vms.get(vm.id), s, opts.onProgress);

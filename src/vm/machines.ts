@@ -419,13 +419,20 @@ export class VmService {
         });
       }
       const layers = this.catalog.listLayers(vm.id);
-      const ownIds = new Set(layers.map((l) => l.id));
       // A layer another VM builds on (a linked clone) must stay.
-      const shared = layers.filter((l) => this.catalog.childrenOfLayer(l.id).some((c) => !ownIds.has(c.id) || c.vmId !== vm.id));
-      if (shared.length > 0) {
-        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' has layers that other VMs build on`, {
-          hint: 'remove or flatten its linked clones first',
+      const cloneIds = new Set(layers.flatMap((l) => this.catalog.childrenOfLayer(l.id).filter((c) => c.vmId !== vm.id).map((c) => c.vmId)));
+      if (cloneIds.size > 0) {
+        const names = [...cloneIds].map((id) => this.catalog.findVm(id)?.name ?? id);
+        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' has linked clones that build on its disks: ${names.join(', ')}`, {
+          hint: `remove the clones first, or make them independent: vmsnap snapshot delete ${vm.name} SNAPSHOT --detach-clones`,
+          details: { vm: vm.name, clones: names },
         });
+      }
+      // Layers of other VMs this one builds on (it is a linked clone): they may be mergeable once it is gone.
+      const released = new Map<string, string[]>();
+      for (const l of layers) {
+        const below = l.backingId ? this.catalog.findLayer(l.backingId) : undefined;
+        if (below && below.vmId !== vm.id) released.set(below.vmId, [...(released.get(below.vmId) ?? []), below.id]);
       }
       const snaps = this.catalog.listSnapshots(vm.id);
       const files = [
@@ -444,6 +451,9 @@ export class VmService {
       });
       for (const f of files) rmSync(f, { force: true });
       this.ctx.journal.finish(op, 'done');
+      return released;
+    }).then(async (released) => {
+      for (const [owner, layerIds] of released) await this.ctx.layersReleased(owner, layerIds);
     });
   }
 

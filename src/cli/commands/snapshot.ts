@@ -6,6 +6,7 @@ import { formatBytes } from '../../util/size.js';
 import type { Run } from '../main.js';
 import { ago, printJson, printTable, usageError } from '../output.js';
 import { progressBar } from '../progress.js';
+import { parseCount } from '../parse.js';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -163,16 +164,17 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
     .argument('<vm>')
     .argument('[snapshot]')
     .option('--all', 'delete every snapshot: all deltas merge into the present disks')
+    .option('--detach-clones', 'if linked clones build on it, copy its data into them first (else the delete is refused)')
     .option('--json', 'print the result as JSON')
-    .action((vm: string, name: string | undefined, o: { all?: boolean; json?: boolean }) =>
+    .action((vm: string, name: string | undefined, o: { all?: boolean; detachClones?: boolean; json?: boolean }) =>
       run(o, async (lib, log) => {
         if (!o.all && name === undefined) throw usageError('name the snapshot to delete, or pass --all', `vmsnap snapshot delete ${vm} NAME`);
         if (o.all && name !== undefined) throw usageError('give a snapshot name or --all, not both');
         const bar = progressBar(!o.json);
-        const onProgress = (done: number, total: number, what: string) => bar.update(done, total, what);
+        const opts = { onProgress: (done: number, total: number, what: string) => bar.update(done, total, what), clones: o.detachClones ? ('detach' as const) : ('refuse' as const) };
         let r;
         try {
-          r = o.all ? await lib.snapshots.deleteAll(vm, { onProgress }) : await lib.snapshots.delete(vm, name!, { onProgress });
+          r = o.all ? await lib.snapshots.deleteAll(vm, opts) : await lib.snapshots.delete(vm, name!, opts);
         } finally {
           bar.stop();
         }
@@ -180,6 +182,29 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
         const what = r.deleted.length === 1 ? `snapshot '${r.deleted[0]}'` : `${r.deleted.length} snapshots`;
         const merged = r.merges.filter((m) => m.kind !== 'drop').length;
         log(`deleted ${what} of VM '${vm}': reclaimed ${formatBytes(r.reclaimedBytes)}${merged ? `, ${merged} layer merge${merged === 1 ? '' : 's'}` : ''}`);
+      }),
+    );
+
+  program
+    .command('clone')
+    .description('make new VMs from a snapshot: linked (instant, sharing its data) or full (independent)')
+    .argument('<vm>')
+    .argument('<snapshot>')
+    .argument('<name>', 'the new VM; with --count N, NAME-1 … NAME-N')
+    .option('--linked', 'empty overlays on the snapshot’s layers: instant, shares its data (default)')
+    .option('--full', 'flattened, independent disks')
+    .option('--count <n>', 'how many clones', '1')
+    .option('--start', 'start each clone: from the snapshot’s memory when it has some (a fork of the running machine)')
+    .option('--json', 'print the result as JSON')
+    .action((vm: string, snapshot: string, name: string, o: { linked?: boolean; full?: boolean; count: string; start?: boolean; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        if (o.linked && o.full) throw usageError('--linked and --full exclude each other');
+        const r = await lib.snapshots.clone(vm, snapshot, name, { mode: o.full ? 'full' : 'linked', count: parseCount(o.count, 'count', 1, 64), start: o.start ?? false });
+        if (o.json) return printJson(r);
+        for (const c of r.clones) {
+          const how = c.forked ? `running from '${r.snapshot}' memory` : c.state;
+          log(`cloned '${c.name}' (${c.mode}) from ${r.source}/${r.snapshot}: ${how}, mac ${c.mac}`);
+        }
       }),
     );
 }
