@@ -5,6 +5,7 @@ import { openContext, withVm, type Context, type VmsnapEvent } from './context.j
 import { rollDeleteForward } from './snapshot/delete.js';
 import { VmService } from './vm/machines.js';
 import { SnapshotService } from './snapshot/snapshots.js';
+import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVm, type RecoveryReport } from './snapshot/recovery.js';
 import { recordFingerprints, verifyVm, type VerifyReport } from './snapshot/verify.js';
 
@@ -23,11 +24,13 @@ export class Vmsnap {
   readonly ctx: Context;
   readonly vms: VmService;
   readonly snapshots: SnapshotService;
+  readonly health: HealthService;
 
   private constructor(ctx: Context) {
     this.ctx = ctx;
     this.vms = new VmService(ctx);
     this.snapshots = new SnapshotService(ctx, this.vms);
+    this.health = new HealthService(ctx, this.vms);
     // Whoever takes a VM's lock first finishes what a dead process left half done.
     ctx.recoverVm = async (vmId) => {
       await recoverVm(ctx, vmId);

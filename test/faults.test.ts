@@ -173,6 +173,9 @@ describe('out of disk space during a merge', () => {
   it('refuses a delete whose merge cannot fit; one that runs out midway fails with NO_SPACE, loses nothing, and completes once space is freed', async (ctx) => {
     if (!mounted) ctx.skip();
     const home = join(mnt, 'home');
+    mkdirSync(home, { recursive: true });
+    // This data dir is tiny on purpose: keep the free-space reserve out of the way.
+    writeFileSync(join(home, 'config.json'), JSON.stringify({ health: { reserveBytes: 0 } }));
     lib = openLib(home);
     await lib.vms.create('full', { image: 'demo', memoryMiB: 128, disks: [{ sizeBytes: 128 * 1024 ** 2 }] });
     await lib.vms.start('full');

@@ -5,6 +5,7 @@ import { reportError } from './output.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerMaintenanceCommands } from './commands/maintenance.js';
+import { registerHealthCommands } from './commands/health.js';
 import { registerServeCommand } from './commands/serve.js';
 
 /**
@@ -58,11 +59,17 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   registerVmCommands(program, run);
   registerSnapshotCommands(program, run);
   registerMaintenanceCommands(program, run);
+  registerHealthCommands(program, run);
   registerServeCommand(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // `vmsnap list | head`: a closed pipe is the reader's choice, not an error.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw e;
+  });
   const program = buildProgram();
   program.exitOverride();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });

@@ -18,6 +18,7 @@ import { cloneFromSnapshot, detachClone, directClones, type CloneOptions, type C
 import { deleteSnapshotLocked, estimateMergeBytes, vmDiskUsage, type MergeReport } from './delete.js';
 import { statfsSync } from 'node:fs';
 import { formatBytes } from '../util/size.js';
+import { healthSettings } from '../health/settings.js';
 
 export interface TakeSnapshotOptions {
   description?: string;
@@ -259,6 +260,7 @@ export class SnapshotService {
       }
       const vmState: VmRunState = rt.state === 'stopped' ? 'off' : rt.state;
       const withMemory = vmState !== 'off' && (opts.memory ?? true);
+      this.checkReserve(vm, withMemory);
       if (opts.memory === true && vmState === 'off') {
         throw new VmsnapError('INVALID_ARGUMENT', `VM '${vm.name}' is off: there is no memory state to save`, {
           hint: 'take a disk-only snapshot (--no-memory), or start the VM first',
@@ -563,6 +565,21 @@ export class SnapshotService {
     const vm = this.vms.get(vmName);
     const snap = this.resolve(vm, snapName);
     return withVm(this.ctx, vm, `clone ${snap.name}`, async () => cloneFromSnapshot(this.ctx, this.vms, vm, this.resolve(vm, snap.id), newName, opts));
+  }
+
+  /** New snapshots are refused while free space is under the reserve (a full disk would pause the guest). */
+  private checkReserve(vm: VmRecord, withMemory: boolean): void {
+    const settings = healthSettings(this.ctx);
+    const fs = statfsSync(this.ctx.paths.layers);
+    const free = fs.bavail * fs.bsize;
+    // A state file can be as large as the guest's RAM.
+    const need = settings.reserveBytes + (withMemory ? vm.config.memoryMiB * 1024 ** 2 : 0);
+    if (free < need) {
+      throw new VmsnapError('NO_SPACE', `not taking a snapshot of '${vm.name}': ${formatBytes(free)} free in ${this.ctx.paths.home}, under the reserve of ${formatBytes(settings.reserveBytes)}${withMemory ? ` plus ${vm.config.memoryMiB} MiB for the memory state` : ''}`, {
+        hint: "delete snapshots you no longer need ('vmsnap df' shows what each would free), or lower the reserve in config.json",
+        details: { freeBytes: free, reserveBytes: settings.reserveBytes },
+      });
+    }
   }
 
   /** Refuse a delete whose merge cannot fit, before anything is touched (a merge that runs out of space midway is still recoverable). */

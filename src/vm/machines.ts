@@ -67,6 +67,8 @@ export interface DiskInfo {
 
 export interface VmInfo extends VmSummary {
   config: VmConfig;
+  /** Bytes this VM's own layers and state files take (imported images not counted). */
+  diskUsageBytes: number;
   diskChains: DiskInfo[];
   runtimeDir: string;
 }
@@ -272,7 +274,10 @@ export class VmService {
           }))
         : [],
     }));
-    return { ...summary, config: vm.config, diskChains, runtimeDir: runtimeFiles(this.ctx.paths.run, vm.id).dir };
+    const own = this.catalog.listLayers(vm.id).filter((l) => !l.external);
+    const states = this.catalog.listSnapshots(vm.id).flatMap((s) => (s.stateFile ? [s.stateFile] : []));
+    const diskUsageBytes = [...own.map((l) => l.path), ...states].reduce((a, p) => a + fileBytes(p), 0);
+    return { ...summary, config: vm.config, diskUsageBytes, diskChains, runtimeDir: runtimeFiles(this.ctx.paths.run, vm.id).dir };
   }
 
   /** The disks as QEMU opens them: each slot's chain from its active layer down. */
@@ -411,13 +416,6 @@ export class VmService {
   async remove(nameOrId: string): Promise<void> {
     const vm = this.get(nameOrId);
     await withVm(this.ctx, vm, 'rm', async () => {
-      const rt = await probeRuntime(this.ctx.paths.run, vm.id);
-      if (rt.state !== 'stopped') {
-        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is ${rt.state}: stop it before removing it`, {
-          hint: `vmsnap stop ${vm.name}`,
-          details: { vm: vm.name, state: rt.state },
-        });
-      }
       const layers = this.catalog.listLayers(vm.id);
       // A layer another VM builds on (a linked clone) must stay.
       const cloneIds = new Set(layers.flatMap((l) => this.catalog.childrenOfLayer(l.id).filter((c) => c.vmId !== vm.id).map((c) => c.vmId)));
@@ -426,6 +424,13 @@ export class VmService {
         throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' has linked clones that build on its disks: ${names.join(', ')}`, {
           hint: `remove the clones first, or make them independent: vmsnap snapshot delete ${vm.name} SNAPSHOT --detach-clones`,
           details: { vm: vm.name, clones: names },
+        });
+      }
+      const rt = await probeRuntime(this.ctx.paths.run, vm.id);
+      if (rt.state !== 'stopped') {
+        throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is ${rt.state}: stop it before removing it`, {
+          hint: `vmsnap stop ${vm.name}`,
+          details: { vm: vm.name, state: rt.state },
         });
       }
       // Layers of other VMs this one builds on (it is a linked clone): they may be mergeable once it is gone.
@@ -443,6 +448,8 @@ export class VmService {
       const op = this.ctx.journal.begin('rm-vm', vm.id, { removeFiles: files });
       this.ctx.journal.step(op, 1, () => {
         this.catalog.clearActiveLayers(vm.id);
+        // Unlink the tree first: a snapshot's parent must not go while a child names it.
+        for (const s of snaps) this.catalog.updateSnapshot(s.id, { parentId: null });
         for (const s of snaps) this.catalog.deleteSnapshot(s.id);
         // Children before parents: a layer's backing must outlive it in the table.
         for (const l of [...layers].reverse()) this.catalog.setLayerBacking(l.id, null);

@@ -31,7 +31,7 @@ function printSummary(s: VmSummary): void {
 function printInfo(i: VmInfo): void {
   printSummary(i);
   const boot = i.config.boot;
-  process.stdout.write(`  id ${i.id}\n  machine ${i.config.machine}, created ${i.createdAt}\n`);
+  process.stdout.write(`  id ${i.id}\n  machine ${i.config.machine}, created ${i.createdAt}\n  disk usage ${formatBytes(i.diskUsageBytes)} (layers and state files)\n`);
   if (boot.image) process.stdout.write(`  boot: ${boot.image} image\n`);
   else if (boot.kernel) process.stdout.write(`  boot: kernel ${boot.kernel}${boot.initrd ? ` initrd ${boot.initrd}` : ''}\n`);
   if (boot.append) process.stdout.write(`  append: ${boot.append}\n`);

@@ -1,0 +1,93 @@
+import type { VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import { verifyVm } from '../snapshot/verify.js';
+import { formatBytes } from '../util/size.js';
+import { dataDirUsage } from './storage.js';
+import { fileBytes } from '../vm/machines.js';
+import { healthSettings, now, type HealthSettings } from './settings.js';
+
+export { healthSettings, now, type HealthSettings };
+
+/**
+ * The known risks of snapshots, made visible: old snapshots (they grow and are
+ * forgotten), deep chains (every read may walk them), snapshots that hold much
+ * of the free space, a data dir near full (then new snapshots are refused),
+ * and anything verify would flag.
+ */
+export interface HealthWarning {
+  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify';
+  vm?: string;
+  snapshot?: string;
+  message: string;
+}
+
+export interface HealthReport {
+  ok: boolean;
+  settings: HealthSettings;
+  freeBytes: number;
+  warnings: HealthWarning[];
+}
+
+/** Checks of one VM's snapshots and chains (cheap: no qemu-img check). */
+export function vmWarnings(ctx: Context, vm: VmRecord, settings: HealthSettings, freeBytes: number): HealthWarning[] {
+  const out: HealthWarning[] = [];
+  const t = now();
+  for (const s of ctx.catalog.listSnapshots(vm.id).filter((x) => x.status === 'ready')) {
+    const hours = (t - Date.parse(s.createdAt)) / 3600_000;
+    if (hours > settings.maxAgeHours) {
+      out.push({
+        kind: 'old-snapshot',
+        vm: vm.name,
+        snapshot: s.name,
+        message: `snapshot '${s.name}' of '${vm.name}' is ${Math.floor(hours)} h old (threshold ${settings.maxAgeHours} h): snapshots are not backups, and old ones keep growing what they hold`,
+      });
+    }
+    const bytes = Object.values(s.layers).reduce((a, id) => a + fileBytes(ctx.catalog.findLayer(id)?.path ?? ''), 0) + (s.stateFile ? fileBytes(s.stateFile) : 0);
+    if (bytes > settings.maxShareOfFree * freeBytes) {
+      out.push({
+        kind: 'large-snapshot',
+        vm: vm.name,
+        snapshot: s.name,
+        message: `snapshot '${s.name}' of '${vm.name}' holds ${formatBytes(bytes)}, more than ${Math.round(settings.maxShareOfFree * 100)}% of the free space (${formatBytes(freeBytes)})`,
+      });
+    }
+  }
+  for (const [slot, id] of Object.entries(ctx.catalog.activeLayers(vm.id))) {
+    const depth = ctx.catalog.chain(id).length;
+    if (depth > settings.maxChainDepth) {
+      out.push({
+        kind: 'deep-chain',
+        vm: vm.name,
+        message: `${vm.name}/${slot} has a chain of ${depth} layers (threshold ${settings.maxChainDepth}): reads may slow down; delete snapshots you no longer need`,
+      });
+    }
+  }
+  return out;
+}
+
+export function freeSpaceWarning(freeBytes: number, settings: HealthSettings): HealthWarning | undefined {
+  if (freeBytes >= settings.reserveBytes) return undefined;
+  return {
+    kind: 'low-free-space',
+    message: `only ${formatBytes(freeBytes)} free in the data dir, under the reserve of ${formatBytes(settings.reserveBytes)}: new snapshots are refused until space is freed`,
+  };
+}
+
+export async function doctor(ctx: Context, overrides: Partial<HealthSettings> = {}, opts: { verify?: boolean } = {}): Promise<HealthReport> {
+  const settings = healthSettings(ctx, overrides);
+  const { freeBytes } = dataDirUsage(ctx);
+  const warnings: HealthWarning[] = [];
+  const low = freeSpaceWarning(freeBytes, settings);
+  if (low) warnings.push(low);
+  for (const vm of ctx.catalog.listVms()) {
+    warnings.push(...vmWarnings(ctx, vm, settings, freeBytes));
+    if (opts.verify !== false) {
+      const v = await verifyVm(ctx, vm);
+      for (const p of v.problems) warnings.push({ kind: 'verify', vm: vm.name, ...(p.snapshot ? { snapshot: p.snapshot } : {}), message: `${p.severity}: ${p.message}` });
+    }
+  }
+  // Orphans and unfinished operations are data-dir wide: report each once.
+  const seen = new Set<string>();
+  const unique = warnings.filter((w) => (seen.has(w.message) ? false : (seen.add(w.message), true)));
+  return { ok: unique.length === 0, settings, freeBytes, warnings: unique };
+}

@@ -1,0 +1,41 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import type { Context } from '../context.js';
+import { VmsnapError } from '../errors.js';
+
+/** Health thresholds; kept apart from the checks so snapshot code can read them without a cycle. */
+export const HealthSettingsSchema = z.object({
+  maxAgeHours: z.number().positive().default(72),
+  maxChainDepth: z.number().int().positive().default(32),
+  /** A snapshot holding more than this share of the free space is flagged. */
+  maxShareOfFree: z.number().positive().max(100).default(0.5),
+  /** Below this many free bytes, new snapshots are refused. */
+  reserveBytes: z.number().int().nonnegative().default(1024 ** 3),
+});
+export type HealthSettings = z.infer<typeof HealthSettingsSchema>;
+
+/** Settings from $VMSNAP_HOME/config.json ({"health": {...}}), with defaults; overrides win. */
+export function healthSettings(ctx: Context, overrides: Partial<HealthSettings> = {}): HealthSettings {
+  const file = join(ctx.paths.home, 'config.json');
+  let fromFile: unknown = {};
+  if (existsSync(file)) {
+    try {
+      fromFile = (JSON.parse(readFileSync(file, 'utf8')) as { health?: unknown }).health ?? {};
+    } catch (e) {
+      throw new VmsnapError('INVALID_ARGUMENT', `${file} is not valid JSON: ${(e as Error).message}`, { details: { field: 'config.json' } });
+    }
+  }
+  const r = HealthSettingsSchema.safeParse({ ...(fromFile as object), ...overrides });
+  if (!r.success) {
+    const i = r.error.issues[0]!;
+    throw new VmsnapError('INVALID_ARGUMENT', `health setting ${i.path.join('.')}: ${i.message}`, { details: { field: i.path.join('.') } });
+  }
+  return r.data;
+}
+
+/** The time doctor judges ages by; VMSNAP_NOW (ISO 8601) fakes it, for what-ifs and tests. */
+export function now(): number {
+  const fake = process.env.VMSNAP_NOW;
+  return fake ? Date.parse(fake) : Date.now();
+}

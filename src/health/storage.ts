@@ -1,0 +1,121 @@
+import { statfsSync } from 'node:fs';
+import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
+import { catalogGraph } from '../snapshot/consolidate.js';
+import { fileBytes } from '../vm/machines.js';
+
+/** What a snapshot costs, and what deleting it would give back. */
+export interface SnapshotUsage {
+  name: string;
+  id: string;
+  createdAt: string;
+  /** Bytes of its frozen layers (the writes between its parent and it). */
+  deltaBytes: number;
+  stateBytes: number;
+  /**
+   * What deleting it would free: its state file, plus its layers' bytes when
+   * they would be dropped, or the data a merge would make redundant (what the
+   * layer above overrides). 0 for a layer that must stay (a branch point, or
+   * one linked clones build on).
+   */
+  reclaimableBytes: number;
+}
+
+export interface VmUsage {
+  vm: string;
+  totalBytes: number;
+  layersBytes: number;
+  statesBytes: number;
+  disks: { slot: string; chainDepth: number; activeBytes: number }[];
+  snapshots: SnapshotUsage[];
+}
+
+export interface DataDirUsage {
+  path: string;
+  /** Bytes vmsnap's layers and state files take. */
+  usedBytes: number;
+  freeBytes: number;
+  totalBytes: number;
+}
+
+export function dataDirUsage(ctx: Context): DataDirUsage {
+  const fs = statfsSync(ctx.paths.layers);
+  const layers = ctx.catalog.listLayers().filter((l) => !l.external);
+  const states = ctx.catalog.db.prepare('SELECT state_file FROM snapshots WHERE state_file IS NOT NULL').all() as { state_file: string }[];
+  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + states.reduce((a, s) => a + fileBytes(s.state_file), 0);
+  return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+}
+
+/** Guest ranges a layer itself holds data for (not its backing chain). */
+async function ownExtents(path: string): Promise<MapExtent[]> {
+  return (await mapImage(path, { forceShare: true })).filter((e) => e.depth === 0 && e.data);
+}
+
+function overlapBytes(a: MapExtent[], b: MapExtent[]): number {
+  let i = 0;
+  let j = 0;
+  let total = 0;
+  while (i < a.length && j < b.length) {
+    const x = a[i]!;
+    const y = b[j]!;
+    const lo = Math.max(x.start, y.start);
+    const hi = Math.min(x.start + x.length, y.start + y.length);
+    if (hi > lo) total += hi - lo;
+    if (x.start + x.length < y.start + y.length) i++;
+    else j++;
+  }
+  return total;
+}
+
+/** Estimate what deleting a snapshot frees (see SnapshotUsage.reclaimableBytes). */
+export async function reclaimable(ctx: Context, snap: SnapshotRecord): Promise<number> {
+  const g = catalogGraph(ctx.catalog);
+  let bytes = snap.stateFile ? fileBytes(snap.stateFile) : 0;
+  for (const layerId of Object.values(snap.layers)) {
+    const layer = ctx.catalog.findLayer(layerId);
+    if (!layer || layer.external) continue;
+    const namedElsewhere = ctx.catalog.snapshotsUsingLayer(layerId).some((u) => u.snapshotId !== snap.id);
+    const active = (ctx.catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(layerId) as unknown) !== undefined;
+    if (namedElsewhere || active || ctx.catalog.foreignDependents(layerId).length > 0) continue;
+    const kids = g.children(layerId);
+    if (kids.length === 0) bytes += fileBytes(layer.path);
+    else if (kids.length === 1) {
+      // After a merge one copy of the data both layers hold is redundant.
+      const [mine, theirs] = await Promise.all([ownExtents(layer.path), ownExtents(kids[0]!.path)]);
+      bytes += overlapBytes(mine, theirs);
+    }
+  }
+  return bytes;
+}
+
+export async function vmUsage(ctx: Context, vm: VmRecord): Promise<VmUsage> {
+  const layers = ctx.catalog.listLayers(vm.id).filter((l) => !l.external);
+  const snaps = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
+  const layersBytes = layers.reduce((a, l) => a + fileBytes(l.path), 0);
+  const statesBytes = snaps.reduce((a, s) => a + (s.stateFile ? fileBytes(s.stateFile) : 0), 0);
+  const active = ctx.catalog.activeLayers(vm.id);
+  const snapshots: SnapshotUsage[] = [];
+  for (const s of snaps) {
+    snapshots.push({
+      name: s.name,
+      id: s.id,
+      createdAt: s.createdAt,
+      deltaBytes: Object.values(s.layers).reduce((a, id) => a + fileBytes(ctx.catalog.findLayer(id)?.path ?? ''), 0),
+      stateBytes: s.stateFile ? fileBytes(s.stateFile) : 0,
+      reclaimableBytes: await reclaimable(ctx, s),
+    });
+  }
+  return {
+    vm: vm.name,
+    totalBytes: layersBytes + statesBytes,
+    layersBytes,
+    statesBytes,
+    disks: Object.entries(active).map(([slot, id]) => ({
+      slot,
+      chainDepth: ctx.catalog.chain(id).length,
+      activeBytes: fileBytes(ctx.catalog.getLayer(id).path),
+    })),
+    snapshots,
+  };
+}
