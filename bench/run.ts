@@ -235,6 +235,37 @@ async function main(): Promise<void> {
     rows.push({ name: 'state file size / guest RAM', unit: 'ratio', vmsnap: median(stateRatio) });
     rows.push({ name: 'revert with memory until the guest runs', unit: 'ms', vmsnap: median(revert), raw: median(revertRaw), target: '≤ 300 ms' });
 
+    // Clones: a linked clone of a snapshot with a large disk, a fork from memory, a full clone against qemu-img convert.
+    await sh(lib, 'bench', 'dd if=/dev/urandom of=/data/clone-data bs=1M count=64 2>/dev/null && sync');
+    await lib.snapshots.create('bench', 'clone-src');
+    const linked: number[] = [];
+    const fork: number[] = [];
+    const fullMbps: number[] = [];
+    const convertMbps: number[] = [];
+    for (let i = 0; i < Math.min(RUNS, 3); i++) {
+      process.stderr.write(`clones ${i + 1}\n`);
+      let t = performance.now();
+      await lib.snapshots.clone('bench', 'clone-src', `lc-${i}`);
+      linked.push(performance.now() - t);
+      t = performance.now();
+      await lib.snapshots.clone('bench', 'clone-src', `fk-${i}`, { start: true });
+      fork.push(performance.now() - t);
+      await lib.vms.stop(`fk-${i}`, { force: true });
+      const top = lib.ctx.catalog.getLayer(lib.snapshots.show('bench', 'clone-src').disks[0]!.layerId).path;
+      const usedMiB = execFileSync('qemu-img', ['info', '--output=json', '-U', '--backing-chain', top]).toString();
+      const bytes = (JSON.parse(usedMiB) as { 'actual-size': number }[]).reduce((a, x) => a + x['actual-size'], 0);
+      t = performance.now();
+      await lib.snapshots.clone('bench', 'clone-src', `fc-${i}`, { mode: 'full' });
+      fullMbps.push(bytes / MiB / ((performance.now() - t) / 1000));
+      t = performance.now();
+      execFileSync('qemu-img', ['convert', '-U', '-O', 'qcow2', top, join(scratch, `convert-${i}.qcow2`)]);
+      convertMbps.push(bytes / MiB / ((performance.now() - t) / 1000));
+      for (const n of [`lc-${i}`, `fk-${i}`, `fc-${i}`]) await lib.vms.remove(n);
+    }
+    rows.push({ name: 'linked clone (1 GiB disk)', unit: 'ms', vmsnap: median(linked), target: '< 1000 ms' });
+    rows.push({ name: 'fork a clone from memory until it runs', unit: 'ms', vmsnap: median(fork) });
+    rows.push({ name: 'full clone throughput', unit: 'MiB/s', vmsnap: median(fullMbps), raw: median(convertMbps), target: 'ratio ≥ 0.9' });
+
     await lib.vms.stop('bench', { force: true });
     for (const online of [false, true]) {
       const runs = [];
