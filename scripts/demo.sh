@@ -32,3 +32,13 @@ Try it:
   $VMSNAP snapshot tree $VM
   $VMSNAP console $VM        (Ctrl-] to detach)
 TXT
+
+# With SERVE=1 (scripts/serve-demo.sh) or --serve: bring up the web UI and the HTTP API
+# over this VM. HOST and PORT choose where it listens (loopback, port 8080 by default;
+# any other address needs the API token, which the server prints on its first start).
+if [ "${SERVE:-0}" = 1 ] || [[ " $* " == *" --serve "* ]]; then
+  npm run --silent build:web >/dev/null
+  echo
+  echo "web UI: open http://127.0.0.1:${PORT:-8080}/#/vm/$VM (from another machine: ssh -L ${PORT:-8080}:127.0.0.1:${PORT:-8080} this-host)"
+  exec $VMSNAP serve --host "${HOST:-127.0.0.1}" --port "${PORT:-8080}"
+fi

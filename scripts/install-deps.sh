@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what vmsnap and its tests need on Debian/Ubuntu: QEMU, qemu-img, and
-# the tools that build the demo guest. Idempotent: installs only what is missing.
+# the tools that build the demo guest, and chromium for the web UI's browser
+# tests. Idempotent: installs only what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio gzip xz-utils zstd kmod e2fsprogs)
+PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio gzip xz-utils zstd kmod e2fsprogs chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,117 @@
+// The shapes the API sends are the library's own types: imported as types
+// only, so nothing of the server ends up in the browser bundle.
+import type { VmInfo, VmSummary } from '../../src/vm/machines.js';
+import type { SnapshotView, RevertResult } from '../../src/snapshot/snapshots.js';
+import type { Operation } from '../../src/api/operations.js';
+import type { ApiErrorBody } from '../../src/api/errors.js';
+import type { DeleteResult } from '../../src/api/library.js';
+
+export type { VmInfo, VmSummary, SnapshotView, RevertResult, Operation, ApiErrorBody, DeleteResult };
+
+export interface PresentState {
+  running: boolean;
+  lost: string[];
+  wouldLoseData: boolean;
+}
+
+export interface Health {
+  ok: true;
+  version: string;
+  tokenRequired: boolean;
+  features: { delete: boolean; deleteAll: boolean; verify: boolean };
+}
+
+export interface CreateVmRequest {
+  name: string;
+  image?: 'demo';
+  memoryMiB?: number;
+  cpus?: number;
+  disks?: { sizeBytes: number }[];
+}
+
+/** An error answer of the API, with its stable code, hint and details. */
+export class ApiFailure extends Error {
+  constructor(
+    readonly status: number,
+    readonly body: ApiErrorBody,
+  ) {
+    super(body.message);
+  }
+  get code(): string {
+    return this.body.code;
+  }
+  get hint(): string | undefined {
+    return this.body.hint;
+  }
+}
+
+const TOKEN_KEY = 'vmsnap-api-token';
+
+/** A token handed over in the URL fragment (never sent to the server in the URL) is kept for this tab. */
+function initialToken(): string | null {
+  const m = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+  if (m?.[1]) {
+    const t = decodeURIComponent(m[1]);
+    sessionStorage.setItem(TOKEN_KEY, t);
+    history.replaceState(null, '', window.location.pathname + window.location.search);
+    return t;
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+let token: string | null = initialToken();
+
+export function setToken(t: string | null): void {
+  token = t;
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+export function authHeaders(): Record<string, string> {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const res = await fetch(`/api${path}`, {
+    method,
+    headers: { ...authHeaders(), ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  if (!res.ok) {
+    const err = (json as { error?: ApiErrorBody } | undefined)?.error;
+    throw new ApiFailure(res.status, err ?? { code: 'INTERNAL', message: `HTTP ${res.status}`, details: {} });
+  }
+  return json as T;
+}
+
+const enc = encodeURIComponent;
+type Accepted = { operation: Operation };
+
+export const api = {
+  health: () => request<Health>('GET', '/health'),
+  vms: () => request<VmSummary[]>('GET', '/vms'),
+  vm: (vm: string) => request<VmInfo>('GET', `/vms/${enc(vm)}`),
+  createVm: (body: CreateVmRequest) => request<VmInfo>('POST', '/vms', body),
+  removeVm: (vm: string) => request<{ removed: string }>('DELETE', `/vms/${enc(vm)}`),
+  start: (vm: string) => request<Accepted>('POST', `/vms/${enc(vm)}/start`, {}),
+  stop: (vm: string, force: boolean) => request<Accepted>('POST', `/vms/${enc(vm)}/stop`, { force }),
+  pause: (vm: string) => request<VmSummary>('POST', `/vms/${enc(vm)}/pause`, {}),
+  resume: (vm: string) => request<VmSummary>('POST', `/vms/${enc(vm)}/resume`, {}),
+  snapshots: (vm: string) => request<SnapshotView[]>('GET', `/vms/${enc(vm)}/snapshots`),
+  presentState: (vm: string) => request<PresentState>('GET', `/vms/${enc(vm)}/present-state`),
+  takeSnapshot: (vm: string, body: { name: string; description?: string; memory?: boolean }) =>
+    request<Accepted>('POST', `/vms/${enc(vm)}/snapshots`, body),
+  revert: (vm: string, snap: string, body: { force: boolean; start?: boolean }) =>
+    request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/revert`, body),
+  deleteSnapshot: (vm: string, snap: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots/${enc(snap)}`),
+  deleteAll: (vm: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots`),
+  operations: () => request<Operation[]>('GET', '/operations'),
+  operation: (id: string) => request<Operation>('GET', `/operations/${enc(id)}`),
+};

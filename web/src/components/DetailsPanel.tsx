@@ -1,0 +1,200 @@
+import { useEffect, useState, type ReactNode } from 'react';
+import { api, type PresentState, type SnapshotView, type VmInfo, type VmSummary } from '../api.js';
+import { ago, bytes, longTime, ms } from '../format.js';
+import type { NodeRef } from './SnapshotTree.js';
+
+function Row(props: { label: string; children: ReactNode; testId?: string }) {
+  return (
+    <div className="kv">
+      <span className="k">{props.label}</span>
+      <span className="v" data-testid={props.testId}>
+        {props.children}
+      </span>
+    </div>
+  );
+}
+
+function configText(c: { memoryMiB: number; cpus: number; machine: string; disks: { sizeBytes: number }[] }): string {
+  return `${c.memoryMiB} MiB, ${c.cpus} vCPU${c.cpus === 1 ? '' : 's'}, ${c.disks.length} disk${c.disks.length === 1 ? '' : 's'}, ${c.machine}`;
+}
+
+export interface DetailActions {
+  revert: (s: SnapshotView) => void;
+  remove: (s: SnapshotView) => void;
+  take: () => void;
+  deleteAll: () => void;
+  removeVm: () => void;
+}
+
+/** What the selected tree node is, in full, with the actions that apply to it. */
+export function DetailsPanel(props: {
+  vm: VmSummary;
+  info: VmInfo | null;
+  snapshots: SnapshotView[];
+  selected: NodeRef;
+  busy: boolean;
+  canDelete: boolean;
+  actions: DetailActions;
+}) {
+  const { vm, selected, busy } = props;
+  if (selected.kind === 'snapshot') {
+    const s = props.snapshots.find((x) => x.id === selected.id);
+    if (!s) return <aside className="details muted">Select a snapshot in the tree.</aside>;
+    const memoryMode = typeof s.meta.memoryMode === 'string' ? s.meta.memoryMode : null;
+    return (
+      <aside className="details" data-testid="details">
+        <div className="details-head">
+          <h3 title={s.name}>{s.name}</h3>
+          <div className="badges">
+            {s.current && <span className="badge badge-current">current</span>}
+            <span className={s.hasMemory ? 'badge badge-mem' : 'badge badge-disk'}>{s.hasMemory ? 'with memory' : 'disk only'}</span>
+          </div>
+        </div>
+        <p className={s.description ? 'desc' : 'desc muted'}>{s.description || 'No description.'}</p>
+        <div className="kvs">
+          <Row label="Taken">
+            {longTime(s.createdAt)} <span className="muted">({ago(s.createdAt)})</span>
+          </Row>
+          <Row label="VM was">{s.vmState === 'off' ? 'powered off' : s.vmState}</Row>
+          <Row label="Memory" testId="detail-memory">
+            {s.hasMemory ? `yes — state file ${bytes(s.stateBytes)}` : 'no (reverts powered off)'}
+          </Row>
+          <Row label="Guest pause">
+            {ms(s.pauseMs)}
+            {memoryMode ? <span className="muted"> ({memoryMode})</span> : null}
+          </Row>
+          <Row label="Config">{configText(s.config)}</Row>
+          <Row label="Disk delta" testId="detail-delta">
+            {bytes(s.deltaBytes)}
+            {s.disks.length > 1 ? <span className="muted"> ({s.disks.map((d) => `${d.slot} ${bytes(d.bytes)}`).join(', ')})</span> : null}
+          </Row>
+          <Row label="Parent">{s.parent ?? <span className="muted">none (first snapshot)</span>}</Row>
+          <Row label="Children">{s.children.length ? s.children.join(', ') : <span className="muted">none</span>}</Row>
+          <Row label="Id">
+            <code>{s.id}</code>
+          </Row>
+        </div>
+        <div className="details-actions">
+          <button className="btn btn-primary" disabled={busy} onClick={() => props.actions.revert(s)} data-testid="action-revert">
+            Revert to this snapshot
+          </button>
+          <button
+            className="btn btn-danger-outline"
+            disabled={busy || !props.canDelete}
+            title={props.canDelete ? undefined : 'this server’s library has no snapshot delete'}
+            onClick={() => props.actions.remove(s)}
+            data-testid="action-delete"
+          >
+            Delete
+          </button>
+        </div>
+      </aside>
+    );
+  }
+  if (selected.kind === 'here') return <PresentPanel vm={vm} info={props.info} busy={busy} onTake={props.actions.take} />;
+
+  const info = props.info;
+  return (
+    <aside className="details" data-testid="details">
+      <div className="details-head">
+        <h3>{vm.name}</h3>
+        <div className="badges">
+          <span className={`badge state-${vm.state}`}>{vm.state === 'stopped' ? 'powered off' : vm.state}</span>
+        </div>
+      </div>
+      <p className="desc muted">The VM's base disks: the bottom of every snapshot's chain.</p>
+      {info && (
+        <div className="kvs">
+          <Row label="Config">{configText(info.config)}</Row>
+          <Row label="Created">{longTime(info.createdAt)}</Row>
+          <Row label="Boot">{info.config.boot.image ? `${info.config.boot.image} image` : info.config.boot.kernel ? 'kernel' : 'disk'}</Row>
+          {info.diskChains.map((d) => (
+            <Row key={d.slot} label={d.slot}>
+              {bytes(d.sizeBytes)} virtual, chain of {d.chain.length} layer{d.chain.length === 1 ? '' : 's'}, {bytes(d.chain.reduce((a, l) => a + l.bytes, 0))} on disk
+            </Row>
+          ))}
+          {info.config.nics.map((n) => (
+            <Row key={n.id} label={n.id}>
+              <code>{n.mac}</code>
+            </Row>
+          ))}
+          <Row label="Snapshots">{vm.snapshots}</Row>
+          <Row label="Id">
+            <code>{vm.id}</code>
+          </Row>
+        </div>
+      )}
+      <div className="details-actions">
+        <button className="btn btn-danger-outline" disabled={busy || vm.snapshots === 0 || !props.canDelete} onClick={props.actions.deleteAll} data-testid="action-delete-all">
+          Delete all snapshots
+        </button>
+        <button
+          className="btn btn-danger-outline"
+          disabled={busy || vm.state !== 'stopped'}
+          title={vm.state === 'stopped' ? undefined : 'stop the VM first'}
+          onClick={props.actions.removeVm}
+        >
+          Remove VM
+        </button>
+      </div>
+    </aside>
+  );
+}
+
+function PresentPanel(props: { vm: VmSummary; info: VmInfo | null; busy: boolean; onTake: () => void }) {
+  const { vm } = props;
+  const [present, setPresent] = useState<PresentState | null>(null);
+  const active = props.info ? props.info.diskChains.reduce((a, d) => a + (d.chain[0]?.bytes ?? 0), 0) : null;
+  useEffect(() => {
+    let live = true;
+    api.presentState(vm.name).then((p) => live && setPresent(p), () => live && setPresent(null));
+    return () => {
+      live = false;
+    };
+  }, [vm.name, vm.state, vm.currentSnapshot, vm.snapshots]);
+  return (
+    <aside className="details" data-testid="details">
+      <div className="details-head">
+        <h3>You are here</h3>
+        <div className="badges">
+          <span className={`badge state-${vm.state}`}>{vm.state === 'stopped' ? 'powered off' : vm.state}</span>
+        </div>
+      </div>
+      <p className="desc">
+        The VM's present state{vm.currentSnapshot ? (
+          <>
+            , descending from snapshot <b>{vm.currentSnapshot}</b>
+          </>
+        ) : (
+          ', with no snapshot yet'
+        )}
+        . A snapshot taken now captures it.
+      </p>
+      <div className="kvs">
+        <Row label="State">{vm.state === 'stopped' ? 'powered off' : vm.state}</Row>
+        {active !== null && (
+          <Row label="Active layers">
+            {bytes(active)} on disk <span className="muted">({vm.currentSnapshot ? `writes since '${vm.currentSnapshot}'` : 'everything written since the VM was created'})</span>
+          </Row>
+        )}
+      </div>
+      <h4>A revert now would discard</h4>
+      {present === null ? (
+        <p className="muted small">…</p>
+      ) : present.lost.length === 0 ? (
+        <p className="muted small">nothing: there are no changes since the current snapshot.</p>
+      ) : (
+        <ul className="lost small">
+          {present.lost.map((l) => (
+            <li key={l}>{l}</li>
+          ))}
+        </ul>
+      )}
+      <div className="details-actions">
+        <button className="btn btn-primary" disabled={props.busy} onClick={props.onTake}>
+          Take snapshot
+        </button>
+      </div>
+    </aside>
+  );
+}

@@ -1,0 +1,379 @@
+import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'react';
+import { api, ApiFailure, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
+import { bytes, NAME_PATTERN, nextSnapshotName } from '../format.js';
+
+function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
+  const ref = useRef<HTMLDivElement>(null);
+  const onClose = useRef(props.onClose);
+  onClose.current = props.onClose;
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => e.key === 'Escape' && onClose.current();
+    window.addEventListener('keydown', onKey);
+    // Focus once, on open: the first field, else the button that confirms.
+    ref.current?.querySelector<HTMLElement>('input:not([type=checkbox]), button.btn-primary, button.btn-danger')?.focus();
+    return () => window.removeEventListener('keydown', onKey);
+  }, []);
+  return (
+    <div className="overlay" onMouseDown={(e) => e.target === e.currentTarget && props.onClose()}>
+      <div className={`modal${props.wide ? ' wide' : ''}`} role="dialog" aria-modal="true" aria-label={props.title} data-testid={props.testId} ref={ref}>
+        <h2>{props.title}</h2>
+        {props.children}
+      </div>
+    </div>
+  );
+}
+
+function ErrorLine(props: { error: ApiFailure | Error | null }) {
+  if (!props.error) return null;
+  return (
+    <div className="form-error" role="alert">
+      {props.error.message}
+      {props.error instanceof ApiFailure && props.error.hint ? <div className="hint">{props.error.hint}</div> : null}
+    </div>
+  );
+}
+
+/** Run the dialog's action; keep the dialog open with the error if the server refuses. */
+function useSubmit(action: () => Promise<void>, onDone: () => void) {
+  const [pending, setPending] = useState(false);
+  const [error, setError] = useState<Error | null>(null);
+  const submit = async (e?: FormEvent) => {
+    e?.preventDefault();
+    setPending(true);
+    setError(null);
+    try {
+      await action();
+      onDone();
+    } catch (err) {
+      setError(err instanceof Error ? err : new Error(String(err)));
+    } finally {
+      setPending(false);
+    }
+  };
+  return { pending, error, submit };
+}
+
+export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotView[]; onClose: () => void; onAccepted: (opId: string) => void }) {
+  const { vm } = props;
+  const [name, setName] = useState(() => nextSnapshotName(props.snapshots.map((s) => s.name)));
+  const [description, setDescription] = useState('');
+  const canMemory = vm.state === 'running' || vm.state === 'paused';
+  const [memory, setMemory] = useState(canMemory);
+  const taken = props.snapshots.some((s) => s.name === name);
+  const invalid = !NAME_PATTERN.test(name) ? "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit" : taken ? 'a snapshot of this VM already has this name' : null;
+  const { pending, error, submit } = useSubmit(async () => {
+    const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory });
+    props.onAccepted(r.operation.id);
+  }, props.onClose);
+  return (
+    <Modal title={`Take a snapshot of ${vm.name}`} onClose={props.onClose} testId="dialog-take">
+      <form onSubmit={submit}>
+        <label className="field">
+          <span>Name</span>
+          <input value={name} onChange={(e) => setName(e.target.value)} maxLength={63} aria-invalid={invalid !== null} data-testid="snapshot-name" autoFocus />
+          {invalid && <small className="field-error">{invalid}</small>}
+        </label>
+        <label className="field">
+          <span>Description</span>
+          <textarea value={description} onChange={(e) => setDescription(e.target.value)} maxLength={4096} rows={3} placeholder="what this snapshot is for" data-testid="snapshot-description" />
+        </label>
+        <label className={`check${canMemory ? '' : ' disabled'}`}>
+          <input type="checkbox" checked={canMemory && memory} disabled={!canMemory} onChange={(e) => setMemory(e.target.checked)} />
+          <span>
+            Include memory and device state
+            <small>
+              {canMemory
+                ? 'a revert resumes the guest exactly where it was; costs a state file about the size of the guest’s used RAM'
+                : 'the VM is powered off: the snapshot holds its disks and config'}
+            </small>
+          </span>
+        </label>
+        <p className="muted small">The guest keeps running; it pauses only for milliseconds while the disks switch to new delta files.</p>
+        <ErrorLine error={error} />
+        <div className="modal-actions">
+          <button type="button" className="btn" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" className="btn btn-primary" disabled={pending || invalid !== null} data-testid="confirm-take">
+            {pending ? 'Starting…' : 'Take snapshot'}
+          </button>
+        </div>
+      </form>
+    </Modal>
+  );
+}
+
+export function RevertDialog(props: {
+  vm: VmSummary;
+  snapshot: SnapshotView;
+  snapshots: SnapshotView[];
+  onClose: () => void;
+  /** Take a snapshot of the present state first, then revert: the caller sequences the two operations. */
+  onConfirm: (opts: { start: boolean; saveAs: string | null; force: boolean }) => Promise<void>;
+}) {
+  const { vm, snapshot: s } = props;
+  const [present, setPresent] = useState<PresentState | null>(null);
+  const [loadError, setLoadError] = useState<Error | null>(null);
+  const [start, setStart] = useState(true);
+  const [save, setSave] = useState(false);
+  const [saveAs, setSaveAs] = useState(() => nextSnapshotName(props.snapshots.map((x) => x.name)));
+  useEffect(() => {
+    api.presentState(vm.name).then(setPresent, (e: unknown) => setLoadError(e instanceof Error ? e : new Error(String(e))));
+  }, [vm.name]);
+  const saveInvalid = save && (!NAME_PATTERN.test(saveAs) || props.snapshots.some((x) => x.name === saveAs));
+  // force only when the user saw what is lost; if the state changed since, the server refuses and says what.
+  const { pending, error, submit } = useSubmit(
+    () => props.onConfirm({ start: !s.hasMemory && start, saveAs: save ? saveAs : null, force: present?.wouldLoseData ?? false }),
+    props.onClose,
+  );
+  const outcome = s.hasMemory
+    ? `${vm.name} will be ${s.vmState === 'paused' ? 'paused' : 'running'} exactly as it was when '${s.name}' was taken: disks, memory and processes.`
+    : `${vm.name} gets the disks and hardware config of '${s.name}' (a disk-only snapshot), powered off.`;
+  return (
+    <Modal title={`Revert ${vm.name} to '${s.name}'?`} onClose={props.onClose} testId="dialog-revert" wide>
+      <form onSubmit={submit}>
+        <p>{outcome}</p>
+        {!s.hasMemory && (
+          <label className="check">
+            <input type="checkbox" checked={start} onChange={(e) => setStart(e.target.checked)} />
+            <span>Start the VM after reverting</span>
+          </label>
+        )}
+        <div className={present && (!present.wouldLoseData || save) ? 'lost-box ok' : 'lost-box'} data-testid="revert-lost">
+          {loadError ? (
+            <ErrorLine error={loadError} />
+          ) : present === null ? (
+            <p className="muted">Checking what the present state holds…</p>
+          ) : present.wouldLoseData && !save ? (
+            <>
+              <p className="warn-title">This discards the present state:</p>
+              <ul className="lost">
+                {present.lost.map((l) => (
+                  <li key={l}>{l}</li>
+                ))}
+              </ul>
+            </>
+          ) : present.wouldLoseData && save ? (
+            <p className="ok-title">The present state is kept as snapshot '{saveAs}' first; nothing is lost.</p>
+          ) : (
+            <p className="ok-title">Nothing is lost: there are no changes since the current snapshot.</p>
+          )}
+        </div>
+        {present?.wouldLoseData && (
+          <label className="check">
+            <input type="checkbox" checked={save} onChange={(e) => setSave(e.target.checked)} data-testid="revert-save" />
+            <span>
+              Save the present state as a snapshot first
+              {save && <input className="inline-input" value={saveAs} onChange={(e) => setSaveAs(e.target.value)} aria-invalid={saveInvalid} />}
+            </span>
+          </label>
+        )}
+        <ErrorLine error={error} />
+        <div className="modal-actions">
+          <button type="button" className="btn" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button
+            type="submit"
+            className={present?.wouldLoseData && !save ? 'btn btn-danger' : 'btn btn-primary'}
+            disabled={pending || present === null || saveInvalid}
+            data-testid="confirm-revert"
+          >
+            {pending ? 'Starting…' : present?.wouldLoseData && !save ? 'Discard and revert' : 'Revert'}
+          </button>
+        </div>
+      </form>
+    </Modal>
+  );
+}
+
+export function DeleteDialog(props: { vm: VmSummary; snapshot: SnapshotView; onClose: () => void; onAccepted: (opId: string) => void }) {
+  const { vm, snapshot: s } = props;
+  const { pending, error, submit } = useSubmit(async () => {
+    const r = await api.deleteSnapshot(vm.name, s.id);
+    props.onAccepted(r.operation.id);
+  }, props.onClose);
+  const into = s.children.length > 0 ? `snapshot${s.children.length > 1 ? 's' : ''} ${s.children.map((c) => `'${c}'`).join(', ')}` : null;
+  return (
+    <Modal title={`Delete snapshot '${s.name}'?`} onClose={props.onClose} testId="dialog-delete" wide>
+      <form onSubmit={submit}>
+        <p>
+          The restore point '{s.name}' goes away. {into ? `Its disk changes are merged into ${into}${s.current ? ' and the present state' : ''}, which stay exactly as they are.` : s.current ? 'Its disk changes are merged into the present state, which stays exactly as it is.' : 'Nothing depends on it.'}{' '}
+          The VM's present state is not touched{vm.state === 'running' ? ' and it keeps running' : ''}; no other snapshot changes.
+        </p>
+        <div className="lost-box">
+          <p className="warn-title">What is lost and what is freed</p>
+          <ul className="lost">
+            <li>the ability to revert to '{s.name}'{s.description ? ` (${s.description})` : ''}</li>
+            {s.hasMemory && <li>its memory state file: {bytes(s.stateBytes)} freed</li>}
+            <li>its disk delta: {bytes(s.deltaBytes)}, freed as far as nothing else needs it (merged data stays)</li>
+          </ul>
+          <p className="small muted">Up to {bytes(s.stateBytes + s.deltaBytes)} reclaimed in all.</p>
+        </div>
+        <ErrorLine error={error} />
+        <div className="modal-actions">
+          <button type="button" className="btn" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" className="btn btn-danger" disabled={pending} data-testid="confirm-delete">
+            {pending ? 'Starting…' : 'Delete snapshot'}
+          </button>
+        </div>
+      </form>
+    </Modal>
+  );
+}
+
+export function DeleteAllDialog(props: { vm: VmSummary; snapshots: SnapshotView[]; onClose: () => void; onAccepted: (opId: string) => void }) {
+  const { vm } = props;
+  const total = props.snapshots.reduce((a, s) => a + s.deltaBytes + s.stateBytes, 0);
+  const { pending, error, submit } = useSubmit(async () => {
+    const r = await api.deleteAll(vm.name);
+    props.onAccepted(r.operation.id);
+  }, props.onClose);
+  return (
+    <Modal title={props.snapshots.length === 1 ? `Delete the only snapshot of ${vm.name}?` : `Delete all ${props.snapshots.length} snapshots of ${vm.name}?`} onClose={props.onClose} testId="dialog-delete-all" wide>
+      <form onSubmit={submit}>
+        <p>Every snapshot's changes are merged into the present disks. The VM keeps its present state; only the restore points go.</p>
+        <div className="lost-box">
+          <p className="warn-title">You can no longer revert to:</p>
+          <ul className="lost">
+            {props.snapshots.map((s) => (
+              <li key={s.id}>
+                {s.name} <span className="muted">({bytes(s.deltaBytes + s.stateBytes)})</span>
+              </li>
+            ))}
+          </ul>
+          <p className="small muted">Up to {bytes(total)} reclaimed.</p>
+        </div>
+        <ErrorLine error={error} />
+        <div className="modal-actions">
+          <button type="button" className="btn" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" className="btn btn-danger" disabled={pending}>
+            {pending ? 'Starting…' : 'Delete all snapshots'}
+          </button>
+        </div>
+      </form>
+    </Modal>
+  );
+}
+
+export function NewVmDialog(props: { existing: string[]; onClose: () => void; onCreated: (name: string) => void }) {
+  const [name, setName] = useState('');
+  const [memoryMiB, setMemory] = useState(256);
+  const [cpus, setCpus] = useState(1);
+  const [diskGiB, setDisk] = useState(1);
+  const [demo, setDemo] = useState(true);
+  const invalid = !name ? 'give the VM a name' : !NAME_PATTERN.test(name) ? "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit" : props.existing.includes(name) ? 'a VM with this name exists' : null;
+  const { pending, error, submit } = useSubmit(async () => {
+    await api.createVm({ name, memoryMiB, cpus, ...(demo ? { image: 'demo' as const } : {}), disks: [{ sizeBytes: diskGiB * 1024 ** 3 }] });
+    props.onCreated(name);
+  }, props.onClose);
+  return (
+    <Modal title="New VM" onClose={props.onClose} testId="dialog-new-vm">
+      <form onSubmit={submit}>
+        <label className="field">
+          <span>Name</span>
+          <input value={name} onChange={(e) => setName(e.target.value)} maxLength={63} placeholder="e.g. web01" autoFocus />
+          {name && invalid && <small className="field-error">{invalid}</small>}
+        </label>
+        <div className="field-row">
+          <label className="field">
+            <span>Memory</span>
+            <select value={memoryMiB} onChange={(e) => setMemory(Number(e.target.value))}>
+              {[128, 256, 512, 1024, 2048, 4096].map((m) => (
+                <option key={m} value={m}>
+                  {m >= 1024 ? `${m / 1024} GiB` : `${m} MiB`}
+                </option>
+              ))}
+            </select>
+          </label>
+          <label className="field">
+            <span>vCPUs</span>
+            <select value={cpus} onChange={(e) => setCpus(Number(e.target.value))}>
+              {[1, 2, 4, 8].map((n) => (
+                <option key={n}>{n}</option>
+              ))}
+            </select>
+          </label>
+          <label className="field">
+            <span>Disk</span>
+            <select value={diskGiB} onChange={(e) => setDisk(Number(e.target.value))}>
+              {[1, 2, 4, 8, 16, 32].map((n) => (
+                <option key={n} value={n}>
+                  {n} GiB
+                </option>
+              ))}
+            </select>
+          </label>
+        </div>
+        <label className="check">
+          <input type="checkbox" checked={demo} onChange={(e) => setDemo(e.target.checked)} />
+          <span>
+            Boot the demo guest
+            <small>a tiny Linux with a guest agent, built once from Debian packages; without it the VM has blank disks and nothing to boot</small>
+          </span>
+        </label>
+        <ErrorLine error={error} />
+        <div className="modal-actions">
+          <button type="button" className="btn" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" className="btn btn-primary" disabled={pending || invalid !== null}>
+            {pending ? 'Creating…' : 'Create VM'}
+          </button>
+        </div>
+      </form>
+    </Modal>
+  );
+}
+
+export function ConfirmDialog(props: { title: string; body: ReactNode; confirm: string; danger?: boolean; onClose: () => void; onConfirm: () => Promise<void> }) {
+  const { pending, error, submit } = useSubmit(props.onConfirm, props.onClose);
+  return (
+    <Modal title={props.title} onClose={props.onClose} testId="dialog-confirm">
+      <form onSubmit={submit}>
+        <div>{props.body}</div>
+        <ErrorLine error={error} />
+        <div className="modal-actions">
+          <button type="button" className="btn" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" className={props.danger ? 'btn btn-danger' : 'btn btn-primary'} disabled={pending}>
+            {props.confirm}
+          </button>
+        </div>
+      </form>
+    </Modal>
+  );
+}
+
+export function TokenDialog(props: { onSubmit: (token: string) => Promise<void> }) {
+  const [token, setToken] = useState('');
+  const { pending, error, submit } = useSubmit(() => props.onSubmit(token.trim()), () => {});
+  return (
+    <div className="overlay">
+      <div className="modal" role="dialog" aria-label="API token" data-testid="dialog-token">
+        <h2>This server needs its API token</h2>
+        <form onSubmit={submit}>
+          <p className="small">
+            It listens beyond this machine, so every request must carry the token printed when the server first started. It is kept in{' '}
+            <code>$VMSNAP_HOME/api-token</code> on the server.
+          </p>
+          <label className="field">
+            <span>Token</span>
+            <input type="password" value={token} onChange={(e) => setToken(e.target.value)} autoFocus autoComplete="off" />
+          </label>
+          <ErrorLine error={error} />
+          <div className="modal-actions">
+            <button type="submit" className="btn btn-primary" disabled={pending || token.trim() === ''}>
+              Connect
+            </button>
+          </div>
+        </form>
+      </div>
+    </div>
+  );
+}

@@ -1,0 +1,75 @@
+import type { ApiEvent } from '../../src/api/events.js';
+import { authHeaders } from './api.js';
+
+export type StreamEvent = ApiEvent | { type: 'resync'; data: Record<string, never> };
+export type StreamStatus = 'connecting' | 'live' | 'offline' | 'unauthorized';
+
+/**
+ * The server's event stream, read with fetch rather than EventSource so the
+ * bearer token can go in a header. Reconnects with backoff and sends
+ * Last-Event-ID, so nothing is missed across a blip; after a long gap the
+ * server says "resync" and the app reloads everything.
+ */
+export function connectEvents(onEvent: (e: StreamEvent) => void, onStatus: (s: StreamStatus) => void): () => void {
+  let stopped = false;
+  let lastId: string | undefined;
+  let ctrl: AbortController | undefined;
+  let delay = 500;
+
+  const run = async (): Promise<void> => {
+    while (!stopped) {
+      onStatus('connecting');
+      ctrl = new AbortController();
+      try {
+        const res = await fetch('/api/events', {
+          headers: { Accept: 'text/event-stream', ...authHeaders(), ...(lastId ? { 'Last-Event-ID': lastId } : {}) },
+          signal: ctrl.signal,
+        });
+        if (res.status === 401) {
+          onStatus('unauthorized');
+          return;
+        }
+        if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+        const reconnected = lastId !== undefined;
+        onStatus('live');
+        delay = 500;
+        if (reconnected) onEvent({ type: 'resync', data: {} });
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value;
+          let i: number;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            let type = 'message';
+            const data: string[] = [];
+            for (const line of block.split('\n')) {
+              if (line.startsWith('event:')) type = line.slice(6).trim();
+              else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
+              else if (line.startsWith('id:')) lastId = line.slice(3).trim();
+            }
+            if (data.length === 0 || type === 'hello') continue;
+            try {
+              onEvent({ type, data: JSON.parse(data.join('\n')) } as StreamEvent);
+            } catch {
+              /* a malformed message is skipped, not fatal */
+            }
+          }
+        }
+      } catch {
+        if (stopped) return;
+      }
+      onStatus('offline');
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 10_000);
+    }
+  };
+  void run();
+  return () => {
+    stopped = true;
+    ctrl?.abort();
+  };
+}
