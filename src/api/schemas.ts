@@ -10,7 +10,8 @@ import { API_ONLY_STATUSES } from './errors.js';
  */
 
 // The same rule as validateName in src/vm/config.ts (which does not export it); test/api.test.ts checks they agree.
-export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
+export { NAME_PATTERN } from '../vm/config.js';
+import { NAME_PATTERN } from '../vm/config.js';
 const nameRule = (what: string) =>
   `a ${what} name is 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit`;
 

@@ -2,7 +2,7 @@ import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { OperationRecord } from '../catalog/journal.js';
 import type { Context } from '../context.js';
-import { commitImage } from '../qemu/qemu-img.js';
+import { checkImage, commitImage, repairLeaks } from '../qemu/qemu-img.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import { isProcessAlive } from '../util/process.js';
 import { connectQmp, probeRuntime } from '../vm/runtime.js';
@@ -192,7 +192,23 @@ export async function recoverVm(ctx: Context, vmId: string): Promise<RecoveredOp
     if (inFlightElsewhere(op)) continue;
     out.push(await recoverOne(ctx, op));
   }
+  if (out.length > 0) await repairLeakedClusters(ctx, vmId);
   return out;
+}
+
+/**
+ * A QEMU or qemu-img killed while writing can leave clusters allocated but
+ * unused in a qcow2 file: no data is at risk, but the space is lost and
+ * qemu-img check reports it. Repair them in layers nothing has open.
+ */
+async function repairLeakedClusters(ctx: Context, vmId: string): Promise<void> {
+  const vm = ctx.catalog.findVm(vmId);
+  if (!vm || (await probeRuntime(ctx.paths.run, vmId)).state !== 'stopped') return;
+  for (const l of ctx.catalog.listLayers(vmId)) {
+    if (l.external || l.format !== 'qcow2' || !existsSync(l.path) || ctx.catalog.foreignDependents(l.id).length > 0) continue;
+    const check = await checkImage(l.path).catch(() => undefined);
+    if (check && check.leaks > 0 && check.corruptions === 0) await repairLeaks(l.path);
+  }
 }
 
 /** An operation a live process is still carrying out (an unlocked create of a new VM, say). */

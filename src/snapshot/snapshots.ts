@@ -98,7 +98,10 @@ export interface DeleteOptions {
 /** What a revert would throw away, in words a user can judge. */
 export interface PresentStateChanges {
   running: boolean;
+  /** What a revert would discard, in words: the running state, writes per disk, config changes. */
   lost: string[];
+  /** A revert without force is refused (anything is listed in `lost`). */
+  wouldLoseData: boolean;
 }
 
 function size(path: string | null): number {
@@ -414,8 +417,7 @@ export class SnapshotService {
     }
     const current = vm.currentSnapshotId ? this.catalog.findSnapshotById(vm.currentSnapshotId) : undefined;
     if (current && JSON.stringify(current.config) !== JSON.stringify(vm.config)) lost.push('hardware config changes made since that snapshot');
-    if (!current) lost.push('everything on the disks: the VM has no snapshot to come back to');
-    return { running, lost };
+    return { running, lost, wouldLoseData: lost.length > 0 };
   }
 
   /**
@@ -430,8 +432,8 @@ export class SnapshotService {
       const vm = this.vms.get(vm0.id);
       const snap = this.resolve(vm, snap0.id);
       const changes = await this.presentStateChanges(vm.id);
-      const wouldLose = changes.lost.filter((l) => !l.startsWith('everything on the disks') || changes.running);
-      const hasChanges = changes.running || changes.lost.some((l) => l.startsWith('writes to') || l.startsWith('hardware'));
+      const wouldLose = changes.lost;
+      const hasChanges = changes.wouldLoseData;
       if (hasChanges && !opts.force) {
         throw new VmsnapError('WOULD_LOSE_DATA', `reverting VM '${vm.name}' to '${snap.name}' would discard: ${wouldLose.join('; ')}`, {
           hint: 'take a snapshot first to keep the present state, or pass --force to discard it',

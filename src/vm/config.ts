@@ -54,7 +54,9 @@ export function validateConfig(input: unknown): VmConfig {
   });
 }
 
-const VM_NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
+/** The one rule for VM and snapshot names (the API's schemas use it too). */
+export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
+const VM_NAME = NAME_PATTERN;
 
 /** Names reach file names and command lines only through ids, but are still kept plain. */
 export function validateName(name: string, what: 'VM' | 'snapshot'): string {

@@ -121,9 +121,9 @@ export function snapshotRoutes(d: ApiDeps) {
       tracker.assertIdle(vm);
       const b = c.req.valid('json');
       if (!b.force) {
-        const present = await presentState(d, vm.id, vm.currentSnapshotId !== null);
+        const present = await presentState(d, vm.id);
         if (present.wouldLoseData) {
-          const lost = present.lost.filter((_, i) => present.running || vm.currentSnapshotId !== null || i < present.lost.length - 1);
+          const lost = present.lost;
           throw new VmsnapError('WOULD_LOSE_DATA', `reverting VM '${vm.name}' to '${snap.name}' would discard: ${lost.join('; ')}`, {
             hint: 'take a snapshot first to keep the present state, or send force: true to discard it',
             details: { vm: vm.name, snapshot: snap.name, lost },

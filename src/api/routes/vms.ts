@@ -224,7 +224,7 @@ export function vmRoutes(d: ApiDeps) {
     }),
     async (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
-      return c.json(await presentState(d, vm.id, vm.currentSnapshotId !== null), 200);
+      return c.json(await presentState(d, vm.id), 200);
     },
   );
 
@@ -251,13 +251,8 @@ export function vmRoutes(d: ApiDeps) {
   return app;
 }
 
-/**
- * presentStateChanges plus whether a revert without force is refused. The
- * library refuses when the VM runs or anything but "no snapshot to come back
- * to" is listed; that entry is there exactly when there is no current snapshot.
- */
-export async function presentState(d: ApiDeps, vmId: string, hasCurrent: boolean) {
+/** What a revert would discard now, and whether a revert without force is refused. */
+export async function presentState(d: ApiDeps, vmId: string) {
   const p = await d.lib.snapshots.presentStateChanges(vmId);
-  const wouldLoseData = p.running || p.lost.length > (hasCurrent ? 0 : 1);
-  return { running: p.running, lost: p.lost, wouldLoseData };
+  return { running: p.running, lost: p.lost, wouldLoseData: p.wouldLoseData };
 }
