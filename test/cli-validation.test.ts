@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '../src/errors.js';
-import { catalogDump, cleanupHome, cli, tempHome } from './helpers.js';
+import { cleanupHome, cli, expectRefused, tempHome } from './helpers.js';
 
 /** Bad input: a clear message naming what was wrong, a non-zero exit, and nothing written. No QEMU needed. */
 describe('CLI input validation', () => {
@@ -14,13 +14,7 @@ describe('CLI input validation', () => {
   });
   afterAll(() => cleanupHome(home));
 
-  const refused = async (args: string[], code: number, message: RegExp) => {
-    const before = catalogDump(home);
-    const r = await cli(home, args);
-    expect(r.stderr).toMatch(message);
-    expect(r.code).toBe(code);
-    expect(catalogDump(home)).toBe(before);
-  };
+  const refused = (args: string[], code: number, message: RegExp) => expectRefused(home, args, code, message);
 
   it('refuses --memory lots, naming the field and the accepted form', () =>
     refused(['create', 'a', '--memory', 'lots'], EXIT_CODES.INVALID_ARGUMENT, /memory: 'lots' is not a size[\s\S]*256M/));

@@ -1,15 +1,11 @@
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileBytes } from '../src/vm/machines.js';
 import { findOrphans } from '../src/snapshot/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+import { cleanupHome, cli, COUNTER, files, mountTmpfs, openLib, sh, tempHome, write } from './helpers.js';
 
-const COUNTER = "setsid /bin/sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &";
-const files = async (lib: Vmsnap, vm: string) => (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
-const write = (lib: Vmsnap, vm: string, name: string) => sh(lib, vm, `echo ${name} > /data/${name} && sync`);
 
 describe('clones, storage accounting and health', () => {
   let home: string;
@@ -154,24 +150,16 @@ describe('clones, storage accounting and health', () => {
 
 describe('low free space', () => {
   const mnt = join('/tmp', `vs-low-${process.pid}`);
-  let mounted = false;
+  let tmpfs: ReturnType<typeof mountTmpfs>;
   beforeAll(() => {
-    mkdirSync(mnt, { recursive: true });
-    try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=96m', 'tmpfs', mnt]);
-      mounted = true;
-    } catch {
-      mounted = false;
-    }
+    tmpfs = mountTmpfs(mnt, '96m');
   });
   afterAll(() => {
-    cleanupHome(join(mnt, 'home'));
-    if (mounted) execFileSync('umount', ['-l', mnt]);
-    rmSync(mnt, { recursive: true, force: true });
+    tmpfs?.unmount();
   });
 
   it('refuses a new snapshot when free space is under the reserve, and doctor says so', async (ctx) => {
-    if (!mounted) ctx.skip();
+    if (!tmpfs) ctx.skip();
     const home = join(mnt, 'home');
     const c = await cli(home, ['create', 'small', '--disk', '32M']);
     expect(c.code, c.stderr).toBe(0);

@@ -2,10 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vmDiskUsage } from '../src/snapshot/delete.js';
 import { findOrphans } from '../src/snapshot/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+import { cleanupHome, cli, files, openLib, sh, tempHome, write } from './helpers.js';
 
-const files = async (lib: Vmsnap, vm: string) => (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
-const write = (lib: Vmsnap, vm: string, name: string) => sh(lib, vm, `echo ${name} > /data/${name} && sync`);
 
 /**
  * Every remaining snapshot still reverts to exactly its own files, the deep

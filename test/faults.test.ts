@@ -7,9 +7,8 @@ import { QmpClient } from '../src/qemu/qmp.js';
 import { findOrphans } from '../src/snapshot/recovery.js';
 import { isProcessAlive, sleep } from '../src/util/process.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { BIN, cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+import { BIN, cleanupHome, cli, files, mountTmpfs, openLib, sh, tempHome } from './helpers.js';
 
-const files = async (lib: Vmsnap, vm: string) => (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
 
 /** After recovery: nothing unfinished, no orphan, every fingerprint holds, and each snapshot reverts to its own files. */
 async function expectSound(home: string, lib: Vmsnap, vm: string, expected: Record<string, string[]>): Promise<void> {
@@ -153,25 +152,17 @@ describe('kill -9 at every step boundary, then recover', () => {
 describe('out of disk space during a merge', () => {
   const mnt = join('/tmp', `vs-full-${process.pid}`);
   let lib: Vmsnap;
-  let mounted = false;
+  let tmpfs: ReturnType<typeof mountTmpfs>;
   beforeAll(() => {
-    mkdirSync(mnt, { recursive: true });
-    try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=160m', 'tmpfs', mnt]);
-      mounted = true;
-    } catch {
-      mounted = false;
-    }
+    tmpfs = mountTmpfs(mnt, '160m');
   });
   afterAll(() => {
     lib?.close();
-    cleanupHome(join(mnt, 'home'));
-    if (mounted) execFileSync('umount', ['-l', mnt]);
-    rmSync(mnt, { recursive: true, force: true });
+    tmpfs?.unmount();
   });
 
   it('refuses a delete whose merge cannot fit; one that runs out midway fails with NO_SPACE, loses nothing, and completes once space is freed', async (ctx) => {
-    if (!mounted) ctx.skip();
+    if (!tmpfs) ctx.skip();
     const home = join(mnt, 'home');
     mkdirSync(home, { recursive: true });
     // This data dir is tiny on purpose: keep the free-space reserve out of the way.

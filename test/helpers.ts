@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -85,4 +85,44 @@ export function catalogDump(home: string): string {
   } finally {
     lib.close();
   }
+}
+
+/** A guest process that counts in RAM (/tmp): proves a memory revert resumes it rather than restarting it. */
+export const COUNTER = "setsid /bin/sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &";
+
+export const counter = async (lib: Vmsnap, vm: string): Promise<number> => Number((await sh(lib, vm, 'cat /tmp/counter')).trim());
+
+/** The files in the guest's /data, sorted. */
+export const files = async (lib: Vmsnap, vm: string): Promise<string[]> =>
+  (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
+
+/** Write a file named after its content into the guest's /data, synced to disk. */
+export const write = (lib: Vmsnap, vm: string, name: string): Promise<string> => sh(lib, vm, `echo ${name} > /data/${name} && sync`);
+
+/** A CLI call that must be refused with this exit code and message, leaving the catalog and data files as they were. */
+export async function expectRefused(home: string, args: string[], code: number, message: RegExp, env: Record<string, string> = {}): Promise<CliResult> {
+  const { expect } = await import('vitest');
+  const before = catalogDump(home);
+  const r = await cli(home, args, env);
+  expect(r.stderr).toMatch(message);
+  expect(r.code).toBe(code);
+  expect(catalogDump(home)).toBe(before);
+  return r;
+}
+
+/** A small tmpfs (to run out of space on purpose); undefined where mounting is not allowed. */
+export function mountTmpfs(dir: string, size: string): { unmount: () => void } | undefined {
+  mkdirSync(dir, { recursive: true });
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
+  } catch {
+    return undefined;
+  }
+  return {
+    unmount: () => {
+      cleanupHome(join(dir, 'home'));
+      execFileSync('umount', ['-l', dir]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireVmLock } from '../src/catalog/lock.js';
 import { EXIT_CODES } from '../src/errors.js';
-import { catalogDump, cleanupHome, cli, openLib, tempHome } from './helpers.js';
+import { cleanupHome, cli, expectRefused, openLib, tempHome } from './helpers.js';
 
 /** The demo guest end to end through the real CLI, as a user would drive it. */
 describe('VM lifecycle on the demo guest', () => {
@@ -18,13 +18,7 @@ describe('VM lifecycle on the demo guest', () => {
     expect(r.code, `vmsnap ${args.join(' ')}\n${r.stderr}`).toBe(0);
     return r;
   };
-  const refused = async (args: string[], code: number, message: RegExp) => {
-    const before = catalogDump(home);
-    const r = await cli(home, args);
-    expect(r.stderr).toMatch(message);
-    expect(r.code).toBe(code);
-    expect(catalogDump(home)).toBe(before);
-  };
+  const refused = (args: string[], code: number, message: RegExp) => expectRefused(home, args, code, message);
 
   it('creates, starts, runs a command, keeps /data across a reboot, and removes', async () => {
     await ok(['create', 't', '--image', 'demo']);

@@ -2,11 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireVmLock } from '../src/catalog/lock.js';
 import { EXIT_CODES, VmsnapError } from '../src/errors.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { catalogDump, cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+import { catalogDump, cleanupHome, cli, counter, COUNTER, files, openLib, sh, tempHome } from './helpers.js';
 
-const COUNTER = "setsid /bin/sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &";
-const counter = async (lib: Vmsnap, vm: string) => Number((await sh(lib, vm, 'cat /tmp/counter')).trim());
-const files = async (lib: Vmsnap, vm: string) => (await sh(lib, vm, 'ls /data | grep -v lost+found || true')).split('\n').filter(Boolean).sort();
 const expectCode = async (p: Promise<unknown>, code: string, message: RegExp) => {
   const e = await p.then(
     () => undefined,
