@@ -242,8 +242,3 @@ export function applyMergeToCatalog(catalog: Catalog, action: MergeAction): stri
 export function removeFiles(paths: string[]): void {
   for (const p of paths) rmSync(p, { force: true });
 }
-
-/** The layer to look at after an action: a drop may leave its backing layer unneeded in turn. */
-export function followUp(action: MergeAction, backingOfDropped: string | null): string | undefined {
-  return action.kind === 'drop' ? backingOfDropped ?? undefined : undefined;
-}

@@ -1,5 +1,5 @@
 import { existsSync, rmSync, statSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { LayerRecord, VmRecord } from '../catalog/catalog.js';
 import { withVm, type Context } from '../context.js';
 import { VmsnapError } from '../errors.js';
@@ -546,8 +546,4 @@ export class VmService {
     }
     return { socket: files.consoleSocket, log: files.serialLog };
   }
-}
-
-export function isPathArg(value: string): boolean {
-  return isAbsolute(value) || value.startsWith('.') || value.includes('/');
 }

@@ -1,0 +1,309 @@
+import { existsSync, readFileSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import type { LayerRecord, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import { withVm, type Context } from '../context.js';
+import { VmsnapError } from '../errors.js';
+import { fsyncPath } from '../snapshot/fsync.js';
+import { newId } from '../util/ids.js';
+import { formatBytes } from '../util/size.js';
+import { pump, scratchDir, sha256Of, writeAll } from './io.js';
+import {
+  ARCHIVE_FORMAT,
+  ARCHIVE_VERSION,
+  CONFIG_ENTRY,
+  diskEntry,
+  HEAD_ENTRY,
+  MANIFEST_ENTRY,
+  MANIFEST_SUM_ENTRY,
+  STATE_ENTRY,
+  vmsnapVersion,
+  type ArchiveHead,
+  type ArchiveManifest,
+  type FileSum,
+} from './manifest.js';
+import { convertInto, createQcow2, measureQcow2, virtualSize } from './qemu.js';
+import { BLOCK, END_OF_ARCHIVE, fileHeader, padTo512 } from './tar.js';
+
+export interface ExportOptions {
+  /** Replace FILE if it exists. */
+  force?: boolean;
+  /** Bytes done of total, per phase (`what`): flattening the disks, then writing and checksumming. */
+  onProgress?: (done: number, total: number, what: string) => void;
+  /** Abort the export: the partial file is removed and INTERRUPTED thrown. */
+  signal?: AbortSignal;
+}
+
+export interface ExportedDisk {
+  slot: string;
+  virtualSize: number;
+  bytes: number;
+  sha256: string;
+}
+
+export interface ExportResult {
+  file: string;
+  /** Size of the archive. */
+  bytes: number;
+  vm: string;
+  snapshot: string;
+  hasMemory: boolean;
+  disks: ExportedDisk[];
+  state: { bytes: number; sha256: string } | null;
+  /** Wall time of the whole export. */
+  ms: number;
+  /** How long the VM's lock was held (the qemu-img convert steps); the guest itself never pauses. */
+  lockedMs: number;
+  manifest: ArchiveManifest;
+}
+
+export function resolveSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotRecord {
+  const s = ctx.catalog.findSnapshot(vm.id, nameOrId);
+  if (!s || s.status !== 'ready') {
+    throw new VmsnapError('NOT_FOUND', `VM '${vm.name}' has no snapshot '${nameOrId}'`, {
+      hint: `see 'vmsnap snapshot list ${vm.name}'`,
+      details: { vm: vm.name, snapshot: nameOrId },
+    });
+  }
+  return s;
+}
+
+/** Refuse a target that cannot or should not be written, before anything is. */
+function checkTarget(ctx: Context, file: string, force: boolean): string {
+  if (file.trim() === '') throw new VmsnapError('INVALID_ARGUMENT', 'file: give the path of the archive to write', { details: { field: 'file' } });
+  const target = resolve(file);
+  const dir = dirname(target);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+    throw new VmsnapError('NOT_FOUND', `file: no such directory '${dir}'`, { hint: 'create the directory first, or write the archive elsewhere', details: { field: 'file', path: target } });
+  }
+  if (dir === ctx.paths.layers || dir === ctx.paths.states) {
+    throw new VmsnapError('INVALID_ARGUMENT', `file: '${dir}' belongs to vmsnap's data; write the archive elsewhere`, { details: { field: 'file', path: target } });
+  }
+  if (existsSync(target)) {
+    if (statSync(target).isDirectory()) {
+      throw new VmsnapError('INVALID_ARGUMENT', `file: '${target}' is a directory`, { hint: `give a file name, e.g. ${join(target, 'backup.vmsnap')}`, details: { field: 'file', path: target } });
+    }
+    if (!force) {
+      throw new VmsnapError('ALREADY_EXISTS', `file: '${target}' already exists`, { hint: 'pass --force to replace it, or choose another name', details: { field: 'file', path: target } });
+    }
+  }
+  return target;
+}
+
+interface PlacedDisk {
+  slot: string;
+  layer: LayerRecord;
+  virtualSize: number;
+  /** Where its data starts in the archive, and its length once written. */
+  offset: number;
+  bytes: number;
+}
+
+/**
+ * Write one snapshot of a VM as a self-contained archive (see manifest.ts for
+ * the layout). The guest is never paused: only frozen layers and the state
+ * file are read. The VM's lock is held while qemu-img flattens the disks
+ * straight into the archive — so no merge can rewrite a layer it is reading
+ * and the snapshot cannot be deleted under it — and released before the
+ * slower part: checksumming the written disks (which overlaps the fsync of
+ * their data) and copying the memory state, whose file is held open (a delete
+ * meanwhile may unlink it; the open handle still reads it whole).
+ * The archive is written to FILE.partial, fsynced, then renamed to FILE.
+ */
+export async function exportSnapshot(ctx: Context, vmName: string, snapName: string, file: string, opts: ExportOptions = {}): Promise<ExportResult> {
+  const t0 = performance.now();
+  const vm = ctx.catalog.getVm(vmName);
+  const snap0 = resolveSnapshot(ctx, vm, snapName);
+  const target = checkTarget(ctx, file, opts.force ?? false);
+  const partial = `${target}.partial`;
+  const operationId = newId();
+  const progress = (done: number, total: number, what: string): void => {
+    opts.onProgress?.(done, total, what);
+    ctx.events.emitEvent({ type: 'progress', operationId, vm: vm.name, what, done, total });
+  };
+  ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'started' });
+
+  const scratch = await scratchDir(ctx.paths.home, 'export');
+  let fh: FileHandle | undefined;
+  let stateFh: FileHandle | undefined;
+  try {
+    // Mode 0600: the archive holds the guest's disks and memory.
+    fh = await open(partial, 'w', 0o600);
+    const out = fh;
+    const mtime = Date.now();
+    const exportedAt = new Date(mtime).toISOString();
+    const files: FileSum[] = [];
+    let pos = 0;
+    const putSmall = async (name: string, data: Buffer, listed = true): Promise<void> => {
+      await writeAll(out, fileHeader(name, data.length, mtime), pos);
+      await writeAll(out, data, pos + BLOCK);
+      pos += BLOCK + padTo512(data.length);
+      if (listed) files.push({ name, bytes: data.length, sha256: sha256Of(data) });
+    };
+    const head: ArchiveHead = { format: ARCHIVE_FORMAT, version: ARCHIVE_VERSION, vmsnapVersion: vmsnapVersion(), vm: vm.name, snapshot: snap0.name, exportedAt };
+    await putSmall(HEAD_ENTRY, Buffer.from(`${JSON.stringify(head, null, 2)}\n`));
+
+    let snap = snap0;
+    const placed: PlacedDisk[] = [];
+    const lockT0 = performance.now();
+    await withVm(ctx, vm, `export of snapshot '${snap0.name}'`, async () => {
+      snap = resolveSnapshot(ctx, vm, snap0.id);
+      const slots = snap.config.disks.map((d) => d.slot).filter((s) => snap.layers[s] !== undefined);
+      for (const s of Object.keys(snap.layers)) if (!slots.includes(s)) slots.push(s);
+      const layers = slots.map((slot) => {
+        const layer = ctx.catalog.getLayer(snap.layers[slot]!);
+        if (!existsSync(layer.path)) {
+          throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': the layer of ${slot} is missing (${layer.path})`, { hint: `run 'vmsnap verify ${vm.name}'` });
+        }
+        return { slot, layer };
+      });
+      const sizes = await Promise.all(layers.map(async ({ layer }) => ({ required: await measureQcow2(layer.path, layer.format), virtual: await virtualSize(layer.path, layer.format) })));
+      const stateBytes = snap.stateFile ? fileSize(snap.stateFile) : 0;
+      if (snap.stateFile && stateBytes < 0) {
+        throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, { hint: `run 'vmsnap verify ${vm.name}'` });
+      }
+      const need = sizes.reduce((a, s) => a + s.required, 0) + stateBytes;
+      const fs = statfsSync(dirname(target));
+      const free = fs.bavail * fs.bsize;
+      if (need > free) {
+        throw new VmsnapError('NO_SPACE', `the archive needs about ${formatBytes(need)} but only ${formatBytes(free)} is free in ${dirname(target)}`, {
+          hint: 'free space there, or write the archive elsewhere; nothing was written',
+          details: { needBytes: need, freeBytes: free },
+        });
+      }
+      const total = sizes.reduce((a, s) => a + s.required, 0);
+      let before = 0;
+      for (const [i, { slot, layer }] of layers.entries()) {
+        const { required, virtual } = sizes[i]!;
+        const headerAt = pos;
+        const offset = pos + BLOCK;
+        // An empty qcow2 of the disk's size, which qemu-img then fills in place.
+        const template = join(scratch, `${slot}.qcow2`);
+        await createQcow2(template, virtual);
+        await writeAll(out, fileHeader(diskEntry(slot), 0, mtime), headerAt);
+        await writeAll(out, readFileSync(template), offset);
+        rmSync(template, { force: true });
+        progress(before, total, 'flattening disks');
+        await convertInto(layer.path, layer.format, partial, offset, {
+          onFraction: (f) => progress(before + Math.round(f * required), total, 'flattening disks'),
+          ...(opts.signal ? { signal: opts.signal } : {}),
+        });
+        before += required;
+        const bytes = (await out.stat()).size - offset;
+        await writeAll(out, fileHeader(diskEntry(slot), bytes, mtime), headerAt);
+        placed.push({ slot, layer, virtualSize: virtual, offset, bytes });
+        pos = offset + padTo512(bytes);
+      }
+      progress(total, total, 'flattening disks');
+      if (snap.stateFile) {
+        stateFh = await open(snap.stateFile, 'r').catch(() => {
+          throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, { hint: `run 'vmsnap verify ${vm.name}'` });
+        });
+      }
+    });
+    const lockedMs = performance.now() - lockT0;
+
+    // The disks' data goes to stable storage while it is read back and hashed (from the page cache).
+    const flushing = out.datasync();
+    flushing.catch(() => undefined);
+    const stateSize = stateFh ? (await stateFh.stat()).size : 0;
+    const total = placed.reduce((a, d) => a + d.bytes, 0) + stateSize;
+    let done = 0;
+    const onBytes = (n: number): void => {
+      done += n;
+      progress(done, total, 'writing and checksumming');
+    };
+    const sig = opts.signal ? { signal: opts.signal } : {};
+    const disks: ExportedDisk[] = [];
+    for (const d of placed) {
+      const r = await pump(out, d.offset, d.bytes, { onBytes, ...sig });
+      if (r.bytes !== d.bytes) throw new VmsnapError('INTERNAL', `${d.slot}: read back ${r.bytes} of ${d.bytes} bytes from the archive`);
+      disks.push({ slot: d.slot, virtualSize: d.virtualSize, bytes: d.bytes, sha256: r.sha256 });
+      files.push({ name: diskEntry(d.slot), bytes: d.bytes, sha256: r.sha256 });
+    }
+    let state: ExportResult['state'] = null;
+    if (stateFh) {
+      await writeAll(out, fileHeader(STATE_ENTRY, stateSize, mtime), pos);
+      const r = await pump(stateFh, 0, stateSize, { to: { fh: out, offset: pos + BLOCK }, onBytes, ...sig });
+      const expected = typeof snap.meta.stateSha256 === 'string' ? snap.meta.stateSha256 : undefined;
+      if (r.bytes !== stateSize || (expected !== undefined && r.sha256 !== expected)) {
+        throw new VmsnapError('CATALOG_ERROR', `snapshot '${snap.name}': its memory state file is damaged (it does not match the checksum taken when it was saved); not exporting it`, {
+          hint: `'vmsnap verify ${vm.name} --deep' checks every snapshot; a disk-only copy can be made by a clone or another snapshot`,
+          details: { expected, actual: r.sha256 },
+        });
+      }
+      pos += BLOCK + padTo512(stateSize);
+      state = { bytes: stateSize, sha256: r.sha256 };
+      files.push({ name: STATE_ENTRY, bytes: stateSize, sha256: r.sha256 });
+    }
+    await putSmall(CONFIG_ENTRY, Buffer.from(`${JSON.stringify(snap.config, null, 2)}\n`));
+    const manifest: ArchiveManifest = {
+      format: ARCHIVE_FORMAT,
+      version: ARCHIVE_VERSION,
+      vmsnapVersion: vmsnapVersion(),
+      exportedAt,
+      vm: { name: vm.name, id: vm.id },
+      snapshot: {
+        name: snap.name,
+        id: snap.id,
+        description: snap.description,
+        createdAt: snap.createdAt,
+        vmState: snap.vmState,
+        hasMemory: state !== null,
+        pauseMs: snap.pauseMs,
+        meta: snap.meta,
+      },
+      config: snap.config,
+      disks: disks.map((d) => ({ slot: d.slot, file: diskEntry(d.slot), format: 'qcow2' as const, virtualSize: d.virtualSize, bytes: d.bytes, sha256: d.sha256 })),
+      state: state ? { file: STATE_ENTRY, ...state } : null,
+      files,
+    };
+    const manifestBuf = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+    await putSmall(MANIFEST_ENTRY, manifestBuf, false);
+    await putSmall(MANIFEST_SUM_ENTRY, Buffer.from(`${sha256Of(manifestBuf)}  ${MANIFEST_ENTRY}\n`), false);
+    await writeAll(out, END_OF_ARCHIVE, pos);
+    pos += END_OF_ARCHIVE.length;
+    await out.truncate(pos);
+    await flushing;
+    await out.sync();
+    await out.close();
+    fh = undefined;
+    if (opts.signal?.aborted) throw new VmsnapError('INTERRUPTED', 'stopped on request', { cause: opts.signal.reason });
+    if (!opts.force && existsSync(target)) {
+      throw new VmsnapError('ALREADY_EXISTS', `file: '${target}' was created by someone else during the export`, { hint: 'pass --force to replace it, or choose another name' });
+    }
+    renameSync(partial, target);
+    fsyncPath(dirname(target));
+    const result: ExportResult = {
+      file: target,
+      bytes: pos,
+      vm: vm.name,
+      snapshot: snap.name,
+      hasMemory: state !== null,
+      disks,
+      state,
+      ms: performance.now() - t0,
+      lockedMs,
+      manifest,
+    };
+    ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'done' });
+    return result;
+  } catch (e) {
+    await fh?.close().catch(() => undefined);
+    rmSync(partial, { force: true });
+    ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'failed', error: String(e) });
+    throw e;
+  } finally {
+    await (stateFh as FileHandle | undefined)?.close().catch(() => undefined);
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+/** Size of a file, or -1 when it is missing. */
+function fileSize(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return -1;
+  }
+}

@@ -1,0 +1,475 @@
+import { copyFileSync, existsSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import type { LayerRecord, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import { VmsnapError } from '../errors.js';
+import { createImage } from '../qemu/qemu-img.js';
+import { fsyncFileAndDir } from '../snapshot/fsync.js';
+import { newId, newLayerId, newMacAddress } from '../util/ids.js';
+import { formatBytes } from '../util/size.js';
+import { validateConfig, validateName } from '../vm/config.js';
+import { layerPath } from '../vm/machines.js';
+import { pump, scratchDir, sha256Of } from './io.js';
+import {
+  ARCHIVE_FORMAT,
+  ARCHIVE_VERSION,
+  CONFIG_ENTRY,
+  diskEntry,
+  ENTRY_NAME,
+  HEAD_ENTRY,
+  HeadSchema,
+  MANIFEST_ENTRY,
+  MANIFEST_SUM_ENTRY,
+  ManifestSchema,
+  STATE_ENTRY,
+  type ArchiveHead,
+  type ArchiveManifest,
+} from './manifest.js';
+import { embeddedQcow2, inspectDisk } from './qemu.js';
+import { listEntries, TarFormatError, type TarEntry } from './tar.js';
+
+export interface ImportOptions {
+  /** Name of the new VM; default the exported VM's name. */
+  name?: string;
+  /** Bytes of the archive read so far of its size. */
+  onProgress?: (done: number, total: number, what: string) => void;
+  /** Abort while reading: nothing is created and INTERRUPTED thrown. */
+  signal?: AbortSignal;
+}
+
+export interface ArchiveSource {
+  vm: string;
+  snapshot: string;
+  exportedAt: string;
+  vmsnapVersion: string;
+}
+
+export interface ImportResult {
+  /** The new VM. */
+  vm: string;
+  id: string;
+  /** Its one snapshot, current: revert to it to resume (memory) or boot (`start`). */
+  snapshot: string;
+  hasMemory: boolean;
+  vmState: SnapshotRecord['vmState'];
+  mac: string;
+  /** Size of the archive read. */
+  bytes: number;
+  source: ArchiveSource;
+  /** Things to know that did not stop the import (e.g. a kernel path missing on this host). */
+  warnings: string[];
+  ms: number;
+}
+
+export interface CheckArchiveResult {
+  file: string;
+  bytes: number;
+  source: ArchiveSource;
+  hasMemory: boolean;
+  disks: { slot: string; virtualSize: number; bytes: number }[];
+  manifest: ArchiveManifest;
+  ms: number;
+}
+
+/** Small entries are read into memory; anything bigger than this where JSON is expected is refused. */
+const SMALL_LIMIT = 1024 * 1024;
+
+const damaged = (file: string, what: string, details: Record<string, unknown> = {}): VmsnapError =>
+  new VmsnapError('INVALID_ARGUMENT', `'${file}' is damaged: ${what}; nothing was imported`, {
+    hint: 'export the snapshot again, or use another copy of the archive',
+    details: { field: 'file', path: file, ...details },
+  });
+
+const notAnArchive = (file: string, why: string): VmsnapError =>
+  new VmsnapError('INVALID_ARGUMENT', `'${file}' is not a vmsnap archive (${why})`, {
+    hint: "give a file written by 'vmsnap export'",
+    details: { field: 'file', path: file },
+  });
+
+interface OpenArchive {
+  file: string;
+  fh: FileHandle;
+  size: number;
+  entries: TarEntry[];
+  complete: boolean;
+  head: ArchiveHead;
+}
+
+async function readSmall(a: { fh: FileHandle; file: string }, e: TarEntry): Promise<Buffer> {
+  if (e.size > SMALL_LIMIT) throw damaged(a.file, `${e.name} is ${formatBytes(e.size)}, far too large`);
+  const buf = Buffer.alloc(e.size);
+  const { bytesRead } = await a.fh.read(buf, 0, e.size, e.offset);
+  if (bytesRead !== e.size) throw damaged(a.file, `the archive is truncated inside ${e.name}`);
+  return buf;
+}
+
+function parseJson(a: { file: string }, name: string, buf: Buffer): unknown {
+  try {
+    return JSON.parse(buf.toString('utf8'));
+  } catch {
+    throw damaged(a.file, `${name} is not valid JSON`);
+  }
+}
+
+/**
+ * Open an archive and read what it says it is, from its headers and its first
+ * entry only: enough to refuse a foreign file, a newer format or a taken
+ * name before anything is extracted.
+ */
+async function openArchive(file: string): Promise<OpenArchive> {
+  if (file.trim() === '') throw new VmsnapError('INVALID_ARGUMENT', 'file: give the path of a vmsnap archive', { details: { field: 'file' } });
+  const path = resolve(file);
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    throw new VmsnapError('NOT_FOUND', `no such file '${file}'`, { details: { field: 'file', path } });
+  }
+  if (!st.isFile()) throw new VmsnapError('INVALID_ARGUMENT', `'${file}' is not a regular file`, { details: { field: 'file', path } });
+  const fh = await open(path, 'r');
+  try {
+    let listed;
+    try {
+      listed = await listEntries(fh, st.size);
+    } catch (e) {
+      if (!(e instanceof TarFormatError)) throw e;
+      throw /at byte 0$/.test(e.message) ? notAnArchive(file, 'it is not a tar file') : damaged(file, e.message);
+    }
+    const first = listed.entries[0];
+    if (!first) throw listed.complete ? notAnArchive(file, 'it is an empty tar file') : notAnArchive(file, 'it is not a tar file');
+    if (first.name !== HEAD_ENTRY) throw notAnArchive(file, `a tar file whose first entry is '${first.name}', not ${HEAD_ENTRY}`);
+    const parsed = HeadSchema.safeParse(parseJson({ file }, HEAD_ENTRY, await readSmall({ fh, file }, first)));
+    if (!parsed.success || parsed.data.format !== ARCHIVE_FORMAT) throw notAnArchive(file, `${HEAD_ENTRY} does not name the ${ARCHIVE_FORMAT} format`);
+    const head = parsed.data;
+    if (head.version > ARCHIVE_VERSION || head.version < 1) {
+      throw new VmsnapError('INVALID_ARGUMENT', `'${file}' is a vmsnap archive of format version ${head.version}; this vmsnap (${ARCHIVE_VERSION}) cannot read it`, {
+        hint: head.version > ARCHIVE_VERSION ? `it was written by vmsnap ${head.vmsnapVersion ?? '(newer)'}: import it with that version or newer` : undefined,
+        details: { field: 'file', path, version: head.version },
+      });
+    }
+    return { file: path, fh, size: st.size, entries: listed.entries, complete: listed.complete, head };
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+}
+
+interface Verified {
+  manifest: ArchiveManifest;
+  /** Entry name -> extracted file, when extracting. */
+  extracted: Map<string, string>;
+}
+
+/**
+ * Check an opened archive completely: its layout, every entry's length and
+ * sha256 against the manifest (and the manifest against manifest.sha256), the
+ * config, and each disk image (a standalone, sound qcow2 of the size the
+ * manifest says). With `extractTo`, the large entries are written there as
+ * they are hashed (fsynced), so the archive is read once.
+ */
+async function verifyArchive(
+  a: OpenArchive,
+  opts: { extractTo?: string; onProgress?: ImportOptions['onProgress']; signal?: AbortSignal },
+): Promise<Verified> {
+  const { file, entries } = a;
+  const byName = new Map<string, TarEntry>();
+  for (const e of entries) {
+    if (!ENTRY_NAME.test(e.name)) throw damaged(file, `it holds an unexpected entry '${e.name}'`);
+    if (byName.has(e.name)) throw damaged(file, `it holds '${e.name}' twice`);
+    if (e.offset + e.size > a.size) {
+      throw damaged(file, `the archive is truncated: ${e.name} should be ${e.size} bytes but the file ends after ${Math.max(0, a.size - e.offset)}`, { entry: e.name });
+    }
+    byName.set(e.name, e);
+  }
+  const manifestEntry = byName.get(MANIFEST_ENTRY);
+  const sumEntry = byName.get(MANIFEST_SUM_ENTRY);
+  if (!manifestEntry || !sumEntry || !a.complete) {
+    throw damaged(file, `the archive is truncated: it ends after '${entries[entries.length - 1]?.name}' ${!manifestEntry ? 'without its manifest' : !sumEntry ? 'without manifest.sha256' : 'without the end-of-archive marker'}`);
+  }
+  const manifestBuf = await readSmall(a, manifestEntry);
+  const sumLine = (await readSmall(a, sumEntry)).toString('utf8');
+  const m = /^([0-9a-f]{64}) [ *]manifest\.json\n?$/.exec(sumLine);
+  if (!m) throw damaged(file, `${MANIFEST_SUM_ENTRY} is not a sha256 line for manifest.json`);
+  if (sha256Of(manifestBuf) !== m[1]) throw damaged(file, `${MANIFEST_ENTRY} does not match ${MANIFEST_SUM_ENTRY}`, { entry: MANIFEST_ENTRY });
+  const raw = parseJson(a, MANIFEST_ENTRY, manifestBuf) as { format?: unknown; version?: unknown };
+  if (raw?.format !== ARCHIVE_FORMAT || raw.version !== ARCHIVE_VERSION) {
+    throw damaged(file, `${MANIFEST_ENTRY} is of format ${String(raw?.format)} version ${String(raw?.version)}, not ${ARCHIVE_FORMAT} ${ARCHIVE_VERSION} as ${HEAD_ENTRY} says`);
+  }
+  const parsed = ManifestSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw damaged(file, `${MANIFEST_ENTRY}: ${issue.path.join('.') || 'manifest'}: ${issue.message}`);
+  }
+  const manifest = parsed.data;
+
+  // The manifest names every entry but itself and its sum, with the same lengths.
+  const listed = new Map(manifest.files.map((f) => [f.name, f]));
+  for (const e of entries) {
+    if (e.name === MANIFEST_ENTRY || e.name === MANIFEST_SUM_ENTRY) continue;
+    const f = listed.get(e.name);
+    if (!f) throw damaged(file, `${e.name} is not listed in the manifest`);
+    if (f.bytes !== e.size) throw damaged(file, `${e.name} is ${e.size} bytes but the manifest says ${f.bytes}`, { entry: e.name });
+  }
+  for (const f of manifest.files) if (!byName.has(f.name)) throw damaged(file, `${f.name} is missing`, { entry: f.name });
+  const slots = manifest.config.disks.map((d) => d.slot);
+  if (manifest.disks.length !== slots.length || manifest.disks.some((d) => !slots.includes(d.slot))) {
+    throw damaged(file, `the manifest's disks (${manifest.disks.map((d) => d.slot).join(', ')}) are not the config's (${slots.join(', ')})`);
+  }
+  for (const d of manifest.disks) {
+    const f = listed.get(d.file);
+    if (d.file !== diskEntry(d.slot) || !f || f.sha256 !== d.sha256 || f.bytes !== d.bytes) throw damaged(file, `the manifest's entry for ${d.slot} does not match its file list`);
+  }
+  if (manifest.snapshot.hasMemory !== (manifest.state !== null) || (manifest.state && manifest.snapshot.vmState === 'off')) {
+    throw damaged(file, 'the manifest contradicts itself about the memory state');
+  }
+  if (manifest.state) {
+    const f = listed.get(STATE_ENTRY);
+    if (!f || f.sha256 !== manifest.state.sha256 || f.bytes !== manifest.state.bytes) throw damaged(file, 'the manifest entry for the memory state does not match its file list');
+  }
+
+  // Every entry's content against its sha256, in archive order (one sequential read).
+  const extracted = new Map<string, string>();
+  const total = entries.reduce((n, e) => n + e.size, 0);
+  let done = 0;
+  const onBytes = (n: number): void => {
+    done += n;
+    opts.onProgress?.(done, total, 'reading and checking');
+  };
+  const smalls = new Map<string, Buffer>();
+  for (const e of entries) {
+    if (e.name === MANIFEST_ENTRY || e.name === MANIFEST_SUM_ENTRY) continue;
+    const expected = listed.get(e.name)!;
+    let sha: string;
+    if (e.name.endsWith('.json')) {
+      const buf = await readSmall(a, e);
+      smalls.set(e.name, buf);
+      sha = sha256Of(buf);
+      onBytes(e.size);
+    } else {
+      let out: FileHandle | undefined;
+      const dest = opts.extractTo ? join(opts.extractTo, e.name.replaceAll('/', '_')) : undefined;
+      try {
+        if (dest) out = await open(dest, 'wx', 0o600);
+        const r = await pump(a.fh, e.offset, e.size, { onBytes, ...(out ? { to: { fh: out, offset: 0 } } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
+        if (r.bytes !== e.size) throw damaged(file, `the archive is truncated inside ${e.name}`, { entry: e.name });
+        sha = r.sha256;
+        // The data must be on disk before the catalog names the file it becomes.
+        await out?.datasync();
+      } finally {
+        await out?.close();
+      }
+      if (dest) extracted.set(e.name, dest);
+    }
+    if (sha !== expected.sha256) throw damaged(file, `${e.name} does not match its checksum`, { entry: e.name, expected: expected.sha256, actual: sha });
+  }
+
+  // The head and config.json agree with the manifest.
+  const head = a.head;
+  if (head.vm !== manifest.vm.name || head.snapshot !== manifest.snapshot.name) throw damaged(file, `${HEAD_ENTRY} and ${MANIFEST_ENTRY} disagree`);
+  const configBuf = smalls.get(CONFIG_ENTRY);
+  if (!configBuf) throw damaged(file, `${CONFIG_ENTRY} is missing`);
+  const config = validateConfig(parseJson(a, CONFIG_ENTRY, configBuf));
+  if (JSON.stringify(config) !== JSON.stringify(manifest.config)) throw damaged(file, `${CONFIG_ENTRY} and ${MANIFEST_ENTRY} disagree`);
+
+  // The disks are what an export writes: standalone qcow2 images of the manifest's sizes.
+  for (const d of manifest.disks) {
+    const e = byName.get(d.file)!;
+    const dest = extracted.get(d.file);
+    const got = await inspectDisk(dest ? { path: dest } : { imageOpts: embeddedQcow2(a.file, e.offset, e.size) });
+    if (got.problem) {
+      throw new VmsnapError('INVALID_ARGUMENT', `'${file}': ${d.file} cannot be used: ${got.problem}; nothing was imported`, {
+        hint: "vmsnap imports only archives written by 'vmsnap export'",
+        details: { field: 'file', path: file, entry: d.file },
+      });
+    }
+    if (got.virtualSize !== d.virtualSize) throw damaged(file, `${d.file} is a disk of ${got.virtualSize} bytes, the manifest says ${d.virtualSize}`);
+  }
+  return { manifest, extracted };
+}
+
+const sourceOf = (m: ArchiveManifest): ArchiveSource => ({
+  vm: m.vm.name,
+  snapshot: m.snapshot.name,
+  exportedAt: m.exportedAt,
+  vmsnapVersion: m.vmsnapVersion,
+});
+
+/** Verify an archive completely without importing it (nothing is written). */
+export async function checkArchive(file: string, opts: Omit<ImportOptions, 'name'> = {}): Promise<CheckArchiveResult> {
+  const t0 = performance.now();
+  const a = await openArchive(file);
+  try {
+    const { manifest } = await verifyArchive(a, opts);
+    return {
+      file: a.file,
+      bytes: a.size,
+      source: sourceOf(manifest),
+      hasMemory: manifest.state !== null,
+      disks: manifest.disks.map((d) => ({ slot: d.slot, virtualSize: d.virtualSize, bytes: d.bytes })),
+      manifest,
+      ms: performance.now() - t0,
+    };
+  } finally {
+    await a.fh.close();
+  }
+}
+
+function refuseTaken(ctx: Context, name: string): void {
+  if (ctx.catalog.findVm(name)) {
+    throw new VmsnapError('ALREADY_EXISTS', `a VM named '${name}' already exists`, {
+      hint: 'give the imported VM another name: vmsnap import FILE NAME',
+      details: { vm: name },
+    });
+  }
+}
+
+function moveFile(from: string, to: string): void {
+  try {
+    renameSync(from, to);
+  } catch (e) {
+    // $VMSNAP_HOME/tmp on another file system than layers/ or states/.
+    if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+    copyFileSync(from, to);
+    rmSync(from, { force: true });
+  }
+  fsyncFileAndDir(to);
+}
+
+/**
+ * Make a new VM from an archive. Everything is checked first — format and
+ * version, every checksum, the config, the disk images — while the archive is
+ * read once into a scratch folder in $VMSNAP_HOME/tmp; a damaged archive is
+ * refused and nothing is created. Then, under the journal like `create`, the
+ * disks become frozen base layers with an empty overlay on top each, and the
+ * snapshot is recreated as the VM's one, current snapshot (with its memory
+ * state, if any), so a revert to it resumes the guest and `start` boots it.
+ */
+export async function importArchive(ctx: Context, file: string, opts: ImportOptions = {}): Promise<ImportResult> {
+  const t0 = performance.now();
+  if (opts.name !== undefined) {
+    validateName(opts.name, 'VM');
+    refuseTaken(ctx, opts.name);
+  }
+  const a = await openArchive(file);
+  let scratch: string | undefined;
+  const operationId = newId();
+  try {
+    const name = opts.name ?? a.head.vm;
+    if (name === undefined) throw damaged(file, `${HEAD_ENTRY} names no VM`);
+    validateName(name, 'VM');
+    refuseTaken(ctx, name);
+    const fs = statfsSync(ctx.paths.layers);
+    const free = fs.bavail * fs.bsize;
+    if (a.size > free) {
+      throw new VmsnapError('NO_SPACE', `importing '${file}' needs up to ${formatBytes(a.size)} but only ${formatBytes(free)} is free in ${ctx.paths.home}`, {
+        hint: 'free disk space first; nothing was imported',
+        details: { needBytes: a.size, freeBytes: free },
+      });
+    }
+    ctx.events.emitEvent({ type: 'operation', operationId, vm: name, kind: 'import-vm', status: 'started' });
+    scratch = await scratchDir(ctx.paths.home, 'import');
+    const { manifest, extracted } = await verifyArchive(a, {
+      extractTo: scratch,
+      onProgress: (done, total, what) => {
+        opts.onProgress?.(done, total, what);
+        ctx.events.emitEvent({ type: 'progress', operationId, vm: name, what, done, total });
+      },
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    if (opts.signal?.aborted) throw new VmsnapError('INTERRUPTED', 'stopped on request', { cause: opts.signal.reason });
+    const warnings: string[] = [];
+    for (const [field, path] of [['kernel', manifest.config.boot.kernel], ['initrd', manifest.config.boot.initrd]] as const) {
+      if (path !== undefined && !existsSync(path)) {
+        warnings.push(`the VM boots with the ${field} ${path}, which does not exist on this host: put it there before starting or reverting the VM`);
+      }
+    }
+    const vm = await createImported(ctx, name, manifest, extracted, a.file);
+    ctx.events.emitEvent({ type: 'operation', operationId, vm: name, kind: 'import-vm', status: 'done' });
+    return {
+      vm: vm.name,
+      id: vm.id,
+      snapshot: manifest.snapshot.name,
+      hasMemory: manifest.state !== null,
+      vmState: manifest.snapshot.vmState,
+      mac: vm.config.nics[0]?.mac ?? '',
+      bytes: a.size,
+      source: sourceOf(manifest),
+      warnings,
+      ms: performance.now() - t0,
+    };
+  } catch (e) {
+    ctx.events.emitEvent({ type: 'operation', operationId, vm: opts.name ?? a.head.vm ?? '', kind: 'import-vm', status: 'failed', error: String(e) });
+    throw e;
+  } finally {
+    await a.fh.close();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+async function createImported(ctx: Context, name: string, manifest: ArchiveManifest, extracted: Map<string, string>, file: string): Promise<VmRecord> {
+  const { catalog, journal, paths } = ctx;
+  const now = new Date().toISOString();
+  // A machine of its own on the network: fresh MAC addresses.
+  const config = validateConfig({ ...manifest.config, nics: manifest.config.nics.map((n) => ({ ...n, mac: newMacAddress() })) });
+  const vm: VmRecord = { id: newId(), name, config, createdAt: now, currentSnapshotId: null };
+  const snapshotId = newId();
+  const bases: LayerRecord[] = [];
+  const overlays: LayerRecord[] = [];
+  for (const d of manifest.disks) {
+    const baseId = newLayerId();
+    const topId = newLayerId();
+    bases.push({ id: baseId, vmId: vm.id, slot: d.slot, path: layerPath(paths.layers, baseId), format: 'qcow2', backingId: null, frozen: true, external: false, createdAt: now });
+    overlays.push({ id: topId, vmId: vm.id, slot: d.slot, path: layerPath(paths.layers, topId), format: 'qcow2', backingId: baseId, frozen: false, external: false, createdAt: now });
+  }
+  const stateFile = manifest.state ? join(paths.states, `${snapshotId}.state`) : null;
+  const { stateSha256: _dropped, ...meta } = manifest.snapshot.meta;
+  const snapshot: SnapshotRecord = {
+    id: snapshotId,
+    vmId: vm.id,
+    name: manifest.snapshot.name,
+    description: manifest.snapshot.description,
+    parentId: null,
+    createdAt: manifest.snapshot.createdAt,
+    config,
+    stateFile,
+    vmState: manifest.snapshot.vmState,
+    pauseMs: manifest.snapshot.pauseMs,
+    status: 'ready',
+    meta: {
+      ...meta,
+      ...(manifest.state ? { stateSha256: manifest.state.sha256 } : {}),
+      imported: { archive: basename(file), exportedAt: manifest.exportedAt, vm: manifest.vm.name, snapshotId: manifest.snapshot.id },
+    },
+    layers: Object.fromEntries(bases.map((b) => [b.slot, b.id])),
+  };
+  const createFiles = [...bases, ...overlays].map((l) => l.path).concat(stateFile ? [stateFile] : []);
+  const op = journal.begin('import-vm', vm.id, { source: file, createFiles });
+  try {
+    for (const [i, base] of bases.entries()) {
+      moveFile(extracted.get(manifest.disks[i]!.file)!, base.path);
+      const top = overlays[i]!;
+      // Relative backing pointer, like every layer: the data dir can move.
+      await createImage(top.path, { format: 'qcow2', backing: basename(base.path), backingFormat: 'qcow2' });
+      fsyncFileAndDir(top.path);
+    }
+    if (stateFile) moveFile(extracted.get(STATE_ENTRY)!, stateFile);
+    journal.step(op, 1);
+    refuseTaken(ctx, name);
+    journal.finish(op, 'done', undefined, () => {
+      catalog.insertVm(vm);
+      for (const l of [...bases, ...overlays]) catalog.insertLayer(l);
+      for (const l of overlays) catalog.setActiveLayer(vm.id, l.slot, l.id);
+      catalog.insertSnapshot(snapshot);
+      catalog.setCurrentSnapshot(vm.id, snapshotId);
+    });
+    return { ...vm, currentSnapshotId: snapshotId };
+  } catch (e) {
+    for (const f of createFiles) rmSync(f, { force: true });
+    journal.finish(op, 'rolled_back', e);
+    if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
+      throw new VmsnapError('ALREADY_EXISTS', `a VM named '${name}' was created meanwhile`, { hint: 'import again under another name', cause: e });
+    }
+    throw e;
+  }
+}
