@@ -33,3 +33,16 @@ export type {
   PresentStateChanges,
 } from './snapshot/snapshots.js';
 export { buildTree, renderTree, type TreeNode } from './snapshot/tree.js';
+export {
+  TransferService,
+  ARCHIVE_FORMAT,
+  ARCHIVE_VERSION,
+  type ExportOptions,
+  type ExportResult,
+  type ExportedDisk,
+  type ImportOptions,
+  type ImportResult,
+  type CheckArchiveResult,
+  type ArchiveSource,
+  type ArchiveManifest,
+} from './transfer/index.js';

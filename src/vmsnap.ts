@@ -6,6 +6,7 @@ import { rollDeleteForward } from './snapshot/delete.js';
 import { VmService } from './vm/machines.js';
 import { SnapshotService } from './snapshot/snapshots.js';
 import { HealthService } from './health/index.js';
+import { TransferService } from './transfer/index.js';
 import { findOrphans, othersAtWork, recoverVm, type RecoveryReport } from './snapshot/recovery.js';
 import { recordFingerprints, verifyVm, type VerifyReport } from './snapshot/verify.js';
 
@@ -25,12 +26,15 @@ export class Vmsnap {
   readonly vms: VmService;
   readonly snapshots: SnapshotService;
   readonly health: HealthService;
+  /** Export a snapshot as a self-contained archive; import one as a new VM. */
+  readonly transfer: TransferService;
 
   private constructor(ctx: Context) {
     this.ctx = ctx;
     this.vms = new VmService(ctx);
     this.snapshots = new SnapshotService(ctx, this.vms);
     this.health = new HealthService(ctx, this.vms);
+    this.transfer = new TransferService(ctx);
     // Whoever takes a VM's lock first finishes what a dead process left half done.
     ctx.recoverVm = async (vmId) => {
       await recoverVm(ctx, vmId);

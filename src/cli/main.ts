@@ -7,6 +7,7 @@ import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerMaintenanceCommands } from './commands/maintenance.js';
 import { registerHealthCommands } from './commands/health.js';
 import { registerServeCommand } from './commands/serve.js';
+import { registerTransferCommands } from './commands/transfer.js';
 
 /**
  * How every command runs: open the library, do the work, close, and turn a
@@ -60,6 +61,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   registerSnapshotCommands(program, run);
   registerMaintenanceCommands(program, run);
   registerHealthCommands(program, run);
+  registerTransferCommands(program, run);
   registerServeCommand(program);
   return program;
 }

@@ -164,6 +164,7 @@ async function recoverOne(ctx: Context, op: OperationRecord): Promise<RecoveredO
     }
     case 'create-vm':
     case 'clone-vm':
+    case 'import-vm':
     case 'set-vm': {
       // Their catalog rows are written in the transaction that finishes them: unfinished means uncommitted.
       removeUnreferenced(ctx, (op.plan.createFiles as string[] | undefined) ?? []);

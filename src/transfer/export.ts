@@ -2,6 +2,7 @@ import { existsSync, readFileSync, renameSync, rmSync, statSync, statfsSync } fr
 import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { LayerRecord, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import { faultPoint } from '../catalog/journal.js';
 import { withVm, type Context } from '../context.js';
 import { VmsnapError } from '../errors.js';
 import { fsyncPath } from '../snapshot/fsync.js';
@@ -128,7 +129,12 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
   let stateFh: FileHandle | undefined;
   try {
     // Mode 0600: the archive holds the guest's disks and memory.
-    fh = await open(partial, 'w', 0o600);
+    fh = await open(partial, 'w+', 0o600).catch((e: NodeJS.ErrnoException) => {
+      throw new VmsnapError('INVALID_ARGUMENT', `file: cannot write '${partial}': ${e.code === 'EACCES' || e.code === 'EPERM' ? 'permission denied' : e.code === 'EROFS' ? 'read-only file system' : e.message}`, {
+        hint: 'write the archive where you may create files',
+        details: { field: 'file', path: target },
+      });
+    });
     const out = fh;
     const mtime = Date.now();
     const exportedAt = new Date(mtime).toISOString();
@@ -157,7 +163,12 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
         }
         return { slot, layer };
       });
-      const sizes = await Promise.all(layers.map(async ({ layer }) => ({ required: await measureQcow2(layer.path, layer.format), virtual: await virtualSize(layer.path, layer.format) })));
+      const sizes = await Promise.all(
+        layers.map(async ({ layer }) => {
+          const [required, virtual] = await Promise.all([measureQcow2(layer.path, layer.format), virtualSize(layer.path, layer.format)]);
+          return { required, virtual };
+        }),
+      );
       const stateBytes = snap.stateFile ? fileSize(snap.stateFile) : 0;
       if (snap.stateFile && stateBytes < 0) {
         throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, { hint: `run 'vmsnap verify ${vm.name}'` });
@@ -268,6 +279,7 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
     await out.sync();
     await out.close();
     fh = undefined;
+    faultPoint('export', 'written');
     if (opts.signal?.aborted) throw new VmsnapError('INTERRUPTED', 'stopped on request', { cause: opts.signal.reason });
     if (!opts.force && existsSync(target)) {
       throw new VmsnapError('ALREADY_EXISTS', `file: '${target}' was created by someone else during the export`, { hint: 'pass --force to replace it, or choose another name' });
@@ -288,9 +300,13 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
     };
     ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'done' });
     return result;
-  } catch (e) {
+  } catch (e0) {
     await fh?.close().catch(() => undefined);
     rmSync(partial, { force: true });
+    const e =
+      (e0 as NodeJS.ErrnoException).code === 'ENOSPC'
+        ? new VmsnapError('NO_SPACE', `no space left in ${dirname(target)} for the archive`, { hint: 'free space there, or write the archive elsewhere', cause: e0 })
+        : e0;
     ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'failed', error: String(e) });
     throw e;
   } finally {

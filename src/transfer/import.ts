@@ -8,7 +8,7 @@ import { createImage } from '../qemu/qemu-img.js';
 import { fsyncFileAndDir } from '../snapshot/fsync.js';
 import { newId, newLayerId, newMacAddress } from '../util/ids.js';
 import { formatBytes } from '../util/size.js';
-import { validateConfig, validateName } from '../vm/config.js';
+import { NAME_PATTERN, validateConfig, validateName } from '../vm/config.js';
 import { layerPath } from '../vm/machines.js';
 import { pump, scratchDir, sha256Of } from './io.js';
 import {
@@ -202,6 +202,9 @@ async function verifyArchive(
     throw damaged(file, `${MANIFEST_ENTRY}: ${issue.path.join('.') || 'manifest'}: ${issue.message}`);
   }
   const manifest = parsed.data;
+  for (const [what, name] of [['VM', manifest.vm.name], ['snapshot', manifest.snapshot.name]] as const) {
+    if (!NAME_PATTERN.test(name)) throw damaged(file, `${MANIFEST_ENTRY} names the ${what} '${name}', which is not a valid name`);
+  }
 
   // The manifest names every entry but itself and its sum, with the same lengths.
   const listed = new Map(manifest.files.map((f) => [f.name, f]));
@@ -353,6 +356,7 @@ export async function importArchive(ctx: Context, file: string, opts: ImportOpti
   }
   const a = await openArchive(file);
   let scratch: string | undefined;
+  let started = false;
   const operationId = newId();
   try {
     const name = opts.name ?? a.head.vm;
@@ -368,6 +372,7 @@ export async function importArchive(ctx: Context, file: string, opts: ImportOpti
       });
     }
     ctx.events.emitEvent({ type: 'operation', operationId, vm: name, kind: 'import-vm', status: 'started' });
+    started = true;
     scratch = await scratchDir(ctx.paths.home, 'import');
     const { manifest, extracted } = await verifyArchive(a, {
       extractTo: scratch,
@@ -399,7 +404,7 @@ export async function importArchive(ctx: Context, file: string, opts: ImportOpti
       ms: performance.now() - t0,
     };
   } catch (e) {
-    ctx.events.emitEvent({ type: 'operation', operationId, vm: opts.name ?? a.head.vm ?? '', kind: 'import-vm', status: 'failed', error: String(e) });
+    if (started) ctx.events.emitEvent({ type: 'operation', operationId, vm: opts.name ?? a.head.vm ?? '', kind: 'import-vm', status: 'failed', error: String(e) });
     throw e;
   } finally {
     await a.fh.close();

@@ -88,7 +88,12 @@ function readNumber(buf: Buffer, offset: number, length: number): number {
 
 /** True when the block's checksum matches (unsigned, or the signed sum some old tars wrote). */
 function checksumOk(h: Buffer): boolean {
-  const stored = readNumber(h, 148, 8);
+  let stored: number;
+  try {
+    stored = readNumber(h, 148, 8);
+  } catch {
+    return false;
+  }
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK; i++) {

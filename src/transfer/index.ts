@@ -1,0 +1,31 @@
+import type { Context } from '../context.js';
+import { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
+import { checkArchive, importArchive, type CheckArchiveResult, type ImportOptions, type ImportResult } from './import.js';
+
+export type { ExportOptions, ExportResult, ExportedDisk } from './export.js';
+export type { ImportOptions, ImportResult, CheckArchiveResult, ArchiveSource } from './import.js';
+export type { ArchiveManifest } from './manifest.js';
+export { ARCHIVE_FORMAT, ARCHIVE_VERSION } from './manifest.js';
+
+/**
+ * Export and import as a real backup: one snapshot of a VM written as one
+ * self-contained, checksummed archive, and a new VM made from one.
+ */
+export class TransferService {
+  constructor(private readonly ctx: Context) {}
+
+  /** Write snapshot `snap` of VM `vm` to `file` (a tar; `.vmsnap` by convention). The guest is never paused. */
+  export(vm: string, snap: string, file: string, opts: ExportOptions = {}): Promise<ExportResult> {
+    return exportSnapshot(this.ctx, vm, snap, file, opts);
+  }
+
+  /** Make a new VM from an archive, every checksum verified first; a damaged archive creates nothing. */
+  import(file: string, opts: ImportOptions = {}): Promise<ImportResult> {
+    return importArchive(this.ctx, file, opts);
+  }
+
+  /** Verify an archive completely (layout, every checksum, the disk images) without importing it. */
+  check(file: string, opts: Omit<ImportOptions, 'name'> = {}): Promise<CheckArchiveResult> {
+    return checkArchive(file, opts);
+  }
+}
