@@ -1,18 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireVmLock } from '../src/catalog/lock.js';
-import { EXIT_CODES, VmsnapError } from '../src/errors.js';
+import { EXIT_CODES } from '../src/errors.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { catalogDump, cleanupHome, cli, counter, COUNTER, files, openLib, sh, tempHome } from './helpers.js';
+import { rejection } from './rejection.js';
 
-const expectCode = async (p: Promise<unknown>, code: string, message: RegExp) => {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(VmsnapError);
-  expect((e as VmsnapError).code).toBe(code);
-  expect((e as VmsnapError).message).toMatch(message);
-};
 
 describe('live snapshots on the demo guest', () => {
   let home: string;
@@ -47,7 +39,7 @@ describe('live snapshots on the demo guest', () => {
 
     // Without --force the present state is not thrown away, and nothing changes.
     const dump = catalogDump(home);
-    await expectCode(lib.snapshots.revert('vm', 'S1'), 'WOULD_LOSE_DATA', /would discard: the running state/);
+    await rejection(lib.snapshots.revert('vm', 'S1'), 'WOULD_LOSE_DATA', /would discard: the running state/);
     expect(catalogDump(home)).toBe(dump);
 
     const r1 = await lib.snapshots.revert('vm', 'S1', { force: true });
@@ -113,7 +105,7 @@ describe('live snapshots on the demo guest', () => {
     expect(off).toMatchObject({ hasMemory: false, vmState: 'off', pauseMs: null });
     await lib.vms.set('vm', { memoryMiB: 384 });
     expect((await lib.vms.info('vm')).config.memoryMiB).toBe(384);
-    await expectCode(lib.snapshots.revert('vm', 'off-256'), 'WOULD_LOSE_DATA', /hardware config changes/);
+    await rejection(lib.snapshots.revert('vm', 'off-256'), 'WOULD_LOSE_DATA', /hardware config changes/);
     await lib.snapshots.revert('vm', 'off-256', { force: true });
     expect((await lib.vms.info('vm')).config.memoryMiB).toBe(256);
     // A stopped VM with no changes since its snapshot reverts without --force.
@@ -122,10 +114,10 @@ describe('live snapshots on the demo guest', () => {
 
   it('refuses bad input with clear errors and changes nothing', async () => {
     const dump = catalogDump(home);
-    await expectCode(lib.snapshots.create('ghost', 'x'), 'NOT_FOUND', /no VM named 'ghost'/);
-    await expectCode(lib.snapshots.revert('vm', 'nope'), 'NOT_FOUND', /has no snapshot 'nope'/);
-    await expectCode(lib.snapshots.create('vm', 'S1'), 'ALREADY_EXISTS', /already has a snapshot named 'S1'/);
-    await expectCode(lib.snapshots.create('vm', 'bad/name'), 'INVALID_ARGUMENT', /invalid snapshot name/);
+    await rejection(lib.snapshots.create('ghost', 'x'), 'NOT_FOUND', /no VM named 'ghost'/);
+    await rejection(lib.snapshots.revert('vm', 'nope'), 'NOT_FOUND', /has no snapshot 'nope'/);
+    await rejection(lib.snapshots.create('vm', 'S1'), 'ALREADY_EXISTS', /already has a snapshot named 'S1'/);
+    await rejection(lib.snapshots.create('vm', 'bad/name'), 'INVALID_ARGUMENT', /invalid snapshot name/);
     const vm = lib.vms.get('vm');
     const lock = await acquireVmLock(lib.ctx.catalog, vm.id, vm.name, 'another operation');
     try {

@@ -2,24 +2,15 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSyn
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmsnapEvent } from '../src/context.js';
-import { EXIT_CODES, VmsnapError } from '../src/errors.js';
+import { EXIT_CODES } from '../src/errors.js';
 import { runtimeFiles } from '../src/qemu/launcher.js';
 import { QmpClient } from '../src/qemu/qmp.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { catalogDump, cleanupHome, cli, counter, COUNTER, dataFiles, expectRefused, files, openLib, sh, tempHome, write } from './helpers.js';
+import { rejection } from './rejection.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function refusedWith(p: Promise<unknown>, code: string, message: RegExp): Promise<VmsnapError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(VmsnapError);
-  expect((e as VmsnapError).code).toBe(code);
-  expect((e as VmsnapError).message).toMatch(message);
-  return e as VmsnapError;
-}
 
 /** Where an entry's data starts in a tar file (headers are 512 bytes; our names are short). */
 function entryOffset(file: string, name: string): { offset: number; size: number } {
@@ -175,13 +166,13 @@ describe('export and import as a real backup', () => {
 
     copyFileSync(diskArchive, bad);
     flipByte(bad, Math.floor(size / 2));
-    await refusedWith(lib2.transfer.import(bad, { name: 'x1' }), 'INVALID_ARGUMENT', /is damaged: disks\/disk0\.qcow2 does not match its checksum; nothing was imported/);
-    await refusedWith(lib2.transfer.check(bad), 'INVALID_ARGUMENT', /does not match its checksum/);
+    await rejection(lib2.transfer.import(bad, { name: 'x1' }), 'INVALID_ARGUMENT', /is damaged: disks\/disk0\.qcow2 does not match its checksum; nothing was imported/);
+    await rejection(lib2.transfer.check(bad), 'INVALID_ARGUMENT', /does not match its checksum/);
 
     copyFileSync(diskArchive, bad);
     const m = entryOffset(bad, 'manifest.json');
     flipByte(bad, m.offset + Math.floor(m.size / 2));
-    await refusedWith(lib2.transfer.import(bad, { name: 'x2' }), 'INVALID_ARGUMENT', /manifest\.json does not match manifest\.sha256/);
+    await rejection(lib2.transfer.import(bad, { name: 'x2' }), 'INVALID_ARGUMENT', /manifest\.json does not match manifest\.sha256/);
 
     copyFileSync(diskArchive, bad);
     truncateSync(bad, Math.floor(size / 2));
@@ -189,10 +180,10 @@ describe('export and import as a real backup', () => {
     expect(cut.stderr).toMatch(/nothing was imported/);
     copyFileSync(diskArchive, bad);
     truncateSync(bad, size - 1024);
-    await refusedWith(lib2.transfer.import(bad, { name: 'x4' }), 'INVALID_ARGUMENT', /truncated.*end-of-archive/);
+    await rejection(lib2.transfer.import(bad, { name: 'x4' }), 'INVALID_ARGUMENT', /truncated.*end-of-archive/);
     copyFileSync(diskArchive, bad);
     truncateSync(bad, entryOffset(bad, 'manifest.json').offset);
-    await refusedWith(lib2.transfer.import(bad, { name: 'x5' }), 'INVALID_ARGUMENT', /truncated/);
+    await rejection(lib2.transfer.import(bad, { name: 'x5' }), 'INVALID_ARGUMENT', /truncated/);
 
     expect(catalogDump(home2)).toBe(before);
     expect(readdirSync(join(home2, 'tmp'))).toEqual([]);
@@ -202,23 +193,23 @@ describe('export and import as a real backup', () => {
     const dump1 = catalogDump(home);
     const dump2 = catalogDump(home2);
     const target = join(out, 'new.vmsnap');
-    await refusedWith(lib.transfer.export('ghost', 'disk', target), 'NOT_FOUND', /no VM named 'ghost'/);
-    await refusedWith(lib.transfer.export('src', 'nope', target), 'NOT_FOUND', /VM 'src' has no snapshot 'nope'/);
-    await refusedWith(lib.transfer.export('src', 'disk', join(out, 'no', 'such', 'dir.vmsnap')), 'NOT_FOUND', /no such directory/);
-    await refusedWith(lib.transfer.export('src', 'disk', out), 'INVALID_ARGUMENT', /is a directory/);
+    await rejection(lib.transfer.export('ghost', 'disk', target), 'NOT_FOUND', /no VM named 'ghost'/);
+    await rejection(lib.transfer.export('src', 'nope', target), 'NOT_FOUND', /VM 'src' has no snapshot 'nope'/);
+    await rejection(lib.transfer.export('src', 'disk', join(out, 'no', 'such', 'dir.vmsnap')), 'NOT_FOUND', /no such directory/);
+    await rejection(lib.transfer.export('src', 'disk', out), 'INVALID_ARGUMENT', /is a directory/);
     const stopped = new AbortController();
     stopped.abort();
-    await refusedWith(lib.transfer.export('src', 'disk', target, { signal: stopped.signal }), 'INTERRUPTED', /stopped on request/);
-    await refusedWith(lib2.transfer.import(diskArchive, { name: 'x', signal: stopped.signal }), 'INTERRUPTED', /stopped on request/);
+    await rejection(lib.transfer.export('src', 'disk', target, { signal: stopped.signal }), 'INTERRUPTED', /stopped on request/);
+    await rejection(lib2.transfer.import(diskArchive, { name: 'x', signal: stopped.signal }), 'INTERRUPTED', /stopped on request/);
     await expectRefused(home, ['export', 'src', 'disk', diskArchive], EXIT_CODES.ALREADY_EXISTS, /already exists\n  hint: pass --force to replace it/);
     expect(readdirSync(out).sort()).toEqual(['bad.vmsnap', 'disk.vmsnap', 'mem.vmsnap']);
 
-    await refusedWith(lib2.transfer.import(diskArchive, { name: 'booted' }), 'ALREADY_EXISTS', /a VM named 'booted' already exists/);
+    await rejection(lib2.transfer.import(diskArchive, { name: 'booted' }), 'ALREADY_EXISTS', /a VM named 'booted' already exists/);
     // Without a name, the archive's VM name is taken: imported in an earlier test.
-    await refusedWith(lib2.transfer.import(diskArchive), 'ALREADY_EXISTS', /a VM named 'src' already exists/);
-    await refusedWith(lib2.transfer.import(diskArchive, { name: 'bad/name' }), 'INVALID_ARGUMENT', /invalid VM name/);
-    await refusedWith(lib2.transfer.import(join(out, 'missing.vmsnap'), { name: 'x' }), 'NOT_FOUND', /no such file/);
-    await refusedWith(lib2.transfer.import(out, { name: 'x' }), 'INVALID_ARGUMENT', /is not a regular file/);
+    await rejection(lib2.transfer.import(diskArchive), 'ALREADY_EXISTS', /a VM named 'src' already exists/);
+    await rejection(lib2.transfer.import(diskArchive, { name: 'bad/name' }), 'INVALID_ARGUMENT', /invalid VM name/);
+    await rejection(lib2.transfer.import(join(out, 'missing.vmsnap'), { name: 'x' }), 'NOT_FOUND', /no such file/);
+    await rejection(lib2.transfer.import(out, { name: 'x' }), 'INVALID_ARGUMENT', /is not a regular file/);
     await expectRefused(home2, ['import', '/etc/hostname', 'x'], EXIT_CODES.INVALID_ARGUMENT, /is not a vmsnap archive \(it is not a tar file\)/);
     expect(catalogDump(home)).toBe(dump1);
     expect(catalogDump(home2)).toBe(dump2);

@@ -9,11 +9,10 @@ import { API_ONLY_STATUSES } from './errors.js';
  * library's types, so the compiler flags a drift between the two.
  */
 
-// The same rule as validateName in src/vm/config.ts (which does not export it); test/api.test.ts checks they agree.
-export { NAME_PATTERN } from '../vm/config.js';
-import { NAME_PATTERN } from '../vm/config.js';
-const nameRule = (what: string) =>
-  `a ${what} name is 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit`;
+// The library's one name rule (validateName in src/vm/config.ts uses it too).
+export { NAME_PATTERN } from '../util/format.js';
+import { NAME_PATTERN, NAME_RULE } from '../util/format.js';
+const nameRule = (what: string) => `a ${what} name is ${NAME_RULE}`;
 
 export const VmName = z.string().regex(NAME_PATTERN, nameRule('VM')).openapi({ example: 'demo' });
 export const SnapshotName = z.string().regex(NAME_PATTERN, nameRule('snapshot')).openapi({ example: 'before-upgrade' });

@@ -4,9 +4,10 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GuestAgentCommandError, VmsnapError } from '../errors.js';
+import { GuestAgentCommandError } from '../errors.js';
 import { GuestAgentClient } from './guest-agent.js';
 import { JsonObjectSplitter } from './qmp.js';
+import { rejection } from '../../test/rejection.js';
 
 type Msg = { execute: string; arguments?: Record<string, unknown> };
 /** What the fake agent does with one command: a reply, a delayed reply, or no reply at all. */
@@ -69,15 +70,6 @@ async function fakeAgent(dir: string, handle: (m: Msg) => Answer, opts: { upAfte
 
 const ok = (value: unknown): Answer => ({ reply: { return: value } });
 
-async function rejection(p: Promise<unknown>): Promise<VmsnapError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmsnapError);
-    return e as VmsnapError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('GuestAgentClient (fake agent)', () => {
   let dir: string;

@@ -4,20 +4,12 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QmpCommandError, VmsnapError } from '../errors.js';
+import { QmpCommandError } from '../errors.js';
 import { JsonObjectSplitter, QmpClient, type QmpEvent } from './qmp.js';
+import { rejection } from '../../test/rejection.js';
 
 const GREETING = { QMP: { version: { qemu: { major: 7, minor: 2, micro: 0 }, package: 'fake' }, capabilities: ['oob'] } };
 
-async function rejection(p: Promise<unknown>): Promise<VmsnapError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmsnapError);
-    return e as VmsnapError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('JsonObjectSplitter', () => {
   const collect = (chunks: Buffer[]): { objects: unknown[]; sentinels: number } => {

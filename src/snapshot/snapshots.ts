@@ -158,14 +158,7 @@ export class SnapshotService {
   }
 
   private resolve(vm: VmRecord, nameOrId: string): SnapshotRecord {
-    const s = this.catalog.findSnapshot(vm.id, nameOrId);
-    if (!s || s.status !== 'ready') {
-      throw new VmsnapError('NOT_FOUND', `VM '${vm.name}' has no snapshot '${nameOrId}'`, {
-        hint: `see 'vmsnap snapshot list ${vm.name}'`,
-        details: { vm: vm.name, snapshot: nameOrId },
-      });
-    }
-    return s;
+    return resolveSnapshot(this.ctx, vm, nameOrId);
   }
 
   private view(vm: VmRecord, s: SnapshotRecord, all: SnapshotRecord[]): SnapshotView {
@@ -623,4 +616,16 @@ export class SnapshotService {
       return { deleted, reclaimedBytes: Math.max(0, before - vmDiskUsage(this.ctx, vm.id)), merges };
     });
   }
+}
+
+/** A ready snapshot of `vm` by name or id, or NOT_FOUND naming where to look. */
+export function resolveSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotRecord {
+  const s = ctx.catalog.findSnapshot(vm.id, nameOrId);
+  if (!s || s.status !== 'ready') {
+    throw new VmsnapError('NOT_FOUND', `VM '${vm.name}' has no snapshot '${nameOrId}'`, {
+      hint: `see 'vmsnap snapshot list ${vm.name}'`,
+      details: { vm: vm.name, snapshot: nameOrId },
+    });
+  }
+  return s;
 }

@@ -1,11 +1,12 @@
 import { existsSync, readFileSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import type { LayerRecord, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import type { LayerRecord } from '../catalog/catalog.js';
 import { faultPoint } from '../catalog/journal.js';
 import { withVm, type Context } from '../context.js';
 import { VmsnapError } from '../errors.js';
 import { fsyncPath } from '../snapshot/fsync.js';
+import { resolveSnapshot } from '../snapshot/snapshots.js';
 import { newId } from '../util/ids.js';
 import { formatBytes } from '../util/size.js';
 import { pump, scratchDir, sha256Of, writeAll } from './io.js';
@@ -56,17 +57,6 @@ export interface ExportResult {
   /** How long the VM's lock was held (the qemu-img convert steps); the guest itself never pauses. */
   lockedMs: number;
   manifest: ArchiveManifest;
-}
-
-export function resolveSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotRecord {
-  const s = ctx.catalog.findSnapshot(vm.id, nameOrId);
-  if (!s || s.status !== 'ready') {
-    throw new VmsnapError('NOT_FOUND', `VM '${vm.name}' has no snapshot '${nameOrId}'`, {
-      hint: `see 'vmsnap snapshot list ${vm.name}'`,
-      details: { vm: vm.name, snapshot: nameOrId },
-    });
-  }
-  return s;
 }
 
 /** Refuse a target that cannot or should not be written, before anything is. */

@@ -30,14 +30,4 @@ export function parseSize(text: string, field: string): number {
   return Math.round(Number(m[1]) * unit);
 }
 
-export function formatBytes(n: number): string {
-  if (!Number.isFinite(n)) return '-';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
-}
+export { formatBytes } from './format.js';

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { VmsnapError } from '../errors.js';
+import { NAME_PATTERN, NAME_RULE } from '../util/format.js';
 
 /**
  * The hardware configuration of a VM. It is versioned with every snapshot:
@@ -54,15 +55,13 @@ export function validateConfig(input: unknown): VmConfig {
   });
 }
 
-/** The one rule for VM and snapshot names (the API's schemas use it too). */
-export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
-const VM_NAME = NAME_PATTERN;
+export { NAME_PATTERN } from '../util/format.js';
 
 /** Names reach file names and command lines only through ids, but are still kept plain. */
 export function validateName(name: string, what: 'VM' | 'snapshot'): string {
-  if (!VM_NAME.test(name)) {
+  if (!NAME_PATTERN.test(name)) {
     throw new VmsnapError('INVALID_ARGUMENT', `invalid ${what} name '${name}'`, {
-      hint: `a ${what} name is 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit`,
+      hint: `a ${what} name is ${NAME_RULE}`,
       details: { field: 'name', value: name },
     });
   }

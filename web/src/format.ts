@@ -1,15 +1,5 @@
-/** Bytes in binary units, as QEMU and the CLI count them. */
-export function bytes(n: number): string {
-  if (!Number.isFinite(n)) return '–';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
-}
+// Shared with the library and the CLI, so sizes and name rules read the same everywhere.
+export { formatBytes as bytes, NAME_PATTERN, NAME_RULE } from '../../src/util/format.js';
 
 export function ago(iso: string, now = Date.now()): string {
   const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
@@ -37,9 +27,6 @@ export function ms(n: number | null): string {
   if (n === null) return '–';
   return n < 10 ? `${n.toFixed(1)} ms` : n < 10_000 ? `${Math.round(n)} ms` : `${(n / 1000).toFixed(1)} s`;
 }
-
-/** The same rule as the server's (and the library's) for VM and snapshot names. */
-export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
 
 /** A free default snapshot name: snap-1, snap-2, … */
 export function nextSnapshotName(taken: string[]): string {

@@ -1,6 +1,6 @@
 import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'react';
 import { api, ApiFailure, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
-import { bytes, NAME_PATTERN, nextSnapshotName } from '../format.js';
+import { bytes, NAME_PATTERN, NAME_RULE, nextSnapshotName } from '../format.js';
 
 function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
   const ref = useRef<HTMLDivElement>(null);
@@ -60,7 +60,7 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
   const canMemory = vm.state === 'running' || vm.state === 'paused';
   const [memory, setMemory] = useState(canMemory);
   const taken = props.snapshots.some((s) => s.name === name);
-  const invalid = !NAME_PATTERN.test(name) ? "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit" : taken ? 'a snapshot of this VM already has this name' : null;
+  const invalid = !NAME_PATTERN.test(name) ? NAME_RULE : taken ? 'a snapshot of this VM already has this name' : null;
   const { pending, error, submit } = useSubmit(async () => {
     const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory });
     props.onAccepted(r.operation.id);
@@ -90,14 +90,9 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
         </label>
         <p className="muted small">The guest keeps running; it pauses only for milliseconds while the disks switch to new delta files.</p>
         <ErrorLine error={error} />
-        <div className="modal-actions">
-          <button type="button" className="btn" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" className="btn btn-primary" disabled={pending || invalid !== null} data-testid="confirm-take">
-            {pending ? 'Starting…' : 'Take snapshot'}
-          </button>
-        </div>
+        <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null} testId="confirm-take">
+          {pending ? 'Starting…' : 'Take snapshot'}
+        </ModalActions>
       </form>
     </Modal>
   );
@@ -169,19 +164,9 @@ export function RevertDialog(props: {
           </label>
         )}
         <ErrorLine error={error} />
-        <div className="modal-actions">
-          <button type="button" className="btn" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button
-            type="submit"
-            className={present?.wouldLoseData && !save ? 'btn btn-danger' : 'btn btn-primary'}
-            disabled={pending || present === null || saveInvalid}
-            data-testid="confirm-revert"
-          >
-            {pending ? 'Starting…' : present?.wouldLoseData && !save ? 'Discard and revert' : 'Revert'}
-          </button>
-        </div>
+        <ModalActions onCancel={props.onClose} danger={present?.wouldLoseData && !save} disabled={pending || present === null || saveInvalid} testId="confirm-revert">
+          {pending ? 'Starting…' : present?.wouldLoseData && !save ? 'Discard and revert' : 'Revert'}
+        </ModalActions>
       </form>
     </Modal>
   );
@@ -211,14 +196,9 @@ export function DeleteDialog(props: { vm: VmSummary; snapshot: SnapshotView; onC
           <p className="small muted">Up to {bytes(s.stateBytes + s.deltaBytes)} reclaimed in all.</p>
         </div>
         <ErrorLine error={error} />
-        <div className="modal-actions">
-          <button type="button" className="btn" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" className="btn btn-danger" disabled={pending} data-testid="confirm-delete">
-            {pending ? 'Starting…' : 'Delete snapshot'}
-          </button>
-        </div>
+        <ModalActions onCancel={props.onClose} danger disabled={pending} testId="confirm-delete">
+          {pending ? 'Starting…' : 'Delete snapshot'}
+        </ModalActions>
       </form>
     </Modal>
   );
@@ -247,14 +227,9 @@ export function DeleteAllDialog(props: { vm: VmSummary; snapshots: SnapshotView[
           <p className="small muted">Up to {bytes(total)} reclaimed.</p>
         </div>
         <ErrorLine error={error} />
-        <div className="modal-actions">
-          <button type="button" className="btn" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" className="btn btn-danger" disabled={pending}>
-            {pending ? 'Starting…' : 'Delete all snapshots'}
-          </button>
-        </div>
+        <ModalActions onCancel={props.onClose} danger disabled={pending}>
+          {pending ? 'Starting…' : 'Delete all snapshots'}
+        </ModalActions>
       </form>
     </Modal>
   );
@@ -266,7 +241,7 @@ export function NewVmDialog(props: { existing: string[]; onClose: () => void; on
   const [cpus, setCpus] = useState(1);
   const [diskGiB, setDisk] = useState(1);
   const [demo, setDemo] = useState(true);
-  const invalid = !name ? 'give the VM a name' : !NAME_PATTERN.test(name) ? "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit" : props.existing.includes(name) ? 'a VM with this name exists' : null;
+  const invalid = !name ? 'give the VM a name' : !NAME_PATTERN.test(name) ? NAME_RULE : props.existing.includes(name) ? 'a VM with this name exists' : null;
   const { pending, error, submit } = useSubmit(async () => {
     await api.createVm({ name, memoryMiB, cpus, ...(demo ? { image: 'demo' as const } : {}), disks: [{ sizeBytes: diskGiB * 1024 ** 3 }] });
     props.onCreated(name);
@@ -317,14 +292,9 @@ export function NewVmDialog(props: { existing: string[]; onClose: () => void; on
           </span>
         </label>
         <ErrorLine error={error} />
-        <div className="modal-actions">
-          <button type="button" className="btn" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" className="btn btn-primary" disabled={pending || invalid !== null}>
-            {pending ? 'Creating…' : 'Create VM'}
-          </button>
-        </div>
+        <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null}>
+          {pending ? 'Creating…' : 'Create VM'}
+        </ModalActions>
       </form>
     </Modal>
   );
@@ -337,14 +307,9 @@ export function ConfirmDialog(props: { title: string; body: ReactNode; confirm: 
       <form onSubmit={submit}>
         <div>{props.body}</div>
         <ErrorLine error={error} />
-        <div className="modal-actions">
-          <button type="button" className="btn" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" className={props.danger ? 'btn btn-danger' : 'btn btn-primary'} disabled={pending}>
-            {props.confirm}
-          </button>
-        </div>
+        <ModalActions onCancel={props.onClose} danger={props.danger} disabled={pending}>
+          {props.confirm}
+        </ModalActions>
       </form>
     </Modal>
   );
@@ -374,6 +339,20 @@ export function TokenDialog(props: { onSubmit: (token: string) => Promise<void> 
           </div>
         </form>
       </div>
+    </div>
+  );
+}
+
+/** Cancel and the dialog's submit button, the same in every dialog. */
+function ModalActions(props: { onCancel: () => void; danger?: boolean; disabled: boolean; testId?: string; children: ReactNode }) {
+  return (
+    <div className="modal-actions">
+      <button type="button" className="btn" onClick={props.onCancel}>
+        Cancel
+      </button>
+      <button type="submit" className={props.danger ? 'btn btn-danger' : 'btn btn-primary'} disabled={props.disabled} data-testid={props.testId}>
+        {props.children}
+      </button>
     </div>
   );
 }
