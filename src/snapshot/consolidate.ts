@@ -5,7 +5,7 @@ import { VmsnapError } from '../errors.js';
 import { queryBlockGraph } from '../qemu/block-graph.js';
 import { runBlockJob } from '../qemu/block-jobs.js';
 import { fileNode, formatNode } from '../qemu/launcher.js';
-import { commitImage, rebaseUnsafe } from '../qemu/qemu-img.js';
+import { rebaseUnsafe } from '../qemu/qemu-img.js';
 import { withStorageDaemon } from '../qemu/storage-daemon.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import { fileBytes } from '../vm/machines.js';
@@ -113,8 +113,6 @@ async function performMergeUnchecked(action: MergeAction, mc: MergeContext): Pro
   const upper = catalog.getLayer(action.upperId);
   const below = lower.backingId ? catalog.getLayer(lower.backingId) : null;
   const online = mc.qmp !== undefined && mc.openLayers.has(upper.id);
-  const total = action.kind === 'stream' ? fileBytes(lower.path) : fileBytes(upper.path);
-  const fraction = (f: number): void => mc.onProgress?.(Math.round(f * total), total);
 
   if (action.kind === 'stream') {
     // Offline, the chain is opened by a storage daemon: the same block job, without a VM.
@@ -150,39 +148,39 @@ async function performMergeUnchecked(action: MergeAction, mc: MergeContext): Pro
     return;
   }
 
-  // commit: the upper layer's data goes down into the lower one.
-  if (online) {
-    const qmp = mc.qmp!;
+  // commit: the upper layer's data goes down into the lower one. Offline, again in a storage
+  // daemon: its block-commit is the same job as online (and measured 2-3x faster than qemu-img commit).
+  const commit = async (qmp: QmpClient): Promise<void> => {
     const graph = await queryBlockGraph(qmp);
-    if (graph.has(formatNode(upper.id))) {
-      const jobId = `commit-${upper.id}`;
-      const top = [...graph.values()].find((n) => n.backing === formatNode(upper.id));
-      const active = top === undefined; // nothing in the running chain above it
-      const root = active ? formatNode(upper.id) : rootOf(graph, formatNode(upper.id));
-      await runBlockJob(qmp, {
-        jobId,
-        complete: active,
-        timeoutMs: 24 * 3600_000,
-        onProgress: (d, t) => mc.onProgress?.(d, t),
-        start: async () => {
-          const jobs = await qmp.execute<{ id: string }[]>('query-jobs');
-          if (jobs.some((j) => j.id === jobId)) return;
-          await qmp.execute('block-commit', {
-            'job-id': jobId,
-            device: root,
-            'top-node': formatNode(upper.id),
-            'base-node': formatNode(lower.id),
-            ...(active ? {} : { 'backing-file': backingRef(catalog.getLayer(nodeLayerId(top!.name)), lower) }),
-            ...jobSpeed(),
-            'auto-dismiss': false,
-          });
-        },
-      });
-      await closeNodes(qmp, upper.id);
-    }
-  } else {
-    await commitImage(upper.path, fraction, mc.onHelper);
-  }
+    // Already merged and closed (a recovery redoing it): nothing left to copy.
+    if (!graph.has(formatNode(upper.id))) return;
+    const jobId = `commit-${upper.id}`;
+    const top = [...graph.values()].find((n) => n.backing === formatNode(upper.id));
+    const active = top === undefined; // nothing in the opened chain above it
+    const root = active ? formatNode(upper.id) : rootOf(graph, formatNode(upper.id));
+    await runBlockJob(qmp, {
+      jobId,
+      complete: active,
+      timeoutMs: 24 * 3600_000,
+      onProgress: (d, t) => mc.onProgress?.(d, t),
+      start: async () => {
+        const jobs = await qmp.execute<{ id: string }[]>('query-jobs');
+        if (jobs.some((j) => j.id === jobId)) return;
+        await qmp.execute('block-commit', {
+          'job-id': jobId,
+          device: root,
+          'top-node': formatNode(upper.id),
+          'base-node': formatNode(lower.id),
+          ...(active ? {} : { 'backing-file': backingRef(catalog.getLayer(nodeLayerId(top!.name)), lower) }),
+          ...jobSpeed(),
+          'auto-dismiss': false,
+        });
+      },
+    });
+    await closeNodes(qmp, upper.id);
+  };
+  if (online) await commit(mc.qmp!);
+  else await withStorageDaemon([{ slot: 'merge', chain: catalog.chain(upper.id).map((l) => ({ id: l.id, path: l.path, format: l.format })) }], commit, mc.onHelper);
   // Children of the upper layer that QEMU does not have open: point their headers at the lower one.
   for (const child of catalog.childrenOfLayer(upper.id)) {
     if (online && mc.openLayers.has(child.id)) continue;

@@ -1,9 +1,10 @@
-import { existsSync, rmSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statfsSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Catalog, LayerRecord, SnapshotRecord, VmRecord, VmRunState } from '../catalog/catalog.js';
 import { faultPoint } from '../catalog/journal.js';
 import { withVm, type Context } from '../context.js';
 import { VmsnapError } from '../errors.js';
+import type { GuestAgentClient } from '../qemu/guest-agent.js';
 import { runtimeFiles } from '../qemu/launcher.js';
 import { createImage } from '../qemu/qemu-img.js';
 import type { QmpClient } from '../qemu/qmp.js';
@@ -16,7 +17,6 @@ import { addOverlayNodes, loadMemory, mergeBackOverlays, removeOverlayNodes, sna
 import { renderTree } from './tree.js';
 import { cloneFromSnapshot, detachClone, directClones, type CloneOptions, type CloneResult } from './clone.js';
 import { deleteSnapshotLocked, estimateMergeBytes, vmDiskUsage, type MergeReport } from './delete.js';
-import { statfsSync } from 'node:fs';
 import { formatBytes } from '../util/size.js';
 import { healthSettings } from '../health/settings.js';
 
@@ -292,6 +292,8 @@ export class SnapshotService {
       this.ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-create', status: 'started' });
 
       let qmp: QmpClient | undefined;
+      // Disk only, running: reach the guest agent (to quiesce) while the overlay files are made.
+      const agentReady = !withMemory && vmState === 'running' ? this.agentOrNull(vm) : Promise.resolve(null);
       let switched = false;
       let nodesAdded = false;
       const meta: Record<string, unknown> = {};
@@ -322,18 +324,22 @@ export class SnapshotService {
               ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
             });
           } else {
-            // Disk only: quiesce the guest's filesystems if its agent answers, then switch.
-            const quiesced = vmState === 'running' ? await this.freezeGuest(vm) : false;
-            const t0 = performance.now();
+            // Disk only: quiesce the guest's filesystems if its agent answers (one connection
+            // for freeze and thaw, so the guest's writes wait no longer than they must), then switch.
+            const agent = await freezeGuest(await agentReady);
+            const frozenAt = performance.now();
+            let switchMs = 0;
             try {
               await switchToOverlays(qmp, switches);
+              switchMs = performance.now() - frozenAt;
               switched = true;
             } finally {
-              if (quiesced) await this.thawGuest(vm);
+              if (agent) await thawGuest(agent);
             }
-            // The vCPUs never stop; I/O is drained for the length of the transaction at most.
-            record.pauseMs = vmState === 'running' ? performance.now() - t0 : 0;
-            Object.assign(meta, { quiesced, pauseSource: 'transaction' });
+            // The vCPUs never stop: I/O waits for the transaction at most; with quiescing, the
+            // guest's filesystem writes also wait from freeze to thaw (recorded as quiesceMs).
+            record.pauseMs = vmState === 'running' ? switchMs : 0;
+            Object.assign(meta, { quiesced: agent !== null, pauseSource: 'transaction', ...(agent ? { quiesceMs: Math.round((performance.now() - frozenAt) * 10) / 10 } : {}) });
           }
         }
         faultPoint('snapshot-create', 'switched');
@@ -368,30 +374,17 @@ export class SnapshotService {
         throw e;
       } finally {
         await qmp?.close();
+        await (await agentReady)?.close();
       }
     });
   }
 
-  private async freezeGuest(vm: VmRecord): Promise<boolean> {
+  /** The guest agent, ready; null if it does not answer soon (the snapshot is then taken unquiesced). */
+  private async agentOrNull(vm: VmRecord): Promise<GuestAgentClient | null> {
     try {
-      const agent = await this.vms.agent(vm, 1500);
-      try {
-        await agent.fsfreezeFreeze();
-        return true;
-      } finally {
-        await agent.close();
-      }
+      return await this.vms.agent(vm, 1500);
     } catch {
-      return false;
-    }
-  }
-
-  private async thawGuest(vm: VmRecord): Promise<void> {
-    const agent = await this.vms.agent(vm, 10_000);
-    try {
-      await agent.fsfreezeThaw();
-    } finally {
-      await agent.close();
+      return null;
     }
   }
 
@@ -628,4 +621,19 @@ export function resolveSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): S
     });
   }
   return s;
+}
+
+/** Freeze the guest's filesystems: the agent, if it froze them (it stays connected for the thaw). */
+async function freezeGuest(agent: GuestAgentClient | null): Promise<GuestAgentClient | null> {
+  if (!agent) return null;
+  try {
+    await agent.fsfreezeFreeze();
+    return agent;
+  } catch {
+    return null;
+  }
+}
+
+async function thawGuest(agent: GuestAgentClient): Promise<void> {
+  await agent.fsfreezeThaw();
 }

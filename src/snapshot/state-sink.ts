@@ -25,7 +25,8 @@ export async function openStateSink(socketPath: string, filePath: string): Promi
   const done = new Promise<{ bytes: number; sha256: string }>((resolve, reject) => {
     server = createServer((conn) => {
       server?.close(); // one stream only
-      const out = createWriteStream(filePath, { flags: 'w', mode: 0o600 });
+      // A deep write queue: with the default 16 KiB every socket chunk would wait for its disk write.
+      const out = createWriteStream(filePath, { flags: 'w', mode: 0o600, highWaterMark: 16 * 1024 * 1024 });
       const hash = createHash('sha256');
       let bytes = 0;
       conn.on('data', (d: Buffer) => {
