@@ -20,10 +20,17 @@ import { cleanupHome, sh, tempHome } from '../test/helpers.js';
 interface Row {
   name: string;
   unit: string;
+  /** Medians; every run's figure is kept beside them, to show how noisy the machine was. */
   vmsnap: number;
   raw?: number;
+  vmsnapRuns: number[];
+  rawRuns?: number[];
   target?: string;
 }
+
+/** The median of a measure's runs, and the runs themselves. */
+const ofVmsnap = (xs: number[]): { vmsnap: number; vmsnapRuns: number[] } => ({ vmsnap: median(xs), vmsnapRuns: xs });
+const ofRaw = (xs: number[]): { raw: number; rawRuns: number[] } => ({ raw: median(xs), rawRuns: xs });
 
 const args = process.argv.slice(2);
 const RUNS = Number(args[args.indexOf('--runs') + 1] || 5) || 5;
@@ -264,14 +271,14 @@ async function main(): Promise<void> {
       revert.push(r.resumeMs ?? NaN);
       revertRaw.push(await rawIncoming(lib, 'bench', rawState, scratch));
     }
-    rows.push({ name: 'disk-only snapshot: guest I/O pause', unit: 'ms', vmsnap: median(diskPause), raw: median(diskRawPause), target: '≤ 10 ms' });
-    if (quiesce.length) rows.push({ name: 'disk-only snapshot: fs frozen (fsfreeze→thaw)', unit: 'ms', vmsnap: median(quiesce) });
-    rows.push({ name: 'disk-only snapshot: wall time', unit: 'ms', vmsnap: median(diskWall), raw: median(diskRawWall) });
-    rows.push({ name: 'memory snapshot (256 MiB): guest pause', unit: 'ms', vmsnap: median(memPause), raw: median(memRawPause), target: '≤ 20 ms' });
-    rows.push({ name: 'memory snapshot (256 MiB): wall time', unit: 'ms', vmsnap: median(memWall), raw: median(memRawWall) });
-    rows.push({ name: 'memory snapshot: wall vs raw + fsync', unit: 'ms', vmsnap: median(memWall), raw: median(memRawDurableWall), target: 'ratio ≤ 1.5' });
-    rows.push({ name: 'state file size / guest RAM', unit: 'ratio', vmsnap: median(stateRatio) });
-    rows.push({ name: 'revert with memory until the guest runs', unit: 'ms', vmsnap: median(revert), raw: median(revertRaw), target: '≤ 300 ms' });
+    rows.push({ name: 'disk-only snapshot: guest I/O pause', unit: 'ms', ...ofVmsnap(diskPause), ...ofRaw(diskRawPause), target: '≤ 10 ms' });
+    if (quiesce.length) rows.push({ name: 'disk-only snapshot: fs frozen (fsfreeze→thaw)', unit: 'ms', ...ofVmsnap(quiesce) });
+    rows.push({ name: 'disk-only snapshot: wall time', unit: 'ms', ...ofVmsnap(diskWall), ...ofRaw(diskRawWall) });
+    rows.push({ name: 'memory snapshot (256 MiB): guest pause', unit: 'ms', ...ofVmsnap(memPause), ...ofRaw(memRawPause), target: '≤ 20 ms' });
+    rows.push({ name: 'memory snapshot (256 MiB): wall time', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawWall) });
+    rows.push({ name: 'memory snapshot: wall vs raw + fsync', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawDurableWall), target: 'ratio ≤ 1.5' });
+    rows.push({ name: 'state file size / guest RAM', unit: 'ratio', ...ofVmsnap(stateRatio) });
+    rows.push({ name: 'revert with memory until the guest runs', unit: 'ms', ...ofVmsnap(revert), ...ofRaw(revertRaw), target: '≤ 300 ms' });
 
     // Clones: a linked clone of a snapshot with a large disk, a fork from memory, a full clone against qemu-img convert.
     await sh(lib, 'bench', 'dd if=/dev/urandom of=/data/clone-data bs=1M count=256 2>/dev/null && sync');
@@ -307,10 +314,10 @@ async function main(): Promise<void> {
       }
       for (const n of [`lc-${i}`, `fk-${i}`, `fc-${i}`]) await lib.vms.remove(n);
     }
-    rows.push({ name: 'linked clone (1 GiB disk)', unit: 'ms', vmsnap: median(linked), target: '< 1000 ms' });
-    rows.push({ name: 'fork a clone from memory until it runs', unit: 'ms', vmsnap: median(fork) });
-    rows.push({ name: 'full clone vs qemu-img convert', unit: 'MiB/s', vmsnap: median(fullMbps), raw: median(convertMbps), target: 'ratio ≥ 0.9' });
-    rows.push({ name: 'full clone vs convert flushed (-t writeback)', unit: 'MiB/s', vmsnap: median(fullMbps), raw: median(convertFlushedMbps), target: 'ratio ≥ 0.9' });
+    rows.push({ name: 'linked clone (1 GiB disk)', unit: 'ms', ...ofVmsnap(linked), target: '< 1000 ms' });
+    rows.push({ name: 'fork a clone from memory until it runs', unit: 'ms', ...ofVmsnap(fork) });
+    rows.push({ name: 'full clone vs qemu-img convert', unit: 'MiB/s', ...ofVmsnap(fullMbps), ...ofRaw(convertMbps), target: 'ratio ≥ 0.9' });
+    rows.push({ name: 'full clone vs convert flushed (-t writeback)', unit: 'MiB/s', ...ofVmsnap(fullMbps), ...ofRaw(convertFlushedMbps), target: 'ratio ≥ 0.9' });
 
     await lib.vms.stop('bench', { force: true });
     for (const online of [false, true]) {
@@ -323,14 +330,14 @@ async function main(): Promise<void> {
       rows.push({
         name: `delete, ${online ? 'online (VM running)' : 'offline'}: merge throughput`,
         unit: 'MiB/s',
-        vmsnap: median(runs.map((r) => mbps(r.vmsnapMs))),
-        raw: median(runs.map((r) => mbps(r.rawMs))),
+        ...ofVmsnap(runs.map((r) => mbps(r.vmsnapMs))),
+        ...ofRaw(runs.map((r) => mbps(r.rawMs))),
         target: 'ratio ≥ 0.9',
       });
       if (online) {
-        rows.push({ name: 'online delete: vCPU pause (STOP→RESUME)', unit: 'ms', vmsnap: median(runs.map((r) => r.vcpuPauseMs)), target: '≤ 10 ms' });
+        rows.push({ name: 'online delete: vCPU pause (STOP→RESUME)', unit: 'ms', ...ofVmsnap(runs.map((r) => r.vcpuPauseMs)), target: '≤ 10 ms' });
         const pivots = runs.flatMap((r) => (r.pivotMs === undefined ? [] : [r.pivotMs]));
-        if (pivots.length) rows.push({ name: 'online delete: I/O switch-over (READY→done)', unit: 'ms', vmsnap: median(pivots) });
+        if (pivots.length) rows.push({ name: 'online delete: I/O switch-over (READY→done)', unit: 'ms', ...ofVmsnap(pivots) });
       }
     }
 
@@ -382,11 +389,11 @@ async function main(): Promise<void> {
         await lib.vms.remove(`imported-${i}`);
         rmSync(archive, { force: true });
       }
-      const mbps = (ms: number[]) => diskBytes / MiB / (median(ms) / 1000);
-      rows.push({ name: 'export throughput vs qemu-img convert', unit: 'MiB/s', vmsnap: mbps(exportMs), raw: mbps(plainMs), target: 'ratio ≥ 0.9' });
-      rows.push({ name: 'export vs convert flushed (-t writeback)', unit: 'MiB/s', vmsnap: mbps(exportMs), raw: mbps(durableMs), target: 'ratio ≥ 0.9' });
-      rows.push({ name: 'export: VM lock held (flattening)', unit: 'ms', vmsnap: median(lockedMs) });
-      rows.push({ name: 'import throughput (verify + extract)', unit: 'MiB/s', vmsnap: median(importMbps) });
+      const mbps = (ms: number[]) => ms.map((x) => diskBytes / MiB / (x / 1000));
+      rows.push({ name: 'export vs qemu-img convert', unit: 'MiB/s', ...ofVmsnap(mbps(exportMs)), ...ofRaw(mbps(plainMs)), target: 'ratio ≥ 0.9' });
+      rows.push({ name: 'export vs convert flushed (-t writeback)', unit: 'MiB/s', ...ofVmsnap(mbps(exportMs)), ...ofRaw(mbps(durableMs)), target: 'ratio ≥ 0.9' });
+      rows.push({ name: 'export: VM lock held (flattening)', unit: 'ms', ...ofVmsnap(lockedMs) });
+      rows.push({ name: 'import throughput (verify + extract)', unit: 'MiB/s', ...ofVmsnap(importMbps) });
     }
   } finally {
     const pid = livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('bench').id));
@@ -398,11 +405,13 @@ async function main(): Promise<void> {
 
   const fmt = (n: number | undefined, unit: string) => (n === undefined ? '-' : unit === 'ratio' ? n.toFixed(3) : n.toFixed(1));
   process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs, demo guest under ${process.env.VMSNAP_ACCEL}\n\n`);
-  process.stdout.write(`${'measure'.padEnd(44)} ${'vmsnap'.padStart(9)} ${'raw QEMU'.padStart(9)} ${'ratio'.padStart(6)}  target\n`);
+  const range = (xs: number[] | undefined, unit: string) => (xs && xs.length > 1 ? `${fmt(Math.min(...xs), unit)}–${fmt(Math.max(...xs), unit)}` : '');
+  process.stdout.write(`${'measure'.padEnd(46)} ${'vmsnap'.padStart(9)} ${'raw QEMU'.padStart(9)} ${'ratio'.padStart(6)}  ${'target'.padEnd(12)} runs: vmsnap | raw (min–max)\n`);
   for (const r of rows) {
     const ratio = r.raw ? (r.vmsnap / r.raw).toFixed(2) : '-';
     // For throughput, higher is better: the ratio is vmsnap/raw all the same.
-    process.stdout.write(`${r.name.padEnd(44)} ${fmt(r.vmsnap, r.unit).padStart(9)} ${fmt(r.raw, r.unit).padStart(9)} ${ratio.padStart(6)}  ${r.target ?? ''}\n`);
+    const runs = [range(r.vmsnapRuns, r.unit), range(r.rawRuns, r.unit)].filter(Boolean).join(' | ');
+    process.stdout.write(`${r.name.padEnd(46)} ${fmt(r.vmsnap, r.unit).padStart(9)} ${fmt(r.raw, r.unit).padStart(9)} ${ratio.padStart(6)}  ${(r.target ?? '').padEnd(12)} ${runs}\n`);
   }
   if (JSON_OUT) {
     mkdirSync(dirname(JSON_OUT), { recursive: true });
