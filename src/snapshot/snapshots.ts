@@ -630,6 +630,8 @@ async function freezeGuest(agent: GuestAgentClient | null): Promise<GuestAgentCl
     await agent.fsfreezeFreeze();
     return agent;
   } catch {
+    // A freeze that failed or timed out half way may have frozen some filesystems: never leave them so.
+    await agent.fsfreezeThaw().catch(() => undefined);
     return null;
   }
 }
