@@ -13,7 +13,8 @@ import { blockdevArgs, formatNode, runtimeFiles } from '../src/qemu/launcher.js'
 import { createImage } from '../src/qemu/qemu-img.js';
 import { QmpClient } from '../src/qemu/qmp.js';
 import { shellQuote, tuneMigration } from '../src/snapshot/live.js';
-import { livePid, waitForExit } from '../src/vm/runtime.js';
+import { livePid, waitForExit } from '../src/qemu/runtime.js';
+import { launchDisks } from '../src/vm/power.js';
 import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, sh, tempHome } from '../test/helpers.js';
 
@@ -105,7 +106,7 @@ async function rawIncoming(lib: Vmsnap, vm: string, statePath: string, dir: stri
   const rec = lib.vms.get(vm);
   const info = await lib.vms.info(vm);
   const overlay = join(dir, `incoming-${Date.now()}.qcow2`);
-  const disks = lib.vms.launchDisks(rec);
+  const disks = launchDisks(lib.ctx, rec);
   const base = disks[0]!.chain[1]!;
   await createImage(overlay, { backing: base.path, backingFormat: base.format });
   const sock = join(dir, 'raw.sock');
@@ -175,7 +176,7 @@ async function consolidation(lib: Vmsnap, scratch: string, online: boolean, i: n
   // The same two files for the raw operation.
   const rawBase = join(scratch, `${name}-base.qcow2`);
   const rawTop = join(scratch, `${name}-top.qcow2`);
-  const chain = lib.vms.launchDisks(vm)[0]!.chain;
+  const chain = launchDisks(lib.ctx, vm)[0]!.chain;
   copyFileSync(chain[1]!.path, rawBase);
   copyFileSync(chain[0]!.path, rawTop);
   execFileSync('qemu-img', ['rebase', '-u', '-b', rawBase, '-F', 'qcow2', rawTop]);

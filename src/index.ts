@@ -1,5 +1,4 @@
 export { Vmsnap, type OpenOptions } from './vmsnap.js';
-export type { VmsnapEvent } from './context.js';
 export {
   VmsnapError,
   QmpCommandError,
@@ -10,39 +9,14 @@ export {
   isVmsnapError,
   type ErrorCode,
 } from './errors.js';
-export type { VmConfig, DiskConfig, NicConfig, BootConfig } from './vm/config.js';
-export type {
-  CreateVmOptions,
-  DiskSpec,
-  SetVmOptions,
-  VmSummary,
-  VmInfo,
-  DiskInfo,
-  LayerInfo,
-  ExecResult,
-  StartOptions,
-} from './vm/machines.js';
-export type { PowerState } from './vm/runtime.js';
-export { parseSize, formatBytes } from './util/size.js';
-export type {
-  TakeSnapshotOptions,
-  SnapshotView,
-  SnapshotDiskView,
-  RevertOptions,
-  RevertResult,
-  PresentStateChanges,
-} from './snapshot/snapshots.js';
+// The typed contract shared by the library, the CLI, the HTTP API and the web UI.
+export type * from './contract/views.js';
+export type { OperationKind, TaskKind, TaskResults, Task, VmsnapEvent, ApiEvent, ApiErrorBody } from './contract/operations.js';
+export { OPERATION_KINDS } from './contract/operations.js';
+export type { VmConfig, DiskConfig, NicConfig, BootConfig } from './contract/config.js';
+export type { CreateVmOptions, DiskSpec, SetVmOptions, StartOptions, StopOptions } from './vm/service.js';
+export type { TakeSnapshotOptions, RevertOptions, DeleteOptions, CloneOptions } from './snapshot/service.js';
+export { parseSize } from './util/size.js';
+export { formatBytes } from './contract/format.js';
 export { buildTree, renderTree, type TreeNode } from './snapshot/tree.js';
-export {
-  TransferService,
-  ARCHIVE_FORMAT,
-  ARCHIVE_VERSION,
-  type ExportOptions,
-  type ExportResult,
-  type ExportedDisk,
-  type ImportOptions,
-  type ImportResult,
-  type CheckArchiveResult,
-  type ArchiveSource,
-  type ArchiveManifest,
-} from './transfer/index.js';
+export { TransferService, ARCHIVE_FORMAT, ARCHIVE_VERSION, type ExportOptions, type ImportOptions, type ArchiveManifest } from './transfer/index.js';

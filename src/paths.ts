@@ -41,3 +41,13 @@ export function pathsFor(home: string, imageCache = defaultImageCache()): Vmsnap
     imageCache,
   };
 }
+
+/** Where a layer's file lives: named by its id, in the one layers folder. */
+export function layerPath(paths: Pick<VmsnapPaths, 'layers'>, layerId: string): string {
+  return join(paths.layers, `${layerId}.qcow2`);
+}
+
+/** Where a snapshot's memory state file lives. */
+export function statePath(paths: Pick<VmsnapPaths, 'states'>, snapshotId: string): string {
+  return join(paths.states, `${snapshotId}.state`);
+}

@@ -1,14 +1,15 @@
 import { rmSync } from 'node:fs';
 import { withVmLock } from './catalog/lock.js';
-import { defaultHome } from './paths.js';
-import { openContext, withVm, type Context, type VmsnapEvent } from './context.js';
-import { rollDeleteForward } from './snapshot/delete.js';
-import { VmService } from './vm/machines.js';
-import { SnapshotService } from './snapshot/snapshots.js';
+import { openContext, type Context, type VmsnapEvent } from './context.js';
+import type { RecoveryReport, VerifyReport } from './contract/views.js';
 import { HealthService } from './health/index.js';
+import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
+import { defaultHome } from './paths.js';
+import { registry } from './registry.js';
+import { SnapshotService } from './snapshot/service.js';
+import { recordFingerprints, verifyVm } from './snapshot/verify.js';
 import { TransferService } from './transfer/index.js';
-import { findOrphans, othersAtWork, recoverVm, type RecoveryReport } from './snapshot/recovery.js';
-import { recordFingerprints, verifyVm, type VerifyReport } from './snapshot/verify.js';
+import { VmService } from './vm/service.js';
 
 export interface OpenOptions {
   /** The data dir; default $VMSNAP_HOME or the XDG data dir. */
@@ -32,25 +33,13 @@ export class Vmsnap {
   private constructor(ctx: Context) {
     this.ctx = ctx;
     this.vms = new VmService(ctx);
-    this.snapshots = new SnapshotService(ctx, this.vms);
-    this.health = new HealthService(ctx, this.vms);
+    this.snapshots = new SnapshotService(ctx);
+    this.health = new HealthService(ctx);
     this.transfer = new TransferService(ctx);
-    // Whoever takes a VM's lock first finishes what a dead process left half done.
-    ctx.recoverVm = async (vmId) => {
-      await recoverVm(ctx, vmId);
-    };
-    ctx.layersReleased = async (ownerVmId, layerIds) => {
-      const owner = ctx.catalog.findVm(ownerVmId);
-      if (!owner) return;
-      await withVm(ctx, owner, 'consolidate', async () => {
-        const op = ctx.journal.begin('consolidate', owner.id, { snapshotId: '', name: '', stateFile: null, candidates: layerIds });
-        await rollDeleteForward(ctx, owner, op);
-      });
-    };
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {
-    return new Vmsnap(openContext(opts.home ?? defaultHome(), opts.imageCache));
+    return new Vmsnap(openContext(opts.home ?? defaultHome(), registry, opts.imageCache));
   }
 
   get home(): string {
@@ -74,7 +63,7 @@ export class Vmsnap {
       if (vmId === null) continue;
       const vm = this.ctx.catalog.findVm(vmId);
       // A VM that never got into the catalog (an unfinished create) has no lock to take.
-      const run = () => recoverVm(this.ctx, vmId);
+      const run = () => recoverVmOperations(this.ctx, vmId);
       report.operations.push(...(vm ? await withVmLock(this.ctx.catalog, vm, 'recover', run) : await run()));
     }
     if (!othersAtWork(this.ctx)) {

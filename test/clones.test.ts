@@ -1,8 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fileBytes } from '../src/vm/machines.js';
-import { findOrphans } from '../src/snapshot/recovery.js';
+import { fileBytes } from '../src/util/files.js';
+import { findOrphans } from '../src/operations/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, cli, COUNTER, files, mountTmpfs, openLib, sh, tempHome, write } from './helpers.js';
 

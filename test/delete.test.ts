@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { vmDiskUsage } from '../src/snapshot/delete.js';
-import { findOrphans } from '../src/snapshot/recovery.js';
+import { vmDiskUsage } from '../src/vm/info.js';
+import { findOrphans } from '../src/operations/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, cli, files, openLib, sh, tempHome, write } from './helpers.js';
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runtimeFiles } from '../src/qemu/launcher.js';
 import { QmpClient } from '../src/qemu/qmp.js';
-import { findOrphans } from '../src/snapshot/recovery.js';
+import { findOrphans } from '../src/operations/recovery.js';
 import { isProcessAlive, sleep } from '../src/util/process.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { BIN, cleanupHome, cli, files, mountTmpfs, openLib, sh, tempHome } from './helpers.js';
@@ -26,7 +26,8 @@ async function expectSound(home: string, lib: Vmsnap, vm: string, expected: Reco
   }
 }
 
-describe('kill -9 at every step boundary, then recover', () => {
+// kill -9 at every fault point of every operation: test/operations.contract.test.ts.
+describe('helpers and QEMU dying mid-merge, then recover', () => {
   let home: string;
   let lib: Vmsnap;
   const expected: Record<string, string[]> = { S0: ['a'], S1: ['a', 'b'] };
@@ -46,51 +47,6 @@ describe('kill -9 at every step boundary, then recover', () => {
     cleanupHome(home);
   });
 
-  const killedAt = async (fault: string, args: string[]) => {
-    const r = await cli(home, args, { VMSNAP_FAULT: fault, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' });
-    expect(r.code, `${fault}: ${r.stderr}`).toBe(128); // died by SIGKILL
-  };
-
-  for (const point of ['0', '1', 'switched']) {
-    it(`snapshot create killed at ${point}: rolled back, the VM runs on its previous layer`, async () => {
-      await killedAt(`snapshot-create:${point}`, ['snapshot', 'create', 'f', 'X']);
-      const rec = JSON.parse((await cli(home, ['recover', '--json'])).stdout);
-      expect(rec.operations).toEqual([expect.objectContaining({ kind: 'snapshot-create', outcome: 'rolled_back' })]);
-      expect((await lib.vms.status('f')).state).toBe('running');
-      await sh(lib, 'f', 'echo more > /data/more && rm /data/more && sync');
-      await expectSound(home, lib, 'f', expected);
-    });
-  }
-
-  for (const point of ['0', '1', '2', '3']) {
-    it(`snapshot revert killed at ${point}: rolled back before the old VM is killed, forward after`, async () => {
-      await lib.snapshots.revert('f', 'S1', { force: true });
-      await killedAt(`snapshot-revert:${point}`, ['snapshot', 'revert', 'f', 'S0', '--force']);
-      const rec = JSON.parse((await cli(home, ['recover', '--json'])).stdout);
-      const outcome = rec.operations[0]?.outcome;
-      expect(outcome).toBe(Number(point) < 2 ? 'rolled_back' : 'rolled_forward');
-      const state = (await lib.vms.status('f')).state;
-      expect(state).toBe(Number(point) < 2 ? 'running' : 'stopped');
-      if (state === 'running') expect(await files(lib, 'f')).toEqual(['a', 'b']);
-      await expectSound(home, lib, 'f', expected);
-    });
-  }
-
-  for (const point of ['0', '1', '2', 'merging', '3']) {
-    it(`snapshot delete killed at ${point}: rolled forward, the delta merged, nothing lost`, async () => {
-      await lib.snapshots.revert('f', 'S1', { force: true });
-      await sh(lib, 'f', 'echo t > /data/t && sync');
-      await lib.snapshots.create('f', 'T');
-      await sh(lib, 'f', 'echo u > /data/u && sync');
-      await killedAt(`snapshot-delete:${point}`, ['snapshot', 'delete', 'f', 'T']);
-      // Until recovery, the half-deleted snapshot is hidden, not revertable.
-      expect(lib.snapshots.list('f').map((s) => s.name)).not.toContain(point === '0' ? '-' : 'T');
-      const rec = JSON.parse((await cli(home, ['recover', '--json'])).stdout);
-      expect(rec.operations).toEqual([expect.objectContaining({ kind: 'snapshot-delete', outcome: 'rolled_forward' })]);
-      expect(await files(lib, 'f')).toEqual(['a', 'b', 't', 'u']);
-      await expectSound(home, lib, 'f', expected);
-    });
-  }
 
   it('vmsnap killed during an offline merge: recovery stops the orphaned storage daemon and finishes', async () => {
     await lib.snapshots.revert('f', 'S1', { force: true });
@@ -106,7 +62,7 @@ describe('kill -9 at every step boundary, then recover', () => {
     let helper: number | undefined;
     for (let i = 0; i < 400 && helper === undefined; i++) {
       await sleep(25);
-      helper = lib.ctx.journal.unfinished()[0]?.plan.helperPid as number | undefined;
+      helper = (lib.ctx.journal.unfinished()[0]?.plan as { helperPid?: number } | undefined)?.helperPid;
     }
     expect(helper).toBeDefined();
     child.kill('SIGKILL');

@@ -244,7 +244,7 @@ describe('export and import as a real backup', () => {
 
   it('a killed export leaves no archive under its name; a killed import is undone by recover', async () => {
     const file = join(out, 'killed.vmsnap');
-    const k = await cli(home, ['export', 'src', 'disk', file], { VMSNAP_FAULT: 'export:written' });
+    const k = await cli(home, ['export', 'src', 'disk', file], { VMSNAP_FAULT: 'export:1' });
     expect(k.code).not.toBe(0);
     expect(existsSync(file)).toBe(false);
     expect(existsSync(`${file}.partial`)).toBe(true);
@@ -254,12 +254,12 @@ describe('export and import as a real backup', () => {
 
     const dump = catalogDump(home2);
     const files2 = dataFiles(home2);
-    const ki = await cli(home2, ['import', file, 'half'], { VMSNAP_FAULT: 'import-vm:1' });
+    const ki = await cli(home2, ['import', file, 'half'], { VMSNAP_FAULT: 'import:1' });
     expect(ki.code).not.toBe(0);
     expect(dataFiles(home2).length).toBeGreaterThan(files2.length);
     const rec = await cli(home2, ['recover', '--json']);
     expect(rec.code, rec.stderr).toBe(0);
-    expect(JSON.parse(rec.stdout).operations).toEqual([expect.objectContaining({ kind: 'import-vm', outcome: 'rolled_back' })]);
+    expect(JSON.parse(rec.stdout).operations).toEqual([expect.objectContaining({ kind: 'import', outcome: 'rolled_back' })]);
     expect(catalogDump(home2)).toBe(dump);
     expect(dataFiles(home2)).toEqual(files2);
   });

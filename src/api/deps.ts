@@ -38,7 +38,6 @@ export const errors = {
   404: errorContent('no such VM, snapshot or operation'),
   409: errorContent('wrong state (INVALID_STATE), name taken (ALREADY_EXISTS), or the present state would be lost (WOULD_LOSE_DATA, `details.lost`)'),
   423: errorContent('the VM is busy with another operation (BUSY)'),
-  501: errorContent('the library in this build lacks the feature'),
 } as const;
 
 export function jsonBody<T extends z.ZodType>(schema: T, required = false) {

@@ -2,29 +2,11 @@ import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { ZodError } from 'zod';
+import { API_ONLY_STATUSES, type ApiErrorBody, type ApiErrorCode, type ApiOnlyErrorCode } from '../contract/operations.js';
 import { HTTP_STATUSES, toVmsnapError, type ErrorCode } from '../errors.js';
 
-/**
- * Codes that only the HTTP layer produces (auth, media type, a library method
- * that is not there yet). Library errors keep their own codes and statuses.
- */
-export const API_ONLY_STATUSES = {
-  UNAUTHORIZED: 401,
-  FORBIDDEN: 403,
-  PAYLOAD_TOO_LARGE: 413,
-  UNSUPPORTED_MEDIA_TYPE: 415,
-  NOT_IMPLEMENTED: 501,
-} as const;
-
-export type ApiOnlyCode = keyof typeof API_ONLY_STATUSES;
-export type ApiErrorCode = ErrorCode | ApiOnlyCode;
-
-export interface ApiErrorBody {
-  code: ApiErrorCode;
-  message: string;
-  hint?: string;
-  details: Record<string, unknown>;
-}
+export { API_ONLY_STATUSES, type ApiErrorBody, type ApiErrorCode } from '../contract/operations.js';
+type ApiOnlyCode = ApiOnlyErrorCode;
 
 /** An error of the HTTP layer itself; library errors stay VmsnapErrors. */
 export class ApiError extends Error {

@@ -1,23 +1,8 @@
 import type { Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
-import type { VmSummary } from '../vm/machines.js';
-import type { Operation } from './operations.js';
+import type { ApiEvent } from '../contract/operations.js';
 
-/**
- * What the event stream carries. The library's own events (vm-state, progress,
- * and its journal operations as `journal`) plus the server's: operation
- * lifecycle, VM summaries and "the snapshot tree changed" notices, so a client
- * never has to poll.
- */
-export type ApiEvent =
-  | { type: 'hello'; data: { version: string; serverTime: string } }
-  | { type: 'vm-state'; data: { vm: string; vmId: string; state: string } }
-  | { type: 'vm'; data: { vm: VmSummary } }
-  | { type: 'vm-removed'; data: { vm: string; vmId: string } }
-  | { type: 'snapshots'; data: { vm: string; vmId: string } }
-  | { type: 'progress'; data: { operationId: string | null; libraryOperationId: string; vm: string; what: string; done: number; total: number } }
-  | { type: 'operation'; data: { operation: Operation } }
-  | { type: 'journal'; data: { libraryOperationId: string; vm: string; kind: string; status: string; error?: string } };
+export type { ApiEvent } from '../contract/operations.js';
 
 export interface StampedEvent {
   id: number;

@@ -1,40 +1,15 @@
 import { randomBytes } from 'node:crypto';
-import type { VmsnapEvent } from '../context.js';
+import type { Task, TaskBase, TaskKind, TaskResults, TaskStatus, VmsnapEvent } from '../contract/operations.js';
 import { VmsnapError } from '../errors.js';
-import type { ApiErrorBody } from './errors.js';
 import { errorBody } from './errors.js';
 import type { EventHub } from './events.js';
 
-export type OperationKind =
-  | 'vm.start'
-  | 'vm.stop'
-  | 'snapshot.create'
-  | 'snapshot.revert'
-  | 'snapshot.delete'
-  | 'snapshot.delete-all'
-  | 'vm.verify';
+/** A long job the API accepted with 202: what GET /api/operations/:id shows (the contract's Task). */
+export type Operation = Task;
 
-export type OperationStatus = 'running' | 'succeeded' | 'failed';
-
-/** A long job the API accepted with 202: what GET /api/operations/:id shows. */
-export interface Operation {
-  id: string;
-  kind: OperationKind;
-  vm: string;
-  vmId: string;
-  snapshot: string | null;
-  title: string;
-  status: OperationStatus;
-  progress: { what: string; done: number; total: number } | null;
-  result: unknown;
-  error: ApiErrorBody | null;
-  createdAt: string;
-  finishedAt: string | null;
-  durationMs: number | null;
-}
-
-export interface OperationSpec {
-  kind: OperationKind;
+export interface OperationSpec<K extends TaskKind> {
+  /** The library operation (or long read) it runs: the same names as the journal's and the events'. */
+  kind: K;
   vm: { id: string; name: string };
   snapshot?: string;
   title: string;
@@ -63,7 +38,7 @@ export class OperationTracker {
     return this.ops.get(id);
   }
 
-  list(filter: { vm?: string; status?: OperationStatus } = {}): Operation[] {
+  list(filter: { vm?: string; status?: TaskStatus } = {}): Operation[] {
     return [...this.ops.values()]
       .filter((o) => (filter.vm === undefined || o.vm === filter.vm || o.vmId === filter.vm) && (filter.status === undefined || o.status === filter.status))
       .reverse();
@@ -84,9 +59,10 @@ export class OperationTracker {
     });
   }
 
-  start(spec: OperationSpec, fn: () => Promise<unknown>): Operation {
+  /** Run `fn` in the background as a task of kind K: its result is that kind's result type. */
+  start<K extends TaskKind>(spec: OperationSpec<K>, fn: () => Promise<TaskResults[K]>): Operation {
     this.assertIdle(spec.vm);
-    const op: Operation = {
+    const fields = {
       id: `op-${randomBytes(8).toString('hex')}`,
       kind: spec.kind,
       vm: spec.vm.name,
@@ -101,11 +77,13 @@ export class OperationTracker {
       finishedAt: null,
       durationMs: null,
     };
+    // The compiler cannot see that a generic K picks one member of the Task union; fn's type ties kind and result.
+    const op = fields as Operation;
     const t0 = performance.now();
     this.ops.set(op.id, op);
     this.busyVms.set(spec.vm.id, op.id);
     this.trim();
-    const finish = (patch: Partial<Operation>): void => {
+    const finish = (patch: Partial<TaskBase> & { result?: TaskResults[K] }): void => {
       Object.assign(op, patch, { finishedAt: new Date().toISOString(), durationMs: Math.round(performance.now() - t0) });
       this.running.delete(op.id);
       this.busyVms.delete(spec.vm.id);
@@ -116,7 +94,7 @@ export class OperationTracker {
     const done = new Promise<void>((resolve) => setImmediate(resolve))
       .then(fn)
       .then(
-        (result) => finish({ status: 'succeeded', result: result ?? null }),
+        (result) => finish({ status: 'succeeded', result }),
         (e: unknown) => finish({ status: 'failed', error: errorBody(e).body }),
       );
     this.running.set(op.id, { op, done, libraryIds: new Set() });

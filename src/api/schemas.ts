@@ -1,7 +1,8 @@
 import { z } from '@hono/zod-openapi';
+import { VmConfigSchema as LibVmConfigSchema } from '../contract/config.js';
+import { NAME_PATTERN, NAME_RULE } from '../contract/format.js';
+import { API_ONLY_STATUSES, OPERATION_KINDS, READ_TASK_KINDS } from '../contract/operations.js';
 import { ERROR_CODES } from '../errors.js';
-import { VmConfigSchema as LibVmConfigSchema } from '../vm/config.js';
-import { API_ONLY_STATUSES } from './errors.js';
 
 /**
  * The API's request and response schemas. Requests are validated with them and
@@ -9,9 +10,8 @@ import { API_ONLY_STATUSES } from './errors.js';
  * library's types, so the compiler flags a drift between the two.
  */
 
-// The library's one name rule (validateName in src/vm/config.ts uses it too).
-export { NAME_PATTERN } from '../util/format.js';
-import { NAME_PATTERN, NAME_RULE } from '../util/format.js';
+// The library's one name rule (validateName in src/contract/config.ts uses it too).
+export { NAME_PATTERN } from '../contract/format.js';
 const nameRule = (what: string) => `a ${what} name is ${NAME_RULE}`;
 
 export const VmName = z.string().regex(NAME_PATTERN, nameRule('VM')).openapi({ example: 'demo' });
@@ -133,15 +133,8 @@ export const SnapshotTreeSchema = z
   })
   .openapi('SnapshotTree');
 
-export const OperationKindSchema = z.enum([
-  'vm.start',
-  'vm.stop',
-  'snapshot.create',
-  'snapshot.revert',
-  'snapshot.delete',
-  'snapshot.delete-all',
-  'vm.verify',
-]);
+/** The library's operation kinds (the journal's and the events' names) and the long reads the API also runs as jobs. */
+export const OperationKindSchema = z.enum([...OPERATION_KINDS, ...READ_TASK_KINDS]);
 
 export const OperationSchema = z
   .object({
@@ -263,6 +256,6 @@ export const HealthSchema = z
     ok: z.literal(true),
     version: z.string(),
     tokenRequired: z.boolean(),
-    features: z.object({ delete: z.boolean(), deleteAll: z.boolean(), verify: z.boolean() }),
+    operations: z.array(z.enum(OPERATION_KINDS)).openapi({ description: 'the operations this vmsnap journals and recovers' }),
   })
   .openapi('Health');

@@ -71,7 +71,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
     }
     const how = op.status === 'succeeded' ? `done in ${op.durationMs} ms` : `failed after ${op.durationMs} ms: ${op.error?.code} ${op.error?.message}`;
     opts.log?.(`${op.id} ${op.title}: ${how}`);
-    void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot.') });
+    void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot-') });
   });
   watch = new VmWatch(lib, hub, () => tracker.runningCount === 0, opts.watchIntervalMs);
   const unsubscribe = lib.onEvent((e) => {

@@ -1,5 +1,5 @@
 import { isVmsnapError } from '../errors.js';
-import type { VmSummary } from '../vm/machines.js';
+import type { VmSummary } from '../contract/views.js';
 import type { Vmsnap } from '../vmsnap.js';
 import type { EventHub } from './events.js';
 

@@ -1,7 +1,11 @@
+import { z } from 'zod';
+import { VmConfigSchema, type VmConfig } from '../contract/config.js';
+import type { VmRunState } from '../contract/views.js';
+import { VmsnapError } from '../errors.js';
 import type { Db } from './db.js';
 import { openCatalog } from './db.js';
-import type { VmConfig } from '../vm/config.js';
-import { VmsnapError } from '../errors.js';
+
+export type { VmRunState } from '../contract/views.js';
 
 export interface VmRecord {
   id: string;
@@ -24,7 +28,21 @@ export interface LayerRecord {
 }
 
 export type SnapshotStatus = 'prepare' | 'ready' | 'deleting';
-export type VmRunState = 'running' | 'paused' | 'off';
+
+/** Measurements and details recorded with a snapshot. Known fields are checked; others are kept as they are. */
+export const SnapshotMetaSchema = z.looseObject({
+  memoryMode: z.enum(['background', 'precopy']).optional(),
+  stateSha256: z.string().optional(),
+  saveMs: z.number().optional(),
+  qemuDowntimeMs: z.number().optional(),
+  fallbackReason: z.string().optional(),
+  quiesced: z.boolean().optional(),
+  pauseSource: z.string().optional(),
+  quiesceMs: z.number().optional(),
+  /** slot → content fingerprint of the snapshot's disk (see snapshot/fingerprint.ts). */
+  fingerprints: z.record(z.string(), z.string()).optional(),
+});
+export type SnapshotMeta = z.infer<typeof SnapshotMetaSchema>;
 
 export interface SnapshotRecord {
   id: string;
@@ -38,7 +56,7 @@ export interface SnapshotRecord {
   vmState: VmRunState;
   pauseMs: number | null;
   status: SnapshotStatus;
-  meta: Record<string, unknown>;
+  meta: SnapshotMeta;
   /** slot -> frozen layer id */
   layers: Record<string, string>;
 }
@@ -76,10 +94,33 @@ interface SnapshotRow {
   meta: string;
 }
 
+/**
+ * A JSON column read back: parsed with its schema, so a row the code cannot
+ * trust is a clear CATALOG_ERROR naming the row, never a value used on faith.
+ */
+export function parseJsonColumn<T>(schema: z.ZodType<T>, text: string, where: string): T {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new VmsnapError('CATALOG_ERROR', `the catalog's ${where} is not valid JSON: ${(e as Error).message}`, {
+      hint: "run 'vmsnap verify'; do not edit the catalog by hand",
+      details: { where },
+    });
+  }
+  const r = schema.safeParse(raw);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  throw new VmsnapError('CATALOG_ERROR', `the catalog's ${where} is not what this vmsnap expects: ${issue.path.join('.') || 'value'}: ${issue.message}`, {
+    hint: 'it may have been written by a newer vmsnap: upgrade; do not edit the catalog by hand',
+    details: { where },
+  });
+}
+
 const toVm = (r: VmRow): VmRecord => ({
   id: r.id,
   name: r.name,
-  config: JSON.parse(r.config) as VmConfig,
+  config: parseJsonColumn(VmConfigSchema, r.config, `config of VM '${r.name}'`),
   createdAt: r.created_at,
   currentSnapshotId: r.current_snapshot_id,
 });
@@ -96,7 +137,7 @@ const toLayer = (r: LayerRow): LayerRecord => ({
   createdAt: r.created_at,
 });
 
-/** Typed access to the catalog tables. Multi-row changes go through `tx`. */
+/** Typed access to the catalog tables: all of vmsnap's SQL lives in this folder. Multi-row changes go through `tx`. */
 export class Catalog {
   readonly db: Db;
 
@@ -185,8 +226,8 @@ export class Catalog {
     return rows.map(toLayer);
   }
 
-  setLayerFrozen(id: string): void {
-    this.db.prepare('UPDATE layers SET frozen = 1 WHERE id = ?').run(id);
+  setLayerFrozen(id: string, frozen = true): void {
+    this.db.prepare('UPDATE layers SET frozen = ? WHERE id = ?').run(frozen ? 1 : 0, id);
   }
 
   setLayerBacking(id: string, backingId: string | null): void {
@@ -200,6 +241,20 @@ export class Catalog {
   /** Layers whose backing is this one. */
   childrenOfLayer(id: string): LayerRecord[] {
     return (this.db.prepare('SELECT * FROM layers WHERE backing_id = ?').all(id) as LayerRow[]).map(toLayer);
+  }
+
+  /**
+   * A commit merged `upperId`'s data down into `lowerId`: the lower layer takes
+   * the upper's place everywhere (its frozen state, the snapshots and VMs that
+   * name it, the layers built on it), and the upper's row goes.
+   */
+  replaceLayer(upperId: string, lowerId: string): void {
+    const upper = this.getLayer(upperId);
+    this.setLayerFrozen(lowerId, upper.frozen);
+    this.db.prepare('UPDATE snapshot_layers SET layer_id = ? WHERE layer_id = ?').run(lowerId, upperId);
+    this.db.prepare('UPDATE active_layers SET layer_id = ? WHERE layer_id = ?').run(lowerId, upperId);
+    this.db.prepare('UPDATE layers SET backing_id = ? WHERE backing_id = ?').run(lowerId, upperId);
+    this.deleteLayer(upperId);
   }
 
   /**
@@ -241,6 +296,11 @@ export class Catalog {
     return Object.fromEntries(rows.map((r) => [r.slot, r.layer_id]));
   }
 
+  /** Whether some VM writes to this layer now. */
+  isActiveLayer(layerId: string): boolean {
+    return this.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(layerId) !== undefined;
+  }
+
   setActiveLayer(vmId: string, slot: string, layerId: string): void {
     this.db
       .prepare(
@@ -266,12 +326,12 @@ export class Catalog {
       description: r.description,
       parentId: r.parent_id,
       createdAt: r.created_at,
-      config: JSON.parse(r.config) as VmConfig,
+      config: parseJsonColumn(VmConfigSchema, r.config, `config of snapshot '${r.name}'`),
       stateFile: r.state_file,
       vmState: r.vm_state,
       pauseMs: r.pause_ms,
       status: r.status,
-      meta: JSON.parse(r.meta) as Record<string, unknown>,
+      meta: parseJsonColumn(SnapshotMetaSchema, r.meta, `details of snapshot '${r.name}'`),
       layers: Object.fromEntries(layers.map((l) => [l.slot, l.layer_id])),
     };
   }
@@ -333,6 +393,11 @@ export class Catalog {
     this.db.prepare(`UPDATE snapshots SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...cols, id });
   }
 
+  /** Give the children of a snapshot another parent (its own, when it is deleted). */
+  reparentChildren(snapshotId: string, newParentId: string | null): void {
+    this.db.prepare('UPDATE snapshots SET parent_id = ? WHERE parent_id = ?').run(newParentId, snapshotId);
+  }
+
   setSnapshotLayer(snapshotId: string, slot: string, layerId: string): void {
     this.db.prepare('UPDATE snapshot_layers SET layer_id = ? WHERE snapshot_id = ? AND slot = ?').run(layerId, snapshotId, slot);
   }
@@ -349,5 +414,25 @@ export class Catalog {
         slot: string;
       }[]
     ).map((r) => ({ snapshotId: r.snapshot_id, slot: r.slot }));
+  }
+
+  // ---- files ----
+
+  /** Every memory state file a snapshot names. */
+  stateFiles(): string[] {
+    return (this.db.prepare('SELECT state_file FROM snapshots WHERE state_file IS NOT NULL').all() as { state_file: string }[]).map((r) => r.state_file);
+  }
+
+  /** Whether a layer or a snapshot's state names this file. */
+  refersToFile(path: string): boolean {
+    return (
+      this.db.prepare('SELECT 1 FROM layers WHERE path = ?').get(path) !== undefined ||
+      this.db.prepare('SELECT 1 FROM snapshots WHERE state_file = ?').get(path) !== undefined
+    );
+  }
+
+  /** Every file the catalog names: layers (imported images too) and state files. */
+  referencedFiles(): Set<string> {
+    return new Set([...(this.db.prepare('SELECT path FROM layers').all() as { path: string }[]).map((r) => r.path), ...this.stateFiles()]);
   }
 }

@@ -85,4 +85,9 @@ export const MIGRATIONS: readonly string[] = [
     acquired_at TEXT NOT NULL
   );
   `,
+  // 2: an operation may run inside another (each snapshot delete of a delete --all): recovery finishes the inner one first.
+  `
+  ALTER TABLE operations ADD COLUMN parent_id TEXT REFERENCES operations(id);
+  CREATE INDEX operations_vm ON operations(vm_id, started_at);
+  `,
 ];

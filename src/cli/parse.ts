@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { VmsnapError } from '../errors.js';
-import type { DiskSpec } from '../vm/machines.js';
+import type { DiskSpec } from '../vm/service.js';
 import { parseSize } from '../util/size.js';
 
 const MiB = 1024 ** 2;

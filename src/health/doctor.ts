@@ -1,32 +1,11 @@
 import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
+import { formatBytes } from '../contract/format.js';
+import type { HealthReport, HealthSettings, HealthWarning } from '../contract/views.js';
+import { healthSettings, now } from '../settings.js';
 import { verifyVm } from '../snapshot/verify.js';
-import { formatBytes } from '../util/size.js';
+import { fileBytes } from '../util/files.js';
 import { dataDirUsage } from './storage.js';
-import { fileBytes } from '../vm/machines.js';
-import { healthSettings, now, type HealthSettings } from './settings.js';
-
-export { healthSettings, now, type HealthSettings };
-
-/**
- * The known risks of snapshots, made visible: old snapshots (they grow and are
- * forgotten), deep chains (every read may walk them), snapshots that hold much
- * of the free space, a data dir near full (then new snapshots are refused),
- * and anything verify would flag.
- */
-export interface HealthWarning {
-  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify';
-  vm?: string;
-  snapshot?: string;
-  message: string;
-}
-
-export interface HealthReport {
-  ok: boolean;
-  settings: HealthSettings;
-  freeBytes: number;
-  warnings: HealthWarning[];
-}
 
 /** Checks of one VM's snapshots and chains (cheap: no qemu-img check). */
 export function vmWarnings(ctx: Context, vm: VmRecord, settings: HealthSettings, freeBytes: number): HealthWarning[] {
@@ -74,7 +53,7 @@ export function freeSpaceWarning(freeBytes: number, settings: HealthSettings): H
 }
 
 export async function doctor(ctx: Context, overrides: Partial<HealthSettings> = {}, opts: { verify?: boolean } = {}): Promise<HealthReport> {
-  const settings = healthSettings(ctx, overrides);
+  const settings = healthSettings(ctx.paths.home, overrides);
   const { freeBytes } = dataDirUsage(ctx);
   const warnings: HealthWarning[] = [];
   const low = freeSpaceWarning(freeBytes, settings);

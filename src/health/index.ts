@@ -1,23 +1,16 @@
 import type { Context } from '../context.js';
-import type { VmService } from '../vm/machines.js';
-import { doctor, healthSettings, vmWarnings, type HealthReport, type HealthSettings, type HealthWarning } from './doctor.js';
-import { dataDirUsage, vmUsage, type DataDirUsage, type VmUsage } from './storage.js';
-
-export interface DfReport {
-  dataDir: DataDirUsage;
-  vms: VmUsage[];
-}
+import type { DfReport, HealthReport, HealthSettings, HealthWarning, VmUsage } from '../contract/views.js';
+import { healthSettings } from '../settings.js';
+import { doctor, vmWarnings } from './doctor.js';
+import { dataDirUsage, vmUsage } from './storage.js';
 
 /** Storage accounting and health checks of one vmsnap home. */
 export class HealthService {
-  constructor(
-    private readonly ctx: Context,
-    private readonly vms: VmService,
-  ) {}
+  constructor(private readonly ctx: Context) {}
 
   /** Bytes per snapshot (delta, state, reclaimable), per VM (total, chain depth), and the data dir against free space. */
   async df(vmName?: string): Promise<DfReport> {
-    const vms = vmName === undefined ? this.ctx.catalog.listVms() : [this.vms.get(vmName)];
+    const vms = vmName === undefined ? this.ctx.catalog.listVms() : [this.ctx.catalog.getVm(vmName)];
     const out: VmUsage[] = [];
     for (const vm of vms) out.push(await vmUsage(this.ctx, vm));
     return { dataDir: dataDirUsage(this.ctx), vms: out };
@@ -30,10 +23,9 @@ export class HealthService {
 
   /** The cheap warnings about one VM (shown after taking a snapshot). */
   warningsFor(vmName: string): HealthWarning[] {
-    const settings = healthSettings(this.ctx);
-    return vmWarnings(this.ctx, this.vms.get(vmName), settings, dataDirUsage(this.ctx).freeBytes);
+    const settings = healthSettings(this.ctx.paths.home);
+    return vmWarnings(this.ctx, this.ctx.catalog.getVm(vmName), settings, dataDirUsage(this.ctx).freeBytes);
   }
 }
 
-export type { DataDirUsage, VmUsage, SnapshotUsage } from './storage.js';
-export type { HealthReport, HealthSettings, HealthWarning } from './doctor.js';
+export type { DataDirUsage, DfReport, HealthReport, HealthSettings, HealthWarning, SnapshotUsage, VmUsage } from '../contract/views.js';

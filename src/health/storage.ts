@@ -1,49 +1,17 @@
 import { statfsSync } from 'node:fs';
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
+import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
+import { catalogGraph } from '../layers/merge.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
-import { catalogGraph } from '../snapshot/consolidate.js';
-import { fileBytes } from '../vm/machines.js';
+import { fileBytes } from '../util/files.js';
 
-/** What a snapshot costs, and what deleting it would give back. */
-export interface SnapshotUsage {
-  name: string;
-  id: string;
-  createdAt: string;
-  /** Bytes of its frozen layers (the writes between its parent and it). */
-  deltaBytes: number;
-  stateBytes: number;
-  /**
-   * What deleting it would free: its state file, plus its layers' bytes when
-   * they would be dropped, or the data a merge would make redundant (what the
-   * layer above overrides). 0 for a layer that must stay (a branch point, or
-   * one linked clones build on).
-   */
-  reclaimableBytes: number;
-}
-
-export interface VmUsage {
-  vm: string;
-  totalBytes: number;
-  layersBytes: number;
-  statesBytes: number;
-  disks: { slot: string; chainDepth: number; activeBytes: number }[];
-  snapshots: SnapshotUsage[];
-}
-
-export interface DataDirUsage {
-  path: string;
-  /** Bytes vmsnap's layers and state files take. */
-  usedBytes: number;
-  freeBytes: number;
-  totalBytes: number;
-}
+/** Storage accounting: what each snapshot costs and would free, per VM and for the data dir. */
 
 export function dataDirUsage(ctx: Context): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
-  const states = ctx.catalog.db.prepare('SELECT state_file FROM snapshots WHERE state_file IS NOT NULL').all() as { state_file: string }[];
-  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + states.reduce((a, s) => a + fileBytes(s.state_file), 0);
+  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0);
   return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
 }
 
@@ -76,8 +44,7 @@ export async function reclaimable(ctx: Context, snap: SnapshotRecord): Promise<n
     const layer = ctx.catalog.findLayer(layerId);
     if (!layer || layer.external) continue;
     const namedElsewhere = ctx.catalog.snapshotsUsingLayer(layerId).some((u) => u.snapshotId !== snap.id);
-    const active = (ctx.catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(layerId) as unknown) !== undefined;
-    if (namedElsewhere || active || ctx.catalog.foreignDependents(layerId).length > 0) continue;
+    if (namedElsewhere || ctx.catalog.isActiveLayer(layerId) || ctx.catalog.foreignDependents(layerId).length > 0) continue;
     const kids = g.children(layerId);
     if (kids.length === 0) bytes += fileBytes(layer.path);
     else if (kids.length === 1) {

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmsnapError } from '../errors.js';
-import type { VmConfig } from '../vm/config.js';
+import type { VmConfig } from '../contract/config.js';
 import type { Accelerator } from './accel.js';
 
 /** Files of one running VM. Unix socket paths must stay under 108 bytes. */

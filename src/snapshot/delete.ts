@@ -1,38 +1,80 @@
-import { rmSync } from 'node:fs';
+import { rmSync, statfsSync } from 'node:fs';
+import { z } from 'zod';
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
-import { faultPoint, type OperationRecord } from '../catalog/journal.js';
 import type { Context } from '../context.js';
-import type { QmpClient } from '../qemu/qmp.js';
-import { isProcessAlive, processCmdline } from '../util/process.js';
-import { fileBytes } from '../vm/machines.js';
-import { connectQmp, probeRuntime } from '../vm/runtime.js';
-import { applyMergeToCatalog, catalogGraph, nextAction, performMerge, removeFiles, type MergeAction } from './consolidate.js';
+import { formatBytes } from '../contract/format.js';
+import type { DeleteResult, MergeReport } from '../contract/views.js';
+import { VmsnapError } from '../errors.js';
+import { mergeCandidates, MergePlanFields } from '../layers/consolidate.js';
+import { catalogGraph } from '../layers/merge.js';
+import { defineOperation } from '../operations/define.js';
+import type { Op } from '../operations/op.js';
+import { rollForward } from '../operations/recovery.js';
+import { runOperation, withVm } from '../operations/runner.js';
+import { vmDiskUsage } from '../vm/info.js';
+import { detachClone, directClones } from './clone-detach.js';
+import { resolveSnapshot } from './views.js';
 
-export interface DeletePlan {
-  snapshotId: string;
-  name: string;
-  stateFile: string | null;
-  /** Layers to look at once the snapshot is gone (its frozen layer per disk). */
-  candidates: string[];
-  /** The merge under way, so recovery knows what to redo. */
-  pending?: MergeAction;
-  /** A helper process doing that merge, for recovery to stop if it outlived vmsnap. */
-  helperPid?: number;
+export interface DeleteOptions {
+  /** Bytes copied so far of the merge under way. */
+  onProgress?: (done: number, total: number, what: string) => void;
+  /**
+   * A snapshot that linked clones build on is pinned: by default deleting it is
+   * refused, naming the clones; 'detach' first copies its data into each clone
+   * (they no longer depend on this VM), then deletes it.
+   */
+  clones?: 'refuse' | 'detach';
 }
 
-export interface MergeReport {
-  kind: MergeAction['kind'];
-  layer: string;
-  into?: string;
-  online: boolean;
-  bytes: number;
-}
+const DeletePlan = z.object({
+  snapshotId: z.string(),
+  name: z.string(),
+  stateFile: z.string().nullable(),
+  ...MergePlanFields,
+});
+type DeletePlan = z.infer<typeof DeletePlan>;
 
-/** Bytes a VM's layers and state files take now (what a delete must never increase). */
-export function vmDiskUsage(ctx: Context, vmId: string): number {
-  const layers = ctx.catalog.listLayers(vmId).filter((l) => !l.external);
-  const states = ctx.catalog.listSnapshots(vmId).flatMap((s) => (s.stateFile ? [s.stateFile] : []));
-  return [...layers.map((l) => l.path), ...states].reduce((a, p) => a + fileBytes(p), 0);
+/**
+ * Delete a snapshot. Step 1: it is marked 'deleting' (hidden, no longer
+ * revertable); step 2: its row goes (its children re-parented to its parent)
+ * and then its state file; then each layer that no longer needs to stand
+ * alone is merged, one step per merge. From step 1 on it only rolls forward,
+ * and a failure (a full disk mid-merge) leaves it for recovery to finish.
+ */
+export const snapshotDelete = defineOperation({
+  kind: 'snapshot-delete',
+  plan: DeletePlan,
+  steps: 2,
+  faults: ['merging'],
+  onFailure: 'leave',
+  files: (p) => (p.stateFile ? [p.stateFile] : []),
+  recover: (ctx, op, vm) => rollForward(op, vm, (v) => rollDeleteForward(ctx, v, op)),
+});
+
+/** Carry a snapshot delete to its end from wherever it stopped: the delete itself and its recovery. */
+async function rollDeleteForward(
+  ctx: Context,
+  vm: VmRecord,
+  op: Op<DeletePlan, string>,
+  onProgress?: (done: number, total: number, what: string) => void,
+): Promise<MergeReport[]> {
+  const { catalog } = ctx;
+  const plan = op.plan;
+  const snap = catalog.findSnapshotById(plan.snapshotId);
+  if (snap && op.step < 1) op.done(1, () => catalog.updateSnapshot(snap.id, { status: 'deleting' }));
+  if (op.step < 2) {
+    op.done(2, () => {
+      const s = catalog.findSnapshotById(plan.snapshotId);
+      if (!s) return;
+      catalog.reparentChildren(s.id, s.parentId);
+      if (catalog.findVm(vm.id)?.currentSnapshotId === s.id) catalog.setCurrentSnapshot(vm.id, s.parentId);
+      catalog.deleteSnapshot(s.id);
+    });
+  }
+  if (plan.stateFile) rmSync(plan.stateFile, { force: true });
+  const merges = await mergeCandidates(ctx, catalog.getVm(vm.id), op, onProgress);
+  op.finish('done');
+  return merges;
 }
 
 /**
@@ -44,148 +86,105 @@ export function estimateMergeBytes(ctx: Context, snap: SnapshotRecord): number {
   let need = 0;
   for (const layerId of Object.values(snap.layers)) {
     const namedElsewhere = ctx.catalog.snapshotsUsingLayer(layerId).some((u) => u.snapshotId !== snap.id);
-    const active = (ctx.catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(layerId) as unknown) !== undefined;
     const kids = g.children(layerId);
-    if (namedElsewhere || active || kids.length !== 1) continue;
+    if (namedElsewhere || ctx.catalog.isActiveLayer(layerId) || kids.length !== 1) continue;
     need += Math.min(g.bytes(layerId), g.bytes(kids[0]!.id));
   }
   return need;
 }
 
-/** The layers a running VM's QEMU has open: every layer of every disk's chain. */
-export function openLayersOf(ctx: Context, vm: VmRecord): Set<string> {
-  const out = new Set<string>();
-  for (const top of Object.values(ctx.catalog.activeLayers(vm.id))) for (const l of ctx.catalog.chain(top)) out.add(l.id);
-  return out;
+/** Refuse a delete whose merge cannot fit, before anything is touched (a merge that runs out of space midway is still recoverable). */
+function checkSpaceForMerge(ctx: Context, snap: SnapshotRecord): void {
+  const need = estimateMergeBytes(ctx, snap);
+  const fs = statfsSync(ctx.paths.layers);
+  const free = fs.bavail * fs.bsize;
+  if (need > free) {
+    throw new VmsnapError('NO_SPACE', `deleting '${snap.name}' must merge about ${formatBytes(need)} but only ${formatBytes(free)} is free in ${ctx.paths.layers}`, {
+      hint: 'free disk space first; nothing was changed',
+      details: { needBytes: need, freeBytes: free },
+    });
+  }
+}
+
+/** Delete one snapshot whose VM lock the caller holds (inside a delete --all, `parent` is that operation). */
+async function deleteLocked(ctx: Context, vm: VmRecord, snap: SnapshotRecord, opts: DeleteOptions, parent?: { id: string }): Promise<MergeReport[]> {
+  const plan: DeletePlan = { snapshotId: snap.id, name: snap.name, stateFile: snap.stateFile, candidates: Object.values(snap.layers) };
+  return runOperation(ctx, snapshotDelete, { vm, plan, ...(parent ? { parent } : {}) }, (op) => rollDeleteForward(ctx, vm, op, opts.onProgress));
+}
+
+/** Linked clones of these snapshots: refused unless they are to be detached first (each in its own operation). */
+async function handleClones(ctx: Context, vm: VmRecord, snaps: SnapshotRecord[], opts: DeleteOptions): Promise<void> {
+  const pinned = snaps.flatMap((s) => directClones(ctx, s).map((c) => ({ clone: c, snap: s })));
+  if (pinned.length > 0 && opts.clones !== 'detach') {
+    const names = pinned.map((p) => (snaps.length === 1 ? p.clone.name : `${p.clone.name} (on '${p.snap.name}')`));
+    throw new VmsnapError(
+      'INVALID_STATE',
+      snaps.length === 1 ? `snapshot '${snaps[0]!.name}' is pinned by its linked clones: ${names.join(', ')}` : `VM '${vm.name}' has linked clones built on its snapshots: ${names.join(', ')}`,
+      {
+        hint: 'pass --detach-clones to copy their data into them first (they keep all their data), or remove the clones',
+        details: { vm: vm.name, ...(snaps.length === 1 ? { snapshot: snaps[0]!.name } : {}), clones: names },
+      },
+    );
+  }
+  for (const { clone } of pinned) await withVm(ctx, clone, `detach from ${vm.name}`, () => detachClone(ctx, clone));
 }
 
 /**
- * Delete a snapshot whose VM lock the caller holds. Journaled: the snapshot is
- * marked 'deleting' (hidden, no longer revertable), then its row goes (its
- * children re-parented to its parent) with its state file, then each layer
- * that no longer needs to stand alone is merged, one journal step per merge.
- * From the first step on, the operation only rolls forward.
+ * Delete any snapshot — a leaf, an inner one, a branch point, the root, the
+ * current one — while the VM runs or is off. Its delta is merged into what
+ * depends on it; its memory state file goes with it.
  */
-export async function deleteSnapshotLocked(
-  ctx: Context,
-  vm: VmRecord,
-  snap: SnapshotRecord,
-  onProgress?: (done: number, total: number, what: string) => void,
-): Promise<{ merges: MergeReport[]; operationId: string }> {
-  const plan: DeletePlan = { snapshotId: snap.id, name: snap.name, stateFile: snap.stateFile, candidates: Object.values(snap.layers) };
-  const op = ctx.journal.begin('snapshot-delete', vm.id, plan);
-  ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-delete', status: 'started' });
-  try {
-    const merges = await rollDeleteForward(ctx, vm, op, onProgress);
-    ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-delete', status: 'done' });
-    return { merges, operationId: op.id };
-  } catch (e) {
-    // Half-merged files are sound (each merge is redone from scratch); recovery finishes the job.
-    // If even the journal cannot be written (a full disk), the row stays 'running' and recovery still finds it.
-    try {
-      ctx.catalog.db.prepare("UPDATE operations SET status = 'interrupted', error = ? WHERE id = ?").run(String((e as Error).message ?? e), op.id);
-    } catch {
-      /* keep the original error */
-    }
-    ctx.events.emitEvent({ type: 'operation', operationId: op.id, vm: vm.name, kind: 'snapshot-delete', status: 'failed', error: String(e) });
-    throw e;
-  }
+export async function deleteSnapshot(ctx: Context, vm: VmRecord, snapName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+  const snap = resolveSnapshot(ctx, vm, snapName);
+  return withVm(ctx, vm, `snapshot delete ${snap.name}`, async () => {
+    const target = resolveSnapshot(ctx, vm, snap.id);
+    await handleClones(ctx, vm, [target], opts);
+    checkSpaceForMerge(ctx, target);
+    const before = vmDiskUsage(ctx, vm.id);
+    const merges = await deleteLocked(ctx, ctx.catalog.getVm(vm.id), target, opts);
+    return { deleted: [target.name], reclaimedBytes: Math.max(0, before - vmDiskUsage(ctx, vm.id)), merges };
+  });
 }
 
-/** Carry a snapshot-delete operation to its end from wherever it stopped. Used by delete and by recovery. */
-export async function rollDeleteForward(
-  ctx: Context,
-  vm: VmRecord,
-  op: OperationRecord<DeletePlan>,
-  onProgress?: (done: number, total: number, what: string) => void,
-): Promise<MergeReport[]> {
-  const { catalog, journal } = ctx;
-  const plan = op.plan;
-  stopOrphanHelper(plan.helperPid);
-  const snap = catalog.findSnapshotById(plan.snapshotId);
-  if (snap && op.step < 1) journal.step(op, 1, () => catalog.updateSnapshot(snap.id, { status: 'deleting' }));
-  if (op.step < 2) {
-    journal.step(op, 2, () => {
-      const s = catalog.findSnapshotById(plan.snapshotId);
-      if (!s) return;
-      catalog.db.prepare('UPDATE snapshots SET parent_id = ? WHERE parent_id = ?').run(s.parentId, s.id);
-      const current = catalog.findVm(vm.id)?.currentSnapshotId;
-      if (current === s.id) catalog.setCurrentSnapshot(vm.id, s.parentId);
-      catalog.deleteSnapshot(s.id);
-    });
-  }
-  if (plan.stateFile) rmSync(plan.stateFile, { force: true });
+/**
+ * Delete every snapshot (VMware's "Delete All"): one operation holding one
+ * snapshot delete per snapshot, newest first (each then mostly drops leaves
+ * and merges small deltas). Killed half way, recovery finishes the delete
+ * under way and then the rest: it only rolls forward.
+ */
+export const snapshotDeleteAll = defineOperation({
+  kind: 'snapshot-delete-all',
+  plan: z.object({ snapshotIds: z.array(z.string()) }),
+  steps: 0,
+  faults: [],
+  onFailure: 'leave',
+  files: () => [],
+  recover: (ctx, op, vm) => rollForward(op, vm, (v) => deleteRemaining(ctx, v, op, {})),
+});
 
-  const rt = await probeRuntime(ctx.paths.run, vm.id);
-  let qmp: QmpClient | undefined;
+async function deleteRemaining(ctx: Context, vm: VmRecord, op: Op<{ snapshotIds: string[] }, string>, opts: DeleteOptions): Promise<{ deleted: string[]; merges: MergeReport[] }> {
+  const deleted: string[] = [];
   const merges: MergeReport[] = [];
-  try {
-    if (rt.state !== 'stopped') qmp = await connectQmp(ctx.paths.run, vm);
-    const graph = catalogGraph(catalog);
-    const queue = [...(plan.pending ? [plan.pending.kind === 'drop' ? plan.pending.layerId : plan.pending.lowerId] : []), ...plan.candidates];
-    let step = Math.max(op.step, 2);
-    while (queue.length > 0) {
-      const layerId = queue.shift()!;
-      // A pending merge is redone as planned; otherwise the catalog says what to do now.
-      const action = plan.pending && (plan.pending.kind === 'drop' ? plan.pending.layerId : plan.pending.lowerId) === layerId ? plan.pending : nextAction(graph, layerId);
-      if (!action) continue;
-      const layer = catalog.getLayer(action.kind === 'drop' ? action.layerId : action.lowerId);
-      const openLayers = qmp ? openLayersOf(ctx, vm) : new Set<string>();
-      const online = action.kind !== 'drop' && openLayers.has(action.upperId);
-      const bytes = action.kind === 'drop' ? fileBytes(layer.path) : action.kind === 'stream' ? fileBytes(layer.path) : fileBytes(catalog.getLayer(action.upperId).path);
-      plan.pending = action;
-      journal.updatePlan(op, plan);
-      faultPoint(op.kind, 'merging');
-      const what = action.kind === 'drop' ? `drop layer ${layer.id}` : `${action.kind} ${action.kind === 'stream' ? `${action.lowerId} into ${action.upperId}` : `${action.upperId} into ${action.lowerId}`}`;
-      await performMerge(action, {
-        catalog,
-        ...(qmp ? { qmp } : {}),
-        openLayers,
-        onHelper: (pid) => {
-          plan.helperPid = pid;
-          journal.updatePlan(op, plan);
-        },
-        onProgress: (done, total) => {
-          onProgress?.(done, total, what);
-          ctx.events.emitEvent({ type: 'progress', operationId: op.id, vm: vm.name, what, done, total });
-        },
-      });
-      let files: string[] = [];
-      step++;
-      delete plan.pending;
-      delete plan.helperPid;
-      journal.step(op, step, () => {
-        files = applyMergeToCatalog(catalog, action);
-        catalog.db.prepare('UPDATE operations SET plan = ? WHERE id = ?').run(JSON.stringify(plan), op.id);
-      });
-      removeFiles(files);
-      // Report the layer that went away, and where its data went.
-      merges.push(
-        action.kind === 'drop'
-          ? { kind: 'drop', layer: action.layerId, online, bytes }
-          : action.kind === 'stream'
-            ? { kind: 'stream', layer: action.lowerId, into: action.upperId, online, bytes }
-            : { kind: 'commit', layer: action.upperId, into: action.lowerId, online, bytes },
-      );
-      // Dropping a layer may leave the one below it unneeded in turn.
-      if (action.kind === 'drop' && layer.backingId) queue.unshift(layer.backingId);
-    }
-  } finally {
-    await qmp?.close();
+  for (const id of op.plan.snapshotIds) {
+    const s = ctx.catalog.findSnapshotById(id);
+    if (!s || s.status !== 'ready') continue;
+    merges.push(...(await deleteLocked(ctx, ctx.catalog.getVm(vm.id), s, opts, op)));
+    deleted.push(s.name);
   }
-  journal.finish(op, 'done');
-  return merges;
+  return { deleted, merges };
 }
 
-/** A qemu-img or storage daemon left running by a killed vmsnap holds the layers' locks: stop it before redoing its work. */
-function stopOrphanHelper(pid: number | undefined): void {
-  if (pid === undefined || pid === process.pid || !isProcessAlive(pid)) return;
-  const cmd = processCmdline(pid).join(' ');
-  if (!/qemu-img|qemu-storage-daemon/.test(cmd)) return;
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    return;
-  }
-  for (let i = 0; i < 200 && isProcessAlive(pid); i++) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+export async function deleteAllSnapshots(ctx: Context, vm: VmRecord, opts: DeleteOptions = {}): Promise<DeleteResult> {
+  return withVm(ctx, vm, 'snapshot delete --all', async () => {
+    const all = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
+    await handleClones(ctx, vm, all, opts);
+    const before = vmDiskUsage(ctx, vm.id);
+    const snapshotIds = ctx.catalog
+      .listSnapshots(vm.id)
+      .filter((s) => s.status === 'ready')
+      .reverse()
+      .map((s) => s.id);
+    const { deleted, merges } = await runOperation(ctx, snapshotDeleteAll, { vm, plan: { snapshotIds } }, (op) => deleteRemaining(ctx, vm, op, opts));
+    return { deleted, reclaimedBytes: Math.max(0, before - vmDiskUsage(ctx, vm.id)), merges };
+  });
 }

@@ -310,6 +310,23 @@ export async function loadMemory(qmp: QmpClient, statePath: string, timeoutMs = 
   return { loadMs: performance.now() - t0, sha256: await hashing };
 }
 
+/**
+ * Load a snapshot's memory state and check it against the sha256 taken when it
+ * was saved; the caller resumes the guest only if this returns.
+ */
+export async function loadSnapshotMemory(qmp: QmpClient, snap: { name: string; stateFile: string | null; meta: { stateSha256?: string | undefined } }): Promise<{ loadMs: number }> {
+  if (!snap.stateFile) throw new VmsnapError('INTERNAL', `snapshot '${snap.name}' has no memory state to load`);
+  const loaded = await loadMemory(qmp, snap.stateFile);
+  const expected = snap.meta.stateSha256;
+  if (expected !== undefined && loaded.sha256 !== expected) {
+    throw new VmsnapError('CATALOG_ERROR', `snapshot '${snap.name}': its memory state file is damaged (checksum mismatch); the guest was not resumed from it`, {
+      hint: "revert to another snapshot, or delete this one ('vmsnap verify VM --deep' checks them all)",
+      details: { step: 'load-memory', expected, actual: loaded.sha256 },
+    });
+  }
+  return { loadMs: loaded.loadMs };
+}
+
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createWriteStream, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { VmsnapError } from '../errors.js';
-import { fsyncFileAndDir } from './fsync.js';
+import { fsyncFileAndDir } from '../util/files.js';
 
 export interface StateSink {
   /** The migration URI to give QEMU. */

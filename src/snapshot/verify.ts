@@ -1,50 +1,22 @@
 import { existsSync } from 'node:fs';
-import { sha256File } from './live.js';
-import { resolve, dirname } from 'node:path';
-import type { VmRecord } from '../catalog/catalog.js';
+import { dirname, resolve } from 'node:path';
+import type { SnapshotMeta, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
+import type { VerifyProblem, VerifyReport } from '../contract/views.js';
+import { openLayersOf } from '../layers/consolidate.js';
+import { findOrphans, othersAtWork } from '../operations/recovery.js';
 import { checkImage, imageInfo } from '../qemu/qemu-img.js';
-import { probeRuntime } from '../vm/runtime.js';
-import { openLayersOf } from './delete.js';
+import { probeRuntime } from '../qemu/runtime.js';
 import { fingerprintDisk } from './fingerprint.js';
-import { findOrphans, othersAtWork } from './recovery.js';
 
-export interface VerifyProblem {
-  severity: 'error' | 'warning';
-  kind:
-    | 'missing-file'
-    | 'backing-mismatch'
-    | 'image-check'
-    | 'missing-state-file'
-    | 'missing-active-layer'
-    | 'orphan-file'
-    | 'unfinished-operation'
-    | 'fingerprint-mismatch'
-    | 'state-checksum-mismatch';
-  message: string;
-  layer?: string;
-  snapshot?: string;
-  path?: string;
-}
-
-export interface VerifyReport {
-  ok: boolean;
-  vm: string;
-  layersChecked: number;
-  snapshotsChecked: number;
-  /** Snapshots whose content fingerprint was recomputed and matched (with --deep). */
-  fingerprintsVerified: number;
-  /** Snapshots fingerprinted for the first time (nothing to compare yet). */
-  fingerprintsRecorded: number;
-  problems: VerifyProblem[];
-}
+export type { VerifyProblem, VerifyReport } from '../contract/views.js';
+import { sha256File } from './live.js';
 
 type Fingerprints = Record<string, string>;
 
 /** The stored fingerprints of a snapshot's disks (slot → hash), if computed. */
-export function storedFingerprints(meta: Record<string, unknown>): Fingerprints | undefined {
-  const f = meta.fingerprints;
-  return f && typeof f === 'object' ? (f as Fingerprints) : undefined;
+export function storedFingerprints(meta: SnapshotMeta): Fingerprints | undefined {
+  return meta.fingerprints;
 }
 
 /**
@@ -56,25 +28,20 @@ export async function recordFingerprints(ctx: Context, vm: VmRecord): Promise<nu
   let n = 0;
   for (const s of ctx.catalog.listSnapshots(vm.id)) {
     if (s.status !== 'ready' || storedFingerprints(s.meta)) continue;
-    const mark = lastOperationMark(ctx, vm.id);
+    const mark = ctx.journal.mark(vm.id);
     const fps: Fingerprints = {};
     try {
       for (const [slot, layerId] of Object.entries(s.layers)) fps[slot] = await fingerprintDisk(ctx.catalog.getLayer(layerId).path);
     } catch {
       continue; // deleted or merged meanwhile
     }
-    if (lastOperationMark(ctx, vm.id) !== mark) continue;
+    if (ctx.journal.mark(vm.id) !== mark) continue;
     const fresh = ctx.catalog.findSnapshotById(s.id);
     if (!fresh) continue;
     ctx.catalog.updateSnapshot(s.id, { meta: { ...fresh.meta, fingerprints: fps } });
     n++;
   }
   return n;
-}
-
-function lastOperationMark(ctx: Context, vmId: string): string {
-  const r = ctx.catalog.db.prepare('SELECT COUNT(*) AS n, MAX(started_at) AS t FROM operations WHERE vm_id = ?').get(vmId) as { n: number; t: string | null };
-  return `${r.n}/${r.t}`;
 }
 
 /**
@@ -140,7 +107,7 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
   }
   if (opts.deep) {
     for (const s of snaps) {
-      const expected = typeof s.meta.stateSha256 === 'string' ? s.meta.stateSha256 : undefined;
+      const expected = s.meta.stateSha256;
       if (s.stateFile && expected && existsSync(s.stateFile) && (await sha256File(s.stateFile)) !== expected) {
         problems.push({
           severity: 'error',

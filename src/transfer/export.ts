@@ -1,14 +1,17 @@
 import { existsSync, readFileSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
+import { z } from 'zod';
 import type { LayerRecord } from '../catalog/catalog.js';
-import { faultPoint } from '../catalog/journal.js';
-import { withVm, type Context } from '../context.js';
+import type { Context } from '../context.js';
+import { formatBytes } from '../contract/format.js';
+import type { ExportedDisk, ExportResult } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
-import { fsyncPath } from '../snapshot/fsync.js';
-import { resolveSnapshot } from '../snapshot/snapshots.js';
-import { newId } from '../util/ids.js';
-import { formatBytes } from '../util/size.js';
+import { defineOperation } from '../operations/define.js';
+import { runOperation, withVm } from '../operations/runner.js';
+import { resolveSnapshot } from '../snapshot/views.js';
+import { fsyncPath } from '../util/files.js';
+import { vmsnapVersion } from '../util/version.js';
 import { pump, scratchDir, sha256Of, writeAll } from './io.js';
 import {
   ARCHIVE_FORMAT,
@@ -19,11 +22,10 @@ import {
   MANIFEST_ENTRY,
   MANIFEST_SUM_ENTRY,
   STATE_ENTRY,
-  vmsnapVersion,
   type ArchiveHead,
   type ArchiveManifest,
   type FileSum,
-} from './manifest.js';
+} from '../contract/archive.js';
 import { convertInto, createQcow2, measureQcow2, virtualSize } from './qemu.js';
 import { BLOCK, END_OF_ARCHIVE, fileHeader, padTo512 } from './tar.js';
 
@@ -36,28 +38,30 @@ export interface ExportOptions {
   signal?: AbortSignal;
 }
 
-export interface ExportedDisk {
-  slot: string;
-  virtualSize: number;
-  bytes: number;
-  sha256: string;
-}
-
-export interface ExportResult {
-  file: string;
-  /** Size of the archive. */
-  bytes: number;
-  vm: string;
-  snapshot: string;
-  hasMemory: boolean;
-  disks: ExportedDisk[];
-  state: { bytes: number; sha256: string } | null;
-  /** Wall time of the whole export. */
-  ms: number;
-  /** How long the VM's lock was held (the qemu-img convert steps); the guest itself never pauses. */
-  lockedMs: number;
-  manifest: ArchiveManifest;
-}
+/**
+ * Export: the archive is written to FILE.partial (step 1: complete and
+ * fsynced), then renamed to FILE. Killed before the rename, recovery removes
+ * the partial file and the scratch dir: no archive ever appears under its
+ * name half written. The VM's lock is held only while the disks are read.
+ */
+export const exportSnapshotOp = defineOperation({
+  kind: 'export',
+  plan: z.object({ snapshotId: z.string(), file: z.string(), partial: z.string(), scratch: z.string() }),
+  steps: 1,
+  faults: [],
+  onFailure: 'rollback',
+  files: () => [],
+  async recover(_ctx, op) {
+    rmSync(op.plan.scratch, { recursive: true, force: true });
+    if (op.step >= 1 && !existsSync(op.plan.partial) && existsSync(op.plan.file)) {
+      op.finish('done');
+      return { outcome: 'rolled_forward' };
+    }
+    rmSync(op.plan.partial, { force: true });
+    op.finish('rolled_back');
+    return { outcome: 'rolled_back' };
+  },
+});
 
 /** Refuse a target that cannot or should not be written, before anything is. */
 function checkTarget(ctx: Context, file: string, force: boolean): string {
@@ -107,14 +111,12 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
   const snap0 = resolveSnapshot(ctx, vm, snapName);
   const target = checkTarget(ctx, file, opts.force ?? false);
   const partial = `${target}.partial`;
-  const operationId = newId();
+  const scratch = await scratchDir(ctx.paths.home, 'export');
+  return runOperation(ctx, exportSnapshotOp, { vm, plan: { snapshotId: snap0.id, file: target, partial, scratch } }, async (op) => {
   const progress = (done: number, total: number, what: string): void => {
     opts.onProgress?.(done, total, what);
-    ctx.events.emitEvent({ type: 'progress', operationId, vm: vm.name, what, done, total });
+    op.progress(what, done, total);
   };
-  ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'started' });
-
-  const scratch = await scratchDir(ctx.paths.home, 'export');
   let fh: FileHandle | undefined;
   let stateFh: FileHandle | undefined;
   try {
@@ -226,7 +228,7 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
     if (stateFh) {
       await writeAll(out, fileHeader(STATE_ENTRY, stateSize, mtime), pos);
       const r = await pump(stateFh, 0, stateSize, { to: { fh: out, offset: pos + BLOCK }, onBytes, ...sig });
-      const expected = typeof snap.meta.stateSha256 === 'string' ? snap.meta.stateSha256 : undefined;
+      const expected = snap.meta.stateSha256;
       if (r.bytes !== stateSize || (expected !== undefined && r.sha256 !== expected)) {
         throw new VmsnapError('CATALOG_ERROR', `snapshot '${snap.name}': its memory state file is damaged (it does not match the checksum taken when it was saved); not exporting it`, {
           hint: `'vmsnap verify ${vm.name} --deep' checks every snapshot; a disk-only copy can be made by a clone or another snapshot`,
@@ -269,7 +271,7 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
     await out.sync();
     await out.close();
     fh = undefined;
-    faultPoint('export', 'written');
+    op.done(1);
     if (opts.signal?.aborted) throw new VmsnapError('INTERRUPTED', 'stopped on request', { cause: opts.signal.reason });
     if (!opts.force && existsSync(target)) {
       throw new VmsnapError('ALREADY_EXISTS', `file: '${target}' was created by someone else during the export`, { hint: 'pass --force to replace it, or choose another name' });
@@ -288,21 +290,18 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
       lockedMs,
       manifest,
     };
-    ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'done' });
     return result;
   } catch (e0) {
+    // The partial file and the scratch dir go with the operation's rollback.
     await fh?.close().catch(() => undefined);
-    rmSync(partial, { force: true });
-    const e =
-      (e0 as NodeJS.ErrnoException).code === 'ENOSPC'
-        ? new VmsnapError('NO_SPACE', `no space left in ${dirname(target)} for the archive`, { hint: 'free space there, or write the archive elsewhere', cause: e0 })
-        : e0;
-    ctx.events.emitEvent({ type: 'operation', operationId, vm: vm.name, kind: 'export', status: 'failed', error: String(e) });
-    throw e;
+    throw (e0 as NodeJS.ErrnoException).code === 'ENOSPC'
+      ? new VmsnapError('NO_SPACE', `no space left in ${dirname(target)} for the archive`, { hint: 'free space there, or write the archive elsewhere', cause: e0 })
+      : e0;
   } finally {
     await (stateFh as FileHandle | undefined)?.close().catch(() => undefined);
     rmSync(scratch, { recursive: true, force: true });
   }
+  });
 }
 
 /** Size of a file, or -1 when it is missing. */

@@ -1,15 +1,21 @@
 import { copyFileSync, existsSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
+import { z } from 'zod';
 import type { LayerRecord, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
+import { NAME_PATTERN, validateConfig, validateName } from '../contract/config.js';
+import { formatBytes } from '../contract/format.js';
+import type { ArchiveSource, CheckArchiveResult, ImportResult } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
+import { defineOperation } from '../operations/define.js';
+import type { Op } from '../operations/op.js';
+import { runOperation } from '../operations/runner.js';
+import { layerPath, statePath } from '../paths.js';
 import { createImage } from '../qemu/qemu-img.js';
-import { fsyncFileAndDir } from '../snapshot/fsync.js';
+import { fsyncFileAndDir } from '../util/files.js';
 import { newId, newLayerId, newMacAddress } from '../util/ids.js';
-import { formatBytes } from '../util/size.js';
-import { NAME_PATTERN, validateConfig, validateName } from '../vm/config.js';
-import { layerPath } from '../vm/machines.js';
+import { rollBackNewFiles } from '../vm/define.js';
 import { pump, scratchDir, sha256Of } from './io.js';
 import {
   ARCHIVE_FORMAT,
@@ -25,7 +31,7 @@ import {
   STATE_ENTRY,
   type ArchiveHead,
   type ArchiveManifest,
-} from './manifest.js';
+} from '../contract/archive.js';
 import { embeddedQcow2, inspectDisk } from './qemu.js';
 import { listEntries, TarFormatError, type TarEntry } from './tar.js';
 
@@ -36,40 +42,6 @@ export interface ImportOptions {
   onProgress?: (done: number, total: number, what: string) => void;
   /** Abort while reading: nothing is created and INTERRUPTED thrown. */
   signal?: AbortSignal;
-}
-
-export interface ArchiveSource {
-  vm: string;
-  snapshot: string;
-  exportedAt: string;
-  vmsnapVersion: string;
-}
-
-export interface ImportResult {
-  /** The new VM. */
-  vm: string;
-  id: string;
-  /** Its one snapshot, current: revert to it to resume (memory) or boot (`start`). */
-  snapshot: string;
-  hasMemory: boolean;
-  vmState: SnapshotRecord['vmState'];
-  mac: string;
-  /** Size of the archive read. */
-  bytes: number;
-  source: ArchiveSource;
-  /** Things to know that did not stop the import (e.g. a kernel path missing on this host). */
-  warnings: string[];
-  ms: number;
-}
-
-export interface CheckArchiveResult {
-  file: string;
-  bytes: number;
-  source: ArchiveSource;
-  hasMemory: boolean;
-  disks: { slot: string; virtualSize: number; bytes: number }[];
-  manifest: ArchiveManifest;
-  ms: number;
 }
 
 /** Small entries are read into memory; anything bigger than this where JSON is expected is refused. */
@@ -348,6 +320,26 @@ function moveFile(from: string, to: string): void {
  * snapshot is recreated as the VM's one, current snapshot (with its memory
  * state, if any), so a revert to it resumes the guest and `start` boots it.
  */
+/**
+ * Import: the archive is read and checked into a scratch dir first (nothing
+ * the catalog knows is touched), then its files move into the data dir
+ * (step 1) and the VM's rows commit in the transaction that finishes the
+ * operation. Unfinished means uncommitted: undone by removing the files.
+ */
+export const importArchiveOp = defineOperation({
+  kind: 'import',
+  aliases: ['import-vm'],
+  plan: z.object({ source: z.string(), scratch: z.string(), createFiles: z.array(z.string()) }),
+  steps: 1,
+  faults: [],
+  onFailure: 'rollback',
+  files: (p) => p.createFiles,
+  async recover(ctx, op) {
+    rmSync(op.plan.scratch, { recursive: true, force: true });
+    return rollBackNewFiles(ctx, op);
+  },
+});
+
 export async function importArchive(ctx: Context, file: string, opts: ImportOptions = {}): Promise<ImportResult> {
   const t0 = performance.now();
   if (opts.name !== undefined) {
@@ -355,9 +347,6 @@ export async function importArchive(ctx: Context, file: string, opts: ImportOpti
     refuseTaken(ctx, opts.name);
   }
   const a = await openArchive(file);
-  let scratch: string | undefined;
-  let started = false;
-  const operationId = newId();
   try {
     const name = opts.name ?? a.head.vm;
     if (name === undefined) throw damaged(file, `${HEAD_ENTRY} names no VM`);
@@ -371,63 +360,71 @@ export async function importArchive(ctx: Context, file: string, opts: ImportOpti
         details: { needBytes: a.size, freeBytes: free },
       });
     }
-    ctx.events.emitEvent({ type: 'operation', operationId, vm: name, kind: 'import-vm', status: 'started' });
-    started = true;
-    scratch = await scratchDir(ctx.paths.home, 'import');
-    const { manifest, extracted } = await verifyArchive(a, {
-      extractTo: scratch,
-      onProgress: (done, total, what) => {
-        opts.onProgress?.(done, total, what);
-        ctx.events.emitEvent({ type: 'progress', operationId, vm: name, what, done, total });
-      },
-      ...(opts.signal ? { signal: opts.signal } : {}),
-    });
-    if (opts.signal?.aborted) throw new VmsnapError('INTERRUPTED', 'stopped on request', { cause: opts.signal.reason });
-    const warnings: string[] = [];
-    for (const [field, path] of [['kernel', manifest.config.boot.kernel], ['initrd', manifest.config.boot.initrd]] as const) {
-      if (path !== undefined && !existsSync(path)) {
-        warnings.push(`the VM boots with the ${field} ${path}, which does not exist on this host: put it there before starting or reverting the VM`);
+    const scratch = await scratchDir(ctx.paths.home, 'import');
+    const vmId = newId();
+    return await runOperation(ctx, importArchiveOp, { vm: { id: vmId, name }, plan: { source: a.file, scratch, createFiles: [] } }, async (op) => {
+      try {
+        const { manifest, extracted } = await verifyArchive(a, {
+          extractTo: scratch,
+          onProgress: (done, total, what) => {
+            opts.onProgress?.(done, total, what);
+            op.progress(what, done, total);
+          },
+          ...(opts.signal ? { signal: opts.signal } : {}),
+        });
+        if (opts.signal?.aborted) throw new VmsnapError('INTERRUPTED', 'stopped on request', { cause: opts.signal.reason });
+        const warnings: string[] = [];
+        for (const [field, path] of [['kernel', manifest.config.boot.kernel], ['initrd', manifest.config.boot.initrd]] as const) {
+          if (path !== undefined && !existsSync(path)) {
+            warnings.push(`the VM boots with the ${field} ${path}, which does not exist on this host: put it there before starting or reverting the VM`);
+          }
+        }
+        const vm = await createImported(ctx, op, vmId, name, manifest, extracted, a.file);
+        return {
+          vm: vm.name,
+          id: vm.id,
+          snapshot: manifest.snapshot.name,
+          hasMemory: manifest.state !== null,
+          vmState: manifest.snapshot.vmState,
+          mac: vm.config.nics[0]?.mac ?? '',
+          bytes: a.size,
+          source: sourceOf(manifest),
+          warnings,
+          ms: performance.now() - t0,
+        };
+      } finally {
+        rmSync(scratch, { recursive: true, force: true });
       }
-    }
-    const vm = await createImported(ctx, name, manifest, extracted, a.file);
-    ctx.events.emitEvent({ type: 'operation', operationId, vm: name, kind: 'import-vm', status: 'done' });
-    return {
-      vm: vm.name,
-      id: vm.id,
-      snapshot: manifest.snapshot.name,
-      hasMemory: manifest.state !== null,
-      vmState: manifest.snapshot.vmState,
-      mac: vm.config.nics[0]?.mac ?? '',
-      bytes: a.size,
-      source: sourceOf(manifest),
-      warnings,
-      ms: performance.now() - t0,
-    };
-  } catch (e) {
-    if (started) ctx.events.emitEvent({ type: 'operation', operationId, vm: opts.name ?? a.head.vm ?? '', kind: 'import-vm', status: 'failed', error: String(e) });
-    throw e;
+    });
   } finally {
     await a.fh.close();
-    if (scratch) rmSync(scratch, { recursive: true, force: true });
   }
 }
 
-async function createImported(ctx: Context, name: string, manifest: ArchiveManifest, extracted: Map<string, string>, file: string): Promise<VmRecord> {
-  const { catalog, journal, paths } = ctx;
+async function createImported(
+  ctx: Context,
+  op: Op<{ source: string; scratch: string; createFiles: string[] }, string>,
+  vmId: string,
+  name: string,
+  manifest: ArchiveManifest,
+  extracted: Map<string, string>,
+  file: string,
+): Promise<VmRecord> {
+  const { catalog, paths } = ctx;
   const now = new Date().toISOString();
   // A machine of its own on the network: fresh MAC addresses.
   const config = validateConfig({ ...manifest.config, nics: manifest.config.nics.map((n) => ({ ...n, mac: newMacAddress() })) });
-  const vm: VmRecord = { id: newId(), name, config, createdAt: now, currentSnapshotId: null };
+  const vm: VmRecord = { id: vmId, name, config, createdAt: now, currentSnapshotId: null };
   const snapshotId = newId();
   const bases: LayerRecord[] = [];
   const overlays: LayerRecord[] = [];
   for (const d of manifest.disks) {
     const baseId = newLayerId();
     const topId = newLayerId();
-    bases.push({ id: baseId, vmId: vm.id, slot: d.slot, path: layerPath(paths.layers, baseId), format: 'qcow2', backingId: null, frozen: true, external: false, createdAt: now });
-    overlays.push({ id: topId, vmId: vm.id, slot: d.slot, path: layerPath(paths.layers, topId), format: 'qcow2', backingId: baseId, frozen: false, external: false, createdAt: now });
+    bases.push({ id: baseId, vmId: vm.id, slot: d.slot, path: layerPath(paths, baseId), format: 'qcow2', backingId: null, frozen: true, external: false, createdAt: now });
+    overlays.push({ id: topId, vmId: vm.id, slot: d.slot, path: layerPath(paths, topId), format: 'qcow2', backingId: baseId, frozen: false, external: false, createdAt: now });
   }
-  const stateFile = manifest.state ? join(paths.states, `${snapshotId}.state`) : null;
+  const stateFile = manifest.state ? statePath(paths, snapshotId) : null;
   const { stateSha256: _dropped, ...meta } = manifest.snapshot.meta;
   const snapshot: SnapshotRecord = {
     id: snapshotId,
@@ -448,8 +445,8 @@ async function createImported(ctx: Context, name: string, manifest: ArchiveManif
     },
     layers: Object.fromEntries(bases.map((b) => [b.slot, b.id])),
   };
-  const createFiles = [...bases, ...overlays].map((l) => l.path).concat(stateFile ? [stateFile] : []);
-  const op = journal.begin('import-vm', vm.id, { source: file, createFiles });
+  op.plan.createFiles = [...bases, ...overlays].map((l) => l.path).concat(stateFile ? [stateFile] : []);
+  op.savePlan();
   try {
     for (const [i, base] of bases.entries()) {
       moveFile(extracted.get(manifest.disks[i]!.file)!, base.path);
@@ -459,9 +456,9 @@ async function createImported(ctx: Context, name: string, manifest: ArchiveManif
       fsyncFileAndDir(top.path);
     }
     if (stateFile) moveFile(extracted.get(STATE_ENTRY)!, stateFile);
-    journal.step(op, 1);
+    op.done(1);
     refuseTaken(ctx, name);
-    journal.finish(op, 'done', undefined, () => {
+    op.finish('done', undefined, () => {
       catalog.insertVm(vm);
       for (const l of [...bases, ...overlays]) catalog.insertLayer(l);
       for (const l of overlays) catalog.setActiveLayer(vm.id, l.slot, l.id);
@@ -470,8 +467,6 @@ async function createImported(ctx: Context, name: string, manifest: ArchiveManif
     });
     return { ...vm, currentSnapshotId: snapshotId };
   } catch (e) {
-    for (const f of createFiles) rmSync(f, { force: true });
-    journal.finish(op, 'rolled_back', e);
     if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
       throw new VmsnapError('ALREADY_EXISTS', `a VM named '${name}' was created meanwhile`, { hint: 'import again under another name', cause: e });
     }

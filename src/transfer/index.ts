@@ -1,11 +1,13 @@
 import type { Context } from '../context.js';
-import { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
-import { checkArchive, importArchive, type CheckArchiveResult, type ImportOptions, type ImportResult } from './import.js';
+import type { CheckArchiveResult, ExportResult, ImportResult } from '../contract/views.js';
+import { exportSnapshot, type ExportOptions } from './export.js';
+import { checkArchive, importArchive, type ImportOptions } from './import.js';
 
-export type { ExportOptions, ExportResult, ExportedDisk } from './export.js';
-export type { ImportOptions, ImportResult, CheckArchiveResult, ArchiveSource } from './import.js';
-export type { ArchiveManifest } from './manifest.js';
-export { ARCHIVE_FORMAT, ARCHIVE_VERSION } from './manifest.js';
+export type { ExportOptions } from './export.js';
+export type { ImportOptions } from './import.js';
+export type { ArchiveManifest } from '../contract/archive.js';
+export type { ArchiveSource, CheckArchiveResult, ExportedDisk, ExportResult, ImportResult } from '../contract/views.js';
+export { ARCHIVE_FORMAT, ARCHIVE_VERSION } from '../contract/archive.js';
 
 /**
  * Export and import as a real backup: one snapshot of a VM written as one

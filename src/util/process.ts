@@ -34,3 +34,21 @@ export function processCmdline(pid: number): string[] {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Stop a helper process (qemu-img, a storage daemon) that a killed vmsnap left
+ * running: it holds the layers' locks, so its work cannot be redone while it
+ * lives. Only a process whose command line matches is killed (a reused pid is
+ * someone else's); waits for it without blocking the event loop.
+ */
+export async function killOrphanHelper(pid: number | undefined, commandPattern: RegExp, timeoutMs = 5000): Promise<void> {
+  if (pid === undefined || pid === process.pid || !isProcessAlive(pid)) return;
+  if (!commandPattern.test(processCmdline(pid).join(' '))) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + timeoutMs;
+  while (isProcessAlive(pid) && Date.now() < deadline) await sleep(10);
+}

@@ -30,4 +30,4 @@ export function parseSize(text: string, field: string): number {
   return Math.round(Number(m[1]) * unit);
 }
 
-export { formatBytes } from './format.js';
+export { formatBytes } from '../contract/format.js';

@@ -34,22 +34,25 @@ const vmFromHash = (): string | null => {
 /** What a finished operation did, in one line for a toast. */
 function describeResult(op: Operation): string {
   switch (op.kind) {
-    case 'snapshot.create': {
-      const s = op.result as SnapshotView;
+    case 'snapshot-create': {
+      const s = op.result;
+      if (!s) return `${op.title}: done`;
       return `Snapshot '${s.name}' taken${s.hasMemory ? ` with memory (${bytes(s.stateBytes)})` : ', disk only'} — guest paused ${ms(s.pauseMs)}`;
     }
-    case 'snapshot.revert': {
-      const r = op.result as RevertResult;
+    case 'snapshot-revert': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
       return `${op.vm} reverted to '${r.snapshot.name}': ${r.state === 'stopped' ? 'powered off' : r.state}${r.resumeMs !== undefined ? ` in ${ms(r.resumeMs)}` : ''}`;
     }
-    case 'snapshot.delete':
-    case 'snapshot.delete-all': {
-      const r = op.result as DeleteResult;
+    case 'snapshot-delete':
+    case 'snapshot-delete-all': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
       return `Deleted ${r.deleted.length === 1 ? `snapshot '${r.deleted[0]}'` : `${r.deleted.length} snapshots`} — ${bytes(r.reclaimedBytes)} reclaimed`;
     }
-    case 'vm.start':
+    case 'vm-start':
       return `${op.vm} started`;
-    case 'vm.stop':
+    case 'vm-stop':
       return `${op.vm} is powered off`;
     default:
       return `${op.title}: done`;
@@ -163,8 +166,8 @@ export function App() {
       setOps((prev) => [op, ...prev.filter((o) => o.id !== op.id)].sort((a, b) => b.createdAt.localeCompare(a.createdAt)).slice(0, 50));
       if (op.status !== 'running' && before !== op.status && op.vm === selectedRef.current) {
         scheduleReload();
-        if (op.kind === 'snapshot.create' && op.status === 'succeeded') setNode({ kind: 'snapshot', id: (op.result as SnapshotView).id });
-        if (op.kind.startsWith('snapshot.delete') && op.status === 'succeeded') setNode((n) => (n.kind === 'snapshot' ? { kind: 'here' } : n));
+        if (op.kind === 'snapshot-create' && op.status === 'succeeded' && op.result) setNode({ kind: 'snapshot', id: op.result.id });
+        if (op.kind.startsWith('snapshot-delete') && op.status === 'succeeded') setNode((n) => (n.kind === 'snapshot' ? { kind: 'here' } : n));
       }
     },
     [toast, scheduleReload],
@@ -264,7 +267,7 @@ export function App() {
     );
   }
 
-  const canDelete = health?.features.delete ?? false;
+  const canDelete = health?.operations.includes('snapshot-delete') ?? false;
   const st = vm?.state;
   return (
     <div className="app">

@@ -1,24 +1,28 @@
-// The shapes the API sends are the library's own types: imported as types
-// only, so nothing of the server ends up in the browser bundle.
-import type { VmInfo, VmSummary } from '../../src/vm/machines.js';
-import type { SnapshotView, RevertResult } from '../../src/snapshot/snapshots.js';
-import type { Operation } from '../../src/api/operations.js';
-import type { ApiErrorBody } from '../../src/api/errors.js';
-import type { DeleteResult } from '../../src/api/library.js';
+// The shapes the API sends come from the one typed contract the library, the
+// server and the CLI share (src/contract/): imported as types only, so nothing
+// of the server ends up in the browser bundle.
+import type {
+  ApiErrorBody,
+  DeleteResult,
+  OperationKind,
+  PresentStateChanges,
+  RevertResult,
+  SnapshotView,
+  Task,
+  VmInfo,
+  VmSummary,
+} from '../../src/contract/index.js';
 
-export type { VmInfo, VmSummary, SnapshotView, RevertResult, Operation, ApiErrorBody, DeleteResult };
-
-export interface PresentState {
-  running: boolean;
-  lost: string[];
-  wouldLoseData: boolean;
-}
+export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult };
+/** A 202 job of the API, its result typed by its kind. */
+export type Operation = Task;
+export type PresentState = PresentStateChanges;
 
 export interface Health {
   ok: true;
   version: string;
   tokenRequired: boolean;
-  features: { delete: boolean; deleteAll: boolean; verify: boolean };
+  operations: OperationKind[];
 }
 
 export interface CreateVmRequest {

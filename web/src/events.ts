@@ -1,4 +1,4 @@
-import type { ApiEvent } from '../../src/api/events.js';
+import type { ApiEvent } from '../../src/contract/index.js';
 import { authHeaders } from './api.js';
 
 export type StreamEvent = ApiEvent | { type: 'resync'; data: Record<string, never> };

@@ -1,5 +1,5 @@
 // Shared with the library and the CLI, so sizes and name rules read the same everywhere.
-export { formatBytes as bytes, NAME_PATTERN, NAME_RULE } from '../../src/util/format.js';
+export { formatBytes as bytes, NAME_PATTERN, NAME_RULE } from '../../src/contract/format.js';
 
 export function ago(iso: string, now = Date.now()): string {
   const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));

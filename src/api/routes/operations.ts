@@ -2,7 +2,7 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { VmsnapError } from '../../errors.js';
 import { errors, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
 import { sseHandler } from '../events.js';
-import { features } from '../library.js';
+import { OPERATION_KINDS } from '../../contract/operations.js';
 import { HealthSchema, OperationParams, OperationSchema, OperationsQuery } from '../schemas.js';
 
 /** Operations (the 202 jobs), the event stream, and the server's own description. */
@@ -46,10 +46,10 @@ export function operationRoutes(d: ApiDeps) {
       method: 'get',
       path: '/health',
       tags: ['Server'],
-      summary: 'Server version and which library features this build has',
+      summary: 'Server version, whether a token is required, and the operations this build journals',
       responses: { 200: jsonResponse(HealthSchema, 'the server') },
     }),
-    (c) => c.json({ ok: true as const, version: d.version, tokenRequired: d.tokenRequired, features: features(d.lib) }, 200),
+    (c) => c.json({ ok: true as const, version: d.version, tokenRequired: d.tokenRequired, operations: [...OPERATION_KINDS] }, 200),
   );
 
   // Registered in the document by hand: a stream has no JSON schema to validate.

@@ -1,9 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { VmsnapError } from '../../errors.js';
 import { buildTree, type TreeNode } from '../../snapshot/tree.js';
-import type { SnapshotView } from '../../snapshot/snapshots.js';
+import type { SnapshotView } from '../../contract/views.js';
 import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
-import { snapshotAllDeleter, snapshotDeleter } from '../library.js';
 import { AcceptedSchema, RevertBody, SnapshotParams, SnapshotSchema, SnapshotTreeSchema, TakeSnapshotBody, VmParams, type TreeNodeJson } from '../schemas.js';
 import { accepted } from './accepted.js';
 import { presentState } from './vms.js';
@@ -93,7 +92,7 @@ export function snapshotRoutes(d: ApiDeps) {
           details: { vm: vm.name, snapshot: b.name, field: 'name' },
         });
       }
-      const op = tracker.start({ kind: 'snapshot.create', vm, snapshot: b.name, title: `take snapshot ${b.name} of ${vm.name}` }, () =>
+      const op = tracker.start({ kind: 'snapshot-create', vm, snapshot: b.name, title: `take snapshot ${b.name} of ${vm.name}` }, () =>
         lib.snapshots.create(vm.id, b.name, {
           ...(b.description !== undefined ? { description: b.description } : {}),
           ...(b.memory !== undefined ? { memory: b.memory } : {}),
@@ -130,7 +129,7 @@ export function snapshotRoutes(d: ApiDeps) {
           });
         }
       }
-      const op = tracker.start({ kind: 'snapshot.revert', vm, snapshot: snap.name, title: `revert ${vm.name} to ${snap.name}` }, () =>
+      const op = tracker.start({ kind: 'snapshot-revert', vm, snapshot: snap.name, title: `revert ${vm.name} to ${snap.name}` }, () =>
         lib.snapshots.revert(vm.id, snap.id, { force: b.force ?? false, start: b.start ?? false }),
       );
       return accepted(c, op);
@@ -144,15 +143,14 @@ export function snapshotRoutes(d: ApiDeps) {
       tags,
       summary: 'Delete a snapshot, merging its changes into what depends on it (202: an operation)',
       request: { params: SnapshotParams },
-      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423], 501: errors[501] },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423] },
     }),
     (c) => {
       const p = c.req.valid('param');
       const vm = lib.vms.get(p.vm);
       const snap = lib.snapshots.show(vm.id, p.snap);
-      const del = snapshotDeleter(lib);
-      const op = tracker.start({ kind: 'snapshot.delete', vm, snapshot: snap.name, title: `delete snapshot ${snap.name} of ${vm.name}` }, () =>
-        del(vm.id, snap.id),
+      const op = tracker.start({ kind: 'snapshot-delete', vm, snapshot: snap.name, title: `delete snapshot ${snap.name} of ${vm.name}` }, () =>
+        lib.snapshots.delete(vm.id, snap.id),
       );
       return accepted(c, op);
     },
@@ -165,12 +163,11 @@ export function snapshotRoutes(d: ApiDeps) {
       tags,
       summary: "Delete all of a VM's snapshots; the present state is kept (202: an operation)",
       request: { params: VmParams },
-      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423], 501: errors[501] },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423] },
     }),
     (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
-      const delAll = snapshotAllDeleter(lib);
-      const op = tracker.start({ kind: 'snapshot.delete-all', vm, title: `delete all snapshots of ${vm.name}` }, () => delAll(vm.id));
+      const op = tracker.start({ kind: 'snapshot-delete-all', vm, title: `delete all snapshots of ${vm.name}` }, () => lib.snapshots.deleteAll(vm.id));
       return accepted(c, op);
     },
   );

@@ -1,8 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { VmsnapError } from '../../errors.js';
-import type { CreateVmOptions, DiskSpec } from '../../vm/machines.js';
+import type { CreateVmOptions, DiskSpec } from '../../vm/service.js';
 import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
-import { verifier } from '../library.js';
 import {
   AcceptedSchema,
   CreateVmBody,
@@ -140,7 +139,7 @@ export function vmRoutes(d: ApiDeps) {
           details: { vm: vm.name, state: s.state },
         });
       }
-      const op = tracker.start({ kind: 'vm.start', vm, title: `start ${vm.name}` }, () =>
+      const op = tracker.start({ kind: 'vm-start', vm, title: `start ${vm.name}` }, () =>
         lib.vms.start(vm.id, { paused: b.paused ?? false, ...(b.accel ? { accel: b.accel } : {}) }),
       );
       return accepted(c, op);
@@ -164,7 +163,7 @@ export function vmRoutes(d: ApiDeps) {
       if (s.state === 'stopped') {
         throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is not running`, { details: { vm: vm.name, state: 'stopped' } });
       }
-      const op = tracker.start({ kind: 'vm.stop', vm, title: `${b.force ? 'power off' : 'shut down'} ${vm.name}` }, () =>
+      const op = tracker.start({ kind: 'vm-stop', vm, title: `${b.force ? 'power off' : 'shut down'} ${vm.name}` }, () =>
         lib.vms.stop(vm.id, { force: b.force ?? false, timeoutMs: (b.timeoutSeconds ?? 60) * 1000 }),
       );
       return accepted(c, op);
@@ -235,14 +234,13 @@ export function vmRoutes(d: ApiDeps) {
       tags,
       summary: "Check a VM's catalog rows, files and backing chains (202: an operation)",
       request: { params: VmParams, body: jsonBody(VerifyBody) },
-      responses: { 202: jsonResponse(AcceptedSchema, 'verifying in the background'), 404: errors[404], 423: errors[423], 501: errors[501] },
+      responses: { 202: jsonResponse(AcceptedSchema, 'verifying in the background'), 404: errors[404], 423: errors[423] },
     }),
     async (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
-      const verify = verifier(lib);
       const b = c.req.valid('json');
-      const op = tracker.start({ kind: 'vm.verify', vm, title: `verify ${vm.name}${b.deep ? ' (deep)' : ''}` }, () =>
-        verify(vm.id, { deep: b.deep ?? false }),
+      const op = tracker.start({ kind: 'verify', vm, title: `verify ${vm.name}${b.deep ? ' (deep)' : ''}` }, () =>
+        lib.verify(vm.id, { deep: b.deep ?? false }),
       );
       return accepted(c, op);
     },

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { createInterface } from 'node:readline/promises';
 import { VmsnapError } from '../../errors.js';
-import type { SnapshotView } from '../../snapshot/snapshots.js';
+import type { SnapshotView } from '../../contract/views.js';
 import { formatBytes } from '../../util/size.js';
 import type { Run } from '../main.js';
 import { ago, printJson, printTable, usageError } from '../output.js';

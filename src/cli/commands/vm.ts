@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { connect } from 'node:net';
 import { VmsnapError } from '../../errors.js';
 import { formatBytes } from '../../util/size.js';
-import type { VmInfo, VmSummary } from '../../vm/machines.js';
+import type { VmInfo, VmSummary } from '../../contract/views.js';
 import { parseAccelerator } from '../../qemu/accel.js';
 import { ago, printJson, printTable } from '../output.js';
 import { parseCount, parseDiskSize, parseDiskSpec, parseMemory } from '../parse.js';

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { VmsnapError } from '../errors.js';
-import { NAME_PATTERN, NAME_RULE } from '../util/format.js';
+import { NAME_PATTERN, NAME_RULE } from './format.js';
 
 /**
  * The hardware configuration of a VM. It is versioned with every snapshot:
@@ -55,7 +55,7 @@ export function validateConfig(input: unknown): VmConfig {
   });
 }
 
-export { NAME_PATTERN } from '../util/format.js';
+export { NAME_PATTERN } from './format.js';
 
 /** Names reach file names and command lines only through ids, but are still kept plain. */
 export function validateName(name: string, what: 'VM' | 'snapshot'): string {

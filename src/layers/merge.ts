@@ -1,4 +1,3 @@
-import { rmSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { Catalog, LayerRecord } from '../catalog/catalog.js';
 import { VmsnapError } from '../errors.js';
@@ -8,10 +7,10 @@ import { fileNode, formatNode } from '../qemu/launcher.js';
 import { rebaseUnsafe } from '../qemu/qemu-img.js';
 import { withStorageDaemon } from '../qemu/storage-daemon.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import { fileBytes } from '../vm/machines.js';
+import { fileBytes } from '../util/files.js';
 
 /**
- * Consolidation: after a snapshot is deleted, the layer it named may no longer
+ * Merging layers: after a snapshot is deleted, the layer it named may no longer
  * be needed as a layer of its own. What happens to it depends only on the
  * catalog, so the same rules serve the delete itself and its recovery:
  *
@@ -66,9 +65,7 @@ export function catalogGraph(catalog: Catalog): LayerGraph {
     children: (id) => catalog.childrenOfLayer(id),
     // Layers that linked clones build on are never merged: another QEMU may be reading them.
     pinned: (id) =>
-      catalog.snapshotsUsingLayer(id).length > 0 ||
-      (catalog.db.prepare('SELECT 1 FROM active_layers WHERE layer_id = ?').get(id) as unknown) !== undefined ||
-      catalog.foreignDependents(id).length > 0,
+      catalog.snapshotsUsingLayer(id).length > 0 || catalog.isActiveLayer(id) || catalog.foreignDependents(id).length > 0,
     bytes: (id) => {
       const l = catalog.findLayer(id);
       return l ? fileBytes(l.path) : 0;
@@ -233,15 +230,6 @@ export function applyMergeToCatalog(catalog: Catalog, action: MergeAction): stri
     return [lower.path];
   }
   // commit: the lower layer takes the upper's place everywhere.
-  const db = catalog.db;
-  db.prepare('UPDATE layers SET frozen = ? WHERE id = ?').run(upper.frozen ? 1 : 0, lower.id);
-  db.prepare('UPDATE snapshot_layers SET layer_id = ? WHERE layer_id = ?').run(lower.id, upper.id);
-  db.prepare('UPDATE active_layers SET layer_id = ? WHERE layer_id = ?').run(lower.id, upper.id);
-  db.prepare('UPDATE layers SET backing_id = ? WHERE backing_id = ?').run(lower.id, upper.id);
-  catalog.deleteLayer(upper.id);
+  catalog.replaceLayer(upper.id, lower.id);
   return [upper.path];
-}
-
-export function removeFiles(paths: string[]): void {
-  for (const p of paths) rmSync(p, { force: true });
 }

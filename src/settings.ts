@@ -1,10 +1,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import type { Context } from '../context.js';
-import { VmsnapError } from '../errors.js';
+import type { HealthSettings as HealthSettingsView } from './contract/views.js';
+import { VmsnapError } from './errors.js';
 
-/** Health thresholds; kept apart from the checks so snapshot code can read them without a cycle. */
+/** $VMSNAP_HOME/config.json: health thresholds (read by doctor, and by snapshot create for the free-space reserve). */
 export const HealthSettingsSchema = z.object({
   maxAgeHours: z.number().positive().default(72),
   maxChainDepth: z.number().int().positive().default(32),
@@ -12,12 +12,12 @@ export const HealthSettingsSchema = z.object({
   maxShareOfFree: z.number().positive().max(100).default(0.5),
   /** Below this many free bytes, new snapshots are refused. */
   reserveBytes: z.number().int().nonnegative().default(1024 ** 3),
-});
-export type HealthSettings = z.infer<typeof HealthSettingsSchema>;
+}) satisfies z.ZodType<HealthSettingsView, unknown>;
+export type HealthSettings = HealthSettingsView;
 
 /** Settings from $VMSNAP_HOME/config.json ({"health": {...}}), with defaults; overrides win. */
-export function healthSettings(ctx: Context, overrides: Partial<HealthSettings> = {}): HealthSettings {
-  const file = join(ctx.paths.home, 'config.json');
+export function healthSettings(home: string, overrides: Partial<HealthSettings> = {}): HealthSettings {
+  const file = join(home, 'config.json');
   let fromFile: unknown = {};
   if (existsSync(file)) {
     try {

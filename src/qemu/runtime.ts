@@ -1,12 +1,13 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { VmsnapError } from '../errors.js';
-import { runtimeFiles, type RuntimeFiles } from '../qemu/launcher.js';
-import { QmpClient } from '../qemu/qmp.js';
+import type { PowerState } from '../contract/views.js';
+import { runtimeFiles, type RuntimeFiles } from './launcher.js';
+import { QmpClient } from './qmp.js';
 import { isProcessAlive, processCmdline, sleep } from '../util/process.js';
 
-/** What a VM is doing, as found on the machine (never trusted from the catalog). */
-export type PowerState = 'running' | 'paused' | 'stopped' | 'unknown';
+export type { PowerState } from '../contract/views.js';
 
+/** What a VM is doing, as found on the machine (never trusted from the catalog). */
 export interface RuntimeStatus {
   state: PowerState;
   pid?: number;

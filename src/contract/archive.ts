@@ -1,6 +1,5 @@
-import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { VmConfigSchema } from '../vm/config.js';
+import { VmConfigSchema } from './config.js';
 
 /**
  * The vmsnap archive, format version 1: a POSIX tar with these entries, in
@@ -76,8 +75,3 @@ export const ManifestSchema = z.object({
 });
 export type ArchiveManifest = z.infer<typeof ManifestSchema>;
 
-let cachedVersion: string | undefined;
-export function vmsnapVersion(): string {
-  cachedVersion ??= (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  return cachedVersion;
-}

@@ -1,0 +1,261 @@
+import { existsSync, statfsSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import type { SnapshotMeta, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import { validateName } from '../contract/config.js';
+import { formatBytes } from '../contract/format.js';
+import { VmsnapError } from '../errors.js';
+import { defineOperation } from '../operations/define.js';
+import { removeUnreferenced } from '../operations/recovery.js';
+import { runOperation, withVm } from '../operations/runner.js';
+import { statePath } from '../paths.js';
+import type { GuestAgentClient } from '../qemu/guest-agent.js';
+import { formatNode, runtimeFiles } from '../qemu/launcher.js';
+import { commitImage } from '../qemu/qemu-img.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import { connectQmp, probeRuntime } from '../qemu/runtime.js';
+import { healthSettings } from '../settings.js';
+import { newId } from '../util/ids.js';
+import { sleep } from '../util/process.js';
+import { guestAgent } from '../vm/guest.js';
+import { addOverlayNodes, deviceTopNodes, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays } from './live.js';
+import { createOverlayFiles, newLayerRecords, OverlaySwitchSchema, planOverlays } from './overlays.js';
+
+export interface TakeSnapshotOptions {
+  description?: string;
+  /** Save memory and device state (default: yes for a running or paused VM). */
+  memory?: boolean;
+  /** Use a live pre-copy save even where background-snapshot works (benchmarks, tests). */
+  forcePrecopy?: boolean;
+}
+
+/**
+ * Take a snapshot. Step 1: the overlay files exist and the snapshot row is
+ * written in 'prepare' (hidden). Then QEMU switches every disk to its overlay
+ * at one instant (named fault point `switched` after it) and the operation
+ * finishes in one transaction that freezes the old layers and marks the
+ * snapshot ready. Until then it is undone: the VM goes back onto its previous
+ * layers with every write made since merged back, and the files made go.
+ */
+export const snapshotCreate = defineOperation({
+  kind: 'snapshot-create',
+  plan: z.object({
+    snapshotId: z.string(),
+    name: z.string(),
+    vmState: z.enum(['running', 'paused', 'off']),
+    stateFile: z.string().nullable(),
+    switches: z.array(OverlaySwitchSchema),
+    createFiles: z.array(z.string()),
+  }),
+  steps: 1,
+  faults: ['switched'],
+  onFailure: 'rollback',
+  files: (p) => p.createFiles,
+  async recover(ctx, op, vm) {
+    const plan = op.plan;
+    let note: string | undefined;
+    if (vm) {
+      const rt = await probeRuntime(ctx.paths.run, vm.id);
+      if (rt.state !== 'stopped') {
+        // QEMU outlived the snapshot: stop any save under way and move the disks back onto their old layers.
+        const qmp = await connectQmp(ctx.paths.run, vm);
+        try {
+          const mig = await qmp.execute<{ status?: string }>('query-migrate');
+          if (mig.status && ['setup', 'active', 'pre-switchover', 'device', 'cancelling'].includes(mig.status)) {
+            await qmp.execute('migrate_cancel').catch(() => undefined);
+            for (let i = 0; i < 200; i++) {
+              const m = await qmp.execute<{ status?: string }>('query-migrate');
+              if (m.status !== 'cancelling' && m.status !== 'active' && m.status !== 'pre-switchover') break;
+              await sleep(25);
+            }
+          }
+          const tops = await deviceTopNodes(qmp);
+          const switched = plan.switches.filter((s) => tops[s.slot] === formatNode(s.newLayerId));
+          await mergeBackOverlays(qmp, switched);
+          await removeOverlayNodes(
+            qmp,
+            plan.switches.filter((s) => !switched.includes(s)),
+          );
+          const st = await qmp.queryStatus();
+          if (plan.vmState === 'running' && !st.running) await qmp.execute('cont');
+          note = switched.length ? 'merged the writes made since back into the previous layers' : undefined;
+        } finally {
+          await qmp.close();
+        }
+      } else {
+        // QEMU is gone too: the writes it made into a new overlay go back down before the overlay is
+        // removed. A commit that fails (a full disk, an I/O error) throws here and leaves the overlay
+        // and the operation as they are, for the next recovery: never a write lost.
+        for (const s of plan.switches) {
+          if (existsSync(s.newPath)) await commitImage(s.newPath);
+        }
+      }
+    }
+    removeUnreferenced(ctx, plan.createFiles);
+    op.finish('rolled_back', undefined, () => {
+      if (ctx.catalog.findSnapshotById(plan.snapshotId)) ctx.catalog.deleteSnapshot(plan.snapshotId);
+    });
+    return { outcome: 'rolled_back', ...(note ? { note } : {}) };
+  },
+});
+
+/** New snapshots are refused while free space is under the reserve (a full disk would pause the guest). */
+function checkReserve(ctx: Context, vm: VmRecord, withMemory: boolean): void {
+  const settings = healthSettings(ctx.paths.home);
+  const fs = statfsSync(ctx.paths.layers);
+  const free = fs.bavail * fs.bsize;
+  // A state file can be as large as the guest's RAM.
+  const need = settings.reserveBytes + (withMemory ? vm.config.memoryMiB * 1024 ** 2 : 0);
+  if (free < need) {
+    throw new VmsnapError(
+      'NO_SPACE',
+      `not taking a snapshot of '${vm.name}': ${formatBytes(free)} free in ${ctx.paths.home}, under the reserve of ${formatBytes(settings.reserveBytes)}${withMemory ? ` plus ${vm.config.memoryMiB} MiB for the memory state` : ''}`,
+      {
+        hint: "delete snapshots you no longer need ('vmsnap df' shows what each would free), or lower the reserve in config.json",
+        details: { freeBytes: free, reserveBytes: settings.reserveBytes },
+      },
+    );
+  }
+}
+
+/** The guest agent, ready; null if it does not answer soon (the snapshot is then taken unquiesced). */
+async function agentOrNull(ctx: Context, vm: VmRecord): Promise<GuestAgentClient | null> {
+  try {
+    return await guestAgent(ctx, vm, 1500);
+  } catch {
+    return null;
+  }
+}
+
+/** Freeze the guest's filesystems: the agent, if it froze them (it stays connected for the thaw). */
+async function freezeGuest(agent: GuestAgentClient | null): Promise<GuestAgentClient | null> {
+  if (!agent) return null;
+  try {
+    await agent.fsfreezeFreeze();
+    return agent;
+  } catch {
+    // A freeze that failed or timed out half way may have frozen some filesystems: never leave them so.
+    await agent.fsfreezeThaw().catch(() => undefined);
+    return null;
+  }
+}
+
+/**
+ * Take a snapshot. Every disk's active layer is frozen and a new empty
+ * overlay takes the writes, for all disks at one instant; with memory, the
+ * RAM and device state of that same instant goes to a state file.
+ */
+export async function takeSnapshot(ctx: Context, vm0: VmRecord, name: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotRecord> {
+  const { catalog } = ctx;
+  validateName(name, 'snapshot');
+  if (opts.description !== undefined && opts.description.length > 4096) {
+    throw new VmsnapError('INVALID_ARGUMENT', 'description: at most 4096 characters', { details: { field: 'description' } });
+  }
+  return withVm(ctx, vm0, `snapshot create ${name}`, async () => {
+    const vm = catalog.getVm(vm0.id);
+    if (catalog.findSnapshot(vm.id, name)) {
+      throw new VmsnapError('ALREADY_EXISTS', `VM '${vm.name}' already has a snapshot named '${name}'`, {
+        hint: 'snapshot names are unique per VM: choose another',
+        details: { vm: vm.name, snapshot: name },
+      });
+    }
+    const rt = await probeRuntime(ctx.paths.run, vm.id);
+    if (rt.state === 'unknown') {
+      throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is in an unknown state: ${rt.detail ?? ''}`, { hint: `vmsnap status ${vm.name}` });
+    }
+    const vmState = rt.state === 'stopped' ? 'off' : rt.state;
+    const withMemory = vmState !== 'off' && (opts.memory ?? true);
+    checkReserve(ctx, vm, withMemory);
+    if (opts.memory === true && vmState === 'off') {
+      throw new VmsnapError('INVALID_ARGUMENT', `VM '${vm.name}' is off: there is no memory state to save`, {
+        hint: 'take a disk-only snapshot (--no-memory), or start the VM first',
+      });
+    }
+    const switches = planOverlays(ctx, catalog.activeLayers(vm.id));
+    const snapshotId = newId();
+    const stateFile = withMemory ? statePath(ctx.paths, snapshotId) : null;
+    const now = new Date().toISOString();
+    const record: SnapshotRecord = {
+      id: snapshotId,
+      vmId: vm.id,
+      name,
+      description: opts.description ?? '',
+      parentId: vm.currentSnapshotId,
+      createdAt: now,
+      config: vm.config,
+      stateFile,
+      vmState,
+      pauseMs: null,
+      status: 'prepare',
+      meta: {},
+      layers: Object.fromEntries(switches.map((s) => [s.slot, s.oldLayerId])),
+    };
+    const plan = { snapshotId, name, vmState, stateFile, switches, createFiles: [...switches.map((s) => s.newPath), ...(stateFile ? [stateFile] : [])] };
+    return runOperation(ctx, snapshotCreate, { vm, plan }, async (op) => {
+      let qmp: QmpClient | undefined;
+      // Disk only, running: reach the guest agent (to quiesce) while the overlay files are made.
+      const agentReady = !withMemory && vmState === 'running' ? agentOrNull(ctx, vm) : Promise.resolve(null);
+      const meta: SnapshotMeta = {};
+      try {
+        await createOverlayFiles(ctx, switches);
+        op.done(1, () => catalog.insertSnapshot(record));
+
+        if (vmState !== 'off') {
+          qmp = await connectQmp(ctx.paths.run, vm);
+          await addOverlayNodes(qmp, switches);
+          if (withMemory) {
+            const r = await snapshotWithMemory(qmp, switches, stateFile!, {
+              sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, 'state-sink.sock'),
+              running: vmState === 'running',
+              ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
+            });
+            record.pauseMs = r.pauseMs;
+            Object.assign(meta, {
+              memoryMode: r.mode,
+              stateSha256: r.stateSha256,
+              saveMs: Math.round(r.totalMs),
+              ...(r.qemuDowntimeMs !== undefined ? { qemuDowntimeMs: r.qemuDowntimeMs } : {}),
+              ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
+            });
+          } else {
+            // Disk only: quiesce the guest's filesystems if its agent answers (one connection
+            // for freeze and thaw, so the guest's writes wait no longer than they must), then switch.
+            const agent = await freezeGuest(await agentReady);
+            const frozenAt = performance.now();
+            let switchMs = 0;
+            try {
+              await switchToOverlays(qmp, switches);
+              switchMs = performance.now() - frozenAt;
+            } finally {
+              if (agent) await agent.fsfreezeThaw();
+            }
+            // The vCPUs never stop: I/O waits for the transaction at most; with quiescing, the
+            // guest's filesystem writes also wait from freeze to thaw (recorded as quiesceMs).
+            record.pauseMs = vmState === 'running' ? switchMs : 0;
+            Object.assign(meta, {
+              quiesced: agent !== null,
+              pauseSource: 'transaction',
+              ...(agent ? { quiesceMs: Math.round((performance.now() - frozenAt) * 10) / 10 } : {}),
+            });
+          }
+        }
+        op.fault('switched');
+        // QEMU writes to the new overlays: record it all in one transaction and finish.
+        op.finish('done', undefined, () => {
+          for (const l of newLayerRecords(vm, switches, now)) catalog.insertLayer(l);
+          for (const s of switches) {
+            catalog.setLayerFrozen(s.oldLayerId);
+            catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
+          }
+          catalog.updateSnapshot(snapshotId, { status: 'ready', pauseMs: record.pauseMs, meta });
+          catalog.setCurrentSnapshot(vm.id, snapshotId);
+        });
+        return catalog.findSnapshotById(snapshotId)!;
+      } finally {
+        await qmp?.close();
+        await (await agentReady)?.close();
+      }
+    });
+  });
+}

@@ -1,0 +1,173 @@
+import { existsSync, rmSync } from 'node:fs';
+import { z } from 'zod';
+import type { Catalog, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import type { RevertResult } from '../contract/views.js';
+import { VmsnapError } from '../errors.js';
+import { defineOperation } from '../operations/define.js';
+import { removeUnreferenced } from '../operations/recovery.js';
+import { runOperation, withVm } from '../operations/runner.js';
+import { runtimeFiles } from '../qemu/launcher.js';
+import { connectQmp, killQemu, probeRuntime } from '../qemu/runtime.js';
+import { startLocked } from '../vm/power.js';
+import { loadSnapshotMemory, type OverlaySwitch } from './live.js';
+import { createOverlayFiles, newLayerRecords, OverlaySwitchSchema, planOverlays } from './overlays.js';
+import { presentStateChanges, resolveSnapshot, showSnapshot } from './views.js';
+
+export interface RevertOptions {
+  /** Discard the present state even when it has changes since its snapshot. */
+  force?: boolean;
+  /** Boot the VM after reverting to a snapshot without memory. */
+  start?: boolean;
+}
+
+/** The catalog side of a revert: new active layers, the discarded ones gone, config and "you are here" moved. */
+function applyRevertToCatalog(catalog: Catalog, vm: VmRecord, snap: SnapshotRecord, switches: OverlaySwitch[], discardLayerIds: string[], now: string): void {
+  for (const l of newLayerRecords(vm, switches, now)) catalog.insertLayer(l);
+  catalog.clearActiveLayers(vm.id);
+  for (const s of switches) catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
+  for (const id of discardLayerIds) catalog.deleteLayer(id);
+  catalog.updateVmConfig(vm.id, snap.config);
+  catalog.setCurrentSnapshot(vm.id, snap.id);
+}
+
+/**
+ * Revert. Step 1: new overlays on the snapshot's layers exist. Then the old
+ * QEMU is killed: from there the present state is gone and the operation only
+ * rolls forward. Step 2: the catalog points at the new overlays (config and
+ * "you are here" moved), step 3: the discarded layers' files are removed.
+ * Recovery before the kill (QEMU still alive) rolls back; after it, forward
+ * with the VM left off.
+ */
+export const snapshotRevert = defineOperation({
+  kind: 'snapshot-revert',
+  plan: z.object({
+    snapshotId: z.string(),
+    switches: z.array(OverlaySwitchSchema),
+    createFiles: z.array(z.string()),
+    removeLayers: z.array(z.string()),
+    removeFiles: z.array(z.string()),
+  }),
+  steps: 3,
+  faults: [],
+  onFailure: 'rollback',
+  files: (p) => [...p.createFiles, ...p.removeFiles],
+  async recover(ctx, op, vm) {
+    const plan = op.plan;
+    if (!vm) {
+      removeUnreferenced(ctx, plan.createFiles);
+      op.finish('rolled_back', 'VM gone');
+      return { outcome: 'rolled_back' };
+    }
+    if (op.step < 2) {
+      const rt = await probeRuntime(ctx.paths.run, vm.id);
+      const snap = ctx.catalog.findSnapshotById(plan.snapshotId);
+      if (op.step < 1 || rt.state !== 'stopped' || !snap) {
+        // The old QEMU was not killed yet (or never ran): nothing of the present state was lost.
+        removeUnreferenced(ctx, plan.createFiles);
+        op.finish('rolled_back');
+        return { outcome: 'rolled_back' };
+      }
+      op.done(2, () => applyRevertToCatalog(ctx.catalog, vm, snap, plan.switches, plan.removeLayers, new Date().toISOString()));
+    }
+    for (const f of plan.removeFiles) rmSync(f, { force: true });
+    op.finish('done', op.step < 3 ? 'interrupted: reverted on disk, VM left off' : undefined);
+    return { outcome: 'rolled_forward', note: 'reverted; the VM is left off' };
+  },
+});
+
+/**
+ * Revert to any snapshot in the tree: every disk gets a new empty overlay on
+ * the snapshot's frozen layers, the config goes back to the snapshot's, and
+ * with memory the guest resumes exactly where it was.
+ */
+export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: string, opts: RevertOptions = {}): Promise<RevertResult> {
+  const { catalog } = ctx;
+  const snap0 = resolveSnapshot(ctx, vm0, snapName);
+  return withVm(ctx, vm0, `snapshot revert ${snap0.name}`, async () => {
+    const vm = catalog.getVm(vm0.id);
+    const snap = resolveSnapshot(ctx, vm, snap0.id);
+    const changes = await presentStateChanges(ctx, vm);
+    if (changes.wouldLoseData && !opts.force) {
+      throw new VmsnapError('WOULD_LOSE_DATA', `reverting VM '${vm.name}' to '${snap.name}' would discard: ${changes.lost.join('; ')}`, {
+        hint: 'take a snapshot first to keep the present state, or pass --force to discard it',
+        details: { vm: vm.name, snapshot: snap.name, lost: changes.lost },
+      });
+    }
+    for (const [slot, layerId] of Object.entries(snap.layers)) {
+      const l = catalog.findLayer(layerId);
+      if (!l || !existsSync(l.path)) {
+        throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': the layer of ${slot} is missing (${l?.path ?? layerId})`, {
+          hint: "run 'vmsnap verify'",
+        });
+      }
+    }
+    if (snap.stateFile && !existsSync(snap.stateFile)) {
+      throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, {
+        hint: "run 'vmsnap verify'",
+      });
+    }
+
+    const switches = planOverlays(ctx, snap.layers);
+    const oldActive = Object.values(catalog.activeLayers(vm.id)).map((id) => catalog.getLayer(id));
+    // The old active layers hold only the present state: no snapshot names them, and nothing builds on them.
+    const discard = oldActive.filter((l) => !l.frozen && !l.external && catalog.childrenOfLayer(l.id).length === 0);
+    const plan = {
+      snapshotId: snap.id,
+      switches,
+      createFiles: switches.map((s) => s.newPath),
+      removeLayers: discard.map((l) => l.id),
+      removeFiles: discard.map((l) => l.path),
+    };
+    return runOperation(ctx, snapshotRevert, { vm, plan }, async (op) => {
+      await createOverlayFiles(ctx, switches);
+      op.done(1);
+
+      // Past this point the present state is discarded: the operation only rolls forward.
+      const t0 = performance.now();
+      const files = runtimeFiles(ctx.paths.run, vm.id);
+      await killQemu(files);
+      op.done(2, () => applyRevertToCatalog(catalog, vm, snap, switches, plan.removeLayers, new Date().toISOString()));
+      for (const f of plan.removeFiles) rmSync(f, { force: true });
+      op.done(3);
+
+      let state: RevertResult['state'] = 'stopped';
+      let resumeMs: number | undefined;
+      const reverted = catalog.getVm(vm.id);
+      try {
+        if (snap.stateFile) {
+          // Started with its vCPUs stopped: the guest runs only once the state is loaded and its checksum matched.
+          await startLocked(ctx, reverted, { incomingDefer: true, paused: true });
+          const qmp = await connectQmp(ctx.paths.run, reverted);
+          try {
+            await loadSnapshotMemory(qmp, snap);
+            if (snap.vmState === 'running') await qmp.execute('cont');
+            state = snap.vmState === 'paused' ? 'paused' : 'running';
+          } finally {
+            await qmp.close();
+          }
+          resumeMs = performance.now() - t0;
+        } else if (opts.start) {
+          await startLocked(ctx, reverted, {});
+          state = 'running';
+        }
+      } catch (e) {
+        // The disks and config are reverted; only bringing the VM up failed. Leave it off, say so.
+        await killQemu(files);
+        op.finish('done', e);
+        throw new VmsnapError(
+          e instanceof VmsnapError ? e.code : 'QEMU_FAILED',
+          `reverted VM '${vm.name}' to '${snap.name}' on disk, but starting it failed: ${(e as Error).message}`,
+          { hint: `the VM is off; 'vmsnap start ${vm.name}' boots it from the snapshot's disks`, cause: e },
+        );
+      }
+      ctx.events.emitEvent({ type: 'vm-state', vm: vm.name, vmId: vm.id, state });
+      return {
+        snapshot: showSnapshot(ctx, reverted, snap.id),
+        state,
+        discarded: changes.wouldLoseData ? changes.lost : [],
+        ...(resumeMs !== undefined ? { resumeMs } : {}),
+      };
+    });
+  });
+}

@@ -1,0 +1,69 @@
+import type { Context } from '../context.js';
+import type { CloneResult, DeleteResult, PresentStateChanges, RevertResult, SnapshotView } from '../contract/views.js';
+import { cloneSnapshot, type CloneOptions } from './clone.js';
+import { takeSnapshot, type TakeSnapshotOptions } from './create.js';
+import { deleteAllSnapshots, deleteSnapshot, type DeleteOptions } from './delete.js';
+import { revertToSnapshot, type RevertOptions } from './revert.js';
+import { drawTree, listSnapshotViews, presentStateChanges, showSnapshot } from './views.js';
+
+export type { TakeSnapshotOptions } from './create.js';
+export type { RevertOptions } from './revert.js';
+export type { DeleteOptions } from './delete.js';
+export type { CloneOptions } from './clone.js';
+
+/** Snapshots as the library offers them: a thin face over create, revert, delete, clone and the views. */
+export class SnapshotService {
+  constructor(private readonly ctx: Context) {}
+
+  private vm(nameOrId: string) {
+    return this.ctx.catalog.getVm(nameOrId);
+  }
+
+  list(vmName: string): SnapshotView[] {
+    return listSnapshotViews(this.ctx, this.vm(vmName));
+  }
+
+  show(vmName: string, snapName: string): SnapshotView {
+    return showSnapshot(this.ctx, this.vm(vmName), snapName);
+  }
+
+  /** The tree drawn for a terminal, with "you are here" under the current snapshot. */
+  tree(vmName: string): string {
+    return drawTree(this.ctx, this.vm(vmName));
+  }
+
+  /**
+   * Take a snapshot: every disk frozen at one instant under a new empty
+   * overlay; with memory, the RAM and device state of that same instant.
+   */
+  async create(vmName: string, name: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotView> {
+    const vm = this.vm(vmName);
+    const s = await takeSnapshot(this.ctx, vm, name, opts);
+    return showSnapshot(this.ctx, this.vm(vm.id), s.id);
+  }
+
+  /** What reverting now would discard: the running state, disk writes since the current snapshot, config changes. */
+  async presentStateChanges(vmName: string): Promise<PresentStateChanges> {
+    return presentStateChanges(this.ctx, this.vm(vmName));
+  }
+
+  /** Go back to any snapshot of the tree; with memory the guest resumes exactly where it was. */
+  async revert(vmName: string, snapName: string, opts: RevertOptions = {}): Promise<RevertResult> {
+    return revertToSnapshot(this.ctx, this.vm(vmName), snapName, opts);
+  }
+
+  /** Delete any snapshot, merging its delta into what depends on it (online while the VM runs). */
+  async delete(vmName: string, snapName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    return deleteSnapshot(this.ctx, this.vm(vmName), snapName, opts);
+  }
+
+  /** Delete every snapshot of a VM: all deltas merge into the present disks (VMware's "Delete All"). */
+  async deleteAll(vmName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    return deleteAllSnapshots(this.ctx, this.vm(vmName), opts);
+  }
+
+  /** Clone new VMs from any snapshot: linked or full; `start` forks them from its memory. */
+  async clone(vmName: string, snapName: string, newName: string, opts: CloneOptions = {}): Promise<CloneResult> {
+    return cloneSnapshot(this.ctx, this.vm(vmName), snapName, newName, opts);
+  }
+}

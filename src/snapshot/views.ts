@@ -1,0 +1,85 @@
+import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import type { PresentStateChanges, SnapshotView } from '../contract/views.js';
+import { VmsnapError } from '../errors.js';
+import { probeRuntime } from '../qemu/runtime.js';
+import { fileBytes } from '../util/files.js';
+import { renderTree } from './tree.js';
+
+/** How snapshots are shown (list, show, tree), and what a revert would discard now. */
+
+/** A ready snapshot of `vm` by name or id, or NOT_FOUND naming where to look. */
+export function resolveSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotRecord {
+  const s = ctx.catalog.findSnapshot(vm.id, nameOrId);
+  if (!s || s.status !== 'ready') {
+    throw new VmsnapError('NOT_FOUND', `VM '${vm.name}' has no snapshot '${nameOrId}'`, {
+      hint: `see 'vmsnap snapshot list ${vm.name}'`,
+      details: { vm: vm.name, snapshot: nameOrId },
+    });
+  }
+  return s;
+}
+
+export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all: SnapshotRecord[]): SnapshotView {
+  const disks = Object.entries(s.layers).map(([slot, layerId]) => {
+    const l = ctx.catalog.findLayer(layerId);
+    return { slot, layerId, path: l?.path ?? '', bytes: l ? fileBytes(l.path) : 0 };
+  });
+  const parent = s.parentId ? all.find((p) => p.id === s.parentId) : undefined;
+  return {
+    id: s.id,
+    name: s.name,
+    description: s.description,
+    parentId: s.parentId,
+    parent: parent?.name ?? null,
+    createdAt: s.createdAt,
+    hasMemory: s.stateFile !== null,
+    vmState: s.vmState,
+    pauseMs: s.pauseMs,
+    current: vm.currentSnapshotId === s.id,
+    children: all.filter((c) => c.parentId === s.id).map((c) => c.name),
+    disks,
+    deltaBytes: disks.reduce((a, d) => a + d.bytes, 0),
+    stateBytes: fileBytes(s.stateFile),
+    config: s.config,
+    meta: s.meta,
+  };
+}
+
+export function listSnapshotViews(ctx: Context, vm: VmRecord): SnapshotView[] {
+  const all = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
+  return all.map((s) => snapshotView(ctx, vm, s, all));
+}
+
+export function showSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotView {
+  return snapshotView(ctx, vm, resolveSnapshot(ctx, vm, nameOrId), ctx.catalog.listSnapshots(vm.id));
+}
+
+/** The tree drawn for a terminal, with "you are here" under the current snapshot. */
+export function drawTree(ctx: Context, vm: VmRecord): string {
+  return renderTree(listSnapshotViews(ctx, vm), vm.currentSnapshotId, (s) => {
+    const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString()];
+    return `${s.name}  (${bits.join(', ')})${s.description ? ` — ${s.description}` : ''}`;
+  });
+}
+
+/** A fresh qcow2 overlay header, with no data written yet, is this small or smaller. */
+const EMPTY_OVERLAY_BYTES = 256 * 1024;
+
+/** What reverting now would discard: the running state, disk writes since the current snapshot, config changes. */
+export async function presentStateChanges(ctx: Context, vm: VmRecord): Promise<PresentStateChanges> {
+  const { catalog } = ctx;
+  const rt = await probeRuntime(ctx.paths.run, vm.id);
+  const lost: string[] = [];
+  const running = rt.state !== 'stopped';
+  const since = vm.currentSnapshotId ? `since snapshot '${catalog.findSnapshotById(vm.currentSnapshotId)?.name}'` : 'since the VM was created';
+  if (running) lost.push(`the ${rt.state} state of the VM (its memory and processes)`);
+  for (const [slot, layerId] of Object.entries(catalog.activeLayers(vm.id))) {
+    const l = catalog.getLayer(layerId);
+    const bytes = fileBytes(l.path);
+    if (running || bytes > EMPTY_OVERLAY_BYTES) lost.push(`writes to ${slot} ${since} (layer ${l.id}, ${Math.round(bytes / 1024)} KiB on disk)`);
+  }
+  const current = vm.currentSnapshotId ? catalog.findSnapshotById(vm.currentSnapshotId) : undefined;
+  if (current && JSON.stringify(current.config) !== JSON.stringify(vm.config)) lost.push('hardware config changes made since that snapshot');
+  return { running, lost, wouldLoseData: lost.length > 0 };
+}

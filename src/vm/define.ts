@@ -1,0 +1,296 @@
+import { existsSync, rmSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import type { LayerRecord, VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import { validateConfig, validateName, type VmConfig } from '../contract/config.js';
+import { VmsnapError } from '../errors.js';
+import { consolidateReleased } from '../layers/consolidate.js';
+import { defineOperation } from '../operations/define.js';
+import type { Op } from '../operations/op.js';
+import { removeUnreferenced } from '../operations/recovery.js';
+import { runOperation, withVm } from '../operations/runner.js';
+import { layerPath } from '../paths.js';
+import { createImage, imageInfo } from '../qemu/qemu-img.js';
+import { probeRuntime } from '../qemu/runtime.js';
+import { fsyncFileAndDir } from '../util/files.js';
+import { newId, newLayerId, newMacAddress } from '../util/ids.js';
+import { DEMO_APPEND, ensureDemoImage } from './demo-image.js';
+
+/** A disk to give a new VM: a blank one of a size, or an existing image imported as its base layer. */
+export type DiskSpec = { sizeBytes: number } | { importPath: string };
+
+export interface CreateVmOptions {
+  memoryMiB?: number;
+  cpus?: number;
+  disks?: DiskSpec[];
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  /** 'demo': the project's tiny test guest (built on first use). */
+  image?: 'demo';
+}
+
+export interface SetVmOptions {
+  memoryMiB?: number;
+  cpus?: number;
+  addDisks?: number[];
+}
+
+const DEFAULT_DISK = 1024 ** 3;
+
+/** The plan of an operation that only makes new files before its rows commit (create, set, clone, import). */
+export const NewFilesPlan = z.object({ createFiles: z.array(z.string()) });
+
+/**
+ * Undo an operation whose catalog rows are written in the transaction that
+ * finishes it: unfinished means uncommitted, so the files it made are all
+ * that is left of it.
+ */
+export async function rollBackNewFiles(ctx: Context, op: Op<{ createFiles: string[] }, string>): Promise<{ outcome: 'rolled_back' }> {
+  removeUnreferenced(ctx, op.plan.createFiles);
+  op.finish('rolled_back');
+  return { outcome: 'rolled_back' };
+}
+
+/** An operation that makes files (step 1), then commits the rows that name them as it finishes. */
+function newFilesOperation<K extends 'vm-create' | 'vm-set'>(kind: K, alias: string) {
+  return defineOperation({
+    kind,
+    aliases: [alias],
+    plan: NewFilesPlan,
+    steps: 1,
+    faults: [],
+    onFailure: 'rollback',
+    files: (p) => p.createFiles,
+    recover: (ctx, op) => rollBackNewFiles(ctx, op),
+  });
+}
+
+/** Create a VM: its layer files, then its rows in the transaction that finishes the operation. */
+export const vmCreate = newFilesOperation('vm-create', 'create-vm');
+
+/** Change a stopped VM's hardware: new disks' files first, then config and rows in one transaction. */
+export const vmSet = newFilesOperation('vm-set', 'set-vm');
+
+/** Remove a VM: its rows go first (so no row ever names a missing file), then its files; carried forward once the rows are gone. */
+export const vmRm = defineOperation({
+  kind: 'vm-rm',
+  aliases: ['rm-vm'],
+  plan: z.object({ removeFiles: z.array(z.string()) }),
+  steps: 1,
+  faults: [],
+  onFailure: 'rollback',
+  files: (p) => p.removeFiles,
+  async recover(_ctx, op) {
+    if (op.step < 1) {
+      op.finish('rolled_back');
+      return { outcome: 'rolled_back' };
+    }
+    for (const f of op.plan.removeFiles) rmSync(f, { force: true });
+    op.finish('done');
+    return { outcome: 'rolled_forward' };
+  },
+});
+
+/**
+ * Create the files of new layers (blank, or overlays on their backing) under
+ * a running operation, fsynced. Files of imported images are not created.
+ */
+export async function createLayerFiles(ctx: Context, layers: LayerRecord[], config: VmConfig): Promise<void> {
+  const byId = new Map(layers.map((l) => [l.id, l]));
+  for (const l of layers.filter((x) => !x.external)) {
+    const backing = l.backingId ? (byId.get(l.backingId) ?? ctx.catalog.getLayer(l.backingId)) : undefined;
+    const size = config.disks.find((d) => d.slot === l.slot)?.sizeBytes;
+    await createImage(l.path, {
+      format: 'qcow2',
+      ...(backing ? { backing: backing.path, backingFormat: backing.format } : { sizeBytes: size }),
+    });
+    fsyncFileAndDir(l.path);
+  }
+}
+
+/** Read every imported image before anything is written: a bad path fails here. */
+async function readImports(specs: DiskSpec[]): Promise<Map<number, { path: string; format: 'qcow2' | 'raw'; size: number }>> {
+  const imports = new Map<number, { path: string; format: 'qcow2' | 'raw'; size: number }>();
+  for (const [i, spec] of specs.entries()) {
+    if (!('importPath' in spec)) continue;
+    const path = resolve(spec.importPath);
+    if (!existsSync(path)) {
+      throw new VmsnapError('NOT_FOUND', `disk: no such image '${spec.importPath}'`, {
+        hint: 'give a size such as 1G for a blank disk, or the path of an existing qcow2 or raw image',
+        details: { field: 'disk', path: spec.importPath },
+      });
+    }
+    const info = await imageInfo(path, { forceShare: true }).catch((e: unknown) => {
+      throw new VmsnapError('INVALID_ARGUMENT', `disk: '${spec.importPath}' is not a readable disk image: ${(e as Error).message}`, {
+        hint: 'vmsnap imports qcow2 or raw images',
+        details: { field: 'disk', path: spec.importPath },
+      });
+    });
+    if (info.format !== 'qcow2' && info.format !== 'raw') {
+      throw new VmsnapError('INVALID_ARGUMENT', `disk: '${spec.importPath}' is ${info.format}; vmsnap imports qcow2 or raw`, {
+        hint: `convert it first: qemu-img convert -O qcow2 ${spec.importPath} disk.qcow2`,
+        details: { field: 'disk', path: spec.importPath },
+      });
+    }
+    imports.set(i, { path, format: info.format, size: info.virtualSize });
+  }
+  return imports;
+}
+
+export async function createVm(ctx: Context, name: string, opts: CreateVmOptions = {}): Promise<VmRecord> {
+  const { catalog } = ctx;
+  validateName(name, 'VM');
+  if (catalog.findVm(name)) {
+    throw new VmsnapError('ALREADY_EXISTS', `a VM named '${name}' already exists`, {
+      hint: 'choose another name, or remove the old VM with vmsnap rm',
+      details: { vm: name },
+    });
+  }
+  for (const [field, path] of [['kernel', opts.kernel], ['initrd', opts.initrd]] as const) {
+    if (path !== undefined && !existsSync(path)) {
+      throw new VmsnapError('NOT_FOUND', `${field}: no such file '${path}'`, { details: { field, path } });
+    }
+  }
+  if (opts.image !== undefined && (opts.kernel !== undefined || opts.initrd !== undefined)) {
+    throw new VmsnapError('INVALID_ARGUMENT', '--image demo brings its own kernel and initrd: drop --kernel/--initrd', {
+      details: { field: 'image' },
+    });
+  }
+  const specs = opts.disks ?? (opts.image === 'demo' ? [{ sizeBytes: DEFAULT_DISK }] : []);
+  const imports = await readImports(specs);
+  const config = validateConfig({
+    memoryMiB: opts.memoryMiB ?? 256,
+    cpus: opts.cpus ?? 1,
+    machine: 'q35',
+    boot: {
+      ...(opts.image ? { image: opts.image, append: DEMO_APPEND } : {}),
+      ...(opts.kernel ? { kernel: resolve(opts.kernel) } : {}),
+      ...(opts.initrd ? { initrd: resolve(opts.initrd) } : {}),
+      ...(opts.append !== undefined ? { append: opts.append } : {}),
+    },
+    disks: specs.map((s, i) => ({ slot: `disk${i}`, sizeBytes: imports.get(i)?.size ?? ('sizeBytes' in s ? s.sizeBytes : 0) })),
+    nics: [{ id: 'net0', mac: newMacAddress() }],
+  });
+  if (opts.image === 'demo') await ensureDemoImage(ctx.paths.imageCache);
+
+  const vm: VmRecord = { id: newId(), name, config, createdAt: new Date().toISOString(), currentSnapshotId: null };
+  const layers: LayerRecord[] = [];
+  const active: Record<string, string> = {};
+  const now = vm.createdAt;
+  config.disks.forEach((disk, i) => {
+    const imp = imports.get(i);
+    let backingId: string | null = null;
+    if (imp) {
+      // The imported file is the frozen base layer, never written: writes go to an overlay.
+      backingId = newLayerId();
+      layers.push({ id: backingId, vmId: vm.id, slot: disk.slot, path: imp.path, format: imp.format, backingId: null, frozen: true, external: true, createdAt: now });
+    }
+    const id = newLayerId();
+    layers.push({ id, vmId: vm.id, slot: disk.slot, path: layerPath(ctx.paths, id), format: 'qcow2', backingId, frozen: false, external: false, createdAt: now });
+    active[disk.slot] = id;
+  });
+  const createFiles = layers.filter((l) => !l.external).map((l) => l.path);
+  await runOperation(ctx, vmCreate, { vm, plan: { createFiles } }, async (op) => {
+    await createLayerFiles(ctx, layers, config);
+    op.done(1);
+    op.finish('done', undefined, () => {
+      catalog.insertVm(vm);
+      for (const l of layers) catalog.insertLayer(l);
+      for (const [slot, id] of Object.entries(active)) catalog.setActiveLayer(vm.id, slot, id);
+    });
+  });
+  return vm;
+}
+
+async function requireStopped(ctx: Context, vm: VmRecord, what: string): Promise<void> {
+  const rt = await probeRuntime(ctx.paths.run, vm.id);
+  if (rt.state !== 'stopped') {
+    throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is ${rt.state}: ${what}`, {
+      hint: `vmsnap stop ${vm.name}`,
+      details: { vm: vm.name, state: rt.state },
+    });
+  }
+}
+
+/** Change the hardware config of a stopped VM. */
+export async function setVm(ctx: Context, vm0: VmRecord, opts: SetVmOptions): Promise<void> {
+  if (opts.memoryMiB === undefined && opts.cpus === undefined && !opts.addDisks?.length) {
+    throw new VmsnapError('INVALID_ARGUMENT', 'nothing to change', { hint: 'give --memory, --cpus or --add-disk' });
+  }
+  await withVm(ctx, vm0, 'set', async () => {
+    const vm = ctx.catalog.getVm(vm0.id);
+    await requireStopped(ctx, vm, 'its hardware can only be changed while it is stopped');
+    const used = new Set(vm.config.disks.map((d) => d.slot));
+    const added = (opts.addDisks ?? []).map((sizeBytes) => {
+      let n = 0;
+      while (used.has(`disk${n}`)) n++;
+      used.add(`disk${n}`);
+      return { slot: `disk${n}`, sizeBytes };
+    });
+    const config = validateConfig({
+      ...vm.config,
+      ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}),
+      ...(opts.cpus !== undefined ? { cpus: opts.cpus } : {}),
+      disks: [...vm.config.disks, ...added],
+    });
+    const now = new Date().toISOString();
+    const layers: LayerRecord[] = added.map((d) => {
+      const id = newLayerId();
+      return { id, vmId: vm.id, slot: d.slot, path: layerPath(ctx.paths, id), format: 'qcow2', backingId: null, frozen: false, external: false, createdAt: now };
+    });
+    await runOperation(ctx, vmSet, { vm, plan: { createFiles: layers.map((l) => l.path) } }, async (op) => {
+      await createLayerFiles(ctx, layers, config);
+      op.done(1);
+      op.finish('done', undefined, () => {
+        ctx.catalog.updateVmConfig(vm.id, config);
+        for (const l of layers) {
+          ctx.catalog.insertLayer(l);
+          ctx.catalog.setActiveLayer(vm.id, l.slot, l.id);
+        }
+      });
+    });
+  });
+}
+
+/** Remove a stopped VM: its snapshots, its layers and state files. Imported images are left alone. */
+export async function removeVm(ctx: Context, vm: VmRecord): Promise<void> {
+  const { catalog } = ctx;
+  const released = await withVm(ctx, vm, 'rm', async () => {
+    const layers = catalog.listLayers(vm.id);
+    // A layer another VM builds on (a linked clone) must stay.
+    const cloneIds = new Set(layers.flatMap((l) => catalog.childrenOfLayer(l.id).filter((c) => c.vmId !== vm.id).map((c) => c.vmId)));
+    if (cloneIds.size > 0) {
+      const names = [...cloneIds].map((id) => catalog.findVm(id)?.name ?? id);
+      throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' has linked clones that build on its disks: ${names.join(', ')}`, {
+        hint: `remove the clones first, or make them independent: vmsnap snapshot delete ${vm.name} SNAPSHOT --detach-clones`,
+        details: { vm: vm.name, clones: names },
+      });
+    }
+    await requireStopped(ctx, vm, 'stop it before removing it');
+    // Layers of other VMs this one builds on (it is a linked clone): they may be mergeable once it is gone.
+    const released = new Map<string, string[]>();
+    for (const l of layers) {
+      const below = l.backingId ? catalog.findLayer(l.backingId) : undefined;
+      if (below && below.vmId !== vm.id) released.set(below.vmId, [...(released.get(below.vmId) ?? []), below.id]);
+    }
+    const snaps = catalog.listSnapshots(vm.id);
+    const files = [...layers.filter((l) => !l.external).map((l) => l.path), ...snaps.flatMap((s) => (s.stateFile ? [s.stateFile] : []))];
+    await runOperation(ctx, vmRm, { vm, plan: { removeFiles: files } }, async (op) => {
+      op.done(1, () => {
+        catalog.clearActiveLayers(vm.id);
+        // Unlink the tree first: a snapshot's parent must not go while a child names it.
+        for (const s of snaps) catalog.updateSnapshot(s.id, { parentId: null });
+        for (const s of snaps) catalog.deleteSnapshot(s.id);
+        // Children before parents: a layer's backing must outlive it in the table.
+        for (const l of [...layers].reverse()) catalog.setLayerBacking(l.id, null);
+        for (const l of layers) catalog.deleteLayer(l.id);
+        catalog.deleteVm(vm.id);
+      });
+      for (const f of files) rmSync(f, { force: true });
+    });
+    return released;
+  });
+  for (const [owner, layerIds] of released) await consolidateReleased(ctx, owner, layerIds);
+}

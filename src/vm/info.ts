@@ -1,0 +1,62 @@
+import type { VmRecord } from '../catalog/catalog.js';
+import type { Context } from '../context.js';
+import type { VmInfo, VmSummary } from '../contract/views.js';
+import { runtimeFiles } from '../qemu/launcher.js';
+import { probeRuntime, type RuntimeStatus } from '../qemu/runtime.js';
+import { fileBytes } from '../util/files.js';
+
+/** How the CLI, the API and the UI see VMs: summaries, and the full picture of one. */
+
+export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSummary {
+  const snaps = ctx.catalog.listSnapshots(vm.id);
+  const current = vm.currentSnapshotId ? (snaps.find((s) => s.id === vm.currentSnapshotId)?.name ?? null) : null;
+  return {
+    id: vm.id,
+    name: vm.name,
+    state: rt.state,
+    ...(rt.pid !== undefined ? { pid: rt.pid } : {}),
+    ...(rt.qemuStatus !== undefined ? { qemuStatus: rt.qemuStatus } : {}),
+    memoryMiB: vm.config.memoryMiB,
+    cpus: vm.config.cpus,
+    disks: vm.config.disks.length,
+    snapshots: snaps.length,
+    currentSnapshot: current,
+    createdAt: vm.createdAt,
+    ...(rt.staleCleaned ? { staleCleaned: true } : {}),
+  };
+}
+
+export async function vmStatus(ctx: Context, vm: VmRecord): Promise<VmSummary> {
+  return summarize(ctx, vm, await probeRuntime(ctx.paths.run, vm.id));
+}
+
+export async function listVms(ctx: Context): Promise<VmSummary[]> {
+  return Promise.all(ctx.catalog.listVms().map((vm) => vmStatus(ctx, vm)));
+}
+
+/** Bytes a VM's own layers and state files take now (imported images not counted): what a delete must never increase. */
+export function vmDiskUsage(ctx: Context, vmId: string): number {
+  const layers = ctx.catalog.listLayers(vmId).filter((l) => !l.external);
+  const states = ctx.catalog.listSnapshots(vmId).flatMap((s) => (s.stateFile ? [s.stateFile] : []));
+  return [...layers.map((l) => l.path), ...states].reduce((a, p) => a + fileBytes(p), 0);
+}
+
+export async function vmInfo(ctx: Context, vm: VmRecord): Promise<VmInfo> {
+  const summary = await vmStatus(ctx, vm);
+  const active = ctx.catalog.activeLayers(vm.id);
+  const diskChains = vm.config.disks.map((d) => ({
+    slot: d.slot,
+    sizeBytes: d.sizeBytes,
+    chain: active[d.slot]
+      ? ctx.catalog.chain(active[d.slot]!).map((l) => ({
+          id: l.id,
+          path: l.path,
+          format: l.format,
+          frozen: l.frozen,
+          external: l.external,
+          bytes: fileBytes(l.path),
+        }))
+      : [],
+  }));
+  return { ...summary, config: vm.config, diskUsageBytes: vmDiskUsage(ctx, vm.id), diskChains, runtimeDir: runtimeFiles(ctx.paths.run, vm.id).dir };
+}
