@@ -342,7 +342,7 @@ describe('a rollback whose merge fails loses no write', () => {
       const killed = await cli(h, ['snapshot', 'create', 'rb', 'X', '--no-memory'], { VMSNAP_FAULT: 'snapshot-create:switched' });
       expect(killed.code).toBe(128);
       // Written after the switch: these land in the new overlay only.
-      await sh(l, 'rb', 'dd if=/dev/urandom of=/data/late bs=1M count=24 2>/dev/null && md5sum /data/late > /data/late.md5 && sync');
+      await sh(l, 'rb', 'dd if=/dev/urandom of=/data/late bs=1M count=8 2>/dev/null && md5sum /data/late > /data/late.md5 && sync');
       const sum = await sh(l, 'rb', 'cat /data/late.md5');
       const pid = livePid(runtimeFiles(l.ctx.paths.run, l.vms.get('rb').id))!;
       process.kill(pid, 'SIGKILL');

@@ -111,6 +111,9 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
   const snap0 = resolveSnapshot(ctx, vm, snapName);
   const target = checkTarget(ctx, file, opts.force ?? false);
   const partial = `${target}.partial`;
+  // An export killed earlier left its partial file for recovery to remove: finish that first,
+  // before this one writes the same file (the lock is taken again only for reading the disks).
+  await withVm(ctx, vm, `export of snapshot '${snap0.name}'`, async () => undefined);
   const scratch = await scratchDir(ctx.paths.home, 'export');
   return runOperation(ctx, exportSnapshotOp, { vm, plan: { snapshotId: snap0.id, file: target, partial, scratch } }, async (op) => {
   const progress = (done: number, total: number, what: string): void => {
