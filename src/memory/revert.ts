@@ -57,7 +57,19 @@ export async function loadDeviceState(qmp: QmpClient, deviceStatePath: string, t
   await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(deviceStatePath)}` });
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const st = await qmp.queryStatus();
+    let st: { status: string; running: boolean };
+    try {
+      st = await qmp.queryStatus();
+    } catch (e) {
+      // QEMU 7.2 exits when an incoming migration fails ("load of migration failed").
+      if (e instanceof VmsnapError && e.code === 'QMP_DISCONNECTED') {
+        throw new VmsnapError('QEMU_FAILED', 'QEMU exited while loading the device state (see its log: a stream that does not fit this VM is refused)', {
+          details: { step: 'load-device-state' },
+          cause: e,
+        });
+      }
+      throw e;
+    }
     if (st.status !== 'inmigrate') {
       const info = await qmp.execute<MigrateInfo>('query-migrate');
       if (info.status === 'failed') {
