@@ -85,6 +85,23 @@ describe('splitToFiles', () => {
     expect(existsSync(devPath)).toBe(false);
   });
 
+  it('pauses a Readable while the queue is full, and takes any async iterable too', async () => {
+    const x = stream();
+    const r1 = await splitToFiles(chunked(x.stream, 65536), join(dir, 'a1'), join(dir, 'b1'), { highWaterMark: 4096, maxRunBytes: 8192 });
+    async function* gen(): AsyncGenerator<Buffer> {
+      for (let i = 0; i < x.stream.length; i += 12345) yield Buffer.from(x.stream.subarray(i, i + 12345));
+    }
+    const r2 = await splitToFiles(gen(), join(dir, 'a2'), join(dir, 'b2'), { highWaterMark: 4096 });
+    for (const [a, b] of [
+      ['a1', 'b1'],
+      ['a2', 'b2'],
+    ] as const) {
+      expect(readFileSync(join(dir, a)).equals(x.ram)).toBe(true);
+      expect(readFileSync(join(dir, b)).equals(x.device)).toBe(true);
+    }
+    expect(r1.ramImage.sha256).toBe(r2.ramImage.sha256);
+  });
+
   it('without a snapshot id: no trailer, and hashing can be left for later', async () => {
     const x = stream();
     const r = await splitToFiles(chunked(x.stream, 100_000), join(dir, 'a'), join(dir, 'b'), { hashRamImage: false });

@@ -80,8 +80,9 @@ import { VmsnapError } from '../errors.js';
  * The parser never copies page data that arrives whole in one chunk: `onRam` gets views of
  * the input chunks (so chunks must not be modified after push()), contiguous pages batched
  * into one call (a positioned writev). Writes run one at a time, in stream order (a later
- * copy of a page must land after an earlier one); push() resolves once the queued bytes
- * are below the high-water mark, so a fast sender is held back by a slow disk.
+ * copy of a page must land after an earlier one); write() returns false (and push() waits)
+ * while the queued bytes are above the high-water mark, so a fast sender is held back by a
+ * slow disk.
  */
 
 export const TARGET_PAGE_SIZE = 4096;
@@ -349,13 +350,14 @@ export class StreamSplitter {
   }
 
   /**
-   * Feeds the next bytes of the stream. Resolves when the splitter is ready for more
-   * (queued writes below the high-water mark); rejects on a malformed or unsupported
-   * stream or a failed write. The chunk must not be modified afterwards.
+   * Feeds the next bytes of the stream (parsed at once; writes are queued). Returns false
+   * when more than the high-water mark is queued for the sinks: wait for drained() before
+   * the next write. Throws on a malformed or unsupported stream, or after a failed write.
+   * The chunk must not be modified afterwards.
    */
-  async push(chunk: Buffer): Promise<void> {
+  write(chunk: Buffer): boolean {
     if (this.failure !== undefined) throw this.failure;
-    if (this.ended) throw new VmsnapError('INTERNAL', 'StreamSplitter.push() after end()');
+    if (this.ended) throw new VmsnapError('INTERNAL', 'StreamSplitter.write() after end()');
     try {
       this.parse(chunk);
     } catch (e) {
@@ -363,10 +365,20 @@ export class StreamSplitter {
       throw e;
     }
     if (this.devBytes >= DEVICE_FLUSH_BYTES) this.flushDevice();
+    return this.queued <= this.highWaterMark;
+  }
+
+  /** Resolves once the queued writes are below the high-water mark (rejects if a write failed). */
+  async drained(): Promise<void> {
     while (this.queued > this.highWaterMark && this.failure === undefined) {
       await new Promise<void>((r) => this.waiters.push(r));
     }
     if (this.failure !== undefined) throw this.failure;
+  }
+
+  /** write() and, when needed, drained(): resolves when the splitter is ready for more. */
+  async push(chunk: Buffer): Promise<void> {
+    if (!this.write(chunk)) await this.drained();
   }
 
   /** The stream is complete: checks that it ended where a stream ends, waits for every write, and sums up. */
