@@ -48,9 +48,11 @@ interface MigrateInfo {
 
 /**
  * Loads a device-state stream into a QEMU started with `-incoming defer` (and the RAM
- * backend above). Resolves when the load is over, with QEMU's run state then: a
- * background-snapshot stream of a running VM comes up running by itself (unless QEMU
- * was started with -S); a precopy stream of a paused VM stays paused until `cont`.
+ * backend above). Resolves when the load is over, with QEMU's run state then. QEMU starts
+ * the guest after the load if it was not started with -S and the stream's global state
+ * says "running" (migration.c:525 process_incoming_migration_bh): a background-snapshot
+ * or live precopy save of a running VM comes up running by itself; a save of a paused VM
+ * stays paused until `cont`. Start QEMU with -S to check things before the guest runs.
  */
 export async function loadDeviceState(qmp: QmpClient, deviceStatePath: string, timeoutMs = 60_000): Promise<{ loadMs: number; status: string; running: boolean }> {
   const t0 = performance.now();

@@ -20,8 +20,8 @@ import { VmsnapError } from '../errors.js';
  * Stream = header, setup sections, iteration sections, device sections, EOF, vmdesc.
  * - Header (savevm.c:1138 qemu_savevm_state_header): be32 magic 0x5145564d ("QEVM"),
  *   be32 version 3, then (send-configuration=on, q35-7.2: yes) byte QEMU_VM_CONFIGURATION
- *   0x07 + the "configuration" vmstate (savevm.c:510): be32 len + machine type name
- *   ("pc-q35-7.2"; the loader refuses another machine type, savevm.c:348), then optional
+ *   0x07 + the "configuration" vmstate (savevm.c:503): be32 len + machine type name
+ *   ("pc-q35-7.2"; the loader refuses another machine type, savevm.c:349), then optional
  *   subsections (QEMU_VM_SUBSECTION 0x05, byte len, idstr, be32 version, fields):
  *   configuration/target-page-bits (be32; only if the target's page size varies),
  *   configuration/capabilities (be32 count, count × (byte len + name); only with
@@ -34,14 +34,14 @@ import { VmsnapError } from '../errors.js';
  *   interpreting its vmstate description. So this parser does not skip them: it relies on
  *   the order in which QEMU writes sections, and copies everything from the first device
  *   section to the end of the stream without looking inside:
- *     * setup (savevm.c qemu_savevm_state_setup): one START per active iterable handler;
+ *     * setup (savevm.c:1164 qemu_savevm_state_setup): one START per active iterable handler;
  *       with default capabilities (no block migration, no dirty-bitmaps, no VFIO) that is
  *       only "ram". A START of anything else is refused.
- *     * iterations (qemu_savevm_state_iterate): PART sections of "ram".
- *     * precopy completion (savevm.c:1475 qemu_savevm_state_complete_precopy): the END of
+ *     * iterations (savevm.c:1226 qemu_savevm_state_iterate): PART sections of "ram".
+ *     * precopy completion (savevm.c:1433 qemu_savevm_state_complete_precopy): the END of
  *       "ram", then every device as a FULL section (savevm.c:1363
- *       qemu_savevm_state_complete_precopy_non_iterable), QEMU_VM_EOF 0x00, then
- *       QEMU_VM_VMDESCRIPTION 0x06 + be32 len + JSON (the vmdesc).
+ *       qemu_savevm_state_complete_precopy_non_iterable), QEMU_VM_EOF 0x00 (savevm.c:1417),
+ *       then QEMU_VM_VMDESCRIPTION 0x06 + be32 len + JSON, the vmdesc (savevm.c:1425).
  *     * background-snapshot (migration.c:4068 bg_migration_thread): the device sections,
  *       EOF and vmdesc are rendered into a buffer while the VM is paused, RAM goes out in
  *       PART sections while the guest runs, and the buffer is appended after the last PART
@@ -67,7 +67,10 @@ import { VmsnapError } from '../errors.js';
  *   a record that stays is either named (always safe) or CONTINUE, and CONTINUE means the
  *   previous page record was of the same block, hence also kept, so the loader's
  *   last_recv_block is still right. The MEM_SIZE block list stays, so the loader still
- *   checks that `pc.ram` exists and has the same length (ram.c:4315).
+ *   checks that `pc.ram` exists and has the same length (ram.c:4313).
+ *   Leaving out the ZERO records of `pc.ram` matters too: the loader handles one with
+ *   ram_handle_compressed (ram.c:3613), which reads the page (buffer_is_zero) and so would
+ *   fault in the whole RAM image at load time.
  * - Precopy sends a page again when the guest dirtied it (later copies win), and may send
  *   a page as ZERO after it was sent with data: such a page is written as zeros here.
  *   A ZERO page never sent with data before is left as a hole (the image starts empty).
@@ -391,6 +394,11 @@ export class StreamSplitter {
         throw new MigrationStreamError(`the stream ended inside ${STATE_NAMES[this.state]}: it is truncated (did the migration fail?)`, this.chunkBase);
       }
       vmdescDevices = this.checkTail();
+      if (this.stats.pagesWritten + this.stats.zeroPages === 0) {
+        // Every save sends each page at least once (the dirty bitmap starts full); with
+        // multifd the pages travel on other connections, which this splitter never sees.
+        throw new MigrationStreamError(`the stream carries no page of "${this.ramBlockName}": saved with multifd, or not a full save`, this.chunkBase);
+      }
     } catch (e) {
       this.fail(e);
       throw e;
@@ -863,7 +871,7 @@ export class StreamSplitter {
   }
 
   /**
-   * The device part must end with QEMU_VM_EOF followed by the vmdesc (savevm.c:1420-1433):
+   * The device part must end with QEMU_VM_EOF followed by the vmdesc (savevm.c:1417-1427):
    * anything else means the stream was cut short. Returns the number of devices vmdesc lists.
    */
   private checkTail(): number {
