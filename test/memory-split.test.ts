@@ -213,6 +213,7 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
   async function revert(key: string, name: string, ramImage?: string, paused = false): Promise<{ vm: Vm; loadedMs: number; status: string }> {
     const s = saved[key]!;
     const v = await validateMemoryState(s.manifestPath, { expect: { snapshotId: `snap-${key}`, machine: 'pc-q35-7.2', memoryMiB: MEM_MIB } });
+    figures[`validateMs-${name}`] = Math.round(v.ms * 10) / 10;
     const vm = await start(name, { ramImage: ramImage ?? v.ramImagePath, incoming: true, paused });
     const loaded = await loadDeviceState(vm.qmp, v.deviceStatePath);
     return { vm, loadedMs: performance.now() - vm.spawnedAt, status: loaded.status };
