@@ -50,8 +50,12 @@ const manifestBody = z
         file: fileName,
         /** File size: ramBytes + the 4 KiB trailer page. */
         bytes: z.number().int().positive(),
-        /** sha256 of the whole file read sequentially (holes as zeros), as `sha256sum` prints it. */
-        sha256: sha256Hex,
+        /**
+         * sha256 of the whole file read sequentially (holes as zeros), as `sha256sum` prints
+         * it. Optional: hashing a RAM image takes seconds per GiB, so vmsnap saves without it
+         * and records it in its catalog once a background pass has read the image.
+         */
+        sha256: sha256Hex.optional(),
       })
       .strict(),
     deviceState: z
@@ -170,8 +174,10 @@ export function readManifest(path: string): MemoryManifest {
 }
 
 export interface ValidateOptions {
-  /** Also hash the whole RAM image (slow: seconds per GiB). Default false. */
+  /** Also hash the whole RAM image (slow: seconds per GiB) and compare with the manifest's sha256. Default false. */
   verifyRamSha256?: boolean;
+  /** Hash the whole RAM image and compare with this sha256 (recorded elsewhere, e.g. the catalog); also checks the manifest's, if it has one. */
+  ramSha256?: string;
   /** Hash the device state (small; default true). */
   verifyDeviceSha256?: boolean;
   /** What the caller is about to load: each given field must match the manifest. */
@@ -266,14 +272,16 @@ export async function validateMemoryState(manifestPath: string, opts: ValidateOp
     }
     checks.push('device-state-sha256');
   }
-  if (opts.verifyRamSha256) {
+  const wanted = [opts.ramSha256, opts.verifyRamSha256 || opts.ramSha256 !== undefined ? m.ramImage.sha256 : undefined].filter((x): x is string => x !== undefined);
+  if (opts.verifyRamSha256 && wanted.length === 0) {
+    throw new MemoryStateError('ram-image-sha256', `memory state ${manifestPath} records no sha256 of its RAM image to check it against`, { path: ramImagePath });
+  }
+  if (wanted.length > 0) {
     const got = await sha256File(ramImagePath, opts.signal ? { signal: opts.signal } : {});
-    if (got !== m.ramImage.sha256) {
-      throw new MemoryStateError('ram-image-sha256', `the RAM image ${ramImagePath} fails its sha256 (damaged or replaced)`, {
-        path: ramImagePath,
-        sha256: got,
-        expected: m.ramImage.sha256,
-      });
+    for (const expected of wanted) {
+      if (got !== expected) {
+        throw new MemoryStateError('ram-image-sha256', `the RAM image ${ramImagePath} fails its sha256 (damaged or replaced)`, { path: ramImagePath, sha256: got, expected });
+      }
     }
     checks.push('ram-image-sha256');
   }

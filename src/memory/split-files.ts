@@ -20,6 +20,8 @@ export interface SplitToFilesOptions {
   hashRamImage?: boolean;
   maxRunBytes?: number;
   highWaterMark?: number;
+  /** Called once the stream's RAM block is known and the RAM image sized (the split is under way). */
+  onStarted?: () => void;
 }
 
 export interface SplitFilesResult {
@@ -106,6 +108,7 @@ export async function splitToFiles(
       onRamBlock: async (b) => {
         ramBytes = b.size;
         await ramFh.truncate(b.size + (trailer ? RAM_TRAILER_BYTES : 0));
+        opts.onStarted?.();
       },
       onRam: (offset, bufs, bytes) => writeAll(ramFh, bufs, offset, bytes).catch((e: unknown) => Promise.reject(noSpace(e, ramImagePath))),
       onDevice: async (bufs, bytes) => {
@@ -223,19 +226,23 @@ export interface SplitSink {
   uri: string;
   /** Resolves once QEMU closed the stream and both files are written, fsynced (and hashed). */
   done: Promise<SplitFilesResult>;
-  /** Stop listening (after done, or to give up). */
+  /** Stop listening (after done, or to give up: `done` then rejects if no stream came). */
   close(): void;
 }
 
 /**
- * Like state-sink.ts's openStateSink, but splits: QEMU connects to a unix socket and its
+ * A migration target that splits: QEMU connects to a unix socket and its
  * stream becomes a RAM image and a device-state file.
  */
 export async function openSplitSink(socketPath: string, ramImagePath: string, deviceStatePath: string, opts: SplitToFilesOptions = {}): Promise<SplitSink> {
   rmSync(socketPath, { force: true });
   let server: Server | undefined;
+  let connected = false;
+  let giveUp: (e: unknown) => void = () => undefined;
   const done = new Promise<SplitFilesResult>((resolve, reject) => {
+    giveUp = reject;
     server = createServer((conn) => {
+      connected = true;
       server?.close(); // one stream only
       splitToFiles(conn, ramImagePath, deviceStatePath, opts).then(resolve, (e: unknown) => {
         conn.destroy();
@@ -255,6 +262,7 @@ export async function openSplitSink(socketPath: string, ramImagePath: string, de
     close: () => {
       server?.close();
       rmSync(socketPath, { force: true });
+      if (!connected) giveUp(new VmsnapError('INTERRUPTED', 'the split sink closed before any stream came'));
     },
   };
 }

@@ -164,6 +164,12 @@ export interface SplitSummary {
   deviceBytes: number;
   /** Number of device sections, from the vmdesc JSON at the end of the stream. */
   vmdescDevices: number;
+  /**
+   * Where RAM pages can be put back: the device-state offset just after the RAM START
+   * section (and its footer), the RAM section's id, and whether sections have footers.
+   * joinStream() (stream-join.ts) rebuilds a whole stream by inserting a PART there.
+   */
+  ramStart: { endOffset: number; sectionId: number; footers: boolean };
 }
 
 export type RamSink = (offset: number, data: readonly Buffer[], byteLength: number) => Promise<void> | void;
@@ -185,6 +191,12 @@ export interface StreamSplitterOptions {
   maxRunBytes?: number;
   /** push() waits while more than this many bytes are queued for the sinks. Default 32 MiB. */
   highWaterMark?: number;
+  /**
+   * Refuse a stream without any page of the RAM block (default true: a save always sends
+   * each page once, so none means multifd). False to read a device-state stream, which
+   * has none by design.
+   */
+  requireRamPages?: boolean;
 }
 
 /** The stream is not one this splitter can split (or not a QEMU 7.2 migration stream at all). */
@@ -280,6 +292,7 @@ export class StreamSplitter {
   private readonly onDevice: DeviceSink;
   private readonly maxRunBytes: number;
   private readonly highWaterMark: number;
+  private readonly requireRamPages: boolean;
 
   // Parser state
   private state: S = S.FileHeader;
@@ -313,6 +326,8 @@ export class StreamSplitter {
   private recPending: Buffer[] = [];
   private pageState: Uint8Array = new Uint8Array(0);
   private mode: StreamMode | undefined;
+  private ramStartEnd: number | undefined;
+  private footers = false;
 
   // Output state
   private runOffset = 0;
@@ -350,6 +365,7 @@ export class StreamSplitter {
     this.onDevice = opts.onDevice;
     this.maxRunBytes = Math.max(TARGET_PAGE_SIZE, opts.maxRunBytes ?? 1024 * 1024);
     this.highWaterMark = opts.highWaterMark ?? 32 * 1024 * 1024;
+    this.requireRamPages = opts.requireRamPages ?? true;
   }
 
   /**
@@ -394,7 +410,7 @@ export class StreamSplitter {
         throw new MigrationStreamError(`the stream ended inside ${STATE_NAMES[this.state]}: it is truncated (did the migration fail?)`, this.chunkBase);
       }
       vmdescDevices = this.checkTail();
-      if (this.stats.pagesWritten + this.stats.zeroPages === 0) {
+      if (this.requireRamPages && this.stats.pagesWritten + this.stats.zeroPages === 0) {
         // Every save sends each page at least once (the dirty bitmap starts full); with
         // multifd the pages travel on other connections, which this splitter never sees.
         throw new MigrationStreamError(`the stream carries no page of "${this.ramBlockName}": saved with multifd, or not a full save`, this.chunkBase);
@@ -431,6 +447,7 @@ export class StreamSplitter {
       inputBytes: this.stats.inputBytes,
       deviceBytes: this.stats.deviceBytes,
       vmdescDevices,
+      ramStart: { endOffset: this.ramStartEnd!, sectionId: this.ramSectionId!, footers: this.footers },
     };
   }
 
@@ -636,19 +653,27 @@ export class StreamSplitter {
         const b = buf[off]!;
         if (b === QEMU_VM_SECTION_FOOTER) {
           this.keepDevice(buf.subarray(off, off + 1));
+          this.footers = true;
           return this.expect(S.FooterId, 4);
         }
+        this.markRamStartEnd();
         return this.onTopType(b, buf, off);
       }
       case S.FooterId: {
         this.keepDevice(buf.subarray(off, off + 4));
         const id = buf.readUInt32BE(off);
         if (id !== this.ramSectionId) throw this.error(`section footer of id ${id} after the RAM section (id ${this.ramSectionId})`);
+        this.markRamStartEnd();
         return this.expect(S.TopType, 1);
       }
       case S.Device:
         throw new VmsnapError('INTERNAL', 'stream splitter: step() in device state');
     }
+  }
+
+  /** A RAM section just ended: if it was the START, remember where (in the device stream). */
+  private markRamStartEnd(): void {
+    if (this.sectionKind === 'start' && this.ramStartEnd === undefined) this.ramStartEnd = this.stats.deviceBytes;
   }
 
   private onTopType(b: number, buf: Buffer, off: number): void {
