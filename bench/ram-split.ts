@@ -17,7 +17,8 @@ import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rm
 import { homedir, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import { loadDeviceState, ramBackendArgs } from '../src/memory/revert.js';
+import { loadDeviceState } from '../src/memory/revert.js';
+import { ramImageArgs } from '../src/qemu/launcher.js';
 import { sha256File } from '../src/memory/ram-image.js';
 import { openSplitSink, splitToFiles } from '../src/memory/split-files.js';
 import { StreamBuilder, pageOf, q35Blocks, type PageRecord } from '../src/memory/stream-builder.js';
@@ -268,13 +269,13 @@ async function benchQemu(): Promise<void> {
 
     const modes = {
       'split: -incoming defer + migrate-incoming of the device state': async (): Promise<Vm> => {
-        const be = ramBackendArgs({ ramImagePath: split.ramImage.path, ramBytes });
+        const be = ramImageArgs(split.ramImage.path, ramBytes);
         const vm = await startVm(join(dir, 'r'), memMiB, [...be.args, '-incoming', 'defer'], be.machineProperty);
         await loadDeviceState(vm.qmp, split.deviceState.path);
         return vm;
       },
       'split: -incoming exec:cat on the command line': async (): Promise<Vm> => {
-        const be = ramBackendArgs({ ramImagePath: split.ramImage.path, ramBytes });
+        const be = ramImageArgs(split.ramImage.path, ramBytes);
         return startVm(join(dir, 'r'), memMiB, [...be.args, '-incoming', `exec:cat ${split.deviceState.path}`], be.machineProperty);
       },
       'classic: -incoming defer + migrate-incoming of the whole stream': async (): Promise<Vm> => {

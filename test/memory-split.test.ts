@@ -6,7 +6,8 @@ import { basename, join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { QmpCommandError } from '../src/errors.js';
 import { createManifest, MemoryStateError, validateMemoryState, writeManifest, type MemoryManifest } from '../src/memory/manifest.js';
-import { loadDeviceState, ramBackendArgs } from '../src/memory/revert.js';
+import { loadDeviceState } from '../src/memory/revert.js';
+import { ramImageArgs } from '../src/qemu/launcher.js';
 import { openSplitSink, type SplitFilesResult } from '../src/memory/split-files.js';
 import { GuestAgentClient } from '../src/qemu/guest-agent.js';
 import { QmpClient } from '../src/qemu/qmp.js';
@@ -89,7 +90,7 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
 
   function args(name: string, opts: { ramImage?: string; incoming?: boolean; paused?: boolean } = {}): string[] {
     const d = join(dir, name);
-    const backend = opts.ramImage ? ramBackendArgs({ ramImagePath: opts.ramImage, ramBytes: RAM_BYTES }) : undefined;
+    const backend = opts.ramImage ? ramImageArgs(opts.ramImage, RAM_BYTES) : undefined;
     return [
       ...['-machine', backend ? `q35,${backend.machineProperty}` : 'q35', '-accel', 'tcg', '-m', String(MEM_MIB), '-smp', '1'],
       ...['-nodefaults', '-no-user-config', '-display', 'none'],

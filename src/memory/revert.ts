@@ -1,43 +1,18 @@
+import { createReadStream, rmSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { VmsnapError } from '../errors.js';
-import type { QmpClient } from '../qemu/qmp.js';
+import { connectUnixSocket, type QmpClient } from '../qemu/qmp.js';
 import { sleep } from '../util/process.js';
 
 /**
- * QEMU arguments and QMP steps to run a VM from a split memory state: guest RAM is the RAM
- * image mapped privately (copy on write, faulted in on first touch; QEMU 7.2 never writes
- * the file, though it opens it read-write), and the device-state stream is loaded with
- * `-incoming defer` + `migrate-incoming`.
+ * The QMP step to run a VM from a split memory state: guest RAM is the RAM image mapped
+ * privately (qemu/launcher.ts ramImageArgs: copy on write, faulted in on first touch;
+ * QEMU 7.2 never writes the file, though it opens it read-write), and the device-state
+ * stream is loaded with `-incoming defer` + `migrate-incoming`.
  */
 
-/** Escapes a value for QEMU's key=value option syntax (a comma is doubled). */
-export function qemuOptValue(s: string): string {
-  return s.replace(/,/g, ',,');
-}
-
-export interface RamBackendOptions {
-  ramImagePath: string;
-  ramBytes: number;
-  /** Must be the RAM block name in the stream ("pc.ram" for pc/q35), so that block names match. */
-  id?: string;
-}
-
-/**
- * `-object memory-backend-file,...` for the RAM image, and the `memory-backend=` machine
- * property to add to `-machine` (the machine's `-m` must be the same size).
- */
-export function ramBackendArgs(o: RamBackendOptions): { args: string[]; machineProperty: string } {
-  const id = o.id ?? 'pc.ram';
-  if (o.ramBytes <= 0 || o.ramBytes % 4096 !== 0) throw new VmsnapError('INVALID_ARGUMENT', `RAM size ${o.ramBytes} is not a whole number of pages`);
-  return {
-    args: [
-      '-object',
-      `memory-backend-file,id=${qemuOptValue(id)},size=${o.ramBytes},mem-path=${qemuOptValue(o.ramImagePath)},share=off,prealloc=off`,
-    ],
-    machineProperty: `memory-backend=${qemuOptValue(id)}`,
-  };
-}
-
-function shellQuote(s: string): string {
+/** Shell-quote for QEMU's exec: migration URIs (run by /bin/sh -c). */
+export function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
@@ -47,16 +22,37 @@ interface MigrateInfo {
 }
 
 /**
- * Loads a device-state stream into a QEMU started with `-incoming defer` (and the RAM
- * backend above). Resolves when the load is over, with QEMU's run state then. QEMU starts
- * the guest after the load if it was not started with -S and the stream's global state
- * says "running" (migration.c:525 process_incoming_migration_bh): a background-snapshot
- * or live precopy save of a running VM comes up running by itself; a save of a paused VM
- * stays paused until `cont`. Start QEMU with -S to check things before the guest runs.
+ * Loads a device-state stream (or any whole migration stream) into a QEMU started with
+ * `-incoming defer` (and, for a split state, the RAM image as its memory backend).
+ * Resolves when the load is over, with QEMU's run state then. QEMU starts the guest after
+ * the load if it was not started with -S and the stream's global state says "running"
+ * (migration.c:525 process_incoming_migration_bh): a background-snapshot or live precopy
+ * save of a running VM comes up running by itself; a save of a paused VM stays paused
+ * until `cont`. Start QEMU with -S to check things before the guest runs.
+ *
+ * With `socket`, QEMU listens on that unix socket and this process sends the file: no
+ * fork and exec inside QEMU (what `exec:cat` costs), which is most of a small load.
  */
-export async function loadDeviceState(qmp: QmpClient, deviceStatePath: string, timeoutMs = 60_000): Promise<{ loadMs: number; status: string; running: boolean }> {
+export async function loadDeviceState(
+  qmp: QmpClient,
+  deviceStatePath: string,
+  opts: { timeoutMs?: number; socket?: string } = {},
+): Promise<{ loadMs: number; status: string; running: boolean }> {
   const t0 = performance.now();
-  await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(deviceStatePath)}` });
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  let sending: Promise<unknown> = Promise.resolve();
+  if (opts.socket) {
+    rmSync(opts.socket, { force: true });
+    await qmp.execute('migrate-incoming', { uri: `unix:${opts.socket}` });
+    const conn = await connectUnixSocket(opts.socket, 2000);
+    // Settled either way; a send cut short by a failed load is reported as the load's failure.
+    sending = pipeline(createReadStream(deviceStatePath, { highWaterMark: 1024 * 1024 }), conn).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+  } else {
+    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(deviceStatePath)}` });
+  }
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     let st: { status: string; running: boolean };
@@ -77,6 +73,8 @@ export async function loadDeviceState(qmp: QmpClient, deviceStatePath: string, t
       if (info.status === 'failed') {
         throw new VmsnapError('QEMU_FAILED', `loading the device state failed: ${info['error-desc'] ?? 'see the QEMU log'}`, { details: { step: 'load-device-state' } });
       }
+      const sendError = await sending;
+      if (sendError !== undefined) throw new VmsnapError('QEMU_FAILED', `sending the device state to QEMU failed: ${String(sendError)}`, { cause: sendError });
       return { loadMs: performance.now() - t0, status: st.status, running: st.running };
     }
     if (Date.now() > deadline) throw new VmsnapError('QMP_TIMEOUT', `loading the device state took over ${timeoutMs} ms`);

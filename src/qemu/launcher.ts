@@ -17,6 +17,8 @@ export interface RuntimeFiles {
   agentSocket: string;
   consoleSocket: string;
   serialLog: string;
+  /** Where QEMU listens for a memory state to load (migrate-incoming unix:). */
+  incomingSocket: string;
 }
 
 export function runtimeFiles(runDir: string, vmId: string): RuntimeFiles {
@@ -30,6 +32,7 @@ export function runtimeFiles(runDir: string, vmId: string): RuntimeFiles {
     agentSocket: join(dir, 'qga.sock'),
     consoleSocket: join(dir, 'console.sock'),
     serialLog: join(dir, 'serial.log'),
+    incomingSocket: join(dir, 'incoming.sock'),
   };
   if (Buffer.byteLength(files.consoleSocket) > 107) {
     throw new VmsnapError('INVALID_ARGUMENT', `VMSNAP_HOME is too deep for unix sockets: ${files.consoleSocket}`, {
@@ -38,6 +41,15 @@ export function runtimeFiles(runDir: string, vmId: string): RuntimeFiles {
   }
   return files;
 }
+
+/**
+ * The runtime folder of the QEMU a VM is about to have (a revert starts it beside the
+ * present one); renamed to the VM's own folder once that one is gone.
+ */
+export function stagingFiles(runDir: string, vmId: string): RuntimeFiles {
+  return runtimeFiles(runDir, `${vmId}${STAGING_SUFFIX}`);
+}
+export const STAGING_SUFFIX = '.next';
 
 /** One layer of a disk's chain as QEMU opens it. */
 export interface ChainLayer {
@@ -66,6 +78,13 @@ export interface LaunchSpec {
   paused?: boolean;
   /** Wait for a migration stream (-incoming defer): used to load memory state. */
   incomingDefer?: boolean;
+  /**
+   * Guest RAM mapped from a snapshot's RAM image (copy on write, never written back),
+   * instead of anonymous memory: its size must be the config's memory.
+   */
+  ramImage?: string;
+  /** The exact machine type to emulate (e.g. pc-q35-7.2, from a memory state), instead of the config's alias. */
+  machineType?: string;
 }
 
 /** QEMU node names: the format node of a layer, and the protocol (file) node under it. */
@@ -92,13 +111,32 @@ export function blockdevArgs(disk: LaunchDisk): string[] {
   return args;
 }
 
+/** The id of the RAM backend: the RAM block name QEMU 7.2's q35 and pc machines give their main memory, which a memory state names. */
+export const RAM_BACKEND_ID = 'pc.ram';
+
+/**
+ * The RAM image as guest memory: a private mapping (share=off), so pages are read from
+ * the file on first touch and copied on first write, and the file is never written.
+ * QEMU ftruncates a file shorter than `size`: hand it a checked image only. The `-m`
+ * size must be `ramBytes` too.
+ */
+export function ramImageArgs(path: string, ramBytes: number): { args: string[]; machineProperty: string } {
+  if (ramBytes <= 0 || ramBytes % 4096 !== 0) throw new VmsnapError('INVALID_ARGUMENT', `RAM size ${ramBytes} is not a whole number of pages`);
+  return {
+    args: ['-object', `memory-backend-file,id=${RAM_BACKEND_ID},size=${ramBytes},mem-path=${q(path)},share=off,prealloc=off`],
+    machineProperty: `memory-backend=${RAM_BACKEND_ID}`,
+  };
+}
+
 export function buildQemuArgs(spec: LaunchSpec): string[] {
   const { config, files } = spec;
+  const ram = spec.ramImage ? ramImageArgs(spec.ramImage, config.memoryMiB * 1024 * 1024) : undefined;
   const args = [
     '-name',
     `guest=${spec.vmName},debug-threads=on`,
     '-machine',
-    `${config.machine},accel=${spec.accel}`,
+    `${q(spec.machineType ?? config.machine)},accel=${spec.accel}${ram ? `,${ram.machineProperty}` : ''}`,
+    ...(ram ? ram.args : []),
     ...(spec.accel === 'kvm' ? ['-cpu', 'host'] : []),
     '-m',
     `${config.memoryMiB}M`,

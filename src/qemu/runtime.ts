@@ -1,7 +1,8 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { VmsnapError } from '../errors.js';
 import type { PowerState } from '../contract/views.js';
-import { runtimeFiles, type RuntimeFiles } from './launcher.js';
+import { runtimeFiles, STAGING_SUFFIX, type RuntimeFiles } from './launcher.js';
 import { QmpClient } from './qmp.js';
 import { isProcessAlive, processCmdline, sleep } from '../util/process.js';
 
@@ -23,8 +24,10 @@ export function livePid(files: RuntimeFiles): number | undefined {
   if (!existsSync(files.pidFile)) return undefined;
   const pid = Number(readFileSync(files.pidFile, 'utf8').trim());
   if (!Number.isInteger(pid) || pid <= 0 || !isProcessAlive(pid)) return undefined;
-  // A reused pid belongs to another program: ours has our pid file on its command line.
-  return processCmdline(pid).includes(files.pidFile) ? pid : undefined;
+  // A reused pid belongs to another program: ours has our pid file on its command line
+  // (or, for a QEMU started in a revert's staging folder and promoted, that folder's).
+  const cmd = processCmdline(pid);
+  return cmd.includes(files.pidFile) || cmd.includes(join(`${files.dir}${STAGING_SUFFIX}`, basename(files.pidFile))) ? pid : undefined;
 }
 
 export function cleanRuntime(files: RuntimeFiles): void {
