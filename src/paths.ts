@@ -47,7 +47,39 @@ export function layerPath(paths: Pick<VmsnapPaths, 'layers'>, layerId: string): 
   return join(paths.layers, `${layerId}.qcow2`);
 }
 
-/** Where a snapshot's memory state file lives. */
-export function statePath(paths: Pick<VmsnapPaths, 'states'>, snapshotId: string): string {
+/**
+ * Where a snapshot's memory state lives: a manifest (`ID.json`, what the catalog's
+ * state_file names) beside its RAM image (`ID.ram`) and its device state (`ID.dev`).
+ */
+export function memoryStatePaths(paths: Pick<VmsnapPaths, 'states'>, snapshotId: string): { manifest: string; ram: string; dev: string } {
+  const base = join(paths.states, snapshotId);
+  return { manifest: `${base}.json`, ram: `${base}.ram`, dev: `${base}.dev` };
+}
+
+/** A memory state in the format of vmsnap before split states: one migration stream, `ID.state`. */
+export function legacyStatePath(paths: Pick<VmsnapPaths, 'states'>, snapshotId: string): string {
   return join(paths.states, `${snapshotId}.state`);
+}
+
+/** Whether a snapshot's state_file names a split memory state (its manifest) rather than one stream. */
+export function isSplitState(stateFile: string): boolean {
+  return stateFile.endsWith('.json');
+}
+
+/**
+ * Every file of a memory state, from the path the catalog records: a split state's
+ * manifest brings its RAM image and device state (named after it, so they are known
+ * even when the manifest is damaged); a legacy state is its one file.
+ */
+export function memoryStateFiles(stateFile: string | null | undefined): string[] {
+  if (!stateFile) return [];
+  if (!isSplitState(stateFile)) return [stateFile];
+  const base = stateFile.slice(0, -'.json'.length);
+  return [stateFile, `${base}.ram`, `${base}.dev`];
+}
+
+/** The state_file values whose memory state includes `path` (for "does the catalog name this file?"). */
+export function stateFileOwners(path: string): string[] {
+  const m = /^(.*)\.(ram|dev)$/.exec(path);
+  return m ? [path, `${m[1]}.json`] : [path];
 }

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { VmConfigSchema, type VmConfig } from '../contract/config.js';
 import type { VmRunState } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
+import { memoryStateFiles, stateFileOwners } from '../paths.js';
 import type { Db } from './db.js';
 import { openCatalog } from './db.js';
 
@@ -32,7 +33,19 @@ export type SnapshotStatus = 'prepare' | 'ready' | 'deleting';
 /** Measurements and details recorded with a snapshot. Known fields are checked; others are kept as they are. */
 export const SnapshotMetaSchema = z.looseObject({
   memoryMode: z.enum(['background', 'precopy']).optional(),
+  /** Legacy memory state (one stream): its sha256, taken as it was saved. */
   stateSha256: z.string().optional(),
+  /** Split memory state: the manifest's own checksum as written at save (a replaced manifest is refused). */
+  manifestChecksum: z.string().optional(),
+  /** Split memory state: the RAM image's `ino:size:mtime-ns` when saved (or last proven by its sha256). */
+  ramIdentity: z.string().optional(),
+  /** Split memory state: sha256 of the RAM image file, recorded by the background pass after the save. */
+  ramSha256: z.string().optional(),
+  /** Split memory state: bytes of guest RAM that held data (non-zero pages) at the snapshot. */
+  ramDataBytes: z.number().optional(),
+  /** Split memory state: bytes the RAM image did not share with its parent's when saved (reflinked data dirs). */
+  ramNewBytes: z.number().optional(),
+  downtimeLimitMs: z.number().optional(),
   saveMs: z.number().optional(),
   qemuDowntimeMs: z.number().optional(),
   fallbackReason: z.string().optional(),
@@ -418,17 +431,17 @@ export class Catalog {
 
   // ---- files ----
 
-  /** Every memory state file a snapshot names. */
+  /** Every memory state file a snapshot names (a split state's manifest, RAM image and device state). */
   stateFiles(): string[] {
-    return (this.db.prepare('SELECT state_file FROM snapshots WHERE state_file IS NOT NULL').all() as { state_file: string }[]).map((r) => r.state_file);
+    return (this.db.prepare('SELECT state_file FROM snapshots WHERE state_file IS NOT NULL').all() as { state_file: string }[]).flatMap((r) =>
+      memoryStateFiles(r.state_file),
+    );
   }
 
-  /** Whether a layer or a snapshot's state names this file. */
+  /** Whether a layer or a snapshot's memory state names this file. */
   refersToFile(path: string): boolean {
-    return (
-      this.db.prepare('SELECT 1 FROM layers WHERE path = ?').get(path) !== undefined ||
-      this.db.prepare('SELECT 1 FROM snapshots WHERE state_file = ?').get(path) !== undefined
-    );
+    const byState = this.db.prepare('SELECT 1 FROM snapshots WHERE state_file = ?');
+    return this.db.prepare('SELECT 1 FROM layers WHERE path = ?').get(path) !== undefined || stateFileOwners(path).some((f) => byState.get(f) !== undefined);
   }
 
   /** Every file the catalog names: layers (imported images too) and state files. */

@@ -99,8 +99,10 @@ export interface RevertResult {
   state: 'running' | 'paused' | 'stopped';
   /** What was discarded. */
   discarded: string[];
-  /** From the kill of the old QEMU to the guest running again, for reverts with memory. */
+  /** From the kill of the old QEMU to the guest running again, for reverts with memory: how long the VM was down. */
   resumeMs?: number;
+  /** The whole revert, from the call to its end. */
+  ms?: number;
 }
 
 export interface MergeReport {
@@ -164,7 +166,9 @@ export interface VerifyProblem {
     | 'orphan-file'
     | 'unfinished-operation'
     | 'fingerprint-mismatch'
-    | 'state-checksum-mismatch';
+    | 'state-checksum-mismatch'
+    /** A memory state that fails a check other than its checksum: manifest, pairing of its files, sizes. */
+    | 'state-invalid';
   message: string;
   layer?: string;
   snapshot?: string;

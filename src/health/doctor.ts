@@ -4,7 +4,8 @@ import { formatBytes } from '../contract/format.js';
 import type { HealthReport, HealthSettings, HealthWarning } from '../contract/views.js';
 import { healthSettings, now } from '../settings.js';
 import { verifyVm } from '../snapshot/verify.js';
-import { fileBytes } from '../util/files.js';
+import { memoryStateFiles } from '../paths.js';
+import { fileBytes, filesBytes } from '../util/files.js';
 import { dataDirUsage } from './storage.js';
 
 /** Checks of one VM's snapshots and chains (cheap: no qemu-img check). */
@@ -21,7 +22,7 @@ export function vmWarnings(ctx: Context, vm: VmRecord, settings: HealthSettings,
         message: `snapshot '${s.name}' of '${vm.name}' is ${Math.floor(hours)} h old (threshold ${settings.maxAgeHours} h): snapshots are not backups, and old ones keep growing what they hold`,
       });
     }
-    const bytes = Object.values(s.layers).reduce((a, id) => a + fileBytes(ctx.catalog.findLayer(id)?.path ?? ''), 0) + (s.stateFile ? fileBytes(s.stateFile) : 0);
+    const bytes = Object.values(s.layers).reduce((a, id) => a + fileBytes(ctx.catalog.findLayer(id)?.path ?? ''), 0) + filesBytes(memoryStateFiles(s.stateFile));
     if (bytes > settings.maxShareOfFree * freeBytes) {
       out.push({
         kind: 'large-snapshot',

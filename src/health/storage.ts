@@ -4,14 +4,15 @@ import type { Context } from '../context.js';
 import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
 import { catalogGraph } from '../layers/merge.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
-import { fileBytes } from '../util/files.js';
+import { memoryStateFiles } from '../paths.js';
+import { fileBytes, filesBytes } from '../util/files.js';
 
 /** Storage accounting: what each snapshot costs and would free, per VM and for the data dir. */
 
 export function dataDirUsage(ctx: Context): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
-  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0);
+  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + filesBytes(ctx.catalog.stateFiles());
   return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
 }
 
@@ -39,7 +40,7 @@ function overlapBytes(a: MapExtent[], b: MapExtent[]): number {
 /** Estimate what deleting a snapshot frees (see SnapshotUsage.reclaimableBytes). */
 export async function reclaimable(ctx: Context, snap: SnapshotRecord): Promise<number> {
   const g = catalogGraph(ctx.catalog);
-  let bytes = snap.stateFile ? fileBytes(snap.stateFile) : 0;
+  let bytes = filesBytes(memoryStateFiles(snap.stateFile));
   for (const layerId of Object.values(snap.layers)) {
     const layer = ctx.catalog.findLayer(layerId);
     if (!layer || layer.external) continue;
@@ -60,7 +61,7 @@ export async function vmUsage(ctx: Context, vm: VmRecord): Promise<VmUsage> {
   const layers = ctx.catalog.listLayers(vm.id).filter((l) => !l.external);
   const snaps = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
   const layersBytes = layers.reduce((a, l) => a + fileBytes(l.path), 0);
-  const statesBytes = snaps.reduce((a, s) => a + (s.stateFile ? fileBytes(s.stateFile) : 0), 0);
+  const statesBytes = snaps.reduce((a, s) => a + filesBytes(memoryStateFiles(s.stateFile)), 0);
   const active = ctx.catalog.activeLayers(vm.id);
   const snapshots: SnapshotUsage[] = [];
   for (const s of snaps) {
@@ -69,7 +70,7 @@ export async function vmUsage(ctx: Context, vm: VmRecord): Promise<VmUsage> {
       id: s.id,
       createdAt: s.createdAt,
       deltaBytes: Object.values(s.layers).reduce((a, id) => a + fileBytes(ctx.catalog.findLayer(id)?.path ?? ''), 0),
-      stateBytes: s.stateFile ? fileBytes(s.stateFile) : 0,
+      stateBytes: filesBytes(memoryStateFiles(s.stateFile)),
       reclaimableBytes: await reclaimable(ctx, s),
     });
   }

@@ -16,7 +16,7 @@ import { newId, newLayerId, newMacAddress } from '../util/ids.js';
 import { rollBackNewFiles } from '../vm/define.js';
 import { guestAgent } from '../vm/guest.js';
 import { startLocked } from '../vm/power.js';
-import { loadSnapshotMemory } from './live.js';
+import { checkMemoryState, launchFor, loadMemoryState, type CheckedMemory } from './memory-state.js';
 import { resolveSnapshot } from './views.js';
 
 export interface CloneOptions {
@@ -130,13 +130,17 @@ export async function cloneSnapshot(ctx: Context, source0: VmRecord, snapName: s
         }
       });
     });
-    const out: CloneInfo[] = [];
-    for (const c of clones) {
-      const info: CloneInfo = { name: c.vm.name, id: c.vm.id, mode, mac: c.vm.config.nics[0]?.mac ?? '', state: 'stopped', forked: false };
-      if (opts.start) {
+    // The memory state is checked once, before any clone starts from it.
+    const mem = opts.start && snap.stateFile ? await checkMemoryState(ctx, snap) : undefined;
+    // The clones start side by side: each maps the same RAM image (copy on write), so the
+    // guest RAM they have not written is one copy in the host's page cache for all of them.
+    const started = await Promise.allSettled(
+      clones.map(async (c): Promise<CloneInfo> => {
+        const info: CloneInfo = { name: c.vm.name, id: c.vm.id, mode, mac: c.vm.config.nics[0]?.mac ?? '', state: 'stopped', forked: false };
+        if (!opts.start) return info;
         await withVm(ctx, c.vm, 'start clone', async () => {
-          if (snap.stateFile) {
-            info.identitySet = await forkFromMemory(ctx, c.vm, snap);
+          if (mem) {
+            info.identitySet = await forkFromMemory(ctx, c.vm, snap, mem);
             info.forked = true;
             info.state = snap.vmState === 'paused' ? 'paused' : 'running';
           } else {
@@ -144,9 +148,12 @@ export async function cloneSnapshot(ctx: Context, source0: VmRecord, snapName: s
             info.state = 'running';
           }
         });
-      }
-      out.push(info);
-    }
+        return info;
+      }),
+    );
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    const out = started.map((r) => (r as PromiseFulfilledResult<CloneInfo>).value);
     return { source: source.name, snapshot: snap.name, clones: out, ms: performance.now() - t0 };
   });
 }
@@ -156,13 +163,13 @@ export async function cloneSnapshot(ctx: Context, source0: VmRecord, snapName: s
  * instant in a new machine. It then takes its own identity through its agent
  * (the migrated NIC still has the source's MAC until told otherwise).
  */
-async function forkFromMemory(ctx: Context, vm: VmRecord, snap: SnapshotRecord): Promise<boolean> {
-  await startLocked(ctx, vm, { incomingDefer: true, paused: true });
+async function forkFromMemory(ctx: Context, vm: VmRecord, snap: SnapshotRecord, mem: CheckedMemory): Promise<boolean> {
   const files = runtimeFiles(ctx.paths.run, vm.id);
   try {
+    const pid = await startLocked(ctx, vm, launchFor(mem));
     const qmp = await connectQmp(ctx.paths.run, vm);
     try {
-      await loadSnapshotMemory(qmp, snap);
+      await loadMemoryState(qmp, { pid, files }, snap, mem);
       if (snap.vmState !== 'paused') await qmp.execute('cont');
     } finally {
       await qmp.close();

@@ -9,7 +9,7 @@ import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import { removeUnreferenced } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
-import { statePath } from '../paths.js';
+import { memoryStateFiles, memoryStatePaths } from '../paths.js';
 import type { GuestAgentClient } from '../qemu/guest-agent.js';
 import { formatNode, runtimeFiles } from '../qemu/launcher.js';
 import { commitImage } from '../qemu/qemu-img.js';
@@ -20,6 +20,7 @@ import { newId } from '../util/ids.js';
 import { sleep } from '../util/process.js';
 import { guestAgent } from '../vm/guest.js';
 import { addOverlayNodes, deviceTopNodes, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays } from './live.js';
+import { recordSplitState } from './memory-state.js';
 import { createOverlayFiles, newLayerRecords, OverlaySwitchSchema, planOverlays } from './overlays.js';
 
 export interface TakeSnapshotOptions {
@@ -33,7 +34,9 @@ export interface TakeSnapshotOptions {
 /**
  * Take a snapshot. Step 1: the overlay files exist and the snapshot row is
  * written in 'prepare' (hidden). Then QEMU switches every disk to its overlay
- * at one instant (named fault point `switched` after it) and the operation
+ * at one instant, and with memory its stream is split into the RAM image and
+ * the device state (named fault points `splitting`, once the RAM image is
+ * being written, and `switched` after it all) and the operation
  * finishes in one transaction that freezes the old layers and marks the
  * snapshot ready. Until then it is undone: the VM goes back onto its previous
  * layers with every write made since merged back, and the files made go.
@@ -49,7 +52,7 @@ export const snapshotCreate = defineOperation({
     createFiles: z.array(z.string()),
   }),
   steps: 1,
-  faults: ['switched'],
+  faults: ['splitting', 'switched'],
   onFailure: 'rollback',
   files: (p) => p.createFiles,
   async recover(ctx, op, vm) {
@@ -174,7 +177,8 @@ export async function takeSnapshot(ctx: Context, vm0: VmRecord, name: string, op
     }
     const switches = planOverlays(ctx, catalog.activeLayers(vm.id));
     const snapshotId = newId();
-    const stateFile = withMemory ? statePath(ctx.paths, snapshotId) : null;
+    const memFiles = withMemory ? memoryStatePaths(ctx.paths, snapshotId) : null;
+    const stateFile = memFiles?.manifest ?? null;
     const now = new Date().toISOString();
     const record: SnapshotRecord = {
       id: snapshotId,
@@ -191,7 +195,7 @@ export async function takeSnapshot(ctx: Context, vm0: VmRecord, name: string, op
       meta: {},
       layers: Object.fromEntries(switches.map((s) => [s.slot, s.oldLayerId])),
     };
-    const plan = { snapshotId, name, vmState, stateFile, switches, createFiles: [...switches.map((s) => s.newPath), ...(stateFile ? [stateFile] : [])] };
+    const plan = { snapshotId, name, vmState, stateFile, switches, createFiles: [...switches.map((s) => s.newPath), ...memoryStateFiles(stateFile)] };
     return runOperation(ctx, snapshotCreate, { vm, plan }, async (op) => {
       let qmp: QmpClient | undefined;
       // Disk only, running: reach the guest agent (to quiesce) while the overlay files are made.
@@ -204,19 +208,22 @@ export async function takeSnapshot(ctx: Context, vm0: VmRecord, name: string, op
         if (vmState !== 'off') {
           qmp = await connectQmp(ctx.paths.run, vm);
           await addOverlayNodes(qmp, switches);
-          if (withMemory) {
-            const r = await snapshotWithMemory(qmp, switches, stateFile!, {
+          if (memFiles) {
+            const r = await snapshotWithMemory(qmp, switches, memFiles, {
               sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, 'state-sink.sock'),
+              snapshotId,
               running: vmState === 'running',
+              onSplitStarted: () => op.fault('splitting'),
               ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
             });
             record.pauseMs = r.pauseMs;
             Object.assign(meta, {
               memoryMode: r.mode,
-              stateSha256: r.stateSha256,
               saveMs: Math.round(r.totalMs),
               ...(r.qemuDowntimeMs !== undefined ? { qemuDowntimeMs: r.qemuDowntimeMs } : {}),
               ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
+              ...(r.downtimeLimitMs !== undefined ? { downtimeLimitMs: r.downtimeLimitMs } : {}),
+              ...(await recordSplitState(memFiles.manifest, r.split, { id: snapshotId, memoryMiB: vm.config.memoryMiB }, qmp.qemuVersion)),
             });
           } else {
             // Disk only: quiesce the guest's filesystems if its agent answers (one connection

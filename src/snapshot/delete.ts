@@ -11,6 +11,7 @@ import { defineOperation } from '../operations/define.js';
 import type { Op } from '../operations/op.js';
 import { rollForward } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
+import { memoryStateFiles } from '../paths.js';
 import { vmDiskUsage } from '../vm/info.js';
 import { detachClone, directClones } from './clone-detach.js';
 import { resolveSnapshot } from './views.js';
@@ -47,7 +48,7 @@ export const snapshotDelete = defineOperation({
   steps: 2,
   faults: ['merging'],
   onFailure: 'leave',
-  files: (p) => (p.stateFile ? [p.stateFile] : []),
+  files: (p) => memoryStateFiles(p.stateFile),
   recover: (ctx, op, vm) => rollForward(op, vm, (v) => rollDeleteForward(ctx, v, op)),
 });
 
@@ -71,7 +72,9 @@ async function rollDeleteForward(
       catalog.deleteSnapshot(s.id);
     });
   }
-  if (plan.stateFile) rmSync(plan.stateFile, { force: true });
+  // Unlinking a RAM image that a running VM maps (after a revert or a fork) is safe: the
+  // VM keeps its pages, and the space comes back when the last such QEMU exits.
+  for (const f of memoryStateFiles(plan.stateFile)) rmSync(f, { force: true });
   const merges = await mergeCandidates(ctx, catalog.getVm(vm.id), op, onProgress);
   op.finish('done');
   return merges;

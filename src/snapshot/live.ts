@@ -1,11 +1,13 @@
 import { VmsnapError, QmpCommandError } from '../errors.js';
+import { sha256File } from '../memory/ram-image.js';
+import { loadDeviceState } from '../memory/revert.js';
+import { openSplitSink, type SplitFilesResult } from '../memory/split-files.js';
 import { runBlockJob } from '../qemu/block-jobs.js';
-import { fileNode, formatNode } from '../qemu/launcher.js';
+import { fileNode, formatNode, RAM_BACKEND_ID } from '../qemu/launcher.js';
 import type { QmpClient, QmpEvent } from '../qemu/qmp.js';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { sleep } from '../util/process.js';
-import { openStateSink } from './state-sink.js';
+
+export { shellQuote } from '../memory/revert.js';
 
 /**
  * The QMP steps of a live snapshot and a live revert. Everything here talks to
@@ -19,11 +21,6 @@ export interface OverlaySwitch {
   /** The new, empty overlay file that takes the writes from now on. */
   newLayerId: string;
   newPath: string;
-}
-
-/** Shell-quote for QEMU's exec: migration URIs (run by /bin/sh -c). */
-export function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 /** Open the new overlay files in QEMU, not yet attached to anything. */
@@ -116,6 +113,8 @@ export interface MemorySaveResult {
   totalMs: number;
   /** Why background-snapshot was not used, if it was not. */
   fallbackReason?: string;
+  /** Pre-copy: the downtime limit QEMU switched over with (raised from 1 ms for a busy guest). */
+  downtimeLimitMs?: number;
 }
 
 interface MigrateInfo {
@@ -143,10 +142,20 @@ async function waitForMigration(qmp: QmpClient, until: (status: string) => boole
   }
 }
 
+/**
+ * The pre-copy save's first downtime limit: QEMU stops the guest for the switch-over only
+ * once what is left to send fits in this many ms at the bandwidth it measured. Raised
+ * (doubled per pass) when the guest dirties memory faster than that converges.
+ */
+const PRECOPY_DOWNTIME_MS = 1;
+const PRECOPY_DOWNTIME_MAX_MS = 1000;
+/** Dirty-bitmap passes before the downtime limit is raised: an idle guest converges in 2–3. */
+const PRECOPY_PASSES_BEFORE_RAISE = 4;
+
 /** Migration settings that make a save to a local file as fast as the disk allows. */
-export async function tuneMigration(qmp: QmpClient): Promise<void> {
+export async function tuneMigration(qmp: QmpClient, downtimeLimitMs = 50): Promise<void> {
   // QEMU's default bandwidth cap (128 MiB/s) is for networks, not a local file.
-  await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3, 'downtime-limit': 50 });
+  await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3, 'downtime-limit': downtimeLimitMs });
 }
 
 async function setCapability(qmp: QmpClient, capability: string, state: boolean): Promise<void> {
@@ -173,14 +182,27 @@ async function setCapability(qmp: QmpClient, capability: string, state: boolean)
 export async function snapshotWithMemory(
   qmp: QmpClient,
   switches: OverlaySwitch[],
-  statePath: string,
-  opts: SaveOptions & { sinkSocket: string },
-): Promise<MemorySaveResult & { stateBytes: number; stateSha256: string }> {
-  const sink = await openStateSink(opts.sinkSocket, statePath);
+  files: { ram: string; dev: string },
+  opts: SaveOptions & { sinkSocket: string; snapshotId: string; onSplitStarted?: () => void },
+): Promise<MemorySaveResult & { split: SplitFilesResult }> {
+  // The stream is split as it arrives: guest RAM into a sparse RAM image, the rest into
+  // a small device-state stream (src/memory). The RAM image is hashed later, in the
+  // background: reading it back here would add seconds per GiB to every snapshot.
+  const sink = await openSplitSink(opts.sinkSocket, files.ram, files.dev, {
+    snapshotId: opts.snapshotId,
+    ramBlock: RAM_BACKEND_ID,
+    hashRamImage: false,
+    ...(opts.onSplitStarted ? { onStarted: opts.onSplitStarted } : {}),
+  });
   try {
     const r = await saveToUri(qmp, switches, sink.uri, opts);
-    const file = await sink.done;
-    return { ...r, stateBytes: file.bytes, stateSha256: file.sha256 };
+    return { ...r, split: await sink.done };
+  } catch (e) {
+    // The save failed: the sink removes its files once QEMU's stream breaks off (the
+    // caller's rollback removes them anyway, should that take longer).
+    sink.close();
+    await Promise.race([sink.done.catch(() => undefined), sleep(5000)]);
+    throw e;
   } finally {
     sink.close();
   }
@@ -218,52 +240,109 @@ async function saveToUri(qmp: QmpClient, switches: OverlaySwitch[], uri: string,
     }
   }
 
+  if (fallbackReason) return precopyLive(qmp, switches, uri, timeoutMs, fallbackReason, t0, opts.onDisksSwitched);
+
   // Waiters are set up before the commands that cause the events.
   const stopped = qmp.waitForEvent('STOP', { timeoutMs });
   const resumed = qmp.waitForEvent('RESUME', { timeoutMs });
-
-  if (!fallbackReason) {
-    // Pipelined: QEMU runs a monitor's commands in order, so sending all three at
-    // once keeps the client's round trips out of the guest's pause. If the
-    // transaction fails, the migration that follows it is cancelled and the state
-    // file discarded by the caller's rollback.
-    const stop = qmp.execute('stop');
-    const transaction = switchToOverlays(qmp, switches);
-    const migrate = qmp.execute('migrate', { uri });
-    const [stopR, txR, migR] = await Promise.allSettled([stop, transaction, migrate]);
-    if (txR.status === 'fulfilled') opts.onDisksSwitched?.();
-    const failed = [stopR, txR, migR].find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) {
-      await qmp.execute('migrate_cancel').catch(() => undefined);
-      await waitForMigration(qmp, (st) => st !== 'active' && st !== 'setup' && st !== 'cancelling', 30_000).catch(() => undefined);
-      const st = await qmp.queryStatus().catch(() => undefined);
-      if (st && !st.running) await qmp.execute('cont').catch(() => undefined);
-      throw failed.reason;
-    }
-    const [stopEv, resumeEv] = await Promise.all([stopped, resumed]);
-    const info = await waitForMigration(qmp, (s) => s === 'completed', timeoutMs);
-    return {
-      mode: 'background',
-      pauseMs: resumeEv.timeMs - stopEv.timeMs,
-      stopEvent: stopEv,
-      resumeEvent: resumeEv,
-      ...(info.downtime !== undefined ? { qemuDowntimeMs: info.downtime } : {}),
-      totalMs: performance.now() - t0,
-    };
+  // Pipelined: QEMU runs a monitor's commands in order, so sending all three at
+  // once keeps the client's round trips out of the guest's pause. If the
+  // transaction fails, the migration that follows it is cancelled and the state
+  // file discarded by the caller's rollback.
+  const stop = qmp.execute('stop');
+  const transaction = switchToOverlays(qmp, switches);
+  const migrate = qmp.execute('migrate', { uri });
+  const [stopR, txR, migR] = await Promise.allSettled([stop, transaction, migrate]);
+  if (txR.status === 'fulfilled') opts.onDisksSwitched?.();
+  const failed = [stopR, txR, migR].find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    await qmp.execute('migrate_cancel').catch(() => undefined);
+    await waitForMigration(qmp, (st) => st !== 'active' && st !== 'setup' && st !== 'cancelling', 30_000).catch(() => undefined);
+    const st = await qmp.queryStatus().catch(() => undefined);
+    if (st && !st.running) await qmp.execute('cont').catch(() => undefined);
+    throw failed.reason;
   }
+  const [stopEv, resumeEv] = await Promise.all([stopped, resumed]);
+  const info = await waitForMigration(qmp, (s) => s === 'completed', timeoutMs);
+  return {
+    mode: 'background',
+    pauseMs: resumeEv.timeMs - stopEv.timeMs,
+    stopEvent: stopEv,
+    resumeEvent: resumeEv,
+    ...(info.downtime !== undefined ? { qemuDowntimeMs: info.downtime } : {}),
+    totalMs: performance.now() - t0,
+  };
+}
 
-  // Fallback: pre-copy while the guest runs; QEMU stops it before switch-over and waits for us.
+/**
+ * `cont` as soon as QEMU allows it after a migration: the "completed" event comes from
+ * the migration thread a moment before it leaves the finish-migrate run state, and until
+ * then QEMU refuses `cont` ("Migration is not finalized yet").
+ */
+async function contAfterMigration(qmp: QmpClient, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await qmp.execute('cont');
+      return;
+    } catch (e) {
+      if (!(e instanceof QmpCommandError && /not finalized/i.test(e.description)) || Date.now() > deadline) throw e;
+      await sleep(1);
+    }
+  }
+}
+
+/**
+ * Pre-copy while the guest runs; QEMU stops it before the switch-over and waits for us
+ * (pause-before-switchover): the disks switch in that pause, pipelined with the
+ * migrate-continue, and `cont` follows QEMU's "completed" event. The pause is the last
+ * dirty pages, the device state and two event round trips: with a downtime limit of 1 ms
+ * it is a few ms for an idle guest; a guest that dirties memory faster than that
+ * converges gets the limit doubled per pass, so the save always ends.
+ */
+async function precopyLive(
+  qmp: QmpClient,
+  switches: OverlaySwitch[],
+  uri: string,
+  timeoutMs: number,
+  fallbackReason: string,
+  t0: number,
+  onDisksSwitched?: () => void,
+): Promise<MemorySaveResult> {
+  let downtime = PRECOPY_DOWNTIME_MS;
+  await tuneMigration(qmp, downtime);
   await setCapability(qmp, 'background-snapshot', false).catch(() => undefined);
+  await setCapability(qmp, 'events', true);
   await setCapability(qmp, 'pause-before-switchover', true);
+  const stopped = qmp.waitForEvent('STOP', { timeoutMs });
+  const resumed = qmp.waitForEvent('RESUME', { timeoutMs });
+  const status = (e: QmpEvent): string => String(e.data.status);
+  const ended = (st: string): boolean => st === 'failed' || st === 'cancelled';
+  const atSwitchover = qmp.waitForEvent('MIGRATION', { timeoutMs, predicate: (e) => status(e) === 'pre-switchover' || ended(status(e)) });
+  const completed = qmp.waitForEvent('MIGRATION', { timeoutMs, predicate: (e) => status(e) === 'completed' || ended(status(e)) });
+  const stopRaising = qmp.onEvent((e) => {
+    const pass = Number(e.data.pass);
+    if (e.event !== 'MIGRATION_PASS' || pass < PRECOPY_PASSES_BEFORE_RAISE || downtime >= PRECOPY_DOWNTIME_MAX_MS) return;
+    downtime = Math.min(PRECOPY_DOWNTIME_MAX_MS, downtime * 2);
+    qmp.execute('migrate-set-parameters', { 'downtime-limit': downtime }).catch(() => undefined);
+  });
+  const failure = async (): Promise<never> => {
+    const info = await qmp.execute<MigrateInfo>('query-migrate').catch(() => ({}) as MigrateInfo);
+    throw new VmsnapError('QEMU_FAILED', `saving memory state failed: ${info['error-desc'] ?? info.status ?? 'unknown error'}`, {
+      details: { step: 'save-memory', status: info.status },
+    });
+  };
   try {
     await qmp.execute('migrate', { uri });
-    await waitForMigration(qmp, (s) => s === 'pre-switchover', timeoutMs);
-    await switchToOverlays(qmp, switches);
-    opts.onDisksSwitched?.();
-    await qmp.execute('migrate-continue', { state: 'pre-switchover' });
-    const info = await waitForMigration(qmp, (s) => s === 'completed', timeoutMs);
-    await qmp.execute('cont');
+    if (ended(status(await atSwitchover))) await failure();
+    // Pipelined: QEMU runs a monitor's commands in order, one round trip for both.
+    const [tx, go] = await Promise.allSettled([switchToOverlays(qmp, switches), qmp.execute('migrate-continue', { state: 'pre-switchover' })]);
+    if (tx.status === 'fulfilled') onDisksSwitched?.();
+    if (ended(status(await completed))) await failure();
+    await contAfterMigration(qmp);
+    for (const r of [tx, go]) if (r.status === 'rejected') throw r.reason;
     const [stopEv, resumeEv] = await Promise.all([stopped, resumed]);
+    const info = await qmp.execute<MigrateInfo>('query-migrate');
     return {
       mode: 'precopy',
       pauseMs: resumeEv.timeMs - stopEv.timeMs,
@@ -272,6 +351,7 @@ async function saveToUri(qmp: QmpClient, switches: OverlaySwitch[], uri: string,
       ...(info.downtime !== undefined ? { qemuDowntimeMs: info.downtime } : {}),
       totalMs: performance.now() - t0,
       fallbackReason,
+      downtimeLimitMs: downtime,
     };
   } catch (e) {
     await qmp.execute('migrate_cancel').catch(() => undefined);
@@ -279,56 +359,33 @@ async function saveToUri(qmp: QmpClient, switches: OverlaySwitch[], uri: string,
     if (st && !st.running) await qmp.execute('cont').catch(() => undefined);
     throw e;
   } finally {
+    stopRaising();
     await setCapability(qmp, 'pause-before-switchover', false).catch(() => undefined);
   }
 }
 
 /**
- * Load a saved memory state into a QEMU started with `-incoming defer -S`,
- * hashing the file at the same time (it is in the page cache either way). The
- * guest does not run until the caller resumes it, which it does only if the
- * hash matched the one taken when the state was saved.
+ * Load a legacy memory state (one migration stream, the format before split states) into
+ * a QEMU started with `-incoming defer -S`, hashing the file at the same time (it is in
+ * the page cache either way), and check it against the sha256 taken when it was saved;
+ * the caller resumes the guest only if this returns.
  */
-export async function loadMemory(qmp: QmpClient, statePath: string, timeoutMs = 120_000): Promise<{ loadMs: number; sha256: string }> {
-  const t0 = performance.now();
-  const hashing = sha256File(statePath);
-  hashing.catch(() => undefined);
-  await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const st = await qmp.queryStatus();
-    if (st.status !== 'inmigrate') break;
-    if (Date.now() > deadline) throw new VmsnapError('QMP_TIMEOUT', `loading memory state took over ${timeoutMs} ms`);
-    await sleep(2);
-  }
-  const info = await qmp.execute<MigrateInfo>('query-migrate');
-  if (info.status === 'failed') {
-    throw new VmsnapError('QEMU_FAILED', `loading memory state failed: ${info['error-desc'] ?? 'unknown error'}`, {
-      details: { step: 'load-memory' },
-    });
-  }
-  return { loadMs: performance.now() - t0, sha256: await hashing };
-}
-
-/**
- * Load a snapshot's memory state and check it against the sha256 taken when it
- * was saved; the caller resumes the guest only if this returns.
- */
-export async function loadSnapshotMemory(qmp: QmpClient, snap: { name: string; stateFile: string | null; meta: { stateSha256?: string | undefined } }): Promise<{ loadMs: number }> {
+export async function loadLegacyMemory(
+  qmp: QmpClient,
+  snap: { name: string; stateFile: string | null; meta: { stateSha256?: string | undefined } },
+  socket: string,
+): Promise<{ loadMs: number }> {
   if (!snap.stateFile) throw new VmsnapError('INTERNAL', `snapshot '${snap.name}' has no memory state to load`);
-  const loaded = await loadMemory(qmp, snap.stateFile);
+  const hashing = sha256File(snap.stateFile);
+  hashing.catch(() => undefined);
+  const { loadMs } = await loadDeviceState(qmp, snap.stateFile, { timeoutMs: 120_000, socket });
+  const sha256 = await hashing;
   const expected = snap.meta.stateSha256;
-  if (expected !== undefined && loaded.sha256 !== expected) {
+  if (expected !== undefined && sha256 !== expected) {
     throw new VmsnapError('CATALOG_ERROR', `snapshot '${snap.name}': its memory state file is damaged (checksum mismatch); the guest was not resumed from it`, {
       hint: "revert to another snapshot, or delete this one ('vmsnap verify VM --deep' checks them all)",
-      details: { step: 'load-memory', expected, actual: loaded.sha256 },
+      details: { step: 'load-memory', expected, actual: sha256 },
     });
   }
-  return { loadMs: loaded.loadMs };
-}
-
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
+  return { loadMs };
 }

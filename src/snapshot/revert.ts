@@ -7,10 +7,12 @@ import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import { removeUnreferenced } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
-import { runtimeFiles } from '../qemu/launcher.js';
-import { connectQmp, killQemu, probeRuntime } from '../qemu/runtime.js';
-import { startLocked } from '../vm/power.js';
-import { loadSnapshotMemory, type OverlaySwitch } from './live.js';
+import { runtimeFiles, stagingFiles } from '../qemu/launcher.js';
+import { QmpClient } from '../qemu/qmp.js';
+import { killQemu, probeRuntime } from '../qemu/runtime.js';
+import { promoteStaged, startLocked, startStaged } from '../vm/power.js';
+import type { OverlaySwitch } from './live.js';
+import { checkMemoryState, launchFor, loadMemoryState, type CheckedMemory } from './memory-state.js';
 import { createOverlayFiles, newLayerRecords, OverlaySwitchSchema, planOverlays } from './overlays.js';
 import { presentStateChanges, resolveSnapshot, showSnapshot } from './views.js';
 
@@ -32,12 +34,15 @@ function applyRevertToCatalog(catalog: Catalog, vm: VmRecord, snap: SnapshotReco
 }
 
 /**
- * Revert. Step 1: new overlays on the snapshot's layers exist. Then the old
- * QEMU is killed: from there the present state is gone and the operation only
- * rolls forward. Step 2: the catalog points at the new overlays (config and
- * "you are here" moved), step 3: the discarded layers' files are removed.
- * Recovery before the kill (QEMU still alive) rolls back; after it, forward
- * with the VM left off.
+ * Revert. Step 1: new overlays on the snapshot's layers exist; with memory, a
+ * new QEMU starts beside the old one and loads the memory state, its guest
+ * stopped (named fault point `loading` after that). Then the old QEMU is
+ * killed: from there the present state is gone and the operation only rolls
+ * forward. Step 2: the catalog points at the new overlays (config and "you
+ * are here" moved) and the new QEMU takes the VM's place, its guest resumed;
+ * step 3: the discarded layers' files are removed. Recovery before the kill
+ * (the old QEMU still alive) rolls back; after it, forward with the VM left
+ * off. A new QEMU the revert did not see through is stopped either way.
  */
 export const snapshotRevert = defineOperation({
   kind: 'snapshot-revert',
@@ -49,11 +54,13 @@ export const snapshotRevert = defineOperation({
     removeFiles: z.array(z.string()),
   }),
   steps: 3,
-  faults: [],
+  faults: ['loading'],
   onFailure: 'rollback',
   files: (p) => [...p.createFiles, ...p.removeFiles],
   async recover(ctx, op, vm) {
     const plan = op.plan;
+    // A QEMU started for the reverted VM but never promoted goes either way.
+    if (op.vmId) await killQemu(stagingFiles(ctx.paths.run, op.vmId));
     if (!vm) {
       removeUnreferenced(ctx, plan.createFiles);
       op.finish('rolled_back', 'VM gone');
@@ -71,7 +78,9 @@ export const snapshotRevert = defineOperation({
       op.done(2, () => applyRevertToCatalog(ctx.catalog, vm, snap, plan.switches, plan.removeLayers, new Date().toISOString()));
     }
     for (const f of plan.removeFiles) rmSync(f, { force: true });
-    op.finish('done', op.step < 3 ? 'interrupted: reverted on disk, VM left off' : undefined);
+    // A QEMU promoted but whose guest the revert did not (or is not known to have) resumed: the VM is left off.
+    await killQemu(runtimeFiles(ctx.paths.run, vm.id));
+    op.finish('done', 'interrupted: reverted on disk, VM left off');
     return { outcome: 'rolled_forward', note: 'reverted; the VM is left off' };
   },
 });
@@ -83,11 +92,14 @@ export const snapshotRevert = defineOperation({
  */
 export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: string, opts: RevertOptions = {}): Promise<RevertResult> {
   const { catalog } = ctx;
+  const t0 = performance.now();
   const snap0 = resolveSnapshot(ctx, vm0, snapName);
   return withVm(ctx, vm0, `snapshot revert ${snap0.name}`, async () => {
     const vm = catalog.getVm(vm0.id);
     const snap = resolveSnapshot(ctx, vm, snap0.id);
-    const changes = await presentStateChanges(ctx, vm);
+    // Checked before anything changes (side by side: both only read): a damaged or
+    // mismatched memory state is refused with the VM as it is.
+    const [changes, mem] = await Promise.all([presentStateChanges(ctx, vm), snap.stateFile ? checkMemoryState(ctx, snap) : undefined]);
     if (changes.wouldLoseData && !opts.force) {
       throw new VmsnapError('WOULD_LOSE_DATA', `reverting VM '${vm.name}' to '${snap.name}' would discard: ${changes.lost.join('; ')}`, {
         hint: 'take a snapshot first to keep the present state, or pass --force to discard it',
@@ -101,11 +113,6 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
           hint: "run 'vmsnap verify'",
         });
       }
-    }
-    if (snap.stateFile && !existsSync(snap.stateFile)) {
-      throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, {
-        hint: "run 'vmsnap verify'",
-      });
     }
 
     const switches = planOverlays(ctx, snap.layers);
@@ -122,36 +129,34 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
     return runOperation(ctx, snapshotRevert, { vm, plan }, async (op) => {
       await createOverlayFiles(ctx, switches);
       op.done(1);
-
-      // Past this point the present state is discarded: the operation only rolls forward.
-      const t0 = performance.now();
       const files = runtimeFiles(ctx.paths.run, vm.id);
-      await killQemu(files);
-      op.done(2, () => applyRevertToCatalog(catalog, vm, snap, switches, plan.removeLayers, new Date().toISOString()));
-      for (const f of plan.removeFiles) rmSync(f, { force: true });
-      op.done(3);
 
-      let state: RevertResult['state'] = 'stopped';
+      // With memory, the new QEMU starts first, beside the present one (stopped, on the new
+      // overlays and the RAM image), and loads the memory state while the old guest still
+      // runs: a state QEMU refuses leaves the VM as it was, and the VM is down only from
+      // the kill of the old QEMU to the resume of the new one.
+      const staged = mem ? await startMemoryQemu(ctx, vm, snap, switches, mem) : undefined;
+      op.fault('loading');
+
+      // Past the kill the present state is discarded: the operation only rolls forward.
       let resumeMs: number | undefined;
-      const reverted = catalog.getVm(vm.id);
+      let state: RevertResult['state'] = 'stopped';
+      let reverted = vm;
       try {
-        if (snap.stateFile) {
-          // Started with its vCPUs stopped: the guest runs only once the state is loaded and its checksum matched.
-          await startLocked(ctx, reverted, { incomingDefer: true, paused: true });
-          const qmp = await connectQmp(ctx.paths.run, reverted);
-          try {
-            await loadSnapshotMemory(qmp, snap);
-            if (snap.vmState === 'running') await qmp.execute('cont');
-            state = snap.vmState === 'paused' ? 'paused' : 'running';
-          } finally {
-            await qmp.close();
-          }
-          resumeMs = performance.now() - t0;
-        } else if (opts.start) {
-          await startLocked(ctx, reverted, {});
-          state = 'running';
+        await killQemu(files);
+        const killedAt = performance.now();
+        op.done(2, () => applyRevertToCatalog(catalog, vm, snap, switches, plan.removeLayers, new Date().toISOString()));
+        reverted = catalog.getVm(vm.id);
+        if (staged) {
+          promoteStaged(ctx, reverted);
+          if (snap.vmState === 'running') await staged.execute('cont');
+          state = snap.vmState === 'paused' ? 'paused' : 'running';
+          resumeMs = performance.now() - killedAt;
         }
       } catch (e) {
+        await staged?.close();
+        await killQemu(stagingFiles(ctx.paths.run, vm.id));
+        if (op.step < 2) throw e; // the old QEMU lives on: rolled back
         // The disks and config are reverted; only bringing the VM up failed. Leave it off, say so.
         await killQemu(files);
         op.finish('done', e);
@@ -160,6 +165,22 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
           `reverted VM '${vm.name}' to '${snap.name}' on disk, but starting it failed: ${(e as Error).message}`,
           { hint: `the VM is off; 'vmsnap start ${vm.name}' boots it from the snapshot's disks`, cause: e },
         );
+      } finally {
+        await staged?.close();
+      }
+      for (const f of plan.removeFiles) rmSync(f, { force: true });
+      op.done(3);
+      if (!staged && opts.start) {
+        try {
+          await startLocked(ctx, reverted, {});
+          state = 'running';
+        } catch (e) {
+          op.finish('done', e);
+          throw new VmsnapError(e instanceof VmsnapError ? e.code : 'QEMU_FAILED', `reverted VM '${vm.name}' to '${snap.name}', but starting it failed: ${(e as Error).message}`, {
+            hint: `the VM is off; 'vmsnap start ${vm.name}' boots it from the snapshot's disks`,
+            cause: e,
+          });
+        }
       }
       ctx.events.emitEvent({ type: 'vm-state', vm: vm.name, vmId: vm.id, state });
       return {
@@ -167,7 +188,34 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
         state,
         discarded: changes.wouldLoseData ? changes.lost : [],
         ...(resumeMs !== undefined ? { resumeMs } : {}),
+        ms: performance.now() - t0,
       };
     });
   });
+}
+
+/**
+ * The reverted VM's QEMU, started in the staging folder with the snapshot's config on
+ * the new overlays, its memory state loaded and checked, its guest not yet resumed. On
+ * failure it is stopped again.
+ */
+async function startMemoryQemu(ctx: Context, vm: VmRecord, snap: SnapshotRecord, switches: OverlaySwitch[], mem: CheckedMemory): Promise<QmpClient> {
+  const order = snap.config.disks.map((d) => d.slot);
+  const disks = switches
+    .map((s) => ({
+      slot: s.slot,
+      chain: [{ id: s.newLayerId, path: s.newPath, format: 'qcow2' as const }, ...ctx.catalog.chain(s.oldLayerId).map((l) => ({ id: l.id, path: l.path, format: l.format }))],
+    }))
+    .sort((a, b) => order.indexOf(a.slot) - order.indexOf(b.slot));
+  const { pid, files } = await startStaged(ctx, vm, snap.config, disks, launchFor(mem));
+  let qmp: QmpClient | undefined;
+  try {
+    qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs: 10_000, retryUntilMs: 5000 });
+    await loadMemoryState(qmp, { pid, files }, snap, mem);
+    return qmp;
+  } catch (e) {
+    await qmp?.close();
+    await killQemu(files);
+    throw e;
+  }
 }

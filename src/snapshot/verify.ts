@@ -10,7 +10,7 @@ import { probeRuntime } from '../qemu/runtime.js';
 import { fingerprintDisk } from './fingerprint.js';
 
 export type { VerifyProblem, VerifyReport } from '../contract/views.js';
-import { sha256File } from './live.js';
+import { recordRamHashes, verifyMemoryState } from './memory-state.js';
 
 type Fingerprints = Record<string, string>;
 
@@ -20,12 +20,13 @@ export function storedFingerprints(meta: SnapshotMeta): Fingerprints | undefined
 }
 
 /**
- * Compute and store the fingerprints of a VM's snapshots that have none.
+ * Compute and store the fingerprints of a VM's snapshots that have none (and
+ * the sha256 of RAM images that have none yet): the number of snapshots done.
  * Safe without the VM lock: a merge that ran meanwhile (seen in the journal)
  * makes the result untrustworthy, and it is simply not stored.
  */
 export async function recordFingerprints(ctx: Context, vm: VmRecord): Promise<number> {
-  let n = 0;
+  const done = await recordRamHashes(ctx, vm);
   for (const s of ctx.catalog.listSnapshots(vm.id)) {
     if (s.status !== 'ready' || storedFingerprints(s.meta)) continue;
     const mark = ctx.journal.mark(vm.id);
@@ -39,9 +40,9 @@ export async function recordFingerprints(ctx: Context, vm: VmRecord): Promise<nu
     const fresh = ctx.catalog.findSnapshotById(s.id);
     if (!fresh) continue;
     ctx.catalog.updateSnapshot(s.id, { meta: { ...fresh.meta, fingerprints: fps } });
-    n++;
+    done.add(s.id);
   }
-  return n;
+  return done.size;
 }
 
 /**
@@ -97,27 +98,15 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
     }
   }
 
+  // Deep: RAM images not hashed yet are hashed first (and not read twice).
+  const hashedNow = opts.deep ? await recordRamHashes(ctx, vm) : new Set<string>();
   const snaps = catalog.listSnapshots(vm.id);
   let verified = 0;
   let recorded = 0;
   for (const s of snaps) {
-    if (s.stateFile && !existsSync(s.stateFile)) {
-      problems.push({ severity: 'error', kind: 'missing-state-file', message: `snapshot '${s.name}' is missing its state file ${s.stateFile}`, snapshot: s.name, path: s.stateFile });
-    }
+    if (s.stateFile && s.status === 'ready') problems.push(...(await verifyMemoryState(s, opts.deep ?? false, hashedNow)));
   }
   if (opts.deep) {
-    for (const s of snaps) {
-      const expected = s.meta.stateSha256;
-      if (s.stateFile && expected && existsSync(s.stateFile) && (await sha256File(s.stateFile)) !== expected) {
-        problems.push({
-          severity: 'error',
-          kind: 'state-checksum-mismatch',
-          message: `snapshot '${s.name}': its memory state file does not match the checksum taken when it was saved`,
-          snapshot: s.name,
-          path: s.stateFile,
-        });
-      }
-    }
     for (const s of snaps) {
       const stored = storedFingerprints(s.meta);
       if (!stored || s.status !== 'ready') continue;

@@ -3,7 +3,8 @@ import type { Context } from '../context.js';
 import type { PresentStateChanges, SnapshotView } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { probeRuntime } from '../qemu/runtime.js';
-import { fileBytes } from '../util/files.js';
+import { memoryStateFiles } from '../paths.js';
+import { fileBytes, filesBytes } from '../util/files.js';
 import { renderTree } from './tree.js';
 
 /** How snapshots are shown (list, show, tree), and what a revert would discard now. */
@@ -40,7 +41,7 @@ export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all:
     children: all.filter((c) => c.parentId === s.id).map((c) => c.name),
     disks,
     deltaBytes: disks.reduce((a, d) => a + d.bytes, 0),
-    stateBytes: fileBytes(s.stateFile),
+    stateBytes: filesBytes(memoryStateFiles(s.stateFile)),
     config: s.config,
     meta: s.meta,
   };

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -9,8 +10,12 @@ import type { ExportedDisk, ExportResult } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import { runOperation, withVm } from '../operations/runner.js';
+import { validateMemoryState } from '../memory/manifest.js';
+import { joinStream, type JoinResult } from '../memory/stream-join.js';
+import { isSplitState, memoryStateFiles } from '../paths.js';
+import { RAM_BACKEND_ID } from '../qemu/launcher.js';
 import { resolveSnapshot } from '../snapshot/views.js';
-import { fsyncPath } from '../util/files.js';
+import { fileBytes, fsyncPath } from '../util/files.js';
 import { vmsnapVersion } from '../util/version.js';
 import { pump, scratchDir, sha256Of, writeAll } from './io.js';
 import {
@@ -122,6 +127,8 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
   };
   let fh: FileHandle | undefined;
   let stateFh: FileHandle | undefined;
+  /** A split memory state: its RAM image and device state, held open. */
+  let split: { ram: FileHandle; dev: FileHandle; estimate: number } | undefined;
   try {
     // Mode 0600: the archive holds the guest's disks and memory.
     fh = await open(partial, 'w+', 0o600).catch((e: NodeJS.ErrnoException) => {
@@ -164,10 +171,12 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
           return { required, virtual };
         }),
       );
-      const stateBytes = snap.stateFile ? fileSize(snap.stateFile) : 0;
-      if (snap.stateFile && stateBytes < 0) {
-        throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, { hint: `run 'vmsnap verify ${vm.name}'` });
+      const stateFiles = memoryStateFiles(snap.stateFile);
+      for (const f of stateFiles) {
+        if (fileSize(f) < 0) throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${f})`, { hint: `run 'vmsnap verify ${vm.name}'` });
       }
+      // A split state leaves as one stream of about its data: the RAM image's allocated bytes and the device state.
+      const stateBytes = stateFiles.reduce((a, f) => a + fileBytes(f), 0);
       const need = sizes.reduce((a, s) => a + s.required, 0) + stateBytes;
       const fs = statfsSync(dirname(target));
       const free = fs.bavail * fs.bsize;
@@ -201,10 +210,16 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
         pos = offset + padTo512(bytes);
       }
       progress(total, total, 'flattening disks');
-      if (snap.stateFile) {
-        stateFh = await open(snap.stateFile, 'r').catch(() => {
-          throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${snap.stateFile})`, { hint: `run 'vmsnap verify ${vm.name}'` });
+      const openState = (f: string): Promise<FileHandle> =>
+        open(f, 'r').catch(() => {
+          throw new VmsnapError('NOT_FOUND', `snapshot '${snap.name}': its memory state file is missing (${f})`, { hint: `run 'vmsnap verify ${vm.name}'` });
         });
+      if (snap.stateFile && isSplitState(snap.stateFile)) {
+        // Checked as a load checks it (manifest, pairing, device state), then held open.
+        const v = await validateMemoryState(snap.stateFile, { expect: { snapshotId: snap.id, ramBlock: RAM_BACKEND_ID } });
+        split = { ram: await openState(v.ramImagePath), dev: await openState(v.deviceStatePath), estimate: stateBytes };
+      } else if (snap.stateFile) {
+        stateFh = await openState(snap.stateFile);
       }
     });
     const lockedMs = performance.now() - lockT0;
@@ -212,7 +227,7 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
     // The disks' data goes to stable storage while it is read back and hashed (from the page cache).
     const flushing = out.datasync();
     flushing.catch(() => undefined);
-    const stateSize = stateFh ? (await stateFh.stat()).size : 0;
+    const stateSize = stateFh ? (await stateFh.stat()).size : (split?.estimate ?? 0);
     const total = placed.reduce((a, d) => a + d.bytes, 0) + stateSize;
     let done = 0;
     const onBytes = (n: number): void => {
@@ -241,6 +256,29 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
       pos += BLOCK + padTo512(stateSize);
       state = { bytes: stateSize, sha256: r.sha256 };
       files.push({ name: STATE_ENTRY, bytes: stateSize, sha256: r.sha256 });
+    } else if (split) {
+      // One whole stream again (stream-join.ts), written as it is made; its header once its length is known.
+      const joined: Partial<JoinResult> = {};
+      const hash = createHash('sha256');
+      let bytes = 0;
+      for await (const chunk of joinStream(split.dev, split.ram, joined, sig)) {
+        hash.update(chunk);
+        await writeAll(out, chunk, pos + BLOCK + bytes);
+        bytes += chunk.length;
+        onBytes(chunk.length);
+      }
+      const expected = snap.meta.ramSha256;
+      if (expected !== undefined && joined.ramImageSha256 !== expected) {
+        throw new VmsnapError('CATALOG_ERROR', `snapshot '${snap.name}': its RAM image is damaged (it does not match the sha256 recorded after it was saved); not exporting it`, {
+          hint: `'vmsnap verify ${vm.name} --deep' checks every snapshot; a disk-only copy can be made by a clone or another snapshot`,
+          details: { expected, actual: joined.ramImageSha256 },
+        });
+      }
+      await writeAll(out, fileHeader(STATE_ENTRY, bytes, mtime), pos);
+      pos += BLOCK + padTo512(bytes);
+      const sha256 = hash.digest('hex');
+      state = { bytes, sha256 };
+      files.push({ name: STATE_ENTRY, bytes, sha256 });
     }
     await putSmall(CONFIG_ENTRY, Buffer.from(`${JSON.stringify(snap.config, null, 2)}\n`));
     const manifest: ArchiveManifest = {
@@ -302,6 +340,9 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
       : e0;
   } finally {
     await (stateFh as FileHandle | undefined)?.close().catch(() => undefined);
+    const held = split as { ram: FileHandle; dev: FileHandle } | undefined;
+    await held?.ram.close().catch(() => undefined);
+    await held?.dev.close().catch(() => undefined);
     rmSync(scratch, { recursive: true, force: true });
   }
   });

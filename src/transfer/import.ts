@@ -1,4 +1,4 @@
-import { copyFileSync, existsSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { z } from 'zod';
@@ -11,7 +11,11 @@ import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import type { Op } from '../operations/op.js';
 import { runOperation } from '../operations/runner.js';
-import { layerPath, statePath } from '../paths.js';
+import { splitToFiles } from '../memory/split-files.js';
+import { MigrationStreamError } from '../memory/stream-split.js';
+import { layerPath, legacyStatePath, memoryStateFiles, memoryStatePaths } from '../paths.js';
+import { RAM_BACKEND_ID } from '../qemu/launcher.js';
+import { recordSplitState } from '../snapshot/memory-state.js';
 import { createImage } from '../qemu/qemu-img.js';
 import { fsyncFileAndDir } from '../util/files.js';
 import { newId, newLayerId, newMacAddress } from '../util/ids.js';
@@ -424,8 +428,10 @@ async function createImported(
     bases.push({ id: baseId, vmId: vm.id, slot: d.slot, path: layerPath(paths, baseId), format: 'qcow2', backingId: null, frozen: true, external: false, createdAt: now });
     overlays.push({ id: topId, vmId: vm.id, slot: d.slot, path: layerPath(paths, topId), format: 'qcow2', backingId: baseId, frozen: false, external: false, createdAt: now });
   }
-  const stateFile = manifest.state ? statePath(paths, snapshotId) : null;
-  const { stateSha256: _dropped, ...meta } = manifest.snapshot.meta;
+  const memFiles = manifest.state ? memoryStatePaths(paths, snapshotId) : null;
+  const legacyFile = legacyStatePath(paths, snapshotId);
+  // What the source recorded of its own memory state files does not describe the ones made here.
+  const { stateSha256: _s, manifestChecksum: _m, ramIdentity: _i, ramSha256: _r, ramNewBytes: _n, ...meta } = manifest.snapshot.meta;
   const snapshot: SnapshotRecord = {
     id: snapshotId,
     vmId: vm.id,
@@ -434,18 +440,17 @@ async function createImported(
     parentId: null,
     createdAt: manifest.snapshot.createdAt,
     config,
-    stateFile,
+    stateFile: memFiles?.manifest ?? null,
     vmState: manifest.snapshot.vmState,
     pauseMs: manifest.snapshot.pauseMs,
     status: 'ready',
     meta: {
       ...meta,
-      ...(manifest.state ? { stateSha256: manifest.state.sha256 } : {}),
       imported: { archive: basename(file), exportedAt: manifest.exportedAt, vm: manifest.vm.name, snapshotId: manifest.snapshot.id },
     },
     layers: Object.fromEntries(bases.map((b) => [b.slot, b.id])),
   };
-  op.plan.createFiles = [...bases, ...overlays].map((l) => l.path).concat(stateFile ? [stateFile] : []);
+  op.plan.createFiles = [...bases, ...overlays].map((l) => l.path).concat(memFiles ? [...memoryStateFiles(memFiles.manifest), legacyFile] : []);
   op.savePlan();
   try {
     for (const [i, base] of bases.entries()) {
@@ -455,7 +460,21 @@ async function createImported(
       await createImage(top.path, { format: 'qcow2', backing: basename(base.path), backingFormat: 'qcow2' });
       fsyncFileAndDir(top.path);
     }
-    if (stateFile) moveFile(extracted.get(STATE_ENTRY)!, stateFile);
+    if (memFiles && manifest.state) {
+      // The archive's one stream becomes a RAM image and a device state, as a snapshot taken here.
+      const stream = extracted.get(STATE_ENTRY)!;
+      try {
+        const split = await splitToFiles(createReadStream(stream, { highWaterMark: 1024 * 1024 }), memFiles.ram, memFiles.dev, { snapshotId, ramBlock: RAM_BACKEND_ID });
+        Object.assign(snapshot.meta, await recordSplitState(memFiles.manifest, split, { id: snapshotId, memoryMiB: config.memoryMiB }), { ramSha256: split.ramImage.sha256 });
+        rmSync(stream, { force: true });
+      } catch (e) {
+        if (!(e instanceof MigrationStreamError)) throw e;
+        // A stream this vmsnap cannot split (saved otherwise than it saves) is kept whole and loaded whole.
+        moveFile(stream, legacyFile);
+        snapshot.stateFile = legacyFile;
+        snapshot.meta.stateSha256 = manifest.state.sha256;
+      }
+    }
     op.done(1);
     refuseTaken(ctx, name);
     op.finish('done', undefined, () => {

@@ -28,6 +28,11 @@ export function fileBytes(path: string | null | undefined): number {
   }
 }
 
+/** Bytes several files take on disk (see fileBytes). */
+export function filesBytes(paths: readonly string[]): number {
+  return paths.reduce((a, p) => a + fileBytes(p), 0);
+}
+
 export function removeFiles(paths: string[]): void {
   for (const p of paths) rmSync(p, { force: true });
 }

@@ -10,7 +10,7 @@ import { defineOperation } from '../operations/define.js';
 import type { Op } from '../operations/op.js';
 import { removeUnreferenced } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
-import { layerPath } from '../paths.js';
+import { layerPath, memoryStateFiles } from '../paths.js';
 import { createImage, imageInfo } from '../qemu/qemu-img.js';
 import { probeRuntime } from '../qemu/runtime.js';
 import { fsyncFileAndDir } from '../util/files.js';
@@ -276,7 +276,7 @@ export async function removeVm(ctx: Context, vm: VmRecord): Promise<void> {
       if (below && below.vmId !== vm.id) released.set(below.vmId, [...(released.get(below.vmId) ?? []), below.id]);
     }
     const snaps = catalog.listSnapshots(vm.id);
-    const files = [...layers.filter((l) => !l.external).map((l) => l.path), ...snaps.flatMap((s) => (s.stateFile ? [s.stateFile] : []))];
+    const files = [...layers.filter((l) => !l.external).map((l) => l.path), ...snaps.flatMap((s) => memoryStateFiles(s.stateFile))];
     await runOperation(ctx, vmRm, { vm, plan: { removeFiles: files } }, async (op) => {
       op.done(1, () => {
         catalog.clearActiveLayers(vm.id);

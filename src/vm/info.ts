@@ -3,6 +3,7 @@ import type { Context } from '../context.js';
 import type { VmInfo, VmSummary } from '../contract/views.js';
 import { runtimeFiles } from '../qemu/launcher.js';
 import { probeRuntime, type RuntimeStatus } from '../qemu/runtime.js';
+import { memoryStateFiles } from '../paths.js';
 import { fileBytes } from '../util/files.js';
 
 /** How the CLI, the API and the UI see VMs: summaries, and the full picture of one. */
@@ -37,7 +38,7 @@ export async function listVms(ctx: Context): Promise<VmSummary[]> {
 /** Bytes a VM's own layers and state files take now (imported images not counted): what a delete must never increase. */
 export function vmDiskUsage(ctx: Context, vmId: string): number {
   const layers = ctx.catalog.listLayers(vmId).filter((l) => !l.external);
-  const states = ctx.catalog.listSnapshots(vmId).flatMap((s) => (s.stateFile ? [s.stateFile] : []));
+  const states = ctx.catalog.listSnapshots(vmId).flatMap((s) => memoryStateFiles(s.stateFile));
   return [...layers.map((l) => l.path), ...states].reduce((a, p) => a + fileBytes(p), 0);
 }
 

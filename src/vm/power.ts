@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { VmRecord } from '../catalog/catalog.js';
@@ -7,7 +7,8 @@ import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { resolveAccelerator, type Accelerator } from '../qemu/accel.js';
-import { launchQemu, runtimeFiles, type LaunchDisk } from '../qemu/launcher.js';
+import type { VmConfig } from '../contract/config.js';
+import { launchQemu, runtimeFiles, stagingFiles, type LaunchDisk, type RuntimeFiles } from '../qemu/launcher.js';
 import { cleanRuntime, connectQmp, killQemu, livePid, probeRuntime, waitForExit } from '../qemu/runtime.js';
 import { ensureDemoImage } from './demo-image.js';
 
@@ -84,10 +85,38 @@ async function assertStopped(ctx: Context, vm: VmRecord): Promise<void> {
   }
 }
 
+type LaunchOptions = StartOptions & { incomingDefer?: boolean; ramImage?: string; machineType?: string };
+
 /** Start QEMU for a VM whose lock the caller holds (start, revert, a fork of a clone). Returns its pid. */
-export async function startLocked(ctx: Context, vm: VmRecord, opts: StartOptions & { incomingDefer?: boolean } = {}): Promise<number> {
+export async function startLocked(ctx: Context, vm: VmRecord, opts: LaunchOptions = {}): Promise<number> {
   await assertStopped(ctx, vm);
-  const boot = vm.config.boot;
+  const pid = await launch(ctx, vm, vm.config, launchDisks(ctx, vm), runtimeFiles(ctx.paths.run, vm.id), opts);
+  emitState(ctx, vm, opts.incomingDefer ? 'restoring' : opts.paused ? 'paused' : 'running');
+  return pid;
+}
+
+/**
+ * Start the QEMU a VM is about to have (a revert's: the snapshot's config, the new
+ * overlays) beside the one it has now, in a staging runtime folder, so that its start
+ * overlaps the rest of the revert; promoteStaged() makes it the VM's once the present
+ * one is gone. Frozen layers may be open in both (read-only); the writable layers differ.
+ */
+export async function startStaged(ctx: Context, vm: VmRecord, config: VmConfig, disks: LaunchDisk[], opts: LaunchOptions = {}): Promise<{ pid: number; files: RuntimeFiles }> {
+  const files = stagingFiles(ctx.paths.run, vm.id);
+  await killQemu(files); // one left by a killed vmsnap
+  return { pid: await launch(ctx, vm, config, disks, files, opts), files };
+}
+
+/** The staged QEMU becomes the VM's (its sockets move with its folder); the present one must be gone. */
+export function promoteStaged(ctx: Context, vm: VmRecord): void {
+  const files = runtimeFiles(ctx.paths.run, vm.id);
+  if (livePid(files) !== undefined) throw new VmsnapError('INTERNAL', `VM '${vm.name}' still has a QEMU: the staged one cannot take its place`);
+  cleanRuntime(files);
+  renameSync(stagingFiles(ctx.paths.run, vm.id).dir, files.dir);
+}
+
+async function launch(ctx: Context, vm: VmRecord, config: VmConfig, disks: LaunchDisk[], files: RuntimeFiles, opts: LaunchOptions): Promise<number> {
+  const boot = config.boot;
   let kernel = boot.kernel;
   let initrd = boot.initrd;
   if (boot.image === 'demo') {
@@ -102,16 +131,17 @@ export async function startLocked(ctx: Context, vm: VmRecord, opts: StartOptions
   const { pid } = await launchQemu({
     vmId: vm.id,
     vmName: vm.name,
-    config: vm.config,
+    config,
     ...(kernel ? { kernel } : {}),
     ...(initrd ? { initrd } : {}),
-    disks: launchDisks(ctx, vm),
+    disks,
     accel,
-    files: runtimeFiles(ctx.paths.run, vm.id),
+    files,
     paused: opts.paused ?? false,
     incomingDefer: opts.incomingDefer ?? false,
+    ...(opts.ramImage ? { ramImage: opts.ramImage } : {}),
+    ...(opts.machineType ? { machineType: opts.machineType } : {}),
   });
-  emitState(ctx, vm, opts.incomingDefer ? 'restoring' : opts.paused ? 'paused' : 'running');
   return pid;
 }
 

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { VmsnapError } from '../errors.js';
-import { fsyncFileAndDir } from '../util/files.js';
+import { VmsnapError } from '../src/errors.js';
+import { fsyncFileAndDir } from '../src/util/files.js';
 
 export interface StateSink {
   /** The migration URI to give QEMU. */
@@ -14,6 +14,9 @@ export interface StateSink {
 }
 
 /**
+ * The state sink of vmsnap before split memory states, kept for the tests that make a
+ * snapshot in the old one-file format (to prove such snapshots still revert).
+ *
  * Receive a migration stream on a unix socket and write it to a file. QEMU
  * connects to it (no fork of the QEMU process, unlike an exec: URI, whose cost
  * would land in the guest's pause), and the stream is hashed on the way, so the
