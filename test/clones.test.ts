@@ -1,7 +1,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fileBytes } from '../src/util/files.js';
+import { memoryStateFiles } from '../src/paths.js';
+import { runtimeFiles } from '../src/qemu/launcher.js';
+import { livePid } from '../src/qemu/runtime.js';
+import { mappedInode } from '../src/snapshot/memory-state.js';
+import { fileBytes, filesBytes } from '../src/util/files.js';
 import { findOrphans } from '../src/operations/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, cli, COUNTER, files, mountTmpfs, openLib, sh, tempHome, write } from './helpers.js';
@@ -21,14 +25,19 @@ describe('clones, storage accounting and health', () => {
     cleanupHome(home);
   });
 
-  it('forks two running clones from a memory snapshot: each carries on from its value, with its own MAC', async () => {
+  it('forks four running clones from a memory snapshot: one RAM image mapped by all, each carries on with its own MAC and hostname, writes kept apart', async () => {
     await sh(lib, 'src', `echo a > /data/a && sync && ${COUNTER}`);
+    // Guest RAM content the forks share: 8 MiB in tmpfs.
+    const blob = (await sh(lib, 'src', 'head -c 8388608 /dev/urandom > /tmp/blob && md5sum /tmp/blob')).split(' ')[0]!;
     await new Promise((r) => setTimeout(r, 500));
     const before = Number(await sh(lib, 'src', 'cat /tmp/counter'));
     await lib.snapshots.create('src', 'S1');
-    const r = await lib.snapshots.clone('src', 'S1', 'fork', { count: 2, start: true });
-    expect(r.clones.map((c) => c.name)).toEqual(['fork-1', 'fork-2']);
+    const r = await lib.snapshots.clone('src', 'S1', 'fork', { count: 4, start: true });
+    expect(r.clones.map((c) => c.name)).toEqual(['fork-1', 'fork-2', 'fork-3', 'fork-4']);
     expect(r.clones.every((c) => c.forked && c.state === 'running' && c.identitySet)).toBe(true);
+    // Every fork's guest RAM is the snapshot's one RAM image, mapped (copy on write), not a copy.
+    const ram = memoryStateFiles(lib.ctx.catalog.findSnapshot(lib.vms.get('src').id, 'S1')!.stateFile)[1]!;
+    for (const c of r.clones) expect(mappedInode(livePid(runtimeFiles(lib.ctx.paths.run, c.id))!, ram), c.name).toBeDefined();
     const macs = new Set<string>();
     for (const c of r.clones) {
       const n = Number(await sh(lib, c.name, 'cat /tmp/counter'));
@@ -38,9 +47,18 @@ describe('clones, storage accounting and health', () => {
       macs.add(mac);
       expect((await sh(lib, c.name, 'hostname')).trim()).toBe(c.name);
       expect(await files(lib, c.name)).toEqual(['a']);
+      expect((await sh(lib, c.name, 'md5sum /tmp/blob')).split(' ')[0]).toBe(blob);
     }
-    expect(macs.size).toBe(2);
+    expect(macs.size).toBe(4);
     expect(macs.has(lib.vms.get('src').config.nics[0]!.mac)).toBe(false);
+    // One fork's writes, to RAM and to disk, are its own.
+    await sh(lib, 'fork-1', 'head -c 1048576 /dev/zero | dd of=/tmp/blob conv=notrunc 2>/dev/null; echo mine > /data/mine; sync');
+    expect((await sh(lib, 'fork-1', 'md5sum /tmp/blob')).split(' ')[0]).not.toBe(blob);
+    for (const c of r.clones.slice(1)) {
+      expect((await sh(lib, c.name, 'md5sum /tmp/blob')).split(' ')[0], c.name).toBe(blob);
+      expect(await files(lib, c.name)).toEqual(['a']);
+    }
+    expect((await sh(lib, 'src', 'md5sum /tmp/blob')).split(' ')[0]).toBe(blob);
     for (const c of r.clones) {
       await lib.vms.stop(c.name, { force: true });
       await lib.vms.remove(c.name);
@@ -122,12 +140,12 @@ describe('clones, storage accounting and health', () => {
     const layers = lib.ctx.catalog.listLayers(lib.vms.get('full').id);
     expect(v.layersBytes).toBe(layers.reduce((a, l) => a + fileBytes(l.path), 0));
     const snaps = lib.ctx.catalog.listSnapshots(lib.vms.get('full').id);
-    expect(v.statesBytes).toBe(snaps.reduce((a, s) => a + (s.stateFile ? fileBytes(s.stateFile) : 0), 0));
+    expect(v.statesBytes).toBe(snaps.reduce((a, s) => a + filesBytes(memoryStateFiles(s.stateFile)), 0));
     expect(v.totalBytes).toBe(v.layersBytes + v.statesBytes);
     expect(v.disks[0]!.chainDepth).toBe(4);
     for (const s of v.snapshots) {
       const rec = snaps.find((x) => x.name === s.name)!;
-      expect(s.stateBytes).toBe(rec.stateFile ? fileBytes(rec.stateFile) : 0);
+      expect(s.stateBytes).toBe(filesBytes(memoryStateFiles(rec.stateFile)));
       expect(s.reclaimableBytes).toBeGreaterThanOrEqual(s.stateBytes);
     }
     const out = await cli(home, ['df', 'full']);

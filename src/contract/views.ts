@@ -218,6 +218,14 @@ export interface SnapshotUsage {
    * one linked clones build on).
    */
   reclaimableBytes: number;
+  /**
+   * Running VMs whose guest RAM is mapped from this snapshot's RAM image (reverted to it,
+   * or forked from it): deleting the snapshot is safe for them, but the image's space
+   * comes back only when they stop (counted in `freedWhenStoppedBytes`, not in
+   * `reclaimableBytes`).
+   */
+  stateMappedBy?: string[];
+  freedWhenStoppedBytes?: number;
 }
 
 export interface VmUsage {
@@ -235,6 +243,11 @@ export interface DataDirUsage {
   usedBytes: number;
   freeBytes: number;
   totalBytes: number;
+  /**
+   * RAM images of deleted snapshots that running VMs still map (after a revert or a fork):
+   * not in `usedBytes`, not free either, until those VMs stop.
+   */
+  heldByRunningVms: { vms: string[]; bytes: number }[];
 }
 
 export interface DfReport {

@@ -1,19 +1,73 @@
-import { statfsSync } from 'node:fs';
+import { readFileSync, statSync, statfsSync } from 'node:fs';
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
 import { catalogGraph } from '../layers/merge.js';
+import { runtimeFiles } from '../qemu/launcher.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
+import { livePid } from '../qemu/runtime.js';
 import { memoryStateFiles } from '../paths.js';
 import { fileBytes, filesBytes } from '../util/files.js';
 
 /** Storage accounting: what each snapshot costs and would free, per VM and for the data dir. */
 
-export function dataDirUsage(ctx: Context): DataDirUsage {
+export function dataDirUsage(ctx: Context, mapped = mappedStateFiles(ctx)): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
   const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + filesBytes(ctx.catalog.stateFiles());
-  return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+  const held = mapped.filter((m) => m.deleted).map((m) => ({ vms: m.vms, bytes: m.bytes }));
+  return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize, heldByRunningVms: held };
+}
+
+/** A memory state file that running VMs map (their guest RAM, after a revert or a fork). */
+export interface MappedStateFile {
+  path: string;
+  /** Unlinked (its snapshot was deleted): its space comes back when the last VM mapping it stops. */
+  deleted: boolean;
+  bytes: number;
+  vms: string[];
+}
+
+/**
+ * Memory state files of the data dir that running QEMUs map, from /proc/PID/maps (one
+ * entry per file, however many VMs map it). The size of a deleted one is read through
+ * /proc/PID/map_files, which needs the rights to inspect the QEMU (as its owner or root);
+ * where they are missing its bytes show as 0.
+ */
+export function mappedStateFiles(ctx: Context): MappedStateFile[] {
+  const byInode = new Map<string, MappedStateFile>();
+  const prefix = `${ctx.paths.states}/`;
+  for (const vm of ctx.catalog.listVms()) {
+    const pid = livePid(runtimeFiles(ctx.paths.run, vm.id));
+    if (pid === undefined) continue;
+    let maps: string;
+    try {
+      maps = readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of maps.split('\n')) {
+      // address perms offset dev inode pathname
+      const m = /^(\S+)\s+\S+\s+\S+\s+(\S+)\s+(\d+)\s+(.*)$/.exec(line);
+      if (!m || !m[4]!.startsWith(prefix)) continue;
+      const deleted = m[4]!.endsWith(' (deleted)');
+      const path = deleted ? m[4]!.slice(0, -' (deleted)'.length) : m[4]!;
+      const key = `${m[2]}:${m[3]}`;
+      const seen = byInode.get(key);
+      if (seen) {
+        if (!seen.vms.includes(vm.name)) seen.vms.push(vm.name);
+        continue;
+      }
+      let bytes = 0;
+      try {
+        bytes = statSync(deleted ? `/proc/${pid}/map_files/${m[1]}` : path).blocks * 512;
+      } catch {
+        // not allowed to look: unknown
+      }
+      byInode.set(key, { path, deleted, bytes, vms: [vm.name] });
+    }
+  }
+  return [...byInode.values()];
 }
 
 /** Guest ranges a layer itself holds data for (not its backing chain). */
@@ -37,10 +91,16 @@ function overlapBytes(a: MapExtent[], b: MapExtent[]): number {
   return total;
 }
 
-/** Estimate what deleting a snapshot frees (see SnapshotUsage.reclaimableBytes). */
-export async function reclaimable(ctx: Context, snap: SnapshotRecord): Promise<number> {
+/**
+ * Estimate what deleting a snapshot frees (see SnapshotUsage.reclaimableBytes): at once,
+ * and once the running VMs that map its RAM image stop.
+ */
+export async function reclaimable(ctx: Context, snap: SnapshotRecord, mapped: MappedStateFile[]): Promise<{ bytes: number; later: number; mappedBy: string[] }> {
   const g = catalogGraph(ctx.catalog);
-  let bytes = filesBytes(memoryStateFiles(snap.stateFile));
+  const stateFiles = memoryStateFiles(snap.stateFile);
+  const inUse = mapped.filter((m) => !m.deleted && stateFiles.includes(m.path));
+  const later = inUse.reduce((a, m) => a + m.bytes, 0);
+  let bytes = filesBytes(stateFiles) - later;
   for (const layerId of Object.values(snap.layers)) {
     const layer = ctx.catalog.findLayer(layerId);
     if (!layer || layer.external) continue;
@@ -54,10 +114,10 @@ export async function reclaimable(ctx: Context, snap: SnapshotRecord): Promise<n
       bytes += overlapBytes(mine, theirs);
     }
   }
-  return bytes;
+  return { bytes, later, mappedBy: [...new Set(inUse.flatMap((m) => m.vms))] };
 }
 
-export async function vmUsage(ctx: Context, vm: VmRecord): Promise<VmUsage> {
+export async function vmUsage(ctx: Context, vm: VmRecord, mapped = mappedStateFiles(ctx)): Promise<VmUsage> {
   const layers = ctx.catalog.listLayers(vm.id).filter((l) => !l.external);
   const snaps = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
   const layersBytes = layers.reduce((a, l) => a + fileBytes(l.path), 0);
@@ -65,13 +125,15 @@ export async function vmUsage(ctx: Context, vm: VmRecord): Promise<VmUsage> {
   const active = ctx.catalog.activeLayers(vm.id);
   const snapshots: SnapshotUsage[] = [];
   for (const s of snaps) {
+    const r = await reclaimable(ctx, s, mapped);
     snapshots.push({
       name: s.name,
       id: s.id,
       createdAt: s.createdAt,
       deltaBytes: Object.values(s.layers).reduce((a, id) => a + fileBytes(ctx.catalog.findLayer(id)?.path ?? ''), 0),
       stateBytes: filesBytes(memoryStateFiles(s.stateFile)),
-      reclaimableBytes: await reclaimable(ctx, s),
+      reclaimableBytes: r.bytes,
+      ...(r.mappedBy.length > 0 ? { stateMappedBy: r.mappedBy, freedWhenStoppedBytes: r.later } : {}),
     });
   }
   return {

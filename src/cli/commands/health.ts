@@ -24,13 +24,22 @@ export function registerHealthCommands(program: Command, run: Run): void {
         if (o.json) return printJson(r);
         const d = r.dataDir;
         process.stdout.write(`data dir ${d.path}: vmsnap uses ${formatBytes(d.usedBytes)}, ${formatBytes(d.freeBytes)} free of ${formatBytes(d.totalBytes)}\n`);
+        for (const h of d.heldByRunningVms) {
+          process.stdout.write(`  ${formatBytes(h.bytes)} of deleted snapshots' RAM images are still mapped by ${h.vms.join(', ')}: free once ${h.vms.length > 1 ? 'they stop' : 'it stops'}\n`);
+        }
         for (const v of r.vms) {
           const chains = v.disks.map((x) => `${x.slot} depth ${x.chainDepth}`).join(', ');
           process.stdout.write(`\n${v.vm}: ${formatBytes(v.totalBytes)} (layers ${formatBytes(v.layersBytes)}, state files ${formatBytes(v.statesBytes)}); ${chains}\n`);
           if (v.snapshots.length === 0) continue;
           printTable(
             ['SNAPSHOT', 'AGE', 'DELTA', 'STATE FILE', 'DELETE FREES'],
-            v.snapshots.map((s) => [s.name, ago(s.createdAt), formatBytes(s.deltaBytes), s.stateBytes ? formatBytes(s.stateBytes) : '-', formatBytes(s.reclaimableBytes)]),
+            v.snapshots.map((s) => [
+              s.name,
+              ago(s.createdAt),
+              formatBytes(s.deltaBytes),
+              s.stateBytes ? formatBytes(s.stateBytes) : '-',
+              `${formatBytes(s.reclaimableBytes)}${s.stateMappedBy ? ` (+${formatBytes(s.freedWhenStoppedBytes ?? 0)} once ${s.stateMappedBy.join(', ')} stop)` : ''}`,
+            ]),
           );
         }
       }),
