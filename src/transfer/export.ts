@@ -228,7 +228,7 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
     const flushing = out.datasync();
     flushing.catch(() => undefined);
     const stateSize = stateFh ? (await stateFh.stat()).size : (split?.estimate ?? 0);
-    const total = placed.reduce((a, d) => a + d.bytes, 0) + stateSize;
+    let total = placed.reduce((a, d) => a + d.bytes, 0) + stateSize;
     let done = 0;
     const onBytes = (n: number): void => {
       done += n;
@@ -276,6 +276,9 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
       }
       await writeAll(out, fileHeader(STATE_ENTRY, bytes, mtime), pos);
       pos += BLOCK + padTo512(bytes);
+      // The stream's length was an estimate until now.
+      total = done;
+      progress(done, total, 'writing and checksumming');
       const sha256 = hash.digest('hex');
       state = { bytes, sha256 };
       files.push({ name: STATE_ENTRY, bytes, sha256 });
