@@ -211,6 +211,8 @@ export interface SnapshotUsage {
   /** Bytes of its frozen layers (the writes between its parent and it). */
   deltaBytes: number;
   stateBytes: number;
+  /** Of stateBytes, what its RAM image shares with other snapshots' (reflinks): not freed by deleting it. */
+  stateSharedBytes?: number;
   /**
    * What deleting it would free: its state file, plus its layers' bytes when
    * they would be dropped, or the data a merge would make redundant (what the
@@ -248,6 +250,12 @@ export interface DataDirUsage {
    * not in `usedBytes`, not free either, until those VMs stop.
    */
   heldByRunningVms: { vms: string[]; bytes: number }[];
+  /**
+   * The data dir's file system has reflinks (XFS, btrfs): a memory snapshot's RAM image
+   * shares the pages it did not change with its parent's. Without (ext4), each RAM image
+   * holds all of the guest's data pages, so each memory snapshot costs about its used RAM.
+   */
+  reflinks: boolean;
 }
 
 export interface DfReport {

@@ -2,7 +2,7 @@ import type { Context } from '../context.js';
 import type { DfReport, HealthReport, HealthSettings, HealthWarning, VmUsage } from '../contract/views.js';
 import { healthSettings } from '../settings.js';
 import { doctor, vmWarnings } from './doctor.js';
-import { dataDirUsage, mappedStateFiles, vmUsage } from './storage.js';
+import { dataDirUsage, mappedStateFiles, ramImageExtents, vmUsage } from './storage.js';
 
 /** Storage accounting and health checks of one vmsnap home. */
 export class HealthService {
@@ -13,8 +13,9 @@ export class HealthService {
     const vms = vmName === undefined ? this.ctx.catalog.listVms() : [this.ctx.catalog.getVm(vmName)];
     const out: VmUsage[] = [];
     const mapped = mappedStateFiles(this.ctx);
-    for (const vm of vms) out.push(await vmUsage(this.ctx, vm, mapped));
-    return { dataDir: dataDirUsage(this.ctx, mapped), vms: out };
+    const extents = await ramImageExtents(this.ctx);
+    for (const vm of vms) out.push(await vmUsage(this.ctx, vm, mapped, extents));
+    return { dataDir: dataDirUsage(this.ctx, mapped, extents), vms: out };
   }
 
   /** Warnings about old snapshots, deep chains, large snapshots, low free space and what verify flags. */

@@ -7,16 +7,47 @@ import { runtimeFiles } from '../qemu/launcher.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
 import { livePid } from '../qemu/runtime.js';
 import { memoryStateFiles } from '../paths.js';
+import { fileExtents, supportsReflinks, unionBytes, uniqueBytes, type Extent } from '../util/extents.js';
 import { fileBytes, filesBytes } from '../util/files.js';
 
 /** Storage accounting: what each snapshot costs and would free, per VM and for the data dir. */
 
-export function dataDirUsage(ctx: Context, mapped = mappedStateFiles(ctx)): DataDirUsage {
+export function dataDirUsage(ctx: Context, mapped = mappedStateFiles(ctx), ramExtents?: RamExtents): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
-  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + filesBytes(ctx.catalog.stateFiles());
+  const states = ctx.catalog.stateFiles();
+  // Reflinked RAM images share extents: counted once, by their union on disk.
+  const shared = ramExtents ? states.filter((f) => ramExtents.has(f)) : [];
+  const used =
+    layers.reduce((a, l) => a + fileBytes(l.path), 0) + filesBytes(states.filter((f) => !shared.includes(f))) + unionBytes(shared.flatMap((f) => ramExtents!.get(f)!));
   const held = mapped.filter((m) => m.deleted).map((m) => ({ vms: m.vms, bytes: m.bytes }));
-  return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize, heldByRunningVms: held };
+  return {
+    path: ctx.paths.home,
+    usedBytes: used,
+    freeBytes: fs.bavail * fs.bsize,
+    totalBytes: fs.blocks * fs.bsize,
+    heldByRunningVms: held,
+    reflinks: supportsReflinks(ctx.paths.states),
+  };
+}
+
+/** RAM image → its extents, where RAM images can share them (reflinks). */
+export type RamExtents = Map<string, Extent[]>;
+
+/**
+ * The extents of every RAM image, on a data dir whose file system has reflinks (XFS,
+ * btrfs), where a snapshot's image shares the pages it did not change with its parent's;
+ * undefined elsewhere (ext4: each image holds all its data).
+ */
+export async function ramImageExtents(ctx: Context): Promise<RamExtents | undefined> {
+  if (!supportsReflinks(ctx.paths.states)) return undefined;
+  const out: RamExtents = new Map();
+  for (const f of ctx.catalog.stateFiles()) {
+    if (!f.endsWith('.ram')) continue;
+    const e = await fileExtents(f);
+    if (e) out.set(f, e);
+  }
+  return out;
 }
 
 /** A memory state file that running VMs map (their guest RAM, after a revert or a fork). */
@@ -95,12 +126,22 @@ function overlapBytes(a: MapExtent[], b: MapExtent[]): number {
  * Estimate what deleting a snapshot frees (see SnapshotUsage.reclaimableBytes): at once,
  * and once the running VMs that map its RAM image stop.
  */
-export async function reclaimable(ctx: Context, snap: SnapshotRecord, mapped: MappedStateFile[]): Promise<{ bytes: number; later: number; mappedBy: string[] }> {
+export async function reclaimable(
+  ctx: Context,
+  snap: SnapshotRecord,
+  mapped: MappedStateFile[],
+  ramExtents?: RamExtents,
+): Promise<{ bytes: number; later: number; mappedBy: string[] }> {
   const g = catalogGraph(ctx.catalog);
   const stateFiles = memoryStateFiles(snap.stateFile);
+  // A reflinked RAM image gives back only the extents no other image shares.
+  const cost = (f: string): number => {
+    const e = ramExtents?.get(f);
+    return e ? uniqueBytes(e) : fileBytes(f);
+  };
   const inUse = mapped.filter((m) => !m.deleted && stateFiles.includes(m.path));
-  const later = inUse.reduce((a, m) => a + m.bytes, 0);
-  let bytes = filesBytes(stateFiles) - later;
+  const later = inUse.reduce((a, m) => a + cost(m.path), 0);
+  let bytes = stateFiles.reduce((a, f) => a + cost(f), 0) - later;
   for (const layerId of Object.values(snap.layers)) {
     const layer = ctx.catalog.findLayer(layerId);
     if (!layer || layer.external) continue;
@@ -117,7 +158,7 @@ export async function reclaimable(ctx: Context, snap: SnapshotRecord, mapped: Ma
   return { bytes, later, mappedBy: [...new Set(inUse.flatMap((m) => m.vms))] };
 }
 
-export async function vmUsage(ctx: Context, vm: VmRecord, mapped = mappedStateFiles(ctx)): Promise<VmUsage> {
+export async function vmUsage(ctx: Context, vm: VmRecord, mapped = mappedStateFiles(ctx), ramExtents?: RamExtents): Promise<VmUsage> {
   const layers = ctx.catalog.listLayers(vm.id).filter((l) => !l.external);
   const snaps = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
   const layersBytes = layers.reduce((a, l) => a + fileBytes(l.path), 0);
@@ -125,13 +166,16 @@ export async function vmUsage(ctx: Context, vm: VmRecord, mapped = mappedStateFi
   const active = ctx.catalog.activeLayers(vm.id);
   const snapshots: SnapshotUsage[] = [];
   for (const s of snaps) {
-    const r = await reclaimable(ctx, s, mapped);
+    const r = await reclaimable(ctx, s, mapped, ramExtents);
+    const ramFile = memoryStateFiles(s.stateFile)[1];
+    const ext = ramFile ? ramExtents?.get(ramFile) : undefined;
     snapshots.push({
       name: s.name,
       id: s.id,
       createdAt: s.createdAt,
       deltaBytes: Object.values(s.layers).reduce((a, id) => a + fileBytes(ctx.catalog.findLayer(id)?.path ?? ''), 0),
       stateBytes: filesBytes(memoryStateFiles(s.stateFile)),
+      ...(ext ? { stateSharedBytes: ext.reduce((a, e) => a + e.length, 0) - uniqueBytes(ext) } : {}),
       reclaimableBytes: r.bytes,
       ...(r.mappedBy.length > 0 ? { stateMappedBy: r.mappedBy, freedWhenStoppedBytes: r.later } : {}),
     });

@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
-import { rmSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { constants, rmSync } from 'node:fs';
+import { copyFile, open, type FileHandle } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { dirname } from 'node:path';
 import { Readable } from 'node:stream';
 import { VmsnapError } from '../errors.js';
 import { encodeTrailer, RAM_TRAILER_BYTES, sha256File } from './ram-image.js';
-import { StreamSplitter, type SplitSummary } from './stream-split.js';
+import { StreamSplitter, TARGET_PAGE_SIZE, type SplitSummary } from './stream-split.js';
 
 export interface SplitToFilesOptions {
   /** Default "pc.ram". */
@@ -22,6 +22,12 @@ export interface SplitToFilesOptions {
   highWaterMark?: number;
   /** Called once the stream's RAM block is known and the RAM image sized (the split is under way). */
   onStarted?: () => void;
+  /**
+   * Start the RAM image as a reflink copy of this one (FICLONE: XFS, btrfs; same file
+   * system) and write only the pages that differ from it, so the two share the extents of
+   * every unchanged page. Where reflinks are not supported, a fresh sparse image as without.
+   */
+  baseImage?: string;
 }
 
 export interface SplitFilesResult {
@@ -33,6 +39,10 @@ export interface SplitFilesResult {
     ramBytes: number;
     trailer: boolean;
     sha256?: string;
+    /** The image it started as a reflink copy of (only the pages that differ were written). */
+    baseImage?: string;
+    /** Bytes written into the image: pages (that differ from the base's), and the trailer. */
+    writtenBytes: number;
   };
   deviceState: { path: string; bytes: number; sha256: string };
   timings: { splitMs: number; fsyncMs: number; hashMs?: number };
@@ -91,7 +101,9 @@ export async function splitToFiles(
   let createdRam = false;
   let createdDev = false;
   try {
-    ram = await open(ramImagePath, 'wx', 0o600);
+    const cloned = opts.baseImage !== undefined && (await reflinkCopy(opts.baseImage, ramImagePath));
+    createdRam = cloned;
+    ram = await open(ramImagePath, cloned ? 'r+' : 'wx', 0o600);
     createdRam = true;
     dev = await open(deviceStatePath, 'wx', 0o600);
     createdDev = true;
@@ -100,8 +112,14 @@ export async function splitToFiles(
     const devHash = createHash('sha256');
     let ramBytes = 0;
     let devBytes = 0;
+    let writtenBytes = 0;
     const trailer = opts.snapshotId !== undefined;
+    const write = (offset: number, bufs: readonly Buffer[], bytes: number): Promise<void> => {
+      writtenBytes += bytes;
+      return writeAll(ramFh, bufs, offset, bytes).catch((e: unknown) => Promise.reject(noSpace(e, ramImagePath)));
+    };
     const splitter = new StreamSplitter({
+      nonEmptyImage: cloned,
       ...(opts.ramBlock !== undefined ? { ramBlock: opts.ramBlock } : {}),
       ...(opts.maxRunBytes !== undefined ? { maxRunBytes: opts.maxRunBytes } : {}),
       ...(opts.highWaterMark !== undefined ? { highWaterMark: opts.highWaterMark } : {}),
@@ -110,7 +128,7 @@ export async function splitToFiles(
         await ramFh.truncate(b.size + (trailer ? RAM_TRAILER_BYTES : 0));
         opts.onStarted?.();
       },
-      onRam: (offset, bufs, bytes) => writeAll(ramFh, bufs, offset, bytes).catch((e: unknown) => Promise.reject(noSpace(e, ramImagePath))),
+      onRam: cloned ? (offset, bufs, bytes) => writeChanged(ramFh, offset, bufs, bytes, write) : write,
       onDevice: async (bufs, bytes) => {
         for (const b of bufs) devHash.update(b);
         await writeAll(devFh, bufs, null, bytes).catch((e: unknown) => Promise.reject(noSpace(e, deviceStatePath)));
@@ -125,6 +143,16 @@ export async function splitToFiles(
       throw e;
     }
     const summary = await splitter.end();
+    if (cloned) {
+      // A save sends every page at least once; should one not have been, it must not keep the copy's data.
+      const step = 1024 * 1024;
+      for (const [offset, bytes] of splitter.unseenRuns()) {
+        for (let at = 0; at < bytes; at += step) {
+          const n = Math.min(step, bytes - at);
+          await writeChanged(ramFh, offset + at, Array.from({ length: n / TARGET_PAGE_SIZE }, () => ZERO_PAGE), n, write);
+        }
+      }
+    }
     const deviceSha256 = devHash.digest('hex');
     if (trailer) {
       const page = encodeTrailer({
@@ -135,7 +163,7 @@ export async function splitToFiles(
         deviceStateBytes: devBytes,
         deviceStateSha256: deviceSha256,
       });
-      await writeAll(ramFh, [page], ramBytes, page.length).catch((e: unknown) => Promise.reject(noSpace(e, ramImagePath)));
+      await write(ramBytes, [page], page.length);
     }
     const t1 = performance.now();
     await Promise.all([ramFh.sync(), devFh.sync()]);
@@ -158,6 +186,8 @@ export async function splitToFiles(
         ramBytes,
         trailer,
         ...(sha256 !== undefined ? { sha256 } : {}),
+        ...(cloned ? { baseImage: opts.baseImage! } : {}),
+        writtenBytes,
       },
       deviceState: { path: deviceStatePath, bytes: devBytes, sha256: deviceSha256 },
       timings: { splitMs: t1 - t0, fsyncMs: t2 - t1, ...(hashMs !== undefined ? { hashMs } : {}) },
@@ -172,6 +202,55 @@ export async function splitToFiles(
       throw new VmsnapError('ALREADY_EXISTS', `${(e as Error).message}: memory state files are never overwritten (a VM may map the old RAM image)`, { cause: e });
     }
     throw e;
+  }
+}
+
+const ZERO_PAGE = Buffer.alloc(TARGET_PAGE_SIZE);
+
+/**
+ * Makes `to` a reflink copy of `from` (sharing its extents, copy on write): false where
+ * the file system cannot (ext4, tmpfs, another file system), and then nothing was made.
+ */
+async function reflinkCopy(from: string, to: string): Promise<boolean> {
+  try {
+    await copyFile(from, to, constants.COPYFILE_FICLONE_FORCE | constants.COPYFILE_EXCL);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw e;
+    rmSync(to, { force: true });
+    if (code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOSYS' || code === 'ENOENT' || code === 'ENOTTY') return false;
+    throw e;
+  }
+}
+
+/**
+ * Writes only the pages of a run that differ from what the image holds at `offset`
+ * (a reflink copy of the parent's image): an unchanged page written again would get
+ * its own extent and stop being shared.
+ */
+async function writeChanged(
+  fh: FileHandle,
+  offset: number,
+  bufs: readonly Buffer[],
+  bytes: number,
+  write: (offset: number, bufs: readonly Buffer[], bytes: number) => Promise<void>,
+): Promise<void> {
+  if (bufs.some((b) => b.length !== TARGET_PAGE_SIZE)) return write(offset, bufs, bytes);
+  const old = Buffer.alloc(bytes);
+  for (let pos = 0; pos < bytes; ) {
+    const { bytesRead } = await fh.read(old, pos, bytes - pos, offset + pos);
+    if (bytesRead === 0) break; // beyond the copy's end: zeros
+    pos += bytesRead;
+  }
+  let start = -1;
+  for (let i = 0; i <= bufs.length; i++) {
+    const differs = i < bufs.length && !bufs[i]!.equals(old.subarray(i * TARGET_PAGE_SIZE, (i + 1) * TARGET_PAGE_SIZE));
+    if (differs && start < 0) start = i;
+    if (!differs && start >= 0) {
+      await write(offset + start * TARGET_PAGE_SIZE, bufs.slice(start, i), (i - start) * TARGET_PAGE_SIZE);
+      start = -1;
+    }
   }
 }
 

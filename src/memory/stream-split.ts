@@ -197,6 +197,11 @@ export interface StreamSplitterOptions {
    * has none by design.
    */
   requireRamPages?: boolean;
+  /**
+   * The RAM image does not start empty (it is a copy of another one): ZERO records must
+   * reach onRam as zero pages too, or the copy's data would show through them.
+   */
+  nonEmptyImage?: boolean;
 }
 
 /** The stream is not one this splitter can split (or not a QEMU 7.2 migration stream at all). */
@@ -293,6 +298,7 @@ export class StreamSplitter {
   private readonly maxRunBytes: number;
   private readonly highWaterMark: number;
   private readonly requireRamPages: boolean;
+  private readonly nonEmptyImage: boolean;
 
   // Parser state
   private state: S = S.FileHeader;
@@ -366,6 +372,7 @@ export class StreamSplitter {
     this.maxRunBytes = Math.max(TARGET_PAGE_SIZE, opts.maxRunBytes ?? 1024 * 1024);
     this.highWaterMark = opts.highWaterMark ?? 32 * 1024 * 1024;
     this.requireRamPages = opts.requireRamPages ?? true;
+    this.nonEmptyImage = opts.nonEmptyImage ?? false;
   }
 
   /**
@@ -449,6 +456,19 @@ export class StreamSplitter {
       vmdescDevices,
       ramStart: { endOffset: this.ramStartEnd!, sectionId: this.ramSectionId!, footers: this.footers },
     };
+  }
+
+  /** After end(): the runs of pages (offset, bytes) of the RAM block that the stream never mentioned. */
+  *unseenRuns(): Generator<[number, number]> {
+    let start = -1;
+    for (let i = 0; i <= this.pageState.length; i++) {
+      const unseen = i < this.pageState.length && this.pageState[i] === PAGE_UNSEEN;
+      if (unseen && start < 0) start = i;
+      if (!unseen && start >= 0) {
+        yield [start * TARGET_PAGE_SIZE, (i - start) * TARGET_PAGE_SIZE];
+        start = -1;
+      }
+    }
   }
 
   /** Stops: pending writes finish, nothing more is accepted. */
@@ -814,6 +834,9 @@ export class StreamSplitter {
       // Precopy: the page was sent with data earlier in this stream and is zero now.
       this.pageState[idx] = PAGE_ZERO;
       this.stats.zeroPagesWritten++;
+      this.appendRun(addr, ZERO_PAGE);
+    } else if (this.nonEmptyImage) {
+      this.pageState[idx] = PAGE_ZERO;
       this.appendRun(addr, ZERO_PAGE);
     } else {
       this.pageState[idx] = PAGE_ZERO; // a hole in a fresh image reads as zeros

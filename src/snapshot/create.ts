@@ -20,7 +20,7 @@ import { newId } from '../util/ids.js';
 import { sleep } from '../util/process.js';
 import { guestAgent } from '../vm/guest.js';
 import { addOverlayNodes, deviceTopNodes, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays } from './live.js';
-import { recordSplitState } from './memory-state.js';
+import { parentRamImage, recordSplitState } from './memory-state.js';
 import { createOverlayFiles, newLayerRecords, OverlaySwitchSchema, planOverlays } from './overlays.js';
 
 export interface TakeSnapshotOptions {
@@ -178,6 +178,7 @@ export async function takeSnapshot(ctx: Context, vm0: VmRecord, name: string, op
     const switches = planOverlays(ctx, catalog.activeLayers(vm.id));
     const snapshotId = newId();
     const memFiles = withMemory ? memoryStatePaths(ctx.paths, snapshotId) : null;
+    const parentImage = withMemory ? parentRamImage(ctx, vm) : undefined;
     const stateFile = memFiles?.manifest ?? null;
     const now = new Date().toISOString();
     const record: SnapshotRecord = {
@@ -214,6 +215,8 @@ export async function takeSnapshot(ctx: Context, vm0: VmRecord, name: string, op
               snapshotId,
               running: vmState === 'running',
               onSplitStarted: () => op.fault('splitting'),
+              // On XFS or btrfs the new image shares the parent's unchanged pages (reflinks).
+              ...(parentImage ? { baseImage: parentImage } : {}),
               ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
             });
             record.pauseMs = r.pauseMs;

@@ -183,7 +183,7 @@ export async function snapshotWithMemory(
   qmp: QmpClient,
   switches: OverlaySwitch[],
   files: { ram: string; dev: string },
-  opts: SaveOptions & { sinkSocket: string; snapshotId: string; onSplitStarted?: () => void },
+  opts: SaveOptions & { sinkSocket: string; snapshotId: string; onSplitStarted?: () => void; baseImage?: string },
 ): Promise<MemorySaveResult & { split: SplitFilesResult }> {
   // The stream is split as it arrives: guest RAM into a sparse RAM image, the rest into
   // a small device-state stream (src/memory). The RAM image is hashed later, in the
@@ -193,6 +193,7 @@ export async function snapshotWithMemory(
     ramBlock: RAM_BACKEND_ID,
     hashRamImage: false,
     ...(opts.onSplitStarted ? { onStarted: opts.onSplitStarted } : {}),
+    ...(opts.baseImage ? { baseImage: opts.baseImage } : {}),
   });
   try {
     const r = await saveToUri(qmp, switches, sink.uri, opts);

@@ -73,7 +73,20 @@ export async function recordSplitState(
     manifestChecksum: manifest.checksum,
     ramIdentity: fileIdentity(split.ramImage.path),
     ramDataBytes: summary.pagesWithData * TARGET_PAGE_SIZE,
+    ...(split.ramImage.baseImage !== undefined ? { ramNewBytes: split.ramImage.writtenBytes } : {}),
   };
+}
+
+/**
+ * The RAM image a new snapshot's image may start as a reflink copy of: its parent's
+ * (where the VM's memory came from, so most pages are the same), if that is a split
+ * state of the same memory size whose image is still there.
+ */
+export function parentRamImage(ctx: Context, vm: VmRecord): string | undefined {
+  const parent = vm.currentSnapshotId ? ctx.catalog.findSnapshotById(vm.currentSnapshotId) : undefined;
+  if (!parent?.stateFile || !isSplitState(parent.stateFile) || parent.config.memoryMiB !== vm.config.memoryMiB) return undefined;
+  const ram = memoryStateFiles(parent.stateFile)[1]!;
+  return existsSync(ram) ? ram : undefined;
 }
 
 /** A memory state checked and ready to load: how to start QEMU for it. */

@@ -24,6 +24,11 @@ export function registerHealthCommands(program: Command, run: Run): void {
         if (o.json) return printJson(r);
         const d = r.dataDir;
         process.stdout.write(`data dir ${d.path}: vmsnap uses ${formatBytes(d.usedBytes)}, ${formatBytes(d.freeBytes)} free of ${formatBytes(d.totalBytes)}\n`);
+        process.stdout.write(
+          d.reflinks
+            ? '  memory states share the pages a snapshot did not change with its parent (reflinks)\n'
+            : '  no reflinks on this file system: each memory state holds all the guest RAM in use (about its STATE FILE size)\n',
+        );
         for (const h of d.heldByRunningVms) {
           process.stdout.write(`  ${formatBytes(h.bytes)} of deleted snapshots' RAM images are still mapped by ${h.vms.join(', ')}: free once ${h.vms.length > 1 ? 'they stop' : 'it stops'}\n`);
         }
@@ -37,7 +42,7 @@ export function registerHealthCommands(program: Command, run: Run): void {
               s.name,
               ago(s.createdAt),
               formatBytes(s.deltaBytes),
-              s.stateBytes ? formatBytes(s.stateBytes) : '-',
+              s.stateBytes ? `${formatBytes(s.stateBytes)}${s.stateSharedBytes ? ` (${formatBytes(s.stateSharedBytes)} shared)` : ''}` : '-',
               `${formatBytes(s.reclaimableBytes)}${s.stateMappedBy ? ` (+${formatBytes(s.freedWhenStoppedBytes ?? 0)} once ${s.stateMappedBy.join(', ')} stop)` : ''}`,
             ]),
           );
