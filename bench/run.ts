@@ -7,8 +7,9 @@
  *   npm run bench -- --runs 5 --json bench/results/latest.json
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { GuestAgentClient } from '../src/qemu/guest-agent.js';
 import { blockdevArgs, formatNode, runtimeFiles } from '../src/qemu/launcher.js';
 import { createImage } from '../src/qemu/qemu-img.js';
 import { QmpClient } from '../src/qemu/qmp.js';
@@ -36,6 +37,9 @@ const ofRaw = (xs: number[]): { raw: number; rawRuns: number[] } => ({ raw: medi
 const args = process.argv.slice(2);
 const RUNS = Number(args[args.indexOf('--runs') + 1] || 5) || 5;
 const JSON_OUT = args.includes('--json') ? args[args.indexOf('--json') + 1] : undefined;
+/** `--only snapshots,big,forks,clones,merge,export`: some sections (the whole run takes a while). */
+const ONLY = args.includes('--only') ? (args[args.indexOf('--only') + 1] ?? '').split(',') : undefined;
+const want = (section: string): boolean => !ONLY || ONLY.includes(section);
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -101,24 +105,36 @@ async function rawMemorySave(lib: Vmsnap, vm: string, path: string): Promise<{ p
   }
 }
 
-/** Raw QEMU: start a QEMU with -incoming defer on the same disks and load the same state file, until the guest runs. */
-async function rawIncoming(lib: Vmsnap, vm: string, statePath: string, dir: string): Promise<number> {
+/** A QEMU started by the bench itself (the raw operation), until quit. */
+interface RawQemu {
+  /** From spawn to the guest running. */
+  runningMs: number;
+  pid: number;
+  agentSocket: string;
+  quit(): Promise<void>;
+}
+
+/**
+ * Raw QEMU: start a QEMU with -incoming defer on the same disks and load the same (whole,
+ * classic) state file, until the guest runs: the full load a revert did before.
+ */
+async function rawStart(lib: Vmsnap, vm: string, statePath: string, dir: string, tag: string): Promise<RawQemu> {
   const rec = lib.vms.get(vm);
   const info = await lib.vms.info(vm);
-  const overlay = join(dir, `incoming-${Date.now()}.qcow2`);
+  const overlay = join(dir, `incoming-${tag}-${Date.now()}.qcow2`);
   const disks = launchDisks(lib.ctx, rec);
   const base = disks[0]!.chain[1]!;
   await createImage(overlay, { backing: base.path, backingFormat: base.format });
-  const sock = join(dir, 'raw.sock');
-  const pidFile = join(dir, 'raw.pid');
+  const sock = join(dir, `raw-${tag}.sock`);
+  const pidFile = join(dir, `raw-${tag}.pid`);
   const t0 = performance.now();
   const argv = [
     '-machine', 'q35,accel=tcg', '-m', `${info.config.memoryMiB}M`, '-smp', String(info.config.cpus), '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none',
     '-qmp', `unix:${sock},server=on,wait=off`, '-chardev', `socket,id=qmpev,path=${sock}.ev,server=on,wait=off`, '-mon', 'chardev=qmpev,mode=control',
     '-chardev', `socket,id=ser0,path=${sock}.con,server=on,wait=off`, '-serial', 'chardev:ser0',
     '-chardev', `socket,id=qga0,path=${sock}.qga,server=on,wait=off`, '-device', 'virtio-serial-pci,id=vser0', '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
-    ...blockdevArgs({ slot: 'disk0', chain: [{ id: 'rawtop', path: overlay, format: 'qcow2' }, base] }),
-    '-device', 'virtio-blk-pci,drive=lrawtop,id=disk0,serial=disk0',
+    ...blockdevArgs({ slot: 'disk0', chain: [{ id: `raw${tag}`, path: overlay, format: 'qcow2' }, base] }),
+    '-device', `virtio-blk-pci,drive=lraw${tag},id=disk0,serial=disk0`,
     ...info.config.nics.flatMap((n) => ['-netdev', `user,id=${n.id}`, '-device', `virtio-net-pci,netdev=${n.id},mac=${n.mac},id=${n.id}-dev`]),
     '-pidfile', pidFile, '-daemonize', '-incoming', 'defer',
   ];
@@ -131,18 +147,77 @@ async function rawIncoming(lib: Vmsnap, vm: string, statePath: string, dir: stri
     c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`qemu exit ${code}`))));
   });
   const qmp = await QmpClient.connect(sock, { retryUntilMs: 5000 });
-  try {
-    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
-    for (;;) {
-      const s = await qmp.queryStatus();
-      if (s.status !== 'inmigrate') break;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    return performance.now() - t0;
-  } finally {
-    await qmp.execute('quit').catch(() => undefined);
-    await qmp.close();
+  await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
+  for (;;) {
+    const st = await qmp.queryStatus();
+    if (st.status !== 'inmigrate') break;
+    await new Promise((r) => setTimeout(r, 2));
   }
+  const runningMs = performance.now() - t0;
+  const pid = Number(readFileSync(pidFile, 'utf8').trim());
+  return {
+    runningMs,
+    pid,
+    agentSocket: `${sock}.qga`,
+    quit: async () => {
+      await qmp.execute('quit').catch(() => undefined);
+      await qmp.close();
+      await waitForExit(pid, 10_000);
+      rmSync(overlay, { force: true });
+    },
+  };
+}
+
+/** Raw QEMU: a full load until the guest runs, then the guest agent's first reply and the RSS then. */
+async function rawIncoming(lib: Vmsnap, vm: string, statePath: string, dir: string): Promise<{ runningMs: number; agentMs: number; rss: Rss }> {
+  const t0 = performance.now();
+  const q = await rawStart(lib, vm, statePath, dir, 'in');
+  try {
+    const agentMs = await agentReplyMs(q.agentSocket, t0);
+    return { runningMs: q.runningMs, agentMs, rss: rssOf(q.pid) };
+  } finally {
+    await q.quit();
+  }
+}
+
+interface Rss {
+  rssMiB: number;
+  anonMiB: number;
+  fileMiB: number;
+}
+
+function rssOf(pid: number): Rss {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const mib = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? NaN) / 1024;
+  return { rssMiB: mib('VmRSS'), anonMiB: mib('RssAnon'), fileMiB: mib('RssFile') };
+}
+
+/** Proportional set size: a page shared by N processes counts 1/N in each (from smaps_rollup). */
+function pssBytes(pid: number): number {
+  const s = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  return Number(/^Pss:\s+(\d+) kB/m.exec(s)?.[1] ?? NaN) * 1024;
+}
+
+/** From t0 until the guest agent answers a ping. */
+async function agentReplyMs(socket: string, t0: number): Promise<number> {
+  const agent = await GuestAgentClient.waitUntilReady(socket, { timeoutMs: 120_000 });
+  const ms = performance.now() - t0;
+  await agent.close();
+  return ms;
+}
+
+/** Fill a guest's RAM with `mib` MiB of non-zero data in tmpfs (a random MiB doubled up: fast under TCG). */
+async function fillGuest(lib: Vmsnap, vm: string, mib: number): Promise<void> {
+  const r = await lib.vms.exec(
+    vm,
+    [
+      '/bin/sh',
+      '-c',
+      `mount -o remount,size=${mib + 256}m /tmp && head -c 1048576 /dev/urandom > /tmp/f0 && i=0; while [ $i -lt 6 ]; do cat /tmp/f$i /tmp/f$i > /tmp/f$((i+1)); rm /tmp/f$i; i=$((i+1)); done; j=0; while [ $j -lt ${mib / 64} ]; do cat /tmp/f6; j=$((j+1)); done > /tmp/fill; rm /tmp/f6`,
+    ],
+    { timeoutMs: 900_000 },
+  );
+  if (r.exitCode !== 0) throw new Error(`filling the guest's RAM failed: ${r.stderr}`);
 }
 
 const MiB = 1024 ** 2;
@@ -221,6 +296,107 @@ async function consolidation(lib: Vmsnap, scratch: string, online: boolean, i: n
   return { vmsnapMs, rawMs, vcpuPauseMs, ...(pivotMs !== undefined ? { pivotMs } : {}) };
 }
 
+/**
+ * A 2 GiB guest with 1.5 GiB in use: a revert maps its RAM image, against a full load of
+ * the same state (raw); then a memory snapshot of the reverted guest.
+ */
+async function bigGuest(lib: Vmsnap, scratch: string, rows: Row[], revert256: number): Promise<void> {
+  process.stderr.write('2 GiB guest\n');
+  await lib.vms.create('big', { image: 'demo', memoryMiB: 2048 });
+  try {
+    await lib.vms.start('big');
+    await fillGuest(lib, 'big', 1536);
+    await lib.snapshots.create('big', 'B');
+    const rawState = join(scratch, 'big.state');
+    await rawMemorySave(lib, 'big', rawState);
+    const down: number[] = [];
+    const wall: number[] = [];
+    const agent: number[] = [];
+    const rss: number[] = [];
+    const raw: number[] = [];
+    const agentRaw: number[] = [];
+    const rssRaw: number[] = [];
+    const pause: number[] = [];
+    const saveWall: number[] = [];
+    for (let i = 0; i < Math.min(RUNS, 3); i++) {
+      process.stderr.write(`  run ${i + 1}\n`);
+      settle();
+      const t0 = performance.now();
+      const r = await lib.snapshots.revert('big', 'B', { force: true });
+      agent.push(await agentReplyMs(runtimeFiles(lib.ctx.paths.run, lib.vms.get('big').id).agentSocket, t0));
+      rss.push(rssOf(livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('big').id))!).rssMiB);
+      down.push(r.resumeMs ?? NaN);
+      wall.push(r.ms ?? NaN);
+      settle();
+      const rawIn = await rawIncoming(lib, 'big', rawState, scratch);
+      raw.push(rawIn.runningMs);
+      agentRaw.push(rawIn.agentMs);
+      rssRaw.push(rawIn.rss.rssMiB);
+      if (i < 2) {
+        settle();
+        const t1 = performance.now();
+        const s = await lib.snapshots.create('big', `L${i}`);
+        saveWall.push(performance.now() - t1);
+        pause.push(s.pauseMs ?? NaN);
+      }
+    }
+    rows.push({ name: 'revert (2 GiB, 1.5 in use): VM down', unit: 'ms', ...ofVmsnap(down), ...ofRaw(raw), target: '≤ 150 ms' });
+    rows.push({ name: 'revert: 2 GiB / 256 MiB VM down', unit: 'ratio', ...ofVmsnap(down.map((x) => x / revert256)), target: '≤ 1.3' });
+    rows.push({ name: 'revert (2 GiB): whole command', unit: 'ms', ...ofVmsnap(wall), ...ofRaw(raw) });
+    rows.push({ name: 'revert (2 GiB): to first guest-agent reply', unit: 'ms', ...ofVmsnap(agent), ...ofRaw(agentRaw) });
+    rows.push({ name: 'revert (2 GiB): QEMU RSS after resume', unit: 'MiB', ...ofVmsnap(rss), ...ofRaw(rssRaw) });
+    rows.push({ name: 'memory snapshot of a reverted 2 GiB VM: pause', unit: 'ms', ...ofVmsnap(pause), target: '≤ 10 ms' });
+    rows.push({ name: 'memory snapshot of a reverted 2 GiB VM: wall', unit: 'ms', ...ofVmsnap(saveWall) });
+  } finally {
+    await lib.vms.stop('big', { force: true }).catch(() => undefined);
+    await lib.vms.remove('big');
+  }
+}
+
+/**
+ * Forks: 10 running clones of a 1 GiB guest from one memory snapshot (each maps the same
+ * RAM image), until all run with their identity set, and their PSS together right after;
+ * raw: 10 QEMUs each loading the whole state, side by side.
+ */
+async function forks(lib: Vmsnap, scratch: string, rows: Row[]): Promise<void> {
+  process.stderr.write('forks\n');
+  const N = 10;
+  await lib.vms.create('fk', { image: 'demo', memoryMiB: 1024 });
+  try {
+    await lib.vms.start('fk');
+    await fillGuest(lib, 'fk', 512);
+    await lib.snapshots.create('fk', 'F');
+    const used = lib.ctx.catalog.findSnapshot(lib.vms.get('fk').id, 'F')!.meta.ramDataBytes!;
+    const rawState = join(scratch, 'fk.state');
+    await rawMemorySave(lib, 'fk', rawState);
+    await lib.vms.stop('fk', { force: true });
+    const ms: number[] = [];
+    const pss: number[] = [];
+    for (let i = 0; i < Math.min(RUNS, 2); i++) {
+      process.stderr.write(`  run ${i + 1}\n`);
+      settle();
+      const t0 = performance.now();
+      const r = await lib.snapshots.clone('fk', 'F', `fk${i}`, { count: N, start: true });
+      ms.push(performance.now() - t0);
+      pss.push(r.clones.reduce((a, c) => a + pssBytes(livePid(runtimeFiles(lib.ctx.paths.run, c.id))!), 0) / used);
+      for (const c of r.clones) {
+        await lib.vms.stop(c.name, { force: true });
+        await lib.vms.remove(c.name);
+      }
+    }
+    settle();
+    const t0 = performance.now();
+    const raws = await Promise.all(Array.from({ length: N }, (_, k) => rawStart(lib, 'fk', rawState, scratch, `fk${k}`)));
+    const rawMs = performance.now() - t0;
+    const rawPss = raws.reduce((a, q) => a + pssBytes(q.pid), 0) / used;
+    for (const q of raws) await q.quit();
+    rows.push({ name: `fork ${N} × 1 GiB (${(used / MiB).toFixed(0)} MiB used): all running`, unit: 'ms', ...ofVmsnap(ms), ...ofRaw([rawMs]), target: '≤ 5000 ms' });
+    rows.push({ name: `fork ${N} × 1 GiB: PSS of all / one's used RAM`, unit: 'ratio', ...ofVmsnap(pss), ...ofRaw([rawPss]), target: '≤ 2' });
+  } finally {
+    await lib.vms.remove('fk').catch(() => undefined);
+  }
+}
+
 async function main(): Promise<void> {
   process.env.VMSNAP_ACCEL ??= 'tcg';
   const home = tempHome();
@@ -247,115 +423,154 @@ async function main(): Promise<void> {
     const memRawDurableWall: number[] = [];
     const stateRatio: number[] = [];
     const revert: number[] = [];
+    const revertWall: number[] = [];
     const revertRaw: number[] = [];
+    const agent: number[] = [];
+    const agentRaw: number[] = [];
+    const rss: number[] = [];
+    const rssRaw: number[] = [];
+    const lazyPause: number[] = [];
+    const lazyWall: number[] = [];
 
-    for (let i = 0; i < RUNS; i++) {
-      process.stderr.write(`run ${i + 1}/${RUNS}\n`);
-      settle();
-      let t0 = performance.now();
-      const d = await lib.snapshots.create('bench', `disk-${i}`, { memory: false });
-      diskWall.push(performance.now() - t0);
-      diskPause.push(d.pauseMs ?? NaN);
-      if (typeof d.meta.quiesceMs === 'number') quiesce.push(d.meta.quiesceMs);
-      settle();
-      const rawDisk = await rawDiskSnapshot(lib, 'bench', scratch, i);
-      diskRawPause.push(rawDisk.pauseMs);
-      diskRawWall.push(rawDisk.wallMs);
-      // The raw overlay sits on top now; put the VM back on vmsnap's chain by reverting (fresh QEMU).
-      await lib.snapshots.revert('bench', `disk-${i}`, { force: true, start: true });
-      await sh(lib, 'bench', 'true');
+    let r256 = NaN;
+    if (want('snapshots')) {
+      for (let i = 0; i < RUNS; i++) {
+        process.stderr.write(`run ${i + 1}/${RUNS}\n`);
+        settle();
+        let t0 = performance.now();
+        const d = await lib.snapshots.create('bench', `disk-${i}`, { memory: false });
+        diskWall.push(performance.now() - t0);
+        diskPause.push(d.pauseMs ?? NaN);
+        if (typeof d.meta.quiesceMs === 'number') quiesce.push(d.meta.quiesceMs);
+        settle();
+        const rawDisk = await rawDiskSnapshot(lib, 'bench', scratch, i);
+        diskRawPause.push(rawDisk.pauseMs);
+        diskRawWall.push(rawDisk.wallMs);
+        // The raw overlay sits on top now; put the VM back on vmsnap's chain by reverting (fresh QEMU).
+        await lib.snapshots.revert('bench', `disk-${i}`, { force: true, start: true });
+        await sh(lib, 'bench', 'true');
 
-      settle();
-      t0 = performance.now();
-      const m = await lib.snapshots.create('bench', `mem-${i}`);
-      memWall.push(performance.now() - t0);
-      memPause.push(m.pauseMs ?? NaN);
-      stateRatio.push(m.stateBytes / (256 * 1024 ** 2));
-      const rawState = join(scratch, `raw-${i}.state`);
-      settle();
-      const raw = await rawMemorySave(lib, 'bench', rawState);
-      memRawPause.push(raw.pauseMs);
-      memRawWall.push(raw.wallMs);
-      memRawDurableWall.push(raw.durableWallMs);
+        settle();
+        t0 = performance.now();
+        const m = await lib.snapshots.create('bench', `mem-${i}`);
+        memWall.push(performance.now() - t0);
+        memPause.push(m.pauseMs ?? NaN);
+        stateRatio.push(m.stateBytes / (256 * 1024 ** 2));
+        const rawState = join(scratch, `raw-${i}.state`);
+        settle();
+        const raw = await rawMemorySave(lib, 'bench', rawState);
+        memRawPause.push(raw.pauseMs);
+        memRawWall.push(raw.wallMs);
+        memRawDurableWall.push(raw.durableWallMs);
 
-      const r = await lib.snapshots.revert('bench', `mem-${i}`, { force: true });
-      revert.push(r.resumeMs ?? NaN);
-      revertRaw.push(await rawIncoming(lib, 'bench', rawState, scratch));
+        settle();
+        const t1 = performance.now();
+        const r = await lib.snapshots.revert('bench', `mem-${i}`, { force: true });
+        agent.push(await agentReplyMs(runtimeFiles(lib.ctx.paths.run, lib.vms.get('bench').id).agentSocket, t1));
+        rss.push(rssOf(livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('bench').id))!).rssMiB);
+        revert.push(r.resumeMs ?? NaN);
+        revertWall.push(r.ms ?? NaN);
+        settle();
+        const rawIn = await rawIncoming(lib, 'bench', rawState, scratch);
+        revertRaw.push(rawIn.runningMs);
+        agentRaw.push(rawIn.agentMs);
+        rssRaw.push(rawIn.rss.rssMiB);
+
+        // A memory snapshot of the VM now running from a RAM image (pre-copy: see README).
+        settle();
+        t0 = performance.now();
+        const l = await lib.snapshots.create('bench', `lazy-${i}`);
+        lazyWall.push(performance.now() - t0);
+        lazyPause.push(l.pauseMs ?? NaN);
+      }
+      rows.push({ name: 'disk-only snapshot: guest I/O pause', unit: 'ms', ...ofVmsnap(diskPause), ...ofRaw(diskRawPause), target: '≤ 10 ms' });
+      if (quiesce.length) rows.push({ name: 'disk-only snapshot: fs frozen (fsfreeze→thaw)', unit: 'ms', ...ofVmsnap(quiesce) });
+      rows.push({ name: 'disk-only snapshot: wall time', unit: 'ms', ...ofVmsnap(diskWall), ...ofRaw(diskRawWall) });
+      rows.push({ name: 'memory snapshot (256 MiB): guest pause', unit: 'ms', ...ofVmsnap(memPause), ...ofRaw(memRawPause), target: '≤ 20 ms' });
+      rows.push({ name: 'memory snapshot (256 MiB): wall time', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawWall) });
+      rows.push({ name: 'memory snapshot: wall vs raw + fsync', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawDurableWall), target: 'ratio ≤ 1.5' });
+      rows.push({ name: 'state file size / guest RAM', unit: 'ratio', ...ofVmsnap(stateRatio) });
+      rows.push({ name: 'revert (256 MiB): VM down, kill→running', unit: 'ms', ...ofVmsnap(revert), ...ofRaw(revertRaw), target: '≤ 150 ms' });
+      rows.push({ name: 'revert (256 MiB): whole command', unit: 'ms', ...ofVmsnap(revertWall), ...ofRaw(revertRaw) });
+      rows.push({ name: 'revert (256 MiB): to first guest-agent reply', unit: 'ms', ...ofVmsnap(agent), ...ofRaw(agentRaw) });
+      rows.push({ name: 'revert (256 MiB): QEMU RSS after resume', unit: 'MiB', ...ofVmsnap(rss), ...ofRaw(rssRaw) });
+      rows.push({ name: 'memory snapshot of a reverted VM: pause', unit: 'ms', ...ofVmsnap(lazyPause), ...ofRaw(memRawPause), target: '≤ 10 ms' });
+      rows.push({ name: 'memory snapshot of a reverted VM: wall', unit: 'ms', ...ofVmsnap(lazyWall), ...ofRaw(memRawWall) });
+      r256 = median(revert);
     }
-    rows.push({ name: 'disk-only snapshot: guest I/O pause', unit: 'ms', ...ofVmsnap(diskPause), ...ofRaw(diskRawPause), target: '≤ 10 ms' });
-    if (quiesce.length) rows.push({ name: 'disk-only snapshot: fs frozen (fsfreeze→thaw)', unit: 'ms', ...ofVmsnap(quiesce) });
-    rows.push({ name: 'disk-only snapshot: wall time', unit: 'ms', ...ofVmsnap(diskWall), ...ofRaw(diskRawWall) });
-    rows.push({ name: 'memory snapshot (256 MiB): guest pause', unit: 'ms', ...ofVmsnap(memPause), ...ofRaw(memRawPause), target: '≤ 20 ms' });
-    rows.push({ name: 'memory snapshot (256 MiB): wall time', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawWall) });
-    rows.push({ name: 'memory snapshot: wall vs raw + fsync', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawDurableWall), target: 'ratio ≤ 1.5' });
-    rows.push({ name: 'state file size / guest RAM', unit: 'ratio', ...ofVmsnap(stateRatio) });
-    rows.push({ name: 'revert with memory until the guest runs', unit: 'ms', ...ofVmsnap(revert), ...ofRaw(revertRaw), target: '≤ 300 ms' });
 
-    // Clones: a linked clone of a snapshot with a large disk, a fork from memory, a full clone against qemu-img convert.
-    await sh(lib, 'bench', 'dd if=/dev/urandom of=/data/clone-data bs=1M count=256 2>/dev/null && sync');
-    await lib.snapshots.create('bench', 'clone-src');
-    const linked: number[] = [];
-    const fork: number[] = [];
-    const fullMbps: number[] = [];
-    const convertMbps: number[] = [];
-    const convertFlushedMbps: number[] = [];
-    for (let i = 0; i < Math.min(RUNS, 3); i++) {
-      process.stderr.write(`clones ${i + 1}\n`);
-      let t = performance.now();
-      await lib.snapshots.clone('bench', 'clone-src', `lc-${i}`);
-      linked.push(performance.now() - t);
-      t = performance.now();
-      await lib.snapshots.clone('bench', 'clone-src', `fk-${i}`, { start: true });
-      fork.push(performance.now() - t);
-      await lib.vms.stop(`fk-${i}`, { force: true });
-      const top = lib.ctx.catalog.getLayer(lib.snapshots.show('bench', 'clone-src').disks[0]!.layerId).path;
-      const usedMiB = execFileSync('qemu-img', ['info', '--output=json', '-U', '--backing-chain', top]).toString();
-      const bytes = (JSON.parse(usedMiB) as { 'actual-size': number }[]).reduce((a, x) => a + x['actual-size'], 0);
-      settle();
-      t = performance.now();
-      await lib.snapshots.clone('bench', 'clone-src', `fc-${i}`, { mode: 'full' });
-      fullMbps.push(bytes / MiB / ((performance.now() - t) / 1000));
-      for (const [cache, into] of [['unsafe', convertMbps], ['writeback', convertFlushedMbps]] as const) {
-        const dst = join(scratch, `convert-${i}-${cache}.qcow2`);
+    if (want('big')) await bigGuest(lib, scratch, rows, r256);
+    if (want('forks')) await forks(lib, scratch, rows);
+
+    if (want('clones')) {
+      // Clones: a linked clone of a snapshot with a large disk, a fork from memory, a full clone against qemu-img convert.
+      await sh(lib, 'bench', 'dd if=/dev/urandom of=/data/clone-data bs=1M count=256 2>/dev/null && sync');
+      await lib.snapshots.create('bench', 'clone-src');
+      const linked: number[] = [];
+      const fork: number[] = [];
+      const fullMbps: number[] = [];
+      const convertMbps: number[] = [];
+      const convertFlushedMbps: number[] = [];
+      for (let i = 0; i < Math.min(RUNS, 3); i++) {
+        process.stderr.write(`clones ${i + 1}\n`);
+        let t = performance.now();
+        await lib.snapshots.clone('bench', 'clone-src', `lc-${i}`);
+        linked.push(performance.now() - t);
+        t = performance.now();
+        await lib.snapshots.clone('bench', 'clone-src', `fk-${i}`, { start: true });
+        fork.push(performance.now() - t);
+        await lib.vms.stop(`fk-${i}`, { force: true });
+        const top = lib.ctx.catalog.getLayer(lib.snapshots.show('bench', 'clone-src').disks[0]!.layerId).path;
+        const usedMiB = execFileSync('qemu-img', ['info', '--output=json', '-U', '--backing-chain', top]).toString();
+        const bytes = (JSON.parse(usedMiB) as { 'actual-size': number }[]).reduce((a, x) => a + x['actual-size'], 0);
         settle();
         t = performance.now();
-        execFileSync('qemu-img', ['convert', '-U', '-t', cache, '-O', 'qcow2', top, dst]);
-        into.push(bytes / MiB / ((performance.now() - t) / 1000));
-        rmSync(dst, { force: true });
+        await lib.snapshots.clone('bench', 'clone-src', `fc-${i}`, { mode: 'full' });
+        fullMbps.push(bytes / MiB / ((performance.now() - t) / 1000));
+        for (const [cache, into] of [['unsafe', convertMbps], ['writeback', convertFlushedMbps]] as const) {
+          const dst = join(scratch, `convert-${i}-${cache}.qcow2`);
+          settle();
+          t = performance.now();
+          execFileSync('qemu-img', ['convert', '-U', '-t', cache, '-O', 'qcow2', top, dst]);
+          into.push(bytes / MiB / ((performance.now() - t) / 1000));
+          rmSync(dst, { force: true });
+        }
+        for (const n of [`lc-${i}`, `fk-${i}`, `fc-${i}`]) await lib.vms.remove(n);
       }
-      for (const n of [`lc-${i}`, `fk-${i}`, `fc-${i}`]) await lib.vms.remove(n);
+      rows.push({ name: 'linked clone (1 GiB disk)', unit: 'ms', ...ofVmsnap(linked), target: '< 1000 ms' });
+      rows.push({ name: 'fork a clone from memory until it runs', unit: 'ms', ...ofVmsnap(fork) });
+      rows.push({ name: 'full clone vs qemu-img convert', unit: 'MiB/s', ...ofVmsnap(fullMbps), ...ofRaw(convertMbps), target: 'ratio ≥ 0.9' });
+      rows.push({ name: 'full clone vs convert flushed (-t writeback)', unit: 'MiB/s', ...ofVmsnap(fullMbps), ...ofRaw(convertFlushedMbps), target: 'ratio ≥ 0.9' });
     }
-    rows.push({ name: 'linked clone (1 GiB disk)', unit: 'ms', ...ofVmsnap(linked), target: '< 1000 ms' });
-    rows.push({ name: 'fork a clone from memory until it runs', unit: 'ms', ...ofVmsnap(fork) });
-    rows.push({ name: 'full clone vs qemu-img convert', unit: 'MiB/s', ...ofVmsnap(fullMbps), ...ofRaw(convertMbps), target: 'ratio ≥ 0.9' });
-    rows.push({ name: 'full clone vs convert flushed (-t writeback)', unit: 'MiB/s', ...ofVmsnap(fullMbps), ...ofRaw(convertFlushedMbps), target: 'ratio ≥ 0.9' });
 
     await lib.vms.stop('bench', { force: true });
-    for (const online of [false, true]) {
-      const runs = [];
-      for (let i = 0; i < Math.min(RUNS, 3); i++) {
-        process.stderr.write(`consolidation ${online ? 'online' : 'offline'} ${i + 1}\n`);
-        runs.push(await consolidation(lib, scratch, online, i));
-      }
-      const mbps = (ms: number) => DELTA / MiB / (ms / 1000);
-      rows.push({
-        name: `delete, ${online ? 'online (VM running)' : 'offline'}: merge throughput`,
-        unit: 'MiB/s',
-        ...ofVmsnap(runs.map((r) => mbps(r.vmsnapMs))),
-        ...ofRaw(runs.map((r) => mbps(r.rawMs))),
-        target: 'ratio ≥ 0.9',
-      });
-      if (online) {
-        rows.push({ name: 'online delete: vCPU pause (STOP→RESUME)', unit: 'ms', ...ofVmsnap(runs.map((r) => r.vcpuPauseMs)), target: '≤ 10 ms' });
-        const pivots = runs.flatMap((r) => (r.pivotMs === undefined ? [] : [r.pivotMs]));
-        if (pivots.length) rows.push({ name: 'online delete: I/O switch-over (READY→done)', unit: 'ms', ...ofVmsnap(pivots) });
+    if (want('merge')) {
+      for (const online of [false, true]) {
+        const runs = [];
+        for (let i = 0; i < Math.min(RUNS, 3); i++) {
+          process.stderr.write(`consolidation ${online ? 'online' : 'offline'} ${i + 1}\n`);
+          runs.push(await consolidation(lib, scratch, online, i));
+        }
+        const mbps = (ms: number) => DELTA / MiB / (ms / 1000);
+        rows.push({
+          name: `delete, ${online ? 'online (VM running)' : 'offline'}: merge throughput`,
+          unit: 'MiB/s',
+          ...ofVmsnap(runs.map((r) => mbps(r.vmsnapMs))),
+          ...ofRaw(runs.map((r) => mbps(r.rawMs))),
+          target: 'ratio ≥ 0.9',
+        });
+        if (online) {
+          rows.push({ name: 'online delete: vCPU pause (STOP→RESUME)', unit: 'ms', ...ofVmsnap(runs.map((r) => r.vcpuPauseMs)), target: '≤ 10 ms' });
+          const pivots = runs.flatMap((r) => (r.pivotMs === undefined ? [] : [r.pivotMs]));
+          if (pivots.length) rows.push({ name: 'online delete: I/O switch-over (READY→done)', unit: 'ms', ...ofVmsnap(pivots) });
+        }
       }
     }
 
     // Export: a disk-only snapshot whose chain holds 256 MiB more data, written as an archive (flattened,
     // checksummed, fsynced), against `qemu-img convert` of the same chain: as is (no flush), and with
     // -t writeback, which flushes the copy to disk at the end as an archive must be. Then import.
-    {
+    if (want('export')) {
       const vmRec = lib.vms.get('bench');
       qemuIo(lib.ctx.catalog.getLayer(lib.ctx.catalog.activeLayers(vmRec.id).disk0!).path, `write -P 0x6b ${256 * MiB} ${256 * MiB}`);
       await lib.snapshots.create('bench', 'export-src', { memory: false });

@@ -1,5 +1,5 @@
 import { copyFileSync, existsSync, openSync, closeSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256File } from '../src/memory/ram-image.js';
 import { findOrphans } from '../src/operations/recovery.js';
@@ -154,9 +154,11 @@ describe('memory mapped from the snapshot (256 MiB guest)', () => {
     await lib.fingerprint('vm'); // records the RAM images' sha256
     const [m1, ram1, dev1] = memoryStateFiles(snapRec(lib, 'vm', 'D1').stateFile);
     const [m2, ram2, dev2] = memoryStateFiles(snapRec(lib, 'vm', 'D2').stateFile);
+    // Originals are kept outside the data dir (not to show as orphans) and put back after each case.
     const keep = (f: string): (() => void) => {
-      copyFileSync(f, `${f}.keep`);
-      return () => renameSync(`${f}.keep`, f);
+      const copy = join(home, `keep-${basename(f)}`);
+      copyFileSync(f, copy);
+      return () => renameSync(copy, f);
     };
     const refused = async (snap: string, message: RegExp): Promise<void> => {
       const dump = catalogDump(home);
@@ -210,6 +212,7 @@ describe('memory mapped from the snapshot (256 MiB guest)', () => {
   });
 
   it('a snapshot in the format before split states (one migration stream) still reverts, forks and verifies', async () => {
+    if ((await lib.vms.status('vm')).state !== 'running') await lib.vms.start('vm');
     // Made the old way: disks switched and the whole stream saved while the VM is paused.
     await sh(lib, 'vm', `echo legacy > /data/legacy && sync`);
     const blob = (await sh(lib, 'vm', 'head -c 4194304 /dev/urandom > /tmp/legacy && md5sum /tmp/legacy')).split(' ')[0]!;
@@ -260,7 +263,7 @@ describe('memory mapped from the snapshot (256 MiB guest)', () => {
 
   it('kill -9 while a background snapshot is split: recover leaves the guest running and writable, nothing left behind', async () => {
     // A fresh boot: guest RAM is anonymous, so the save is a background-snapshot (write-protected RAM).
-    await lib.vms.stop('vm', { force: true });
+    if ((await lib.vms.status('vm')).state !== 'stopped') await lib.vms.stop('vm', { force: true });
     await lib.vms.start('vm');
     await sh(lib, 'vm', COUNTER);
     const states = readdirSync(lib.ctx.paths.states).sort();
@@ -289,7 +292,7 @@ describe('a 2 GiB guest with 1.5 GiB in use', () => {
     lib = openLib(home);
     await lib.vms.create('big', { image: 'demo', memoryMiB: 2048, disks: [{ sizeBytes: 64 * 1024 ** 2 }] });
     await lib.vms.start('big');
-  });
+  }, 300_000);
   afterAll(() => {
     lib.close();
     cleanupHome(home);
@@ -324,5 +327,5 @@ describe('a 2 GiB guest with 1.5 GiB in use', () => {
     expect(await counter(lib, 'big')).toBeGreaterThanOrEqual(before);
     expect((await sh(lib, 'big', 'md5sum /tmp/rand')).split(' ')[0]).toBe(rand);
     expect((await sh(lib, 'big', 'tail -c 16777216 /tmp/fill | md5sum')).split(' ')[0]).toBe(tail);
-  });
+  }, 900_000);
 });
