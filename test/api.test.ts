@@ -9,7 +9,7 @@ import { serve, type RunningServer } from '../src/api/server.js';
 import { acquireVmLock } from '../src/catalog/lock.js';
 import { validateName } from '../src/vm/config.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, openLib, tempHome } from './helpers.js';
+import { cleanupHome, openLib, skipBecause, tempHome } from './helpers.js';
 
 interface SseEvent {
   id?: string;
@@ -287,7 +287,7 @@ describe('HTTP API over the demo guest', () => {
   it('deletes snapshots, with progress on the event stream', async (ctx) => {
     const health = (await call('GET', '/api/health')).json;
     if (!health.features.delete) {
-      ctx.skip('the library in this tree has no snapshots.delete yet');
+      skipBecause(ctx, 'the library in this tree has no snapshots.delete yet');
       return;
     }
     await exec('dd if=/dev/urandom of=/data/big bs=1M count=8 2>/dev/null && sync');
@@ -314,7 +314,7 @@ describe('HTTP API over the demo guest', () => {
 
   it('verifies a VM through an operation', async (ctx) => {
     if (!(await call('GET', '/api/health')).json.features.verify) {
-      ctx.skip('the library in this tree has no verify yet');
+      skipBecause(ctx, 'the library in this tree has no verify yet');
       return;
     }
     const op = await finish(await call('POST', '/api/vms/api/verify', {}));
