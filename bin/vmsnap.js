@@ -5,6 +5,12 @@
 // never runs stale code: see scripts/dist.mjs. An installed package has no src/ and
 // runs dist/ as shipped. VMSNAP_USE_DIST=1 runs dist/ as it is, without the check.
 import { existsSync } from 'node:fs';
+import * as nodeModule from 'node:module';
+
+// Node 22.1+ keeps V8's compiled code of dist/ between runs (a no-op on Node 20).
+/** @type {{ enableCompileCache?: () => unknown }} */ (nodeModule).enableCompileCache?.();
+// Stack traces (VMSNAP_DEBUG=1 prints them) name the TypeScript sources, not the bundle.
+if (process.env.VMSNAP_DEBUG) process.setSourceMapsEnabled(true);
 
 if (!process.env.VMSNAP_USE_DIST && existsSync(new URL('../src/cli/main.ts', import.meta.url))) {
   const { ensureDist } = await import('../scripts/dist.mjs');

@@ -14,7 +14,7 @@
  * In a checkout, bin/vmsnap.js calls ensureDist() at every start. It compares a signature of
  * src/ (every file's path, size and mtime: about a millisecond to read) with the one the last
  * build recorded in dist/.source-signature, so the CLI never runs stale code and never compiles
- * at start unless a source changed. A rebuild writes into a temporary folder inside dist/ and
+ * at start unless a source changed. A rebuild writes into a temporary folder beside dist/ and
  * then renames each file into place, so a process loading dist/ meanwhile sees every file
  * either whole-old or whole-new, never half written, and never a missing file. Builders take
  * a lock (a folder: mkdir is atomic), and the second of two CLIs started at once finds the
@@ -30,7 +30,8 @@ const SRC = join(ROOT, 'src');
 const DIST = join(ROOT, 'dist');
 const STAMP = join(DIST, '.source-signature');
 const LOCK = join(DIST, '.build-lock');
-const TMP_PREFIX = '.tmp-';
+/** Builds go to ROOT/.dist-tmp-PID first: beside dist/ (same file system, same depth, so source maps point right). */
+const TMP_PREFIX = '.dist-tmp-';
 /** Bump when the build's options change, so every dist/ built before is rebuilt. */
 const BUILD_FORMAT = 1;
 /** src/cli is bundled (see build()); the rest of src/ is transpiled file by file. */
@@ -198,8 +199,8 @@ async function build(opts) {
   // The signature is taken before any source is read: a file edited during the build makes it stale at once.
   const signature = sourceSignature(files);
   // Temporary folders of builders that died: nobody else builds while we hold the lock.
-  for (const e of readdirSync(DIST)) if (e.startsWith(TMP_PREFIX)) rmSync(join(DIST, e), { recursive: true, force: true });
-  const tmp = join(DIST, `${TMP_PREFIX}${process.pid}`);
+  for (const e of readdirSync(ROOT)) if (e.startsWith(TMP_PREFIX)) rmSync(join(ROOT, e), { recursive: true, force: true });
+  const tmp = join(ROOT, `${TMP_PREFIX}${process.pid}`);
   mkdirSync(tmp);
   try {
     let esbuild;
