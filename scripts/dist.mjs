@@ -7,9 +7,10 @@
  *   node scripts/dist.mjs --force          rebuild even if dist/ is up to date
  *   node scripts/dist.mjs --check          exit 0 if dist/ is up to date, 1 if not
  *
- * esbuild transpiles each source file on its own (no bundling: dist/ mirrors src/, so paths
- * relative to a module, like ../../package.json, mean the same in both), which takes a few
- * hundred milliseconds; tsc only type-checks and writes declarations, for `npm run build`.
+ * esbuild transpiles the library file by file (dist/ mirrors src/, so a path relative to a
+ * module, like ../../package.json, means the same in both) and bundles the CLI into dist/cli/
+ * (at the same depth, so those paths hold there too: checked at each build). That takes about
+ * half a second of CPU; tsc only type-checks and writes declarations, for `npm run build`.
  *
  * In a checkout, bin/vmsnap.js calls ensureDist() at every start. It compares a signature of
  * src/ (every file's path, size and mtime: about a millisecond to read) with the one the last
