@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileBytes } from '../src/util/files.js';
 import { findOrphans } from '../src/operations/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, COUNTER, files, mountTmpfs, openLib, sh, tempHome, write } from './helpers.js';
+import { cleanupHome, cli, COUNTER, files, mountTmpfs, openLib, sh, skipBecause, tempHome, TMPFS_NEEDS_ROOT, waitFor, write } from './helpers.js';
 
 
 describe('clones, storage accounting and health', () => {
@@ -23,7 +23,7 @@ describe('clones, storage accounting and health', () => {
 
   it('forks two running clones from a memory snapshot: each carries on from its value, with its own MAC', async () => {
     await sh(lib, 'src', `echo a > /data/a && sync && ${COUNTER}`);
-    await new Promise((r) => setTimeout(r, 500));
+    await waitFor(async () => Number(await sh(lib, 'src', 'cat /tmp/counter')) > 0, { what: 'the guest counter to start' });
     const before = Number(await sh(lib, 'src', 'cat /tmp/counter'));
     await lib.snapshots.create('src', 'S1');
     const r = await lib.snapshots.clone('src', 'S1', 'fork', { count: 2, start: true });
@@ -159,7 +159,7 @@ describe('low free space', () => {
   });
 
   it('refuses a new snapshot when free space is under the reserve, and doctor says so', async (ctx) => {
-    if (!tmpfs) ctx.skip();
+    if (!tmpfs) return skipBecause(ctx, TMPFS_NEEDS_ROOT);
     const home = join(mnt, 'home');
     const c = await cli(home, ['create', 'small', '--disk', '32M']);
     expect(c.code, c.stderr).toBe(0);

@@ -7,7 +7,7 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serve, type RunningServer } from '../src/api/server.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, openLib, sh, tempHome } from './helpers.js';
+import { cleanupHome, cli, openLib, sh, skipBecause, tempHome, unavailable } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const WEB = join(ROOT, 'web');
@@ -35,7 +35,7 @@ function ensureWebBuilt(): void {
 
 const PNG = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
-describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo guest', () => {
+describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at ${CHROMIUM} (bash scripts/install-deps.sh --test installs it)`))('web UI in a real browser over the demo guest', () => {
   let home: string;
   let lib: Vmsnap;
   let server: RunningServer;
@@ -149,7 +149,7 @@ describe.skipIf(!existsSync(CHROMIUM))('web UI in a real browser over the demo g
 
   it('deletes a snapshot, after a confirmation that says what is reclaimed', async (ctx) => {
     if (!('delete' in lib.snapshots)) {
-      ctx.skip('the library in this tree has no snapshots.delete yet');
+      skipBecause(ctx, 'the library in this tree has no snapshots.delete yet');
       return;
     }
     await page.getByTestId('tree-node-from-cli').click();
