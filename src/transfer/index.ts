@@ -1,10 +1,10 @@
 import type { Context } from '../context.js';
 import type { CheckArchiveResult, ExportResult, ImportResult } from '../contract/views.js';
 import { exportSnapshot, type ExportOptions } from './export.js';
-import { checkArchive, importArchive, type ImportOptions } from './import.js';
+import { checkArchive, importArchive, probeArchive, type ArchiveProbe, type ImportOptions } from './import.js';
 
 export type { ExportOptions } from './export.js';
-export type { ImportOptions } from './import.js';
+export type { ArchiveProbe, ImportOptions } from './import.js';
 export type { ArchiveManifest } from '../contract/archive.js';
 export type { ArchiveSource, CheckArchiveResult, ExportedDisk, ExportResult, ImportResult } from '../contract/views.js';
 export { ARCHIVE_FORMAT, ARCHIVE_VERSION } from '../contract/archive.js';
@@ -24,6 +24,11 @@ export class TransferService {
   /** Make a new VM from an archive, every checksum verified first; a damaged archive creates nothing. */
   import(file: string, opts: ImportOptions = {}): Promise<ImportResult> {
     return importArchive(this.ctx, file, opts);
+  }
+
+  /** The checks of import that read no entry's content (format, version, layout, truncation): quick, for answering before the import runs. */
+  probe(file: string, opts: Pick<ImportOptions, 'label'> = {}): Promise<ArchiveProbe> {
+    return probeArchive(file, opts);
   }
 
   /** Verify an archive completely (layout, every checksum, the disk images) without importing it. */
