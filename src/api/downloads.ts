@@ -55,7 +55,8 @@ export class Downloads {
         details: { download: id },
       });
     }
-    const stream = createReadStream(item.file);
+    // Large reads: fewer trips through the web-stream bridge (145 MiB here: 0.7-1.3 s, against 1.2-1.4 s with 64 KiB).
+    const stream = createReadStream(item.file, { highWaterMark: 4 * 1024 * 1024 });
     let read = 0;
     stream.on('data', (chunk) => (read += chunk.length));
     // Read to the end: the response has it all. (Opened, the file reads whole even once removed.)
