@@ -136,7 +136,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
       title: 'vmsnap API',
       version,
       description:
-        'Live snapshots for QEMU VMs. Long operations answer 202 with an Operation; follow it at /api/operations/{id} or on the /api/events stream. Errors are `{ error: { code, message, hint?, details } }` with stable codes.',
+        'Live snapshots for QEMU VMs: everything the vmsnap CLI does. Long operations answer 202 with an Operation; follow it at /api/operations/{id} or on the /api/events stream; `x-vmsnap-kinds` on a route names the operation kinds it starts. Errors are `{ error: { code, message, hint?, details } }` with stable codes.',
     },
     servers: [{ url: '/' }],
     security: opts.token === undefined ? [] : [{ bearer: [] }],
