@@ -42,7 +42,8 @@ describe('clones, downloads, uploads and health over the HTTP API', () => {
   const upload = async (path: string, body: Blob | Uint8Array | string, headers: Record<string, string> = {}): Promise<Answer> => {
     const res = await fetch(`${server.url}${path}`, {
       method: 'POST',
-      body: body instanceof Uint8Array ? new Blob([body]) : body,
+      // A copy: Blob wants a plain ArrayBuffer behind the bytes, which a Buffer need not have.
+      body: body instanceof Uint8Array ? new Blob([new Uint8Array(body)]) : body,
       headers: { 'Content-Type': 'application/octet-stream', ...headers },
     });
     const text = await res.text();

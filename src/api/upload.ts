@@ -1,8 +1,8 @@
-import { rmSync, statfsSync } from 'node:fs';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, rmSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
 import type { Context } from 'hono';
 import { formatBytes } from '../contract/format.js';
 import { VmsnapError } from '../errors.js';
@@ -37,7 +37,8 @@ export async function receiveUpload(c: Context, home: string, copies: number): P
     throw new ApiError('LENGTH_REQUIRED', 'the upload needs a Content-Length', 'send the archive as a file (curl --data-binary @FILE), not as a chunked stream: its size is checked against the free space first');
   }
   const length = Number(header);
-  if (length === 0) throw new VmsnapError('INVALID_ARGUMENT', 'body: the upload is empty', { hint: "send a file written by 'vmsnap export'", details: { field: 'body' } });
+  const body = c.req.raw.body;
+  if (length === 0 || !body) throw new VmsnapError('INVALID_ARGUMENT', 'body: the upload is empty', { hint: "send a file written by 'vmsnap export'", details: { field: 'body' } });
   const fs = statfsSync(home);
   const free = fs.bavail * fs.bsize;
   if (copies * length > free) {
@@ -46,8 +47,6 @@ export async function receiveUpload(c: Context, home: string, copies: number): P
       details: { needBytes: copies * length, freeBytes: free },
     });
   }
-  const body = c.req.raw.body;
-  if (!body) throw new VmsnapError('INVALID_ARGUMENT', 'body: the upload is empty', { details: { field: 'body' } });
   const dir = await scratchDir(home, 'upload');
   const file = join(dir, 'upload.vmsnap');
   let received = 0;
@@ -58,7 +57,8 @@ export async function receiveUpload(c: Context, home: string, copies: number): P
     },
   });
   try {
-    await pipeline(Readable.fromWeb(body as import('node:stream/web').ReadableStream<Uint8Array>), count, createWriteStream(file, { flags: 'wx', mode: 0o600 }));
+    // The DOM's and Node's ReadableStream types differ only on paper.
+    await pipeline(Readable.fromWeb(body as NodeReadableStream<Uint8Array>), count, createWriteStream(file, { flags: 'wx', mode: 0o600 }));
   } catch (e) {
     rmSync(dir, { recursive: true, force: true });
     if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new VmsnapError('NO_SPACE', 'the data dir filled up during the upload; nothing was written', { cause: e });

@@ -1,6 +1,8 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRoute, z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import type { ArchiveProbe } from '../../transfer/index.js';
 import { DOWNLOAD_ID } from '../downloads.js';
 import { validationError } from '../errors.js';
 import { validateName } from '../../contract/config.js';
@@ -37,6 +39,23 @@ const archiveBody = {
 export function transferRoutes(d: ApiDeps) {
   const { lib, tracker, downloads } = d;
   const app = newRouter();
+
+  /**
+   * Receive an uploaded archive and make import's quick checks, then let `use`
+   * start a task on it. The upload is removed when anything fails before the
+   * task starts, and when the promise the task hands to `done` settles.
+   */
+  const onUpload = async <T>(c: Context, copies: number, label: string, use: (up: { file: string; probe: ArchiveProbe; done: <R>(p: Promise<R>) => Promise<R> }) => T): Promise<T> => {
+    const up = await receiveUpload(c, lib.home, copies);
+    const drop = (): void => rmSync(up.dir, { recursive: true, force: true });
+    try {
+      const probe = await lib.transfer.probe(up.file, { label });
+      return use({ file: up.file, probe, done: (p) => p.finally(drop) });
+    } catch (e) {
+      drop();
+      throw e;
+    }
+  };
 
   app.openapi(
     createRoute({
@@ -125,27 +144,15 @@ export function transferRoutes(d: ApiDeps) {
       const label = q.filename ?? 'upload';
       const hint = 'give the imported VM another name: ?name=NEW';
       if (q.name !== undefined) refuseTakenName(d, q.name, hint);
-      const up = await receiveUpload(c, lib.home, 2);
-      try {
-        const probe = await lib.transfer.probe(up.file, { label });
+      return onUpload(c, 2, label, ({ file, probe, done }) => {
         const name = q.name ?? probe.source.vm;
         validateName(name, 'VM');
         refuseTakenName(d, name, hint);
-        const op = tracker.start(
-          { kind: 'import', scope: { newVm: name, idOf: (r) => r.id }, title: `import ${name} from ${label}` },
-          async () => {
-            try {
-              return await lib.transfer.import(up.file, { name, label });
-            } finally {
-              rmSync(up.dir, { recursive: true, force: true });
-            }
-          },
+        const op = tracker.start({ kind: 'import', scope: { newVm: name, idOf: (r) => r.id }, title: `import ${name} from ${label}` }, () =>
+          done(lib.transfer.import(file, { name, label })),
         );
         return accepted(c, op);
-      } catch (e) {
-        rmSync(up.dir, { recursive: true, force: true });
-        throw e;
-      }
+      });
     },
   );
 
@@ -169,23 +176,13 @@ export function transferRoutes(d: ApiDeps) {
     }),
     async (c) => {
       const label = c.req.valid('query').filename ?? 'upload';
-      const up = await receiveUpload(c, lib.home, 1);
-      try {
-        // The quick refusals at once, as for an import.
-        await lib.transfer.probe(up.file, { label });
-      } catch (e) {
-        rmSync(up.dir, { recursive: true, force: true });
-        throw e;
-      }
-      const op = tracker.start({ kind: 'archive-check', scope: { none: true }, title: `check ${label}` }, async (task) => {
-        try {
-          const { file: _onServer, ...r } = await lib.transfer.check(up.file, { label, onProgress: (done, total, what) => task.progress(what, done, total) });
+      return onUpload(c, 1, label, ({ file, done }) => {
+        const op = tracker.start({ kind: 'archive-check', scope: { none: true }, title: `check ${label}` }, async (task) => {
+          const { file: _onServer, ...r } = await done(lib.transfer.check(file, { label, onProgress: (n, total, what) => task.progress(what, n, total) }));
           return r;
-        } finally {
-          rmSync(up.dir, { recursive: true, force: true });
-        }
+        });
+        return accepted(c, op);
       });
-      return accepted(c, op);
     },
   );
 
