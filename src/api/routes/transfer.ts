@@ -31,6 +31,9 @@ const archiveBody = {
   required: true,
 };
 
+/** How an upload may be refused: not an archive or cut short (400), no length (411), not raw bytes (415), no room (507). */
+const uploadErrors = { 400: errors[400], 411: errors[411], 415: errors[415], 507: errors[507] };
+
 /**
  * Export a snapshot as a download, import an uploaded archive, check one.
  * The archives are the CLI's: the library writes and reads them; the API only
@@ -131,12 +134,9 @@ export function transferRoutes(d: ApiDeps) {
       request: { query: ImportQuery, body: archiveBody },
       responses: {
         202: jsonResponse(acceptedAs('import', ImportResultSchema, 'Import'), 'importing in the background'),
-        400: errors[400],
+        ...uploadErrors,
         409: errors[409],
-        411: errors[411],
-        415: errors[415],
         423: errors[423],
-        507: errors[507],
       },
     }),
     async (c) => {
@@ -168,10 +168,7 @@ export function transferRoutes(d: ApiDeps) {
       request: { query: ArchiveCheckQuery, body: archiveBody },
       responses: {
         202: jsonResponse(acceptedAs('archive-check', ArchiveCheckResultSchema, 'ArchiveCheck'), 'checking in the background'),
-        400: errors[400],
-        411: errors[411],
-        415: errors[415],
-        507: errors[507],
+        ...uploadErrors,
       },
     }),
     async (c) => {
