@@ -99,4 +99,6 @@ export async function main(argv: string[]): Promise<void> {
   }
 }
 
-await main(process.argv);
+// The CLI's entry (bin/vmsnap.js imports this module) runs; a program that imports it only
+// for buildProgram(), the API parity test, sets VMSNAP_CLI_NO_MAIN=1 first.
+if (process.env.VMSNAP_CLI_NO_MAIN !== '1') await main(process.argv);

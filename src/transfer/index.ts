@@ -1,10 +1,10 @@
 import type { Context } from '../context.js';
 import type { CheckArchiveResult, ExportResult, ImportResult } from '../contract/views.js';
 import type { ExportOptions } from './export.js';
-import type { ImportOptions } from './import.js';
+import type { ArchiveProbe, ImportOptions } from './import.js';
 
 export type { ExportOptions } from './export.js';
-export type { ImportOptions } from './import.js';
+export type { ArchiveProbe, ImportOptions } from './import.js';
 export type { ArchiveManifest } from '../contract/archive.js';
 export type { ArchiveSource, CheckArchiveResult, ExportedDisk, ExportResult, ImportResult } from '../contract/views.js';
 export { ARCHIVE_FORMAT, ARCHIVE_VERSION } from '../contract/archive.js';
@@ -26,6 +26,12 @@ export class TransferService {
   async import(file: string, opts: ImportOptions = {}): Promise<ImportResult> {
     const { importArchive } = await import('./import.js');
     return importArchive(this.ctx, file, opts);
+  }
+
+  /** The checks of import that read no entry's content (format, version, layout, truncation): quick, for answering before the import runs. */
+  async probe(file: string, opts: Pick<ImportOptions, 'label'> = {}): Promise<ArchiveProbe> {
+    const { probeArchive } = await import('./import.js');
+    return probeArchive(file, opts);
   }
 
   /** Verify an archive completely (layout, every checksum, the disk images) without importing it. */
