@@ -1,9 +1,9 @@
 #!/usr/bin/env node
-// The CLI runs the JavaScript in dist/; nothing is compiled at start. In a checkout
-// (src/ present) dist/ is first checked against src/ (a stat of each source, about a
-// millisecond) and rebuilt when a source changed (esbuild: about half a second of CPU), so it
-// never runs stale code: see scripts/dist.mjs. An installed package has no src/ and
-// runs dist/ as shipped. VMSNAP_USE_DIST=1 runs dist/ as it is, without the check.
+// The CLI runs the JavaScript in dist/; nothing is compiled at start. In a checkout (src/
+// present) dist/ is first checked against src/ (a stat of each source, about a millisecond)
+// and rebuilt when a source changed (esbuild, and one run for the code cache: about a
+// second), so it never runs stale code: see scripts/dist.mjs. An installed package has no
+// src/ and runs dist/ as shipped. VMSNAP_USE_DIST=1 runs dist/ as it is, without the check.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
