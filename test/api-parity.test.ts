@@ -167,14 +167,8 @@ describe('the CLI and the API reach the same capabilities', () => {
   const ops = new Map<string, OperationObject>();
 
   beforeAll(async () => {
-    // Importing the CLI's module would run it; VMSNAP_CLI_NO_MAIN keeps it to building the tree (children never see it).
-    process.env.VMSNAP_CLI_NO_MAIN = '1';
-    let program: Command;
-    try {
-      program = (await import('../src/cli/main.js')).buildProgram();
-    } finally {
-      delete process.env.VMSNAP_CLI_NO_MAIN;
-    }
+    // The CLI's module only builds the tree; bin/vmsnap.js is what runs it.
+    const program: Command = (await import('../src/cli/main.js')).buildProgram();
     cli = walk(program);
     rootOptions = program.options.map((o) => o.attributeName());
 

@@ -73,6 +73,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   return program;
 }
 
+/** Run the CLI: bin/vmsnap.js calls this with process.argv (this module does not run itself). */
 export async function main(argv: string[]): Promise<void> {
   // `vmsnap list | head`: a closed pipe is the reader's choice, not an error.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -98,7 +99,3 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = reportError(e, argv.includes('--json'));
   }
 }
-
-// The CLI's entry (bin/vmsnap.js imports this module) runs; a program that imports it only
-// for buildProgram(), the API parity test, sets VMSNAP_CLI_NO_MAIN=1 first.
-if (process.env.VMSNAP_CLI_NO_MAIN !== '1') await main(process.argv);
