@@ -34,7 +34,7 @@ const LOCK = join(DIST, '.build-lock');
 /** Builds go to ROOT/.dist-tmp-PID first: beside dist/ (same file system, same depth, so source maps point right). */
 const TMP_PREFIX = '.dist-tmp-';
 /** Bump when the build's options change, so every dist/ built before is rebuilt. */
-const BUILD_FORMAT = 2;
+const BUILD_FORMAT = 3;
 /** src/cli is bundled into one file (see build()); the rest of src/ is transpiled file by file. */
 const CLI_DIR = 'cli';
 const CLI_BUNDLE = 'vmsnap-cli.cjs';
@@ -44,7 +44,8 @@ const URL_RELATIVE_TO_MODULE = new RegExp(`new URL\\(\\s*["'](\\.\\.?/[^"']*)["'
 /** Packages the CLI bundle loads from node_modules rather than containing them. */
 const CLI_EXTERNAL = ['better-sqlite3'];
 /** Files beside the sources that change how they are built. */
-const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json'];
+// This script is part of the build: a change to it (new esbuild options, say) rebuilds too.
+const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs'];
 
 /** @param {string} name */
 const isTest = (name) => name.endsWith('.test.ts');
@@ -241,6 +242,9 @@ async function build(opts) {
         format: 'cjs',
         bundle: true,
         metafile: true,
+        // A vm.Script (the code-cache loader) has no loader for import(): what stays outside the
+        // bundle (node: built-ins, native addons) is required instead.
+        supported: { 'dynamic-import': false },
         // Native addons stay where npm put them.
         external: CLI_EXTERNAL,
         // import.meta does not exist in CommonJS: the bundle's own URL stands in (dist/cli/ is at
