@@ -18,10 +18,11 @@ function connect(path) {
     const waiters = [];
     const lines = [];
     sock.on('data', (d) => {
-      buf += d.toString('utf8');
+      // 0xff: the sentinel byte guest-sync-delimited puts before its reply
+      buf += Buffer.from(d.filter((b) => b !== 0xff)).toString('utf8');
       let i;
       while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i).replace(/^\xff/, '').trim();
+        const line = buf.slice(0, i).trim();
         buf = buf.slice(i + 1);
         if (!line) continue;
         let msg;
@@ -37,6 +38,9 @@ function connect(path) {
     sock.once('connect', () =>
       resolve({
         send: (obj) => sock.write(JSON.stringify(obj) + '\n'),
+        /** 0xff first: the agent drops whatever partial request it holds (e.g. bytes of an
+         *  earlier client cut off mid-way), then answers guest-sync-delimited */
+        sync: (id) => sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ execute: 'guest-sync-delimited', arguments: { id } }) + '\n')])),
         /** next message matching pred (dropping the ones before it), or null after ms */
         next: async (pred, ms) => {
           const end = Date.now() + ms;
@@ -70,7 +74,7 @@ async function waitAgent(path, timeoutS) {
       }
     }
     id += 1;
-    conn.send({ execute: 'guest-sync', arguments: { id } });
+    conn.sync(id);
     const reply = await conn.next((m) => typeof m.return === 'number', 1000);
     if (reply) {
       conn.close();
@@ -81,12 +85,20 @@ async function waitAgent(path, timeoutS) {
   return null;
 }
 
-async function request(path, obj, ms = 30000) {
+async function synced(path) {
   const conn = await connect(path);
-  // guest-sync first: replies to stale requests (earlier connections) are dropped with it
+  // sync first: replies to stale requests (earlier connections) are dropped with it
   const id = Math.floor(Math.random() * 1e9);
-  conn.send({ execute: 'guest-sync', arguments: { id } });
-  if (!(await conn.next((m) => m.return === id, 10000))) throw new Error('guest agent did not answer guest-sync');
+  conn.sync(id);
+  if (!(await conn.next((m) => m.return === id, 10000))) {
+    conn.close();
+    throw new Error('guest agent did not answer guest-sync-delimited');
+  }
+  return conn;
+}
+
+async function request(path, obj, ms = 30000) {
+  const conn = await synced(path);
   conn.send(obj);
   const reply = await conn.next((m) => 'return' in m || 'error' in m, ms);
   conn.close();
@@ -130,7 +142,8 @@ try {
   } else if (mode === 'exec') {
     process.exitCode = await guestExec(socketPath, rest);
   } else if (mode === 'shutdown') {
-    const conn = await connect(socketPath);
+    // no reply on success
+    const conn = await synced(socketPath);
     conn.send({ execute: 'guest-shutdown', arguments: { mode: rest[0] ?? 'powerdown' } });
     await sleep(500);
     conn.close();
