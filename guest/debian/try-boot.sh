@@ -129,12 +129,18 @@ wait_ssh() { # wait_ssh: until `ssh vmsnap@ true` works
   SSH_CPU=$(cpu_s)
   say "boot $BOOT: ssh vmsnap@127.0.0.1 -p $PORT works after ${SSH_S}s (QEMU CPU ${SSH_CPU}s)"
 }
-fingerprint() { # the ed25519 host key's fingerprint through the forward, or nothing
-  ssh-keyscan -T 10 -p "$PORT" -t ed25519 127.0.0.1 2>/dev/null | ssh-keygen -lf - 2>/dev/null | awk '{print $2}'
+fingerprint() { # the ed25519 host key's fingerprint through the forward, or nothing (a few tries)
+  local i fp
+  for i in 1 2 3; do
+    fp=$(ssh-keyscan -T 30 -p "$PORT" -t ed25519 127.0.0.1 2>/dev/null | ssh-keygen -lf - 2>/dev/null | awk '{print $2}') || true
+    [ -n "$fp" ] && { echo "$fp"; return 0; }
+    sleep 2
+  done
+  return 0
 }
 wait_hostkey() {
   local end=$(($(date +%s) + TIMEOUT)) fp=
-  until fp=$(fingerprint) && [ -n "$fp" ]; do
+  until fp=$(ssh-keyscan -T 30 -p "$PORT" -t ed25519 127.0.0.1 2>/dev/null | ssh-keygen -lf - 2>/dev/null | awk '{print $2}') && [ -n "$fp" ]; do
     [ "$(date +%s)" -lt "$end" ] || { SSH_S=never; SSH_CPU=never; return 1; }
     sleep 1
   done
