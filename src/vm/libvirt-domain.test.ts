@@ -356,6 +356,14 @@ describe('hand-written domains', () => {
     expect(arm.unsupported.map((u) => u.what)).toEqual(['architecture aarch64', 'machine type virt']);
   });
 
+  it('Secure Boot asked for on a path-less loader; Secure Boot refused by firmware feature', () => {
+    const on = parseXml(domain('', '<features><acpi/><smm/></features>', "<type machine='q35'>hvm</type><loader secure='yes'/>").replace('<os>', "<os firmware='efi'>"));
+    expect(on).toMatchObject({ firmware: 'uefi', secureBoot: true });
+    expect(on.loader).toBeUndefined();
+    const off = parseXml(domain('', '', "<type machine='q35'>hvm</type><firmware><feature enabled='no' name='secure-boot'/></firmware>").replace('<os>', "<os firmware='efi'>"));
+    expect(off).toMatchObject({ firmware: 'uefi', secureBoot: false });
+  });
+
   it('a disk without a driver type is raw, as in libvirt', () => {
     const d = parseXml(domain(`<disk type='file' device='disk'><source file='/img'/><target dev='hda' bus='ide'/></disk>`));
     expect(d.disks[0]).toMatchObject({ format: 'raw', bus: 'ide', target: 'hda' });

@@ -644,7 +644,8 @@ function readFirmware(
     nvram = { path, implicit: true, exists: fileExists(path) };
   }
 
-  let secureBoot = loader?.secure;
+  // <loader secure='yes'/> may come without a path (firmware auto-selection with a wish).
+  let secureBoot = yesNo(loaderEl?.attrs.secure);
   const fwEl = child(os, 'firmware');
   if (fwEl !== undefined) {
     for (const f of childrenNamed(fwEl, 'feature')) {
