@@ -367,6 +367,8 @@ describe('hand-written domains', () => {
   it('a disk without a driver type is raw, as in libvirt', () => {
     const d = parseXml(domain(`<disk type='file' device='disk'><source file='/img'/><target dev='hda' bus='ide'/></disk>`));
     expect(d.disks[0]).toMatchObject({ format: 'raw', bus: 'ide', target: 'hda' });
+    const sd = parseXml(domain(`<disk type='file' device='disk'><source file='/img'/><target dev='sdb'/></disk>`));
+    expect(sd.disks[0]?.bus).toBe('scsi'); // libvirt's default for sd*
   });
 });
 

@@ -11,7 +11,9 @@
  * - `unsupported`: something the guest would lose or that vmsnap cannot honour;
  *   the importer must refuse while this list is not empty, unless told to drop
  *   them (and then it warns about each one).
- * Nothing is dropped without landing in one of the two lists.
+ * No element under <domain> or <devices> is dropped without landing in one of the
+ * two lists; inside a mapped disk or NIC, host-side details (cache mode, PCI
+ * address, alias, I/O limits) are not listed.
  *
  * The XML is parsed with fast-xml-parser, never with regular expressions. Paths
  * of disk files are checked to exist (a missing file is an error, as the import
@@ -798,7 +800,7 @@ function readDisk(el: XmlElement, fileExists: (p: string) => boolean, c: Collect
   return {
     element: el.path,
     target,
-    bus: targetEl?.attrs.bus ?? 'virtio',
+    bus: targetEl?.attrs.bus ?? busFromTarget(target),
     device,
     sourceFile,
     format,
@@ -806,6 +808,16 @@ function readDisk(el: XmlElement, fileExists: (p: string) => boolean, c: Collect
     ...(bootOrder === undefined ? {} : { bootOrder }),
     ...(serial === undefined || serial === '' ? {} : { serial }),
   };
+}
+
+/** libvirt's default bus for a target name without bus='…'. */
+function busFromTarget(target: string): string {
+  if (target.startsWith('vd')) return 'virtio';
+  if (target.startsWith('sd')) return 'scsi';
+  if (target.startsWith('hd')) return 'ide';
+  if (target.startsWith('xvd')) return 'xen';
+  if (target.startsWith('ubd')) return 'uml';
+  return 'unknown';
 }
 
 function readInterface(el: XmlElement, c: Collector): LibvirtNic | undefined {
