@@ -5,6 +5,8 @@
  * are never asserted in tests (these machines are noisy).
  *
  *   npm run bench -- --runs 5 --json bench/results/latest.json
+ *   npm run bench -- --only cli          the CLI round trips alone (no QEMU, about a minute)
+ *   npm run bench -- --only big,forks    some sections: cli, snapshots, big, forks, clones, merge, export
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -18,6 +20,7 @@ import { livePid, waitForExit } from '../src/qemu/runtime.js';
 import { launchDisks } from '../src/vm/power.js';
 import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, sh, tempHome } from '../test/helpers.js';
+import { cliRoundTrip } from './cli.js';
 
 interface Row {
   name: string;
@@ -37,9 +40,11 @@ const ofRaw = (xs: number[]): { raw: number; rawRuns: number[] } => ({ raw: medi
 const args = process.argv.slice(2);
 const RUNS = Number(args[args.indexOf('--runs') + 1] || 5) || 5;
 const JSON_OUT = args.includes('--json') ? args[args.indexOf('--json') + 1] : undefined;
-/** `--only snapshots,big,forks,clones,merge,export`: some sections (the whole run takes a while). */
+/** `--only cli,snapshots,big,forks,clones,merge,export`: some sections (the whole run takes a while). */
 const ONLY = args.includes('--only') ? (args[args.indexOf('--only') + 1] ?? '').split(',') : undefined;
 const want = (section: string): boolean => !ONLY || ONLY.includes(section);
+/** A CLI round trip is short, and a shared machine's noise large beside it: at least 15 runs. */
+const CLI_RUNS = Math.max(15, RUNS);
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -399,11 +404,20 @@ async function forks(lib: Vmsnap, scratch: string, rows: Row[]): Promise<void> {
 
 async function main(): Promise<void> {
   process.env.VMSNAP_ACCEL ??= 'tcg';
+  const rows: Row[] = [];
+  if (want('cli')) {
+    process.stderr.write(`CLI round trip: ${CLI_RUNS} runs\n`);
+    rows.push(...(await cliRoundTrip(CLI_RUNS, median)));
+  }
+  if (!ONLY || ONLY.some((s) => s !== 'cli')) await qemuBenchmarks(rows);
+  report(rows);
+}
+
+async function qemuBenchmarks(rows: Row[]): Promise<void> {
   const home = tempHome();
   const scratch = join(home, 'raw');
   mkdirSync(scratch, { recursive: true });
   const lib = Vmsnap.open({ home });
-  const rows: Row[] = [];
   try {
     await lib.vms.create('bench', { image: 'demo', memoryMiB: 256 });
     await lib.vms.start('bench');
@@ -628,11 +642,15 @@ async function main(): Promise<void> {
     lib.close();
     cleanupHome(home);
   }
+}
 
+function report(rows: Row[]): void {
   const fmt = (n: number | undefined, unit: string) => (n === undefined ? '-' : unit === 'ratio' ? n.toFixed(3) : n.toFixed(1));
-  process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs, demo guest under ${process.env.VMSNAP_ACCEL}\n\n`);
+  const what = ONLY?.every((s) => s === 'cli') ? 'CLI round trips' : `demo guest under ${process.env.VMSNAP_ACCEL}`;
+  process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs (${CLI_RUNS} for the CLI, beside node -e 0), ${what}\n\n`);
   const range = (xs: number[] | undefined, unit: string) => (xs && xs.length > 1 ? `${fmt(Math.min(...xs), unit)}–${fmt(Math.max(...xs), unit)}` : '');
-  process.stdout.write(`${'measure'.padEnd(46)} ${'vmsnap'.padStart(9)} ${'raw QEMU'.padStart(9)} ${'ratio'.padStart(6)}  ${'target'.padEnd(12)} runs: vmsnap | raw (min–max)\n`);
+  process.stdout.write('raw: the QEMU operation (or qemu-img) vmsnap builds on; for a CLI round trip, node -e 0\n');
+  process.stdout.write(`${'measure'.padEnd(46)} ${'vmsnap'.padStart(9)} ${'raw'.padStart(9)} ${'ratio'.padStart(6)}  ${'target'.padEnd(12)} runs: vmsnap | raw (min–max)\n`);
   for (const r of rows) {
     const ratio = r.raw ? (r.vmsnap / r.raw).toFixed(2) : '-';
     // For throughput, higher is better: the ratio is vmsnap/raw all the same.
@@ -641,7 +659,7 @@ async function main(): Promise<void> {
   }
   if (JSON_OUT) {
     mkdirSync(dirname(JSON_OUT), { recursive: true });
-    writeFileSync(JSON_OUT, JSON.stringify({ runs: RUNS, at: new Date().toISOString(), rows }, null, 2));
+    writeFileSync(JSON_OUT, JSON.stringify({ runs: RUNS, cliRuns: CLI_RUNS, at: new Date().toISOString(), rows }, null, 2));
   }
 }
 

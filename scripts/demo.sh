@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 [ -d node_modules ] || npm install --no-audit --no-fund
+# Build dist/ now rather than in the first vmsnap command (a no-op when it is up to date).
+npm run --silent build:dist
 VMSNAP="node bin/vmsnap.js"
 VM=${1:-demo}
 

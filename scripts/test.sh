@@ -10,4 +10,5 @@ bash scripts/install-deps.sh --test
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm install --no-audit --no-fund
 fi
+# npm test builds web/dist and dist/ first (pretest), then type-checks and runs vitest.
 npm test -- "$@"

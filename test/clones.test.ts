@@ -8,7 +8,7 @@ import { mappedInode } from '../src/snapshot/memory-state.js';
 import { fileBytes, filesBytes } from '../src/util/files.js';
 import { findOrphans } from '../src/operations/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, COUNTER, files, mountTmpfs, openLib, sh, tempHome, write } from './helpers.js';
+import { cleanupHome, cli, COUNTER, files, mountTmpfs, openLib, sh, skipBecause, tempHome, TMPFS_NEEDS_ROOT, waitFor, write } from './helpers.js';
 
 
 describe('clones, storage accounting and health', () => {
@@ -29,7 +29,7 @@ describe('clones, storage accounting and health', () => {
     await sh(lib, 'src', `echo a > /data/a && sync && ${COUNTER}`);
     // Guest RAM content the forks share: 8 MiB in tmpfs.
     const blob = (await sh(lib, 'src', 'head -c 8388608 /dev/urandom > /tmp/blob && md5sum /tmp/blob')).split(' ')[0]!;
-    await new Promise((r) => setTimeout(r, 500));
+    await waitFor(async () => Number(await sh(lib, 'src', 'cat /tmp/counter')) > 0, { what: 'the guest counter to start' });
     const before = Number(await sh(lib, 'src', 'cat /tmp/counter'));
     await lib.snapshots.create('src', 'S1');
     const r = await lib.snapshots.clone('src', 'S1', 'fork', { count: 4, start: true });
@@ -112,7 +112,7 @@ describe('clones, storage accounting and health', () => {
     expect(refused.stderr).toMatch(/linked clones that build on its disks: tmpclone/);
     await lib.vms.remove('tmpclone');
     expect(lib.snapshots.list('src').map((s) => s.name)).toEqual(['S3', 'S4']);
-    expect(findOrphans(lib.ctx)).toEqual([]);
+    expect(await findOrphans(lib.ctx)).toEqual([]);
     expect((await lib.verify('src')).ok).toBe(true);
   });
 
@@ -177,7 +177,7 @@ describe('low free space', () => {
   });
 
   it('refuses a new snapshot when free space is under the reserve, and doctor says so', async (ctx) => {
-    if (!tmpfs) ctx.skip();
+    if (!tmpfs) return skipBecause(ctx, TMPFS_NEEDS_ROOT);
     const home = join(mnt, 'home');
     const c = await cli(home, ['create', 'small', '--disk', '32M']);
     expect(c.code, c.stderr).toBe(0);

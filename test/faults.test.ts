@@ -5,9 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runtimeFiles } from '../src/qemu/launcher.js';
 import { QmpClient } from '../src/qemu/qmp.js';
 import { findOrphans } from '../src/operations/recovery.js';
-import { isProcessAlive, sleep } from '../src/util/process.js';
+import { isProcessAlive } from '../src/util/process.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { BIN, cleanupHome, cli, files, mountTmpfs, openLib, sh, tempHome } from './helpers.js';
+import { BIN, cleanupHome, cli, files, mountTmpfs, openLib, sh, skipBecause, tempHome, TMPFS_NEEDS_ROOT, waitFor } from './helpers.js';
 
 
 /** After recovery: nothing unfinished, no orphan, every fingerprint holds, and each snapshot reverts to its own files. */
@@ -17,7 +17,7 @@ async function expectSound(home: string, lib: Vmsnap, vm: string, expected: Reco
   const verify = await cli(home, ['verify', vm, '--deep', '--json']);
   expect(JSON.parse(verify.stdout).problems, verify.stdout).toEqual([]);
   expect(verify.code).toBe(0);
-  expect(findOrphans(lib.ctx)).toEqual([]);
+  expect(await findOrphans(lib.ctx)).toEqual([]);
   expect(lib.ctx.journal.unfinished()).toEqual([]);
   expect(lib.snapshots.list(vm).map((s) => s.name).sort()).toEqual(Object.keys(expected).sort());
   for (const [snap, want] of Object.entries(expected)) {
@@ -59,11 +59,7 @@ describe('helpers and QEMU dying mid-merge, then recover', () => {
       stdio: 'ignore',
     });
     // Wait until the merge's helper process is journaled, then kill vmsnap like kill -9 would.
-    let helper: number | undefined;
-    for (let i = 0; i < 400 && helper === undefined; i++) {
-      await sleep(25);
-      helper = (lib.ctx.journal.unfinished()[0]?.plan as { helperPid?: number } | undefined)?.helperPid;
-    }
+    const helper = await waitFor(() => (lib.ctx.journal.unfinished()[0]?.plan as { helperPid?: number } | undefined)?.helperPid, { what: "the merge's helper process to be journaled", timeoutMs: 10_000 });
     expect(helper).toBeDefined();
     child.kill('SIGKILL');
     await new Promise((r) => child.on('close', r));
@@ -88,11 +84,7 @@ describe('helpers and QEMU dying mid-merge, then recover', () => {
     // Watch for the job on the second monitor (the first is the deleting process's).
     const watcher = await QmpClient.connect(files0.eventsSocket, { retryUntilMs: 2000 });
     try {
-      for (let i = 0; i < 400; i++) {
-        const jobs = await watcher.execute<{ id: string }[]>('query-jobs');
-        if (jobs.length > 0) break;
-        await sleep(25);
-      }
+      await waitFor(async () => (await watcher.execute<{ id: string }[]>('query-jobs')).length > 0, { what: 'the block job to start', timeoutMs: 10_000 });
     } finally {
       await watcher.close().catch(() => undefined);
     }
@@ -118,7 +110,7 @@ describe('out of disk space during a merge', () => {
   });
 
   it('refuses a delete whose merge cannot fit; one that runs out midway fails with NO_SPACE, loses nothing, and completes once space is freed', async (ctx) => {
-    if (!tmpfs) ctx.skip();
+    if (!tmpfs) return skipBecause(ctx, TMPFS_NEEDS_ROOT);
     const home = join(mnt, 'home');
     mkdirSync(home, { recursive: true });
     // This data dir is tiny on purpose: keep the free-space reserve out of the way.
@@ -157,7 +149,7 @@ describe('out of disk space during a merge', () => {
     const deleting = cli(home, ['snapshot', 'delete', 'full', 'T'], { VMSNAP_TEST_JOB_SPEED: String(8 * 1024 ** 2) });
     const watcher = await QmpClient.connect(runtimeFiles(lib.ctx.paths.run, vm.id).eventsSocket, { retryUntilMs: 2000 });
     try {
-      for (let i = 0; i < 400 && (await watcher.execute<unknown[]>('query-jobs')).length === 0; i++) await sleep(25);
+      await waitFor(async () => (await watcher.execute<unknown[]>('query-jobs')).length > 0, { what: 'the merge job to start', timeoutMs: 10_000 });
     } finally {
       await watcher.close();
     }

@@ -110,13 +110,61 @@ export async function expectRefused(home: string, args: string[], code: number, 
   return r;
 }
 
-/** A small tmpfs (to run out of space on purpose); undefined where mounting is not allowed. */
+/**
+ * Wait until `cond` returns something truthy (polled every `intervalMs`; a throw counts as
+ * "not yet", e.g. a guest file not written yet) and return it; after `timeoutMs` fail,
+ * naming `what` and the last error. Use it instead of a fixed sleep.
+ */
+export async function waitFor<T>(cond: () => T | Promise<T>, opts: { what: string; timeoutMs?: number; intervalMs?: number }): Promise<T> {
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await cond();
+      if (v) return v;
+      last = undefined;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() >= deadline) {
+      const why = last instanceof Error ? `: ${last.message}` : last === undefined ? '' : `: ${String(last)}`;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${opts.what}${why}`);
+    }
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 25));
+  }
+}
+
+/** Skip a test, saying why on stderr as well as in the report (a skip must never be silent). */
+export function skipBecause(ctx: { skip: (note?: string) => void; task: { name: string } }, why: string): void {
+  process.stderr.write(`skipped: ${ctx.task.name}: ${why}\n`);
+  ctx.skip(why);
+}
+
+/** For describe.skipIf: true (skip) when `available` is false, saying why on stderr. */
+export function unavailable(available: boolean, what: string, why: string): boolean {
+  if (!available) process.stderr.write(`skipped: ${what}: ${why}\n`);
+  return !available;
+}
+
+const isRoot = process.getuid?.() === 0;
+
+/** Why a test that needs a tmpfs was skipped. */
+export const TMPFS_NEEDS_ROOT = 'needs root to mount a tmpfs (CI runs as root, so it runs there)';
+
+/**
+ * A small tmpfs (to run out of space on purpose); undefined when not root (the test then
+ * skips with TMPFS_NEEDS_ROOT). As root a failed mount is an error, not a skip: CI runs as
+ * root, and these tests must run there.
+ */
 export function mountTmpfs(dir: string, size: string): { unmount: () => void } | undefined {
   mkdirSync(dir, { recursive: true });
+  if (!isRoot) return undefined;
   try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
-  } catch {
-    return undefined;
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    const stderr = (e as { stderr?: Buffer }).stderr?.toString().trim();
+    throw new Error(`mount -t tmpfs on ${dir} failed as root: ${stderr || (e as Error).message}`);
   }
   return {
     unmount: () => {

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireVmLock } from '../src/catalog/lock.js';
 import { EXIT_CODES } from '../src/errors.js';
-import { cleanupHome, cli, expectRefused, openLib, tempHome } from './helpers.js';
+import { isProcessAlive } from '../src/util/process.js';
+import { cleanupHome, cli, expectRefused, openLib, tempHome, waitFor } from './helpers.js';
 
 /** The demo guest end to end through the real CLI, as a user would drive it. */
 describe('VM lifecycle on the demo guest', () => {
@@ -69,7 +70,7 @@ describe('VM lifecycle on the demo guest', () => {
   it('tells the truth after QEMU died: dead pid found, stale files cleaned', async () => {
     const s = JSON.parse((await ok(['status', 'p', '--json'])).stdout);
     process.kill(s.pid, 'SIGKILL');
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor(() => !isProcessAlive(s.pid), { what: 'the killed QEMU to be gone' });
     const after = JSON.parse((await ok(['status', 'p', '--json'])).stdout);
     expect(after).toMatchObject({ state: 'stopped', staleCleaned: true });
     expect(JSON.parse((await ok(['status', 'p', '--json'])).stdout).staleCleaned).toBeUndefined();

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireVmLock } from '../src/catalog/lock.js';
 import { EXIT_CODES } from '../src/errors.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { catalogDump, cleanupHome, cli, counter, COUNTER, files, openLib, sh, tempHome } from './helpers.js';
+import { catalogDump, cleanupHome, cli, counter, COUNTER, files, openLib, sh, tempHome, waitFor } from './helpers.js';
 import { rejection } from './rejection.js';
 
 
@@ -22,7 +22,7 @@ describe('live snapshots on the demo guest', () => {
 
   it('reverts disks and memory: files and a running process come back as they were', async () => {
     await sh(lib, 'vm', `echo A > /data/A && sync && ${COUNTER}`);
-    await new Promise((r) => setTimeout(r, 500));
+    await waitFor(() => counter(lib, 'vm'), { what: 'the guest counter to start' });
     const beforeS1 = await counter(lib, 'vm');
     const s1 = await lib.snapshots.create('vm', 'S1', { description: 'first' });
     expect(s1).toMatchObject({ name: 'S1', hasMemory: true, parent: null, current: true, vmState: 'running' });
@@ -34,7 +34,7 @@ describe('live snapshots on the demo guest', () => {
     const s2 = await lib.snapshots.create('vm', 'S2');
     expect(s2.parent).toBe('S1');
     await sh(lib, 'vm', 'echo C > /data/C && sync');
-    await new Promise((r) => setTimeout(r, 1000));
+    await waitFor(async () => (await counter(lib, 'vm')) >= beforeS1 + 10, { what: 'the counter to move on 10 ticks since S1' });
     const beforeRevert = await counter(lib, 'vm');
 
     // Without --force the present state is not thrown away, and nothing changes.
@@ -49,7 +49,7 @@ describe('live snapshots on the demo guest', () => {
     // The counter carries on from its S1 value: not from 0, not from where it was before the revert.
     expect(afterRevert).toBeGreaterThanOrEqual(beforeS1);
     expect(afterRevert).toBeLessThan(beforeRevert);
-    await new Promise((r) => setTimeout(r, 600));
+    await waitFor(async () => (await counter(lib, 'vm')) > afterRevert, { what: 'the counter to carry on after the revert' });
     expect(await counter(lib, 'vm')).toBeGreaterThan(afterRevert);
 
     await lib.snapshots.revert('vm', 'S2', { force: true });
@@ -154,7 +154,7 @@ describe('snapshots of a VM with two disks', () => {
     await lib.snapshots.create('two', 'after', { memory: false });
     // A writer that keeps both disks in step while a snapshot is taken.
     await sh(lib, 'two', "setsid /bin/sh -c 'i=2; while :; do echo $i > /data/seq; echo $i > /mnt/vdb/seq; sync; i=$((i+1)); done' </dev/null >/dev/null 2>&1 &");
-    await new Promise((r) => setTimeout(r, 500));
+    await waitFor(async () => Number(await sh(lib, 'two', 'cat /data/seq')) > 2, { what: 'the writer to keep both disks in step' });
     await lib.snapshots.create('two', 'during', { memory: false });
 
     const both = async () => [Number(await sh(lib, 'two', 'cat /data/seq')), Number(await sh(lib, 'two', 'cat /mnt/vdb/seq'))];

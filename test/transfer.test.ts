@@ -6,10 +6,9 @@ import { EXIT_CODES } from '../src/errors.js';
 import { runtimeFiles } from '../src/qemu/launcher.js';
 import { QmpClient } from '../src/qemu/qmp.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { catalogDump, cleanupHome, cli, counter, COUNTER, dataFiles, expectRefused, files, openLib, sh, tempHome, write } from './helpers.js';
+import { catalogDump, cleanupHome, cli, counter, COUNTER, dataFiles, expectRefused, files, openLib, sh, tempHome, waitFor, write } from './helpers.js';
 import { rejection } from './rejection.js';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 
 /** Where an entry's data starts in a tar file (headers are 512 bytes; our names are short). */
@@ -60,7 +59,7 @@ describe('export and import as a real backup', () => {
   it('exports a memory snapshot of a running VM without pausing it; the import resumes with its files and processes', async () => {
     await write(lib, 'src', 'A');
     await sh(lib, 'src', COUNTER);
-    await sleep(500);
+    await waitFor(() => counter(lib, 'src'), { what: 'the guest counter to start' });
     const beforeSnap = await counter(lib, 'src');
     await lib.snapshots.create('src', 'mem', { description: 'with memory' });
     await lib.fingerprint('src');
@@ -79,8 +78,9 @@ describe('export and import as a real backup', () => {
     let r;
     try {
       r = await lib.transfer.export('src', 'mem', file, { onProgress: (d, t, w) => calls.push([d, t, w]) });
-      // The guest ran throughout: no STOP event, and its counter kept going.
-      await sleep(300);
+      // The guest ran throughout: no STOP event, and its counter kept going. A round trip on the
+      // watcher's monitor first: QEMU sends a monitor its events in order, so any STOP is in by its reply.
+      await watcher.execute('query-status');
       expect(stops).toEqual([]);
     } finally {
       off();
@@ -128,7 +128,7 @@ describe('export and import as a real backup', () => {
     const resumed = await counter(lib2, 'copy');
     expect(resumed).toBeGreaterThanOrEqual(beforeSnap);
     expect(resumed).toBeLessThan(beforeSnap + 50);
-    await sleep(600);
+    await waitFor(async () => (await counter(lib2, 'copy')) > resumed, { what: 'the imported guest counter to carry on' });
     expect(await counter(lib2, 'copy')).toBeGreaterThan(resumed);
     // The disk content is the snapshot's, proven by the fingerprint taken at the source.
     const v = await lib2.verify('copy', { deep: true });

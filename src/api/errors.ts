@@ -6,7 +6,7 @@ import { API_ONLY_STATUSES, type ApiErrorBody, type ApiErrorCode, type ApiOnlyEr
 import { HTTP_STATUSES, toVmsnapError, type ErrorCode } from '../errors.js';
 
 export { API_ONLY_STATUSES, type ApiErrorBody, type ApiErrorCode } from '../contract/operations.js';
-type ApiOnlyCode = ApiOnlyErrorCode;
+export type ApiOnlyCode = ApiOnlyErrorCode;
 
 /** An error of the HTTP layer itself; library errors stay VmsnapErrors. */
 export class ApiError extends Error {

@@ -1,6 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
-import { Vmsnap } from '../vmsnap.js';
+import type { Vmsnap } from '../vmsnap.js';
 import { reportError } from './output.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
@@ -13,6 +13,12 @@ import { registerTransferCommands } from './commands/transfer.js';
  * How every command runs: open the library, do the work, close, and turn a
  * thrown VmsnapError into its message and stable exit code. An action may
  * return an exit code (exec passes the guest command's through).
+ *
+ * The library is imported here, when a command runs, not when the CLI starts:
+ * building the command tree (and answering --help) loads only commander and
+ * these small modules. Keep it so: a command module imports nothing heavy at
+ * its top (the library, zod, hono, better-sqlite3, cli-table3, cli-progress);
+ * its action imports what it needs.
  */
 export type Run = (
   opts: { json?: boolean; [option: string]: unknown },
@@ -26,6 +32,7 @@ const run: Run = async (opts, action) => {
     (opts.json ? process.stderr : process.stdout).write(`${line}\n`);
   };
   try {
+    const { Vmsnap } = await import('../vmsnap.js');
     lib = Vmsnap.open();
     const code = await action(lib, log);
     process.exitCode = typeof code === 'number' ? code : 0;
@@ -66,6 +73,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   return program;
 }
 
+/** Run the CLI: bin/vmsnap.js calls this with process.argv (this module does not run itself). */
 export async function main(argv: string[]): Promise<void> {
   // `vmsnap list | head`: a closed pipe is the reader's choice, not an error.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -91,5 +99,3 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = reportError(e, argv.includes('--json'));
   }
 }
-
-await main(process.argv);

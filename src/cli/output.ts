@@ -1,5 +1,8 @@
-import Table from 'cli-table3';
+import { createRequire } from 'node:module';
 import { VmsnapError, toVmsnapError } from '../errors.js';
+
+/** CommonJS packages loaded only when used, so that starting the CLI does not pay for them. */
+export const requireLazily = createRequire(import.meta.url);
 
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
@@ -7,6 +10,7 @@ export function printJson(value: unknown): void {
 
 /** A plain table in the style of `docker ps`: no borders, aligned columns. */
 export function printTable(head: string[], rows: (string | number)[][]): void {
+  const Table = requireLazily('cli-table3') as typeof import('cli-table3');
   const t = new Table({
     head,
     chars: {

@@ -1,5 +1,5 @@
-import cliProgress from 'cli-progress';
 import { formatBytes } from '../util/size.js';
+import { requireLazily } from './output.js';
 
 /**
  * A progress bar on stderr for long jobs (bytes done of total), shown only on
@@ -7,6 +7,7 @@ import { formatBytes } from '../util/size.js';
  */
 export function progressBar(enabled: boolean): { update: (done: number, total: number, what: string) => void; stop: () => void } {
   if (!enabled || !process.stderr.isTTY) return { update: () => {}, stop: () => {} };
+  const cliProgress = requireLazily('cli-progress') as typeof import('cli-progress');
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,

@@ -1,8 +1,5 @@
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { spawn } from 'node:child_process';
 import { VmsnapError } from '../errors.js';
-
-const run = promisify(execFile);
 
 export type ImageFormat = 'qcow2' | 'raw';
 
@@ -57,21 +54,152 @@ function toInfo(r: RawInfo): ImageInfo {
   };
 }
 
+/**
+ * The one way vmsnap runs qemu-img. `what` names what failed ("cannot create image X"),
+ * and errors are mapped alike for every caller: qemu-img missing, a full disk (NO_SPACE),
+ * anything else (QEMU_FAILED, with qemu-img's own message); an abort (AbortSignal) stops the
+ * child and rejects with INTERRUPTED once it is gone.
+ */
+export interface QemuImgOptions {
+  /** What was being done, for the error message: "cannot create image /x/y.qcow2". */
+  what: string;
+  /**
+   * Progress of a job run with -p, as a fraction from 0 to 1 (the caller puts -p in the
+   * arguments). With it, stdout is progress text and is not kept.
+   */
+  onProgress?: (fraction: number) => void;
+  /** The child's pid, as soon as it runs (journaled, so recovery can stop an orphan). */
+  onSpawn?: (pid: number) => void;
+  /** Stops qemu-img (SIGTERM, then SIGKILL after killGraceMs); the run rejects with INTERRUPTED. */
+  signal?: AbortSignal;
+  /** How long qemu-img may take to exit after SIGTERM before it is killed (default 5 s). */
+  killGraceMs?: number;
+  /** Exit codes other than 0 that are not failures (qemu-img check: 2 corruptions, 3 leaks). */
+  okCodes?: number[];
+  /** At most this much stdout is kept (default 64 MiB); more fails the run. */
+  maxStdoutBytes?: number;
+  /** What to suggest when the disk is full. */
+  noSpaceHint?: string;
+  /** The program to run (tests run a fake one); default qemu-img from PATH. */
+  command?: string;
+}
+
+export interface QemuImgResult {
+  stdout: string;
+  /** The end of what qemu-img wrote to stderr (warnings, or why an okCodes exit happened). */
+  stderr: string;
+  /** 0, or one of okCodes. */
+  code: number;
+}
+
+const MAX_STDOUT = 64 * 1024 * 1024;
+/** Of stderr only the end is kept: qemu-img's message is its last line. */
+const MAX_STDERR = 64 * 1024;
+const DEFAULT_NO_SPACE_HINT = 'free disk space in the vmsnap data dir';
+
+export function interruptedError(signal: AbortSignal | undefined): VmsnapError {
+  return new VmsnapError('INTERRUPTED', 'stopped on request', { cause: signal?.reason });
+}
+
+/**
+ * A parser for qemu-img's -p output ("    (12.34/100%)" rewritten with carriage returns),
+ * fed the stream chunk by chunk: a report split across two chunks is read whole. Calls
+ * `onFraction` with the latest fraction of each chunk that completes one.
+ */
+export function progressParser(onFraction: (fraction: number) => void): (chunk: string) => void {
+  let carry = '';
+  return (chunk) => {
+    const text = carry + chunk;
+    let last: number | undefined;
+    let end = 0;
+    for (const m of text.matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)) {
+      last = Number(m[1]);
+      end = m.index + m[0].length;
+    }
+    // What follows the last whole report may be the start of the next one ("(12.3").
+    carry = text.slice(end).slice(-32);
+    if (last !== undefined) onFraction(Math.min(1, Math.max(0, last / 100)));
+  };
+}
+
+/** How a failed run is reported: qemu-img's own message, named after what was being done. */
+export function qemuImgFailure(
+  what: string,
+  args: readonly string[],
+  exit: { code: number | null; signal?: NodeJS.Signals | null; stderr: string },
+  noSpaceHint = DEFAULT_NO_SPACE_HINT,
+): VmsnapError {
+  const msg = exit.stderr.trim().replace(/^qemu-img: /gm, '');
+  if (/No space left on device/i.test(msg)) return new VmsnapError('NO_SPACE', `${what}: ${msg}`, { hint: noSpaceHint, details: { args } });
+  const why = msg || (exit.signal ? `qemu-img was killed by ${exit.signal}` : `qemu-img exited with code ${exit.code}`);
+  return new VmsnapError('QEMU_FAILED', `${what}: ${why}`, {
+    details: { args, ...(exit.code !== null ? { exitCode: exit.code } : {}), ...(exit.signal ? { signal: exit.signal } : {}) },
+  });
+}
+
+/** A failure to start qemu-img at all. */
+export function qemuImgSpawnFailure(what: string, e: NodeJS.ErrnoException, command = 'qemu-img'): VmsnapError {
+  if (e.code === 'ENOENT') return new VmsnapError('QEMU_FAILED', `${command} is not installed`, { hint: 'apt-get install qemu-utils', cause: e });
+  return new VmsnapError('QEMU_FAILED', `${what}: cannot run ${command}: ${e.message}`, { cause: e });
+}
+
+export function runQemuImg(args: readonly string[], opts: QemuImgOptions): Promise<QemuImgResult> {
+  const { what, signal } = opts;
+  const command = opts.command ?? 'qemu-img';
+  if (signal?.aborted) return Promise.reject(interruptedError(signal));
+  const maxStdout = opts.maxStdoutBytes ?? MAX_STDOUT;
+  return new Promise<QemuImgResult>((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stdoutBytes = 0;
+    let stderr = '';
+    let failure: VmsnapError | undefined;
+    let killTimer: NodeJS.Timeout | undefined;
+    const stop = (): void => {
+      child.kill('SIGTERM');
+      killTimer ??= setTimeout(() => child.kill('SIGKILL'), opts.killGraceMs ?? 5000);
+      killTimer.unref();
+    };
+    const onAbort = (): void => stop();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const done = (): void => {
+      signal?.removeEventListener('abort', onAbort);
+      if (killTimer) clearTimeout(killTimer);
+    };
+    if (child.pid !== undefined) opts.onSpawn?.(child.pid);
+    const progress = opts.onProgress ? progressParser(opts.onProgress) : undefined;
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (d: string) => {
+      if (progress) return progress(d);
+      stdoutBytes += Buffer.byteLength(d);
+      if (stdoutBytes > maxStdout) {
+        failure ??= new VmsnapError('QEMU_FAILED', `${what}: qemu-img wrote more than ${maxStdout} bytes of output`, { details: { args } });
+        stop();
+        return;
+      }
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (d: string) => {
+      stderr = (stderr + d).slice(-MAX_STDERR);
+    });
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      // Failed to start (no 'close' follows for ENOENT), or failed to be killed.
+      done();
+      reject(qemuImgSpawnFailure(what, e, command));
+    });
+    child.on('close', (code, sig) => {
+      done();
+      if (signal?.aborted) return reject(interruptedError(signal));
+      if (failure) return reject(failure);
+      if (code === 0 || (code !== null && opts.okCodes?.includes(code))) return resolve({ stdout, stderr, code });
+      reject(qemuImgFailure(what, args, { code, signal: sig, stderr }, opts.noSpaceHint));
+    });
+  });
+}
+
 async function qemuImg(args: string[], what: string): Promise<string> {
-  try {
-    const { stdout } = await run('qemu-img', args, { maxBuffer: 64 * 1024 * 1024 });
-    return stdout;
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: string; code?: number | string };
-    if (err.code === 'ENOENT') {
-      throw new VmsnapError('QEMU_FAILED', 'qemu-img is not installed', { hint: 'apt-get install qemu-utils' });
-    }
-    const msg = (err.stderr ?? err.message).trim().replace(/^qemu-img: /, '');
-    if (/No space left on device/i.test(msg)) {
-      throw new VmsnapError('NO_SPACE', `${what}: ${msg}`, { hint: 'free disk space in the vmsnap data dir' });
-    }
-    throw new VmsnapError('QEMU_FAILED', `${what}: ${msg}`, { details: { args } });
-  }
+  return (await runQemuImg(args, { what })).stdout;
 }
 
 /**
@@ -109,14 +237,10 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
 
 export async function checkImage(path: string, opts: { forceShare?: boolean } = {}): Promise<CheckResult> {
   // check exits 2 (corruptions) or 3 (leaks) with JSON still on stdout.
-  try {
-    const { stdout } = await run('qemu-img', ['check', '--output=json', ...(opts.forceShare ? ['-U'] : []), path]);
-    return toCheck(stdout);
-  } catch (e) {
-    const err = e as { stdout?: string; stderr?: string; code?: number };
-    if (err.stdout && (err.code === 2 || err.code === 3)) return toCheck(err.stdout);
-    throw new VmsnapError('QEMU_FAILED', `qemu-img check ${path}: ${(err.stderr ?? String(e)).trim()}`);
-  }
+  const args = ['check', '--output=json', ...(opts.forceShare ? ['-U'] : []), path];
+  const r = await runQemuImg(args, { what: `qemu-img check ${path}`, okCodes: [2, 3] });
+  if (r.code !== 0 && r.stdout.trim() === '') throw qemuImgFailure(`qemu-img check ${path}`, args, { code: r.code, stderr: r.stderr });
+  return toCheck(r.stdout);
 }
 
 function toCheck(stdout: string): CheckResult {
@@ -145,44 +269,13 @@ export async function convertImage(src: string, dst: string, opts: { format?: Im
   );
 }
 
-/**
- * Run a long qemu-img job with -p, reporting its percentage as it goes
- * (qemu-img prints "(12.34/100%)" with carriage returns).
- */
-async function qemuImgWithProgress(
-  args: string[],
-  what: string,
-  onProgress?: (fraction: number) => void,
-  onSpawn?: (pid: number) => void,
-): Promise<void> {
-  const { spawn } = await import('node:child_process');
-  await new Promise<void>((resolve, reject) => {
-    const child = spawn('qemu-img', [args[0]!, onProgress ? '-p' : '-q', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    if (child.pid !== undefined) onSpawn?.(child.pid);
-    let stderr = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (d: string) => {
-      const all = [...d.matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
-      const last = all[all.length - 1];
-      if (last && onProgress) onProgress(Number(last[1]) / 100);
-    });
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code === 0) return resolve();
-      const msg = stderr.trim().replace(/^qemu-img: /, '');
-      reject(
-        /No space left on device/i.test(msg)
-          ? new VmsnapError('NO_SPACE', `${what}: ${msg}`, { hint: 'free disk space in the vmsnap data dir' })
-          : new VmsnapError('QEMU_FAILED', `${what}: ${msg || `exit code ${code}`}`, { details: { args } }),
-      );
-    });
-  });
-}
-
 /** Merge an overlay into its backing file (-d: leave the overlay's own data in place). */
 export async function commitImage(path: string, onProgress?: (fraction: number) => void, onSpawn?: (pid: number) => void): Promise<void> {
-  await qemuImgWithProgress(['commit', '-d', path], `cannot merge ${path} into its backing file`, onProgress, onSpawn);
+  await runQemuImg(['commit', onProgress ? '-p' : '-q', '-d', path], {
+    what: `cannot merge ${path} into its backing file`,
+    ...(onProgress ? { onProgress } : {}),
+    ...(onSpawn ? { onSpawn } : {}),
+  });
 }
 
 /**
@@ -195,8 +288,8 @@ export async function rebaseImage(
   backingFormat: ImageFormat = 'qcow2',
   onProgress?: (fraction: number) => void,
 ): Promise<void> {
-  const args = ['rebase', '-b', backing ?? '', ...(backing === null ? [] : ['-F', backingFormat]), path];
-  await qemuImgWithProgress(args, `cannot rebase ${path}`, onProgress);
+  const args = ['rebase', onProgress ? '-p' : '-q', '-b', backing ?? '', ...(backing === null ? [] : ['-F', backingFormat]), path];
+  await runQemuImg(args, { what: `cannot rebase ${path}`, ...(onProgress ? { onProgress } : {}) });
 }
 
 /** One extent of `qemu-img map`: where a guest range's data lives (depth into the chain, host offset). */

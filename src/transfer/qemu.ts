@@ -1,10 +1,9 @@
-import { spawn } from 'node:child_process';
-import { VmsnapError } from '../errors.js';
+import { runQemuImg } from '../qemu/qemu-img.js';
 
 /**
- * qemu-img as export and import use it: abortable (Ctrl-C stops the child),
- * with -p progress, and reading qcow2 images that sit inside the archive at
- * an offset (the raw driver's `offset` option), so nothing is copied twice.
+ * qemu-img as export and import use it (through the one runner in qemu/qemu-img.ts):
+ * abortable (Ctrl-C stops the child), with -p progress, and reading qcow2 images that sit
+ * inside the archive at an offset (the raw driver's `offset` option), so nothing is copied twice.
  */
 interface RunOptions {
   onFraction?: (fraction: number) => void;
@@ -13,48 +12,15 @@ interface RunOptions {
   okCodes?: number[];
 }
 
-function interrupted(signal: AbortSignal | undefined): VmsnapError {
-  return new VmsnapError('INTERRUPTED', 'stopped on request', { cause: signal?.reason });
-}
-
 async function qemuImg(args: string[], what: string, opts: RunOptions = {}): Promise<string> {
-  if (opts.signal?.aborted) throw interrupted(opts.signal);
-  return new Promise<string>((resolve, reject) => {
-    const child = spawn('qemu-img', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const onAbort = (): void => {
-      child.kill('SIGTERM');
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (d: string) => {
-      if (opts.onFraction) {
-        // -p prints "    (12.34/100%)" with carriage returns.
-        const all = [...d.matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
-        const last = all[all.length - 1];
-        if (last) opts.onFraction(Number(last[1]) / 100);
-      } else {
-        stdout += d;
-      }
-    });
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', (e: NodeJS.ErrnoException) => {
-      opts.signal?.removeEventListener('abort', onAbort);
-      reject(e.code === 'ENOENT' ? new VmsnapError('QEMU_FAILED', 'qemu-img is not installed', { hint: 'apt-get install qemu-utils' }) : e);
-    });
-    child.on('close', (code) => {
-      opts.signal?.removeEventListener('abort', onAbort);
-      if (opts.signal?.aborted) return reject(interrupted(opts.signal));
-      if (code === 0 || (code !== null && opts.okCodes?.includes(code))) return resolve(stdout);
-      const msg = stderr.trim().replace(/^qemu-img: /, '') || `exit code ${code}`;
-      reject(
-        /No space left on device/i.test(msg)
-          ? new VmsnapError('NO_SPACE', `${what}: ${msg}`, { hint: 'free disk space where the file is written' })
-          : new VmsnapError('QEMU_FAILED', `${what}: ${msg}`, { details: { args } }),
-      );
-    });
+  const r = await runQemuImg(args, {
+    what,
+    noSpaceHint: 'free disk space where the file is written',
+    ...(opts.onFraction ? { onProgress: opts.onFraction } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(opts.okCodes ? { okCodes: opts.okCodes } : {}),
   });
+  return r.stdout;
 }
 
 /** QemuOpts syntax: a comma in a value is written twice. */

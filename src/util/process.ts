@@ -35,20 +35,47 @@ export function processCmdline(pid: number): string[] {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+export interface KillAndWaitOptions {
+  /** The signal to send (default SIGKILL). */
+  signal?: NodeJS.Signals;
+  /** How long to wait for the process to be gone (default 2000 ms). */
+  timeoutMs?: number;
+  /** The process's start time (processStartTime), so that a reused pid is never signalled. */
+  startTime?: string;
+}
+
+/**
+ * Signal a process and wait, without blocking the event loop, until it is gone (exited, or a
+ * zombie). Resolves true when it is gone (or already was), false when it still runs after
+ * `timeoutMs` or may not be signalled (EPERM). Never throws. For a child of this process,
+ * its 'exit' event is the better wait; this is for processes we did not start (a helper
+ * left by a killed vmsnap, a daemonized QEMU).
+ */
+export async function killAndWait(pid: number, opts: KillAndWaitOptions = {}): Promise<boolean> {
+  if (!isProcessAlive(pid, opts.startTime)) return true;
+  try {
+    process.kill(pid, opts.signal ?? 'SIGKILL');
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+  const deadline = Date.now() + (opts.timeoutMs ?? 2000);
+  // Poll quickly at first (a SIGKILLed process is usually gone within a few ms), then less often.
+  for (let delay = 2; isProcessAlive(pid, opts.startTime); delay = Math.min(delay * 2, 50)) {
+    const left = deadline - Date.now();
+    if (left <= 0) return false;
+    await sleep(Math.min(delay, left));
+  }
+  return true;
+}
+
 /**
  * Stop a helper process (qemu-img, a storage daemon) that a killed vmsnap left
  * running: it holds the layers' locks, so its work cannot be redone while it
  * lives. Only a process whose command line matches is killed (a reused pid is
- * someone else's); waits for it without blocking the event loop.
+ * someone else's).
  */
 export async function killOrphanHelper(pid: number | undefined, commandPattern: RegExp, timeoutMs = 5000): Promise<void> {
   if (pid === undefined || pid === process.pid || !isProcessAlive(pid)) return;
   if (!commandPattern.test(processCmdline(pid).join(' '))) return;
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + timeoutMs;
-  while (isProcessAlive(pid) && Date.now() < deadline) await sleep(10);
+  await killAndWait(pid, { timeoutMs });
 }

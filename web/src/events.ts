@@ -4,6 +4,34 @@ import { authHeaders } from './api.js';
 export type StreamEvent = ApiEvent | { type: 'resync'; data: Record<string, never> };
 export type StreamStatus = 'connecting' | 'live' | 'offline' | 'unauthorized';
 
+/** One message of a text/event-stream: its event type, data lines joined, and id, if any. */
+export interface SseMessage {
+  type: string;
+  data?: string;
+  id?: string;
+}
+
+/** The whole messages at the front of a stream's text, and what is left after them (the start of the next). */
+export function takeSseMessages(text: string): { messages: SseMessage[]; rest: string } {
+  const messages: SseMessage[] = [];
+  let rest = text;
+  let i: number;
+  while ((i = rest.indexOf('\n\n')) >= 0) {
+    const block = rest.slice(0, i);
+    rest = rest.slice(i + 2);
+    let type = 'message';
+    const data: string[] = [];
+    let id: string | undefined;
+    for (const line of block.split('\n')) {
+      if (line.startsWith('event:')) type = line.slice(6).trim();
+      else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
+      else if (line.startsWith('id:')) id = line.slice(3).trim();
+    }
+    messages.push({ type, ...(data.length ? { data: data.join('\n') } : {}), ...(id !== undefined ? { id } : {}) });
+  }
+  return { messages, rest };
+}
+
 /**
  * The server's event stream, read with fetch rather than EventSource so the
  * bearer token can go in a header. Reconnects with backoff and sends
@@ -39,21 +67,13 @@ export function connectEvents(onEvent: (e: StreamEvent) => void, onStatus: (s: S
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
-          buf += value;
-          let i: number;
-          while ((i = buf.indexOf('\n\n')) >= 0) {
-            const block = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            let type = 'message';
-            const data: string[] = [];
-            for (const line of block.split('\n')) {
-              if (line.startsWith('event:')) type = line.slice(6).trim();
-              else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
-              else if (line.startsWith('id:')) lastId = line.slice(3).trim();
-            }
-            if (data.length === 0 || type === 'hello') continue;
+          const taken = takeSseMessages(buf + value);
+          buf = taken.rest;
+          for (const m of taken.messages) {
+            if (m.id !== undefined) lastId = m.id;
+            if (m.data === undefined || m.type === 'hello') continue;
             try {
-              onEvent({ type, data: JSON.parse(data.join('\n')) } as StreamEvent);
+              onEvent({ type: m.type, data: JSON.parse(m.data) } as StreamEvent);
             } catch {
               /* a malformed message is skipped, not fatal */
             }

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { serve, type RunningServer } from '../../api/server.js';
+import type { RunningServer } from '../../api/server.js';
 import { reportError } from '../output.js';
 import { parseCount } from '../parse.js';
 
@@ -26,6 +26,8 @@ export function registerServeCommand(program: Command): void {
       const stamped = (line: string): void => log(`${new Date().toISOString()} ${line}`);
       let server: RunningServer | undefined;
       try {
+        // The API (hono, zod schemas, the library) loads only for this command.
+        const { serve } = await import('../../api/server.js');
         server = await serve({
           host: o.host,
           port: parseCount(o.port, 'port', 0, 65_535),

@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { createInterface } from 'node:readline/promises';
 import { VmsnapError } from '../../errors.js';
 import type { SnapshotView } from '../../contract/views.js';
 import { formatBytes } from '../../util/size.js';
@@ -7,8 +6,6 @@ import type { Run } from '../main.js';
 import { ago, printJson, printTable, usageError } from '../output.js';
 import { progressBar } from '../progress.js';
 import { parseCount } from '../parse.js';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 
 const pause = (s: SnapshotView): string => (s.pauseMs === null ? '-' : `${s.pauseMs.toFixed(1)} ms`);
 
@@ -31,6 +28,7 @@ function printShow(s: SnapshotView): void {
 
 async function confirm(question: string): Promise<boolean> {
   if (!process.stdin.isTTY || !process.stderr.isTTY) return false;
+  const { createInterface } = await import('node:readline/promises');
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {
     return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
@@ -43,10 +41,14 @@ async function confirm(question: string): Promise<boolean> {
  * Fingerprint the new snapshot's disks in a detached process, so the content
  * can later be proven unchanged (verify --deep) without making the user wait.
  */
-function fingerprintInBackground(vm: string): void {
+async function fingerprintInBackground(vm: string): Promise<void> {
   if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
-  const bin = fileURLToPath(new URL('../../../bin/vmsnap.js', import.meta.url));
-  spawn(process.execPath, [bin, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore' }).unref();
+  // The script this CLI was started as (bin/vmsnap.js): this module is bundled into
+  // dist/cli/vmsnap-cli.cjs, so a path relative to it would not find bin/.
+  const self = process.argv[1];
+  if (self === undefined) return;
+  const { spawn } = await import('node:child_process');
+  spawn(process.execPath, [self, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore' }).unref();
 }
 
 export function registerSnapshotCommands(program: Command, run: Run): void {
@@ -66,12 +68,12 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
           ...(o.description !== undefined ? { description: o.description } : {}),
           ...(o.memory === false ? { memory: false } : {}),
         });
-        fingerprintInBackground(vm);
+        await fingerprintInBackground(vm);
         if (o.json) return printJson(s);
         const mem = s.hasMemory ? `memory ${formatBytes(s.stateBytes)}` : 'disk only';
         log(`took snapshot '${s.name}' of VM '${vm}' (${mem}, guest pause ${pause(s)})`);
         if (typeof s.meta.fallbackReason === 'string') log(`note: memory was saved with a live pre-copy: ${s.meta.fallbackReason}`);
-        for (const w of lib.health.warningsFor(vm)) process.stderr.write(`warning: ${w.message}\n`);
+        for (const w of await lib.health.warningsFor(vm)) process.stderr.write(`warning: ${w.message}\n`);
       }),
     );
 

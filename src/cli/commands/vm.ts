@@ -1,9 +1,7 @@
 import type { Command } from 'commander';
-import { connect } from 'node:net';
 import { VmsnapError } from '../../errors.js';
 import { formatBytes } from '../../util/size.js';
 import type { VmInfo, VmSummary } from '../../contract/views.js';
-import { parseAccelerator } from '../../qemu/accel.js';
 import { ago, printJson, printTable } from '../output.js';
 import { parseCount, parseDiskSize, parseDiskSpec, parseMemory } from '../parse.js';
 import type { Run } from '../main.js';
@@ -89,6 +87,7 @@ export function registerVmCommands(program: Command, run: Run): void {
     .option('--json', 'print the VM status as JSON')
     .action((name: string, o: { paused?: boolean; accel: string; json?: boolean }) =>
       run(o, async (lib, log) => {
+        const { parseAccelerator } = await import('../../qemu/accel.js');
         const s = await lib.vms.start(name, { accel: parseAccelerator(o.accel, 'accel'), paused: o.paused ?? false, log });
         if (o.json) printJson(s);
         else log(`started VM '${s.name}': ${describeState(s)}`);
@@ -223,7 +222,8 @@ export function registerVmCommands(program: Command, run: Run): void {
     .argument('<name>')
     .action((name: string) =>
       run({}, async (lib) => {
-        const { socket } = lib.vms.console(name);
+        const { socket } = await lib.vms.console(name);
+        const { connect } = await import('node:net');
         return new Promise<number>((resolve, reject) => {
           const sock = connect(socket);
           const stdin = process.stdin;

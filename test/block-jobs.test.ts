@@ -3,9 +3,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VmsnapError } from '../errors.js';
-import { runBlockJob } from './block-jobs.js';
-import { QmpClient } from './qmp.js';
+import { VmsnapError } from '../src/errors.js';
+import { runBlockJob } from '../src/qemu/block-jobs.js';
+import { QmpClient } from '../src/qemu/qmp.js';
 
 // Block jobs need no guest: `-machine none` has a full block layer, and nodes added
 // with blockdev-add (no device attached) can be committed and streamed.

@@ -4,16 +4,17 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { GuestAgentCommandError } from '../errors.js';
-import { defaultImageCache } from '../paths.js';
-import { GuestAgentClient } from './guest-agent.js';
-import { QmpClient } from './qmp.js';
+import { GuestAgentCommandError } from '../src/errors.js';
+import { defaultImageCache } from '../src/paths.js';
+import { GuestAgentClient } from '../src/qemu/guest-agent.js';
+import { QmpClient } from '../src/qemu/qmp.js';
+import { unavailable } from './helpers.js';
 
 // Boots the demo guest (guest/build.sh) under TCG and talks to its qemu-ga for real.
 const IMG = join(defaultImageCache(), 'demo');
 const imageExists = existsSync(join(IMG, 'vmlinuz')) && existsSync(join(IMG, 'initrd.img'));
 
-describe.skipIf(!imageExists)('GuestAgentClient (real guest)', () => {
+describe.skipIf(unavailable(imageExists, 'guest-agent.real.test.ts', `the demo guest is not built in ${IMG} (the global setup builds it unless VMSNAP_SKIP_IMAGE=1)`))('GuestAgentClient (real guest)', () => {
   let dir: string;
   let qemu: ChildProcess;
   let qmp: QmpClient;

@@ -1,0 +1,382 @@
+// @ts-check
+/**
+ * dist/ from src/: the JavaScript that the CLI (bin/vmsnap.js) and the package run.
+ *
+ *   node scripts/dist.mjs                  rebuild the JavaScript if src/ changed since the last build
+ *   node scripts/dist.mjs --declarations   also type-check and write the .d.ts files with tsc (npm run build)
+ *   node scripts/dist.mjs --force          rebuild even if dist/ is up to date
+ *   node scripts/dist.mjs --check          exit 0 if dist/ is up to date, 1 if not
+ *
+ * esbuild transpiles the library file by file (dist/ mirrors src/, so a path relative to a
+ * module, like ../../package.json, means the same in both) and bundles the CLI into one file in
+ * dist/cli/ (at the same depth, so those paths hold there too: checked at each build), with a
+ * V8 code cache made by running it once (bin/cli-loader.js). That takes about a second of CPU; tsc only type-checks and writes declarations, for `npm run build`.
+ *
+ * In a checkout, bin/vmsnap.js calls ensureDist() at every start. It compares a signature of
+ * src/ (every file's path, size and mtime: about a millisecond to read) with the one the last
+ * build recorded in dist/.source-signature, so the CLI never runs stale code and never compiles
+ * at start unless a source changed. A rebuild writes into a temporary folder beside dist/ and
+ * then renames each file into place, so a process loading dist/ meanwhile sees every file
+ * either whole-old or whole-new, never half written, and never a missing file. Builders take
+ * a lock (a folder: mkdir is atomic), and the second of two CLIs started at once finds the
+ * first one's build up to date and uses it. Even without the lock (a builder killed while
+ * holding it, taken over) two builds of the same sources write the same bytes.
+ */
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const SRC = join(ROOT, 'src');
+const DIST = join(ROOT, 'dist');
+const STAMP = join(DIST, '.source-signature');
+const LOCK = join(DIST, '.build-lock');
+/** Builds go to ROOT/.dist-tmp-PID first: beside dist/ (same file system, same depth, so source maps point right). */
+const TMP_PREFIX = '.dist-tmp-';
+/** Bump when the build's options change, so every dist/ built before is rebuilt. */
+const BUILD_FORMAT = 3;
+/** src/cli is bundled into one file (see build()); the rest of src/ is transpiled file by file. */
+const CLI_DIR = 'cli';
+const CLI_BUNDLE = 'vmsnap-cli.cjs';
+/** What stands for import.meta.url in the CommonJS bundle. */
+const IMPORT_META_URL = '__vmsnapImportMetaUrl';
+const URL_RELATIVE_TO_MODULE = new RegExp(`new URL\\(\\s*["'](\\.\\.?/[^"']*)["']\\s*,\\s*(?:import\\.meta\\.url|${IMPORT_META_URL})\\s*\\)`, 'g');
+/** Packages the CLI bundle loads from node_modules rather than containing them. */
+const CLI_EXTERNAL = ['better-sqlite3'];
+/** Files beside the sources that change how they are built. */
+// This script is part of the build: a change to it (new esbuild options, say) rebuilds too.
+const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs'];
+
+/** @param {string} name */
+const isTest = (name) => name.endsWith('.test.ts');
+
+/** Every file under src/ that goes into dist/ (tests do not), relative to src/, sorted. */
+function sourceFiles() {
+  /** @type {string[]} */
+  const out = [];
+  /** @param {string} dir @param {string} rel */
+  const walk = (dir, rel) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(dir, e.name), `${rel}${e.name}/`);
+      else if (!isTest(e.name)) out.push(`${rel}${e.name}`);
+    }
+  };
+  walk(SRC, '');
+  return out.sort();
+}
+
+/**
+ * What the build depends on, as one short string: each source's path, size and mtime
+ * (so an edit, an added, removed or renamed file, or a file put back with an older time
+ * all change it), the build configuration and this script's format.
+ * @param {string[]} [files]
+ */
+export function sourceSignature(files = sourceFiles()) {
+  // FNV-1a over the listing: cheap, and a collision would need a crafted file tree.
+  let h = 0x811c9dc5;
+  let n = 0;
+  /** @param {string} s */
+  const add = (s) => {
+    for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  };
+  for (const f of files) {
+    const st = statSync(join(SRC, f));
+    add(`${f}\0${st.size}\0${st.mtimeMs}\n`);
+    n++;
+  }
+  for (const f of CONFIG_FILES) {
+    try {
+      const st = statSync(join(ROOT, f));
+      add(`${f}\0${st.size}\0${st.mtimeMs}\n`);
+    } catch {
+      add(`${f}\0-\n`);
+    }
+  }
+  // The code cache beside the CLI bundle is only good for the Node (V8) that made it.
+  add(`${process.version}\0${process.arch}\n`);
+  return `v${BUILD_FORMAT}-${n}-${(h >>> 0).toString(16)}`;
+}
+
+/** @returns {{ signature: string, declarations: boolean } | undefined} */
+function readStamp() {
+  try {
+    const [signature = '', flags = ''] = readFileSync(STAMP, 'utf8').split('\n');
+    return { signature, declarations: flags.includes('declarations') };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether dist/ was built from src/ as it is now.
+ * @param {{ declarations?: boolean, signature?: string }} [opts]
+ */
+export function isFresh(opts = {}) {
+  const stamp = readStamp();
+  if (!stamp) return false;
+  if (opts.declarations && !stamp.declarations) return false;
+  return stamp.signature === (opts.signature ?? sourceSignature());
+}
+
+/** @param {number} pid */
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return /** @type {NodeJS.ErrnoException} */ (e).code === 'EPERM';
+  }
+}
+
+/** @param {number} ms */
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Hold dist/'s build lock while fn runs. A lock whose owner is dead, or that is older than
+ * `staleMs`, is taken over.
+ * @template T
+ * @param {() => Promise<T>} fn
+ * @param {{ waitMs?: number, staleMs?: number }} [opts]
+ * @returns {Promise<T>}
+ */
+async function withBuildLock(fn, opts = {}) {
+  const waitMs = opts.waitMs ?? 300_000;
+  const staleMs = opts.staleMs ?? 300_000;
+  mkdirSync(DIST, { recursive: true });
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      mkdirSync(LOCK);
+      writeFileSync(join(LOCK, 'owner'), String(process.pid));
+      break;
+    } catch (e) {
+      if (/** @type {NodeJS.ErrnoException} */ (e).code !== 'EEXIST') throw e;
+    }
+    let stale = false;
+    try {
+      const age = Date.now() - statSync(LOCK).mtimeMs;
+      const owner = Number(readFileSync(join(LOCK, 'owner'), 'utf8'));
+      stale = age > staleMs || (owner > 0 && !alive(owner));
+    } catch {
+      // The owner file is written just after the folder: missing for long, the owner died in between.
+      try {
+        stale = Date.now() - statSync(LOCK).mtimeMs > 5_000;
+      } catch {
+        /* released meanwhile: try again */
+      }
+    }
+    if (stale) {
+      rmSync(LOCK, { recursive: true, force: true });
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`another process has been building dist/ for over ${Math.round(waitMs / 1000)} s (lock ${LOCK})`);
+    await sleep(20);
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(LOCK, { recursive: true, force: true });
+  }
+}
+
+/** Every file under a folder, relative to it (dot-entries at its top level excluded). @param {string} dir */
+function listTree(dir) {
+  /** @type {string[]} */
+  const out = [];
+  /** @param {string} d */
+  const walk = (d) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (d === dir && e.name.startsWith('.')) continue;
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.push(relative(dir, p));
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+/**
+ * Build dist/ (the caller holds the lock).
+ * @param {{ declarations?: boolean, log?: (line: string) => void }} opts
+ */
+async function build(opts) {
+  const log = opts.log ?? (() => {});
+  const started = performance.now();
+  const files = sourceFiles();
+  // The signature is taken before any source is read: a file edited during the build makes it stale at once.
+  const signature = sourceSignature(files);
+  // Temporary folders of builders that died: nobody else builds while we hold the lock.
+  for (const e of readdirSync(ROOT)) if (e.startsWith(TMP_PREFIX)) rmSync(join(ROOT, e), { recursive: true, force: true });
+  const tmp = join(ROOT, `${TMP_PREFIX}${process.pid}`);
+  mkdirSync(tmp);
+  let cacheMs = 0;
+  try {
+    let esbuild;
+    try {
+      esbuild = await import('esbuild');
+    } catch (e) {
+      throw new Error(`dist/ is out of date and esbuild is not installed: run 'npm install' in ${ROOT} (${/** @type {Error} */ (e).message})`);
+    }
+    const ts = files.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'));
+    const common = /** @type {const} */ ({
+      format: 'esm',
+      platform: 'node',
+      target: 'node20',
+      sourcemap: 'linked',
+      sourcesContent: false,
+      tsconfig: join(ROOT, 'tsconfig.build.json'),
+      logLevel: 'error',
+    });
+    await Promise.all([
+      // The library, file by file, as `import 'vmsnap'` uses it.
+      esbuild.build({ ...common, entryPoints: ts.filter((f) => !f.startsWith(`${CLI_DIR}/`)).map((f) => join(SRC, f)), outdir: tmp, outbase: SRC }),
+      // The CLI, bundled with its dependencies (better-sqlite3 aside) into one CommonJS file, which
+      // bin/cli-loader.js runs with V8's code cache (made below): --help and list then load one
+      // file and compile nothing. The commands still import the library only when they run: in
+      // the bundle, `await import(...)` defers the evaluation of what it imports.
+      esbuild.build({
+        ...common,
+        entryPoints: [join(SRC, CLI_DIR, 'main.ts')],
+        outfile: join(tmp, CLI_DIR, CLI_BUNDLE),
+        format: 'cjs',
+        bundle: true,
+        metafile: true,
+        // A vm.Script (the code-cache loader) has no loader for import(): what stays outside the
+        // bundle (node: built-ins, native addons) is required instead.
+        supported: { 'dynamic-import': false },
+        // Native addons stay where npm put them.
+        external: CLI_EXTERNAL,
+        // import.meta does not exist in CommonJS: the bundle's own URL stands in (dist/cli/ is at
+        // the depth of src/cli/, so paths relative to a module hold: checked below).
+        define: { 'import.meta.url': IMPORT_META_URL },
+        banner: { js: `var ${IMPORT_META_URL} = require('node:url').pathToFileURL(__filename).href;` },
+      }).then((r) => checkRelativeUrls(r.metafile, tmp)),
+    ]);
+    const cacheStarted = performance.now();
+    await makeCodeCache(join(tmp, CLI_DIR, CLI_BUNDLE), tmp);
+    cacheMs = performance.now() - cacheStarted;
+    for (const f of files) {
+      if (ts.includes(f)) continue;
+      mkdirSync(dirname(join(tmp, f)), { recursive: true });
+      copyFileSync(join(SRC, f), join(tmp, f));
+    }
+    if (opts.declarations) {
+      const { spawnSync } = await import('node:child_process');
+      const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+      const r = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json'), '--emitDeclarationOnly', '--outDir', tmp], { stdio: 'inherit' });
+      if (r.status !== 0) throw new Error(`tsc found errors (exit ${r.status ?? r.signal}): dist/ was left as it was`);
+    }
+    // Into place, one atomic rename per file; then away with what the new build no longer has.
+    const built = listTree(tmp);
+    const keep = new Set(built);
+    for (const f of built) {
+      mkdirSync(dirname(join(DIST, f)), { recursive: true });
+      renameSync(join(tmp, f), join(DIST, f));
+    }
+    for (const f of listTree(DIST)) if (!keep.has(f)) rmSync(join(DIST, f), { force: true });
+    removeEmptyDirs(DIST);
+    writeFileSync(`${STAMP}.${process.pid}`, `${signature}\n${opts.declarations ? 'declarations' : 'js'}\n`);
+    renameSync(`${STAMP}.${process.pid}`, STAMP);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  log(`vmsnap: built dist/ from src/ (${files.length} files${opts.declarations ? ', with declarations' : ''}) in ${Math.round(performance.now() - started)} ms, of which ${Math.round(cacheMs)} ms running it once for the code cache`);
+}
+
+/**
+ * Run the new CLI bundle once, as users do (--help, and list on an empty home), and save the
+ * code V8 compiled for it, for bin/cli-loader.js. A failure here fails the build: the bundle
+ * does not run.
+ * @param {string} bundle
+ * @param {string} tmp the build's temporary folder, which becomes dist/
+ */
+async function makeCodeCache(bundle, tmp) {
+  const { spawnSync } = await import('node:child_process');
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const home = mkdtempSync(join(tmpdir(), 'vmsnap-warmup-'));
+  try {
+    const loader = new URL('../bin/cli-loader.js', import.meta.url).href;
+    const warmup = `
+      const { writeFileSync, renameSync } = await import('node:fs');
+      const { loadCli } = await import(${JSON.stringify(loader)});
+      const bundle = process.argv[1];
+      // Run as the file it becomes in dist/: the code cache remembers the name.
+      const cli = loadCli(bundle, { useCache: false, as: process.argv[2] });
+      await cli.exports.main(['node', 'vmsnap', '--help']);
+      await cli.exports.main(['node', 'vmsnap', 'list', '--json']);
+      if (process.exitCode) throw new Error('vmsnap list --json failed: exit ' + process.exitCode);
+      writeFileSync(bundle + '.cache.tmp', cli.script.createCachedData());
+      renameSync(bundle + '.cache.tmp', bundle + '.cache');
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', warmup, bundle, join(DIST, relative(tmp, bundle))], {
+      env: { ...process.env, VMSNAP_HOME: home, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+      encoding: 'utf8',
+    });
+    if (r.status !== 0) throw new Error(`the new CLI bundle does not run (exit ${r.status ?? r.signal}):\n${r.stderr}`);
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A module finds files of the package relative to itself (new URL('../../package.json',
+ * import.meta.url)): right from src/X/ and dist/X/, and from the CLI's chunks in dist/cli/,
+ * but not from a module deeper down, whose path would leave the package once bundled.
+ * @param {{ outputs: Record<string, unknown> } | undefined} metafile
+ * @param {string} tmp
+ */
+function checkRelativeUrls(metafile, tmp) {
+  for (const out of Object.keys(metafile?.outputs ?? {})) {
+    if (!/\.c?js$/.test(out)) continue;
+    const file = join(process.cwd(), out);
+    const text = readFileSync(file, 'utf8');
+    for (const m of text.matchAll(URL_RELATIVE_TO_MODULE)) {
+      const target = join(DIST, relative(tmp, dirname(file)), /** @type {string} */ (m[1]));
+      if (relative(ROOT, target).startsWith('..')) {
+        throw new Error(`${relative(tmp, file)}: new URL('${m[1]}', import.meta.url) points outside the package once bundled into dist/${CLI_DIR}/; find the file another way`);
+      }
+    }
+  }
+}
+
+/** @param {string} dir */
+function removeEmptyDirs(dir) {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (!e.isDirectory() || (dir === DIST && e.name.startsWith('.'))) continue;
+    const p = join(dir, e.name);
+    removeEmptyDirs(p);
+    if (readdirSync(p).length === 0) rmSync(p, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Make dist/ match src/, building it if needed; cheap when it already does.
+ * @param {{ declarations?: boolean, force?: boolean, log?: (line: string) => void }} [opts]
+ */
+export async function ensureDist(opts = {}) {
+  const want = { declarations: opts.declarations ?? false };
+  if (!opts.force && isFresh(want)) return;
+  await withBuildLock(async () => {
+    // Another process may have built it while this one waited for the lock.
+    if (!opts.force && isFresh(want)) return;
+    await build({ ...want, ...(opts.log ? { log: opts.log } : {}) });
+  });
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const args = process.argv.slice(2);
+  if (args.includes('--check')) process.exit(isFresh({ declarations: args.includes('--declarations') }) ? 0 : 1);
+  try {
+    await ensureDist({
+      declarations: args.includes('--declarations'),
+      force: args.includes('--force'),
+      log: (line) => process.stderr.write(`${line}\n`),
+    });
+  } catch (e) {
+    process.stderr.write(`${/** @type {Error} */ (e).message}\n`);
+    process.exit(1);
+  }
+}
