@@ -97,6 +97,16 @@ export function StorageOverview(props: { report: DfReport | null; onSelect: (vm:
         <p className="muted tiny disk-legend">
           <i className="sw sw-vmsnap" /> vmsnap {bytes(d.usedBytes)} <i className="sw sw-other" /> other {bytes(other)}
         </p>
+        <p className="muted tiny" data-testid="storage-reflinks">
+          {d.reflinks
+            ? 'Memory states share the pages a snapshot did not change with its parent (reflinks).'
+            : 'No reflinks on this file system: each memory state holds all the guest RAM in use.'}
+        </p>
+        {d.heldByRunningVms.map((h) => (
+          <p className="muted tiny" key={h.vms.join(',')} data-testid="storage-held">
+            {bytes(h.bytes)} of deleted snapshots' RAM images still mapped by {h.vms.join(', ')}: freed when {h.vms.length > 1 ? 'they stop' : 'it stops'}.
+          </p>
+        ))}
         <ul className="vm-usage">
           {r.vms.map((v) => (
             <li key={v.vm}>
