@@ -211,6 +211,35 @@ async function agentReplyMs(socket: string, t0: number): Promise<number> {
   return ms;
 }
 
+/** One revert with memory (how long the VM was down, the whole command, to the agent's first reply, RSS then), and the raw full load of the same instant's state. */
+interface RevertRuns {
+  down: number[];
+  wall: number[];
+  agent: number[];
+  rss: number[];
+  raw: number[];
+  agentRaw: number[];
+  rssRaw: number[];
+}
+
+const revertRuns = (): RevertRuns => ({ down: [], wall: [], agent: [], rss: [], raw: [], agentRaw: [], rssRaw: [] });
+
+async function revertAgainstRaw(lib: Vmsnap, vm: string, snap: string, rawState: string, scratch: string, into: RevertRuns): Promise<void> {
+  settle();
+  const t0 = performance.now();
+  const r = await lib.snapshots.revert(vm, snap, { force: true });
+  const files = runtimeFiles(lib.ctx.paths.run, lib.vms.get(vm).id);
+  into.agent.push(await agentReplyMs(files.agentSocket, t0));
+  into.rss.push(rssOf(livePid(files)!).rssMiB);
+  into.down.push(r.resumeMs ?? NaN);
+  into.wall.push(r.ms ?? NaN);
+  settle();
+  const raw = await rawIncoming(lib, vm, rawState, scratch);
+  into.raw.push(raw.runningMs);
+  into.agentRaw.push(raw.agentMs);
+  into.rssRaw.push(raw.rss.rssMiB);
+}
+
 /** Fill a guest's RAM with `mib` MiB of non-zero data in tmpfs (a random MiB doubled up: fast under TCG). */
 async function fillGuest(lib: Vmsnap, vm: string, mib: number): Promise<void> {
   const r = await lib.vms.exec(
@@ -301,6 +330,14 @@ async function consolidation(lib: Vmsnap, scratch: string, online: boolean, i: n
   return { vmsnapMs, rawMs, vcpuPauseMs, ...(pivotMs !== undefined ? { pivotMs } : {}) };
 }
 
+/** The rows of a series of reverts; raw: QEMU loading the whole state (spawn to running). */
+function revertRows(rows: Row[], what: string, rv: RevertRuns): void {
+  rows.push({ name: `revert (${what}): VM down, kill→running`, unit: 'ms', ...ofVmsnap(rv.down), ...ofRaw(rv.raw), target: '≤ 150 ms' });
+  rows.push({ name: `revert (${what}): whole command`, unit: 'ms', ...ofVmsnap(rv.wall), ...ofRaw(rv.raw) });
+  rows.push({ name: `revert (${what}): to first guest-agent reply`, unit: 'ms', ...ofVmsnap(rv.agent), ...ofRaw(rv.agentRaw) });
+  rows.push({ name: `revert (${what}): QEMU RSS after resume`, unit: 'MiB', ...ofVmsnap(rv.rss), ...ofRaw(rv.rssRaw) });
+}
+
 /**
  * A 2 GiB guest with 1.5 GiB in use: a revert maps its RAM image, against a full load of
  * the same state (raw); then a memory snapshot of the reverted guest.
@@ -314,29 +351,12 @@ async function bigGuest(lib: Vmsnap, scratch: string, rows: Row[], revert256: nu
     await lib.snapshots.create('big', 'B');
     const rawState = join(scratch, 'big.state');
     await rawMemorySave(lib, 'big', rawState);
-    const down: number[] = [];
-    const wall: number[] = [];
-    const agent: number[] = [];
-    const rss: number[] = [];
-    const raw: number[] = [];
-    const agentRaw: number[] = [];
-    const rssRaw: number[] = [];
+    const rv = revertRuns();
     const pause: number[] = [];
     const saveWall: number[] = [];
     for (let i = 0; i < Math.min(RUNS, 3); i++) {
       process.stderr.write(`  run ${i + 1}\n`);
-      settle();
-      const t0 = performance.now();
-      const r = await lib.snapshots.revert('big', 'B', { force: true });
-      agent.push(await agentReplyMs(runtimeFiles(lib.ctx.paths.run, lib.vms.get('big').id).agentSocket, t0));
-      rss.push(rssOf(livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('big').id))!).rssMiB);
-      down.push(r.resumeMs ?? NaN);
-      wall.push(r.ms ?? NaN);
-      settle();
-      const rawIn = await rawIncoming(lib, 'big', rawState, scratch);
-      raw.push(rawIn.runningMs);
-      agentRaw.push(rawIn.agentMs);
-      rssRaw.push(rawIn.rss.rssMiB);
+      await revertAgainstRaw(lib, 'big', 'B', rawState, scratch, rv);
       if (i < 2) {
         settle();
         const t1 = performance.now();
@@ -345,11 +365,8 @@ async function bigGuest(lib: Vmsnap, scratch: string, rows: Row[], revert256: nu
         pause.push(s.pauseMs ?? NaN);
       }
     }
-    rows.push({ name: 'revert (2 GiB, 1.5 in use): VM down', unit: 'ms', ...ofVmsnap(down), ...ofRaw(raw), target: '≤ 150 ms' });
-    rows.push({ name: 'revert: 2 GiB / 256 MiB VM down', unit: 'ratio', ...ofVmsnap(down.map((x) => x / revert256)), target: '≤ 1.3' });
-    rows.push({ name: 'revert (2 GiB): whole command', unit: 'ms', ...ofVmsnap(wall), ...ofRaw(raw) });
-    rows.push({ name: 'revert (2 GiB): to first guest-agent reply', unit: 'ms', ...ofVmsnap(agent), ...ofRaw(agentRaw) });
-    rows.push({ name: 'revert (2 GiB): QEMU RSS after resume', unit: 'MiB', ...ofVmsnap(rss), ...ofRaw(rssRaw) });
+    revertRows(rows, '2 GiB, 1.5 in use', rv);
+    rows.push({ name: 'revert: 2 GiB / 256 MiB VM down', unit: 'ratio', ...ofVmsnap(rv.down.map((x) => x / revert256)), target: '≤ 1.3' });
     rows.push({ name: 'memory snapshot of a reverted 2 GiB VM: pause', unit: 'ms', ...ofVmsnap(pause), target: '≤ 10 ms' });
     rows.push({ name: 'memory snapshot of a reverted 2 GiB VM: wall', unit: 'ms', ...ofVmsnap(saveWall) });
   } finally {
@@ -436,13 +453,7 @@ async function qemuBenchmarks(rows: Row[]): Promise<void> {
     const memRawWall: number[] = [];
     const memRawDurableWall: number[] = [];
     const stateRatio: number[] = [];
-    const revert: number[] = [];
-    const revertWall: number[] = [];
-    const revertRaw: number[] = [];
-    const agent: number[] = [];
-    const agentRaw: number[] = [];
-    const rss: number[] = [];
-    const rssRaw: number[] = [];
+    const rv = revertRuns();
     const lazyPause: number[] = [];
     const lazyWall: number[] = [];
 
@@ -477,18 +488,7 @@ async function qemuBenchmarks(rows: Row[]): Promise<void> {
         memRawWall.push(raw.wallMs);
         memRawDurableWall.push(raw.durableWallMs);
 
-        settle();
-        const t1 = performance.now();
-        const r = await lib.snapshots.revert('bench', `mem-${i}`, { force: true });
-        agent.push(await agentReplyMs(runtimeFiles(lib.ctx.paths.run, lib.vms.get('bench').id).agentSocket, t1));
-        rss.push(rssOf(livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('bench').id))!).rssMiB);
-        revert.push(r.resumeMs ?? NaN);
-        revertWall.push(r.ms ?? NaN);
-        settle();
-        const rawIn = await rawIncoming(lib, 'bench', rawState, scratch);
-        revertRaw.push(rawIn.runningMs);
-        agentRaw.push(rawIn.agentMs);
-        rssRaw.push(rawIn.rss.rssMiB);
+        await revertAgainstRaw(lib, 'bench', `mem-${i}`, rawState, scratch, rv);
 
         // A memory snapshot of the VM now running from a RAM image (pre-copy: see README).
         settle();
@@ -504,13 +504,10 @@ async function qemuBenchmarks(rows: Row[]): Promise<void> {
       rows.push({ name: 'memory snapshot (256 MiB): wall time', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawWall) });
       rows.push({ name: 'memory snapshot: wall vs raw + fsync', unit: 'ms', ...ofVmsnap(memWall), ...ofRaw(memRawDurableWall), target: 'ratio ≤ 1.5' });
       rows.push({ name: 'state file size / guest RAM', unit: 'ratio', ...ofVmsnap(stateRatio) });
-      rows.push({ name: 'revert (256 MiB): VM down, kill→running', unit: 'ms', ...ofVmsnap(revert), ...ofRaw(revertRaw), target: '≤ 150 ms' });
-      rows.push({ name: 'revert (256 MiB): whole command', unit: 'ms', ...ofVmsnap(revertWall), ...ofRaw(revertRaw) });
-      rows.push({ name: 'revert (256 MiB): to first guest-agent reply', unit: 'ms', ...ofVmsnap(agent), ...ofRaw(agentRaw) });
-      rows.push({ name: 'revert (256 MiB): QEMU RSS after resume', unit: 'MiB', ...ofVmsnap(rss), ...ofRaw(rssRaw) });
+      revertRows(rows, '256 MiB', rv);
       rows.push({ name: 'memory snapshot of a reverted VM: pause', unit: 'ms', ...ofVmsnap(lazyPause), ...ofRaw(memRawPause), target: '≤ 10 ms' });
       rows.push({ name: 'memory snapshot of a reverted VM: wall', unit: 'ms', ...ofVmsnap(lazyWall), ...ofRaw(memRawWall) });
-      r256 = median(revert);
+      r256 = median(rv.down);
     }
 
     if (want('big')) await bigGuest(lib, scratch, rows, r256);
