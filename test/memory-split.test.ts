@@ -1,6 +1,6 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -9,9 +9,9 @@ import { createManifest, MemoryStateError, validateMemoryState, writeManifest, t
 import { loadDeviceState } from '../src/memory/revert.js';
 import { ramImageArgs } from '../src/qemu/launcher.js';
 import { openSplitSink, type SplitFilesResult } from '../src/memory/split-files.js';
-import { GuestAgentClient } from '../src/qemu/guest-agent.js';
-import { QmpClient } from '../src/qemu/qmp.js';
+import type { GuestAgentClient } from '../src/qemu/guest-agent.js';
 import { sleep } from '../src/util/process.js';
+import { RawVms, rawAgent, rawSh, waitMigration, type RawVm as Vm } from './raw-qemu.js';
 
 /*
  * End to end, with real QEMU 7.2 under TCG and the demo guest: save a VM's memory with
@@ -30,14 +30,6 @@ const imageExists = existsSync(join(IMG, 'vmlinuz')) && existsSync(join(IMG, 'in
 const MEM_MIB = 256;
 const RAM_BYTES = MEM_MIB * 1024 * 1024;
 const BLOB_MIB = 32;
-
-interface Vm {
-  name: string;
-  dir: string;
-  proc: ChildProcess;
-  qmp: QmpClient;
-  spawnedAt: number;
-}
 
 interface Saved {
   result: SplitFilesResult;
@@ -83,7 +75,7 @@ async function firstDifference(a: string, b: string, length: number, skip: [numb
 
 describe.skipIf(!imageExists)('split memory state with real QEMU (background-snapshot and precopy)', () => {
   let dir: string;
-  const vms: Vm[] = [];
+  const raw = new RawVms(() => dir);
   const saved: Record<string, Saved> = {};
   const hostFile = randomBytes(64 * 1024);
   const figures: Record<string, unknown> = {};
@@ -104,48 +96,10 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
     ];
   }
 
-  async function start(name: string, opts: { ramImage?: string; incoming?: boolean; paused?: boolean } = {}): Promise<Vm> {
-    const d = join(dir, name);
-    mkdirSync(d, { recursive: true });
-    const a = args(name, opts);
-    const spawnedAt = performance.now();
-    const proc = spawn('qemu-system-x86_64', a, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-    const sock = join(d, 'qmp.sock');
-    // Poll for the socket tightly (spawn-to-running is measured).
-    while (!existsSync(sock)) {
-      if (proc.exitCode !== null) throw new Error(`QEMU exited: ${stderr}`);
-      if (performance.now() - spawnedAt > 20_000) throw new Error(`no QMP socket after 20 s: ${stderr}`);
-      await sleep(1);
-    }
-    const qmp = await QmpClient.connect(sock, { retryUntilMs: 10_000 });
-    const vm = { name, dir: d, proc, qmp, spawnedAt };
-    vms.push(vm);
-    return vm;
-  }
-
-  async function kill(vm: Vm): Promise<void> {
-    await vm.qmp.close().catch(() => undefined);
-    const i = vms.indexOf(vm);
-    if (i >= 0) vms.splice(i, 1);
-    if (vm.proc.exitCode === null && vm.proc.signalCode === null) {
-      const exited = new Promise((r) => vm.proc.once('exit', r));
-      vm.proc.kill('SIGKILL');
-      await exited;
-    }
-  }
-
-  async function agentOf(vm: Vm, boot: boolean): Promise<GuestAgentClient> {
-    const sock = join(vm.dir, 'qga.sock');
-    return boot ? GuestAgentClient.waitUntilReady(sock, { timeoutMs: 180_000 }) : GuestAgentClient.connect(sock, { timeoutMs: 20_000 });
-  }
-
-  async function sh(agent: GuestAgentClient, script: string): Promise<string> {
-    const r = await agent.exec('/bin/sh', ['-c', script], { timeoutMs: 120_000 });
-    if (r.exitCode !== 0) throw new Error(`guest: ${script} → ${r.exitCode}: ${r.stderr}`);
-    return r.stdout;
-  }
+  const start = (name: string, opts: { ramImage?: string; incoming?: boolean; paused?: boolean } = {}): Promise<Vm> => raw.start(name, args(name, opts));
+  const kill = (vm: Vm): Promise<void> => raw.kill(vm);
+  const agentOf = (vm: Vm, boot: boolean): Promise<GuestAgentClient> => rawAgent(vm, boot);
+  const sh = rawSh;
 
   /** A dump of guest-physical memory 0..RAM (all of pc.ram for a q35 guest of under 2 GiB). */
   async function dumpMemory(vm: Vm, file: string): Promise<string> {
@@ -155,14 +109,6 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
   }
 
   const blobMd5 = async (agent: GuestAgentClient): Promise<string> => (await sh(agent, 'md5sum /tmp/blob')).split(' ')[0]!;
-
-  async function waitMigration(qmp: QmpClient): Promise<{ status: string; downtime?: number; 'error-desc'?: string }> {
-    for (;;) {
-      const info = await qmp.execute<{ status: string; downtime?: number; 'error-desc'?: string }>('query-migrate');
-      if (['completed', 'failed', 'cancelled'].includes(info.status)) return info;
-      await sleep(10);
-    }
-  }
 
   /** Saves `vm`'s memory through the splitter as snapshot `snap-KEY`; background-snapshot unless key starts with "pre". */
   async function saveSplit(vm: Vm, key: string, md5: string): Promise<Saved> {
@@ -225,15 +171,11 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
   });
 
   afterEach((ctx) => {
-    if (ctx.task.result?.state !== 'fail') return;
-    for (const vm of vms) {
-      const log = join(vm.dir, 'serial.log');
-      if (existsSync(log)) console.error(`--- ${vm.name} serial log (tail) ---\n${readFileSync(log, 'utf8').split('\n').slice(-30).join('\n')}`);
-    }
+    if (ctx.task.result?.state === 'fail') raw.printSerialTails();
   });
 
   afterAll(async () => {
-    for (const vm of [...vms]) await kill(vm);
+    await raw.killAll();
     console.log(`memory-split figures: ${JSON.stringify(figures, null, 2)}`);
     rmSync(dir, { recursive: true, force: true });
   });
