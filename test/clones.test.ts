@@ -63,7 +63,7 @@ describe('clones, storage accounting and health', () => {
       await lib.vms.stop(c.name, { force: true });
       await lib.vms.remove(c.name);
     }
-  });
+  }, 300_000); // four TCG guests forked and checked one by one: minutes on a loaded host
 
   it('a linked clone of an inner snapshot of a branched tree: its own files, writes kept apart, survives the snapshot being deleted', async () => {
     // S1 ─┬─ S2 (b) ─ S3 (c)        clone from S2
