@@ -27,6 +27,8 @@ function imageCache(): string {
 const IMG = join(imageCache(), 'demo');
 const imageExists = existsSync(join(IMG, 'vmlinuz')) && existsSync(join(IMG, 'initrd.img'));
 
+/** A test that boots or loads TCG guests and saves their memory: minutes on a loaded host. */
+const BOOTS = 600_000;
 const MEM_MIB = 256;
 const RAM_BYTES = MEM_MIB * 1024 * 1024;
 const BLOB_MIB = 32;
@@ -213,7 +215,7 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
       await agent.close();
       await kill(vm);
     }
-  });
+  }, BOOTS);
 
   it('reverts from the background-snapshot state: running at once, RAM from the image, same data', async () => {
     const { vm, loadedMs, status } = await revert('bg', 'revert-bg');
@@ -235,7 +237,7 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
     }
     // QEMU opened the image read-write but never wrote it: it still matches its hash.
     await validateMemoryState(saved.bg!.manifestPath, { verifyRamSha256: true });
-  });
+  }, BOOTS);
 
   it('reverts from the precopy state: paused until cont, same data', async () => {
     const { vm, loadedMs, status } = await revert('pre', 'revert-pre');
@@ -256,7 +258,7 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
       await kill(vm);
     }
     await validateMemoryState(saved.pre!.manifestPath, { verifyRamSha256: true });
-  });
+  }, BOOTS);
 
   it('live precopy while the guest dirties memory (pages re-sent): the reverted memory equals the source at switch-over', async () => {
     const vm = await start('source-live');
@@ -307,7 +309,7 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
     } finally {
       await kill(back);
     }
-  });
+  }, BOOTS);
 
   it('background-snapshot of a VM that runs from a private RAM image mapping (uffd-wp on a private file mapping)', async () => {
     // On a regular filesystem (ext4 here) userfaultfd write-protect cannot register a
@@ -361,7 +363,7 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
     } finally {
       rmSync(shmDir, { recursive: true, force: true });
     }
-  });
+  }, BOOTS);
 
   it('a RAM image paired with the wrong device state is caught before a load', async () => {
     const bg = saved.bg!;

@@ -135,7 +135,7 @@ describe('export and import as a real backup', () => {
     expect(v.problems).toEqual([]);
     expect(v.fingerprintsVerified).toBe(1);
     await lib2.vms.stop('copy', { force: true });
-  });
+  }, 300_000); // a memory snapshot, an export and an import that resumes a TCG guest: minutes on a loaded host
 
   it('exports a disk-only snapshot through the CLI; the import boots with its files', async () => {
     await write(lib, 'src', 'C');
