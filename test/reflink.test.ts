@@ -10,7 +10,7 @@ import { PAGE, StreamBuilder, pageOf, q35Blocks, type PageRecord } from '../src/
 import { memoryStateFiles } from '../src/paths.js';
 import { fileExtents, supportsReflinks, uniqueBytes } from '../src/util/extents.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, COUNTER, counter, openLib, sh } from './helpers.js';
+import { cleanupHome, cli, COUNTER, counter, openLib, sh, waitFor } from './helpers.js';
 
 /*
  * Memory states that cost what changed: on a file system with reflinks, a snapshot's RAM
@@ -131,8 +131,7 @@ describe('memory states on XFS with reflinks', () => {
     await lib.snapshots.revert('x', 'S2', { force: true });
     expect((await sh(lib, 'x', 'md5sum /tmp/blob /tmp/small')).split('\n').map((l) => l.split(' ')[0]).filter(Boolean)).toEqual([blob, small]);
     const c = await counter(lib, 'x');
-    await new Promise((r) => setTimeout(r, 500));
-    expect(await counter(lib, 'x')).toBeGreaterThan(c);
+    await waitFor(async () => (await counter(lib, 'x')) > c, { what: 'the guest counter to move on' });
     const v = await lib.verify('x', { deep: true });
     expect(v.problems).toEqual([]);
     expect(memoryStateFiles(lib.ctx.catalog.findSnapshot(vm.id, 'S2')!.stateFile).every((f) => statSync(f).size > 0)).toBe(true);
