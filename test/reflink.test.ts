@@ -131,7 +131,7 @@ describe('memory states on XFS with reflinks', () => {
     await lib.snapshots.revert('x', 'S2', { force: true });
     expect((await sh(lib, 'x', 'md5sum /tmp/blob /tmp/small')).split('\n').map((l) => l.split(' ')[0]).filter(Boolean)).toEqual([blob, small]);
     const c = await counter(lib, 'x');
-    await waitFor(async () => (await counter(lib, 'x')) > c, { what: 'the guest counter to move on' });
+    await waitFor(async () => (await counter(lib!, 'x')) > c, { what: 'the guest counter to move on' });
     const v = await lib.verify('x', { deep: true });
     expect(v.problems).toEqual([]);
     expect(memoryStateFiles(lib.ctx.catalog.findSnapshot(vm.id, 'S2')!.stateFile).every((f) => statSync(f).size > 0)).toBe(true);
