@@ -87,13 +87,14 @@ describe('memory mapped from the snapshot (256 MiB guest)', () => {
     expect(await sha256File(ramOf(lib, 'vm', 'S1'))).toBe(snapRec(lib, 'vm', 'S1').meta.ramSha256);
 
     // A memory snapshot of a VM running from a RAM image: background-snapshot cannot
-    // write-protect a file mapping, so a live pre-copy with a 1 ms downtime limit is used.
+    // write-protect a file mapping, so a live pre-copy is used: one pass over RAM while the
+    // guest runs (downtime limit 0: QEMU 7.2 under TCG loses writes at later dirty syncs).
     await lib.snapshots.revert('vm', 'S1', { force: true });
     const blobB = (await sh(lib, 'vm', 'head -c 4194304 /dev/urandom > /tmp/blob2 && md5sum /tmp/blob2')).split(' ')[0]!;
     const s2 = await lib.snapshots.create('vm', 'S2');
     const m2 = snapRec(lib, 'vm', 'S2').meta;
     figures.snapshotOfReverted = { pauseMs: s2.pauseMs, saveMs: m2.saveMs, downtimeLimitMs: m2.downtimeLimitMs };
-    expect(m2).toMatchObject({ memoryMode: 'precopy', fallbackReason: expect.stringMatching(/not compatible with guest memory configuration/) });
+    expect(m2).toMatchObject({ memoryMode: 'precopy', downtimeLimitMs: 0, fallbackReason: expect.stringMatching(/not compatible with guest memory configuration/) });
     expect(s2.pauseMs).toBeGreaterThan(0);
 
     // Branches: S1 ─┬─ S2 (blob2)

@@ -268,8 +268,9 @@ describe.skipIf(!imageExists)('split memory state with real QEMU (background-sna
       await sh(agent, 'head -c 16777216 /dev/urandom > /tmp/churn; (while :; do head -c 16777216 /dev/urandom | dd of=/tmp/churn conv=notrunc bs=1M 2>/dev/null; done) >/dev/null 2>&1 &');
       const snapshotId = 'snap-pre-live';
       const sink = await openSplitSink(join(dir, 'live.sock'), join(dir, `${snapshotId}.ram`), join(dir, `${snapshotId}.dev`), { snapshotId });
-      // As vmsnap's fallback does: pre-copy while the guest runs, pause before switch-over.
-      await vm.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3, 'downtime-limit': 50 });
+      // As vmsnap's fallback does: pre-copy while the guest runs, pause before switch-over,
+      // downtime limit 0 (one pass over RAM: under TCG, QEMU 7.2 misses writes at later dirty syncs).
+      await vm.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3, 'downtime-limit': 0 });
       await vm.qmp.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'background-snapshot', state: false },

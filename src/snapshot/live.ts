@@ -113,7 +113,7 @@ export interface MemorySaveResult {
   totalMs: number;
   /** Why background-snapshot was not used, if it was not. */
   fallbackReason?: string;
-  /** Pre-copy: the downtime limit QEMU switched over with (raised from 1 ms for a busy guest). */
+  /** Pre-copy: the downtime limit QEMU switched over with (0: one pass over RAM, see PRECOPY_DOWNTIME_MS). */
   downtimeLimitMs?: number;
 }
 
@@ -121,6 +121,7 @@ interface MigrateInfo {
   status?: string;
   downtime?: number;
   'error-desc'?: string;
+  ram?: { 'dirty-sync-count'?: number };
 }
 
 async function waitForMigration(qmp: QmpClient, until: (status: string) => boolean, timeoutMs: number): Promise<MigrateInfo> {
@@ -143,14 +144,22 @@ async function waitForMigration(qmp: QmpClient, until: (status: string) => boole
 }
 
 /**
- * The pre-copy save's first downtime limit: QEMU stops the guest for the switch-over only
- * once what is left to send fits in this many ms at the bandwidth it measured. Raised
- * (doubled per pass) when the guest dirties memory faster than that converges.
+ * The pre-copy save's downtime limit: 0, so that QEMU makes exactly one pass over guest
+ * RAM while the guest runs, then stops it and sends in the pause what it wrote during that
+ * pass. Not a small limit and several passes: under TCG, QEMU 7.2 loses guest writes at
+ * every dirty-bitmap sync after the first. The sync clears the migration dirty bits but
+ * not the vCPU TLB entries that already write without marking pages dirty, so writes
+ * through them go unseen until the next TLB flush, and the saved RAM misses them (a
+ * guest reverted from such a snapshot crashes: slab corruption seen here). Fixed upstream
+ * in QEMU 9.0 (03bfc2188f "physmem: Fix migration dirty bitmap coherency with TCG memory
+ * access"), not in Debian's 7.2. With a limit of 0 the threshold is 0: ram_save_pending
+ * (ram.c:3455) never syncs, the migration completes once every page has been sent once
+ * (migration.c:3766), and the only sync while the guest runs is the setup one, after which
+ * the full pass sends every page anyway; the final sync runs with the guest stopped.
  */
-const PRECOPY_DOWNTIME_MS = 1;
-const PRECOPY_DOWNTIME_MAX_MS = 1000;
-/** Dirty-bitmap passes before the downtime limit is raised: an idle guest converges in 2–3. */
-const PRECOPY_PASSES_BEFORE_RAISE = 4;
+const PRECOPY_DOWNTIME_MS = 0;
+/** Dirty-bitmap syncs of a save that lost no write: the setup one and the final one (guest stopped). */
+const PRECOPY_SAFE_SYNCS = 2;
 
 /** Migration settings that make a save to a local file as fast as the disk allows. */
 export async function tuneMigration(qmp: QmpClient, downtimeLimitMs = 50): Promise<void> {
@@ -296,10 +305,11 @@ async function contAfterMigration(qmp: QmpClient, timeoutMs = 5000): Promise<voi
 /**
  * Pre-copy while the guest runs; QEMU stops it before the switch-over and waits for us
  * (pause-before-switchover): the disks switch in that pause, pipelined with the
- * migrate-continue, and `cont` follows QEMU's "completed" event. The pause is the last
- * dirty pages, the device state and two event round trips: with a downtime limit of 1 ms
- * it is a few ms for an idle guest; a guest that dirties memory faster than that
- * converges gets the limit doubled per pass, so the save always ends.
+ * migrate-continue, and `cont` follows QEMU's "completed" event. One pass over RAM with
+ * the guest running (see PRECOPY_DOWNTIME_MS): the pause is what the guest wrote during
+ * that pass, the device state and two event round trips — a few ms for an idle guest,
+ * more for a guest that writes a lot. A save whose dirty bitmap was synced while the guest
+ * ran (the limit changed by someone else) may have lost writes under TCG: it is refused.
  */
 async function precopyLive(
   qmp: QmpClient,
@@ -310,8 +320,7 @@ async function precopyLive(
   t0: number,
   onDisksSwitched?: () => void,
 ): Promise<MemorySaveResult> {
-  let downtime = PRECOPY_DOWNTIME_MS;
-  await tuneMigration(qmp, downtime);
+  await tuneMigration(qmp, PRECOPY_DOWNTIME_MS);
   await setCapability(qmp, 'background-snapshot', false).catch(() => undefined);
   await setCapability(qmp, 'events', true);
   await setCapability(qmp, 'pause-before-switchover', true);
@@ -321,12 +330,16 @@ async function precopyLive(
   const ended = (st: string): boolean => st === 'failed' || st === 'cancelled';
   const atSwitchover = qmp.waitForEvent('MIGRATION', { timeoutMs, predicate: (e) => status(e) === 'pre-switchover' || ended(status(e)) });
   const completed = qmp.waitForEvent('MIGRATION', { timeoutMs, predicate: (e) => status(e) === 'completed' || ended(status(e)) });
-  const stopRaising = qmp.onEvent((e) => {
-    const pass = Number(e.data.pass);
-    if (e.event !== 'MIGRATION_PASS' || pass < PRECOPY_PASSES_BEFORE_RAISE || downtime >= PRECOPY_DOWNTIME_MAX_MS) return;
-    downtime = Math.min(PRECOPY_DOWNTIME_MAX_MS, downtime * 2);
-    qmp.execute('migrate-set-parameters', { 'downtime-limit': downtime }).catch(() => undefined);
+  // QEMU sends MIGRATION_PASS after each dirty-bitmap sync, before the status event that follows it.
+  let passes = 0;
+  const stopCounting = qmp.onEvent((e) => {
+    if (e.event === 'MIGRATION_PASS') passes = Math.max(passes, Number(e.data.pass));
   });
+  const lostWrites = (syncs: number): VmsnapError =>
+    new VmsnapError('QEMU_FAILED', `saving memory state: QEMU synced its dirty bitmap ${syncs} times, so under TCG it may have missed guest writes; the save was abandoned`, {
+      hint: "another client changed the migration's downtime-limit: leave QEMU's migration parameters to vmsnap and take the snapshot again",
+      details: { step: 'save-memory', syncs },
+    });
   const failure = async (): Promise<never> => {
     const info = await qmp.execute<MigrateInfo>('query-migrate').catch(() => ({}) as MigrateInfo);
     throw new VmsnapError('QEMU_FAILED', `saving memory state failed: ${info['error-desc'] ?? info.status ?? 'unknown error'}`, {
@@ -336,6 +349,8 @@ async function precopyLive(
   try {
     await qmp.execute('migrate', { uri });
     if (ended(status(await atSwitchover))) await failure();
+    // The guest is stopped and the final sync is still to come: one sync so far (setup) or writes may be lost.
+    if (passes > PRECOPY_SAFE_SYNCS - 1) throw lostWrites(passes + 1);
     // Pipelined: QEMU runs a monitor's commands in order, one round trip for both.
     const [tx, go] = await Promise.allSettled([switchToOverlays(qmp, switches), qmp.execute('migrate-continue', { state: 'pre-switchover' })]);
     if (tx.status === 'fulfilled') onDisksSwitched?.();
@@ -344,6 +359,8 @@ async function precopyLive(
     for (const r of [tx, go]) if (r.status === 'rejected') throw r.reason;
     const [stopEv, resumeEv] = await Promise.all([stopped, resumed]);
     const info = await qmp.execute<MigrateInfo>('query-migrate');
+    const syncs = info.ram?.['dirty-sync-count'];
+    if (syncs !== undefined && syncs > PRECOPY_SAFE_SYNCS) throw lostWrites(syncs);
     return {
       mode: 'precopy',
       pauseMs: resumeEv.timeMs - stopEv.timeMs,
@@ -352,7 +369,7 @@ async function precopyLive(
       ...(info.downtime !== undefined ? { qemuDowntimeMs: info.downtime } : {}),
       totalMs: performance.now() - t0,
       fallbackReason,
-      downtimeLimitMs: downtime,
+      downtimeLimitMs: PRECOPY_DOWNTIME_MS,
     };
   } catch (e) {
     await qmp.execute('migrate_cancel').catch(() => undefined);
@@ -360,7 +377,7 @@ async function precopyLive(
     if (st && !st.running) await qmp.execute('cont').catch(() => undefined);
     throw e;
   } finally {
-    stopRaising();
+    stopCounting();
     await setCapability(qmp, 'pause-before-switchover', false).catch(() => undefined);
   }
 }
