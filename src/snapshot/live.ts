@@ -225,7 +225,8 @@ interface SaveOptions {
   forcePrecopy?: boolean;
 }
 
-async function saveToUri(qmp: QmpClient, switches: OverlaySwitch[], uri: string, opts: SaveOptions): Promise<MemorySaveResult> {
+/** The QMP side of snapshotWithMemory: `uri` is where QEMU sends the stream (exported for live.test.ts). */
+export async function saveToUri(qmp: QmpClient, switches: OverlaySwitch[], uri: string, opts: SaveOptions): Promise<MemorySaveResult> {
   const t0 = performance.now();
   const timeoutMs = opts.timeoutMs ?? 600_000;
   await tuneMigration(qmp);
