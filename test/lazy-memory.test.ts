@@ -140,7 +140,7 @@ describe('memory mapped from the snapshot (256 MiB guest)', () => {
     expect((await cli(home, ['df'])).stdout).toMatch(/still mapped by (vm|f2): free once it stops/);
     const verify = await cli(home, ['verify', '--deep', '--json']);
     expect(JSON.parse(verify.stdout).flatMap((v: { problems: unknown[] }) => v.problems)).toEqual([]);
-    expect(findOrphans(lib.ctx)).toEqual([]);
+    expect(await findOrphans(lib.ctx)).toEqual([]);
 
     // A snapshot of a VM whose image is deleted (read through the mapping) reverts.
     await lib.snapshots.create('vm', 'S4');
@@ -280,7 +280,7 @@ describe('memory mapped from the snapshot (256 MiB guest)', () => {
     await sh(lib, 'vm', 'head -c 8388608 /dev/urandom > /tmp/after && echo after > /data/after && sync');
     expect(await counter(lib, 'vm')).toBeGreaterThan(c);
     expect(readdirSync(lib.ctx.paths.states).sort()).toEqual(states);
-    expect(findOrphans(lib.ctx)).toEqual([]);
+    expect(await findOrphans(lib.ctx)).toEqual([]);
     expect((await lib.verify('vm', { deep: true })).problems).toEqual([]);
     const k = await lib.snapshots.create('vm', 'K');
     expect(snapRec(lib, 'vm', 'K').meta.memoryMode).toBe('background');
