@@ -49,10 +49,21 @@ describe('memory states on XFS with reflinks', () => {
     }
     home = join(mnt, 'home');
   });
-  afterAll(() => {
+  afterAll(async () => {
     lib?.close();
     cleanupHome(home);
-    execFileSync('umount', [mnt]);
+    // The QEMUs cleanupHome killed keep the mount busy until they have exited.
+    await waitFor(
+      () => {
+        try {
+          execFileSync('umount', [mnt], { stdio: 'pipe' });
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      { what: `${mnt} to unmount once its QEMUs exited`, timeoutMs: 30_000 },
+    );
     rmSync(join(img, '..'), { recursive: true, force: true });
   });
 
