@@ -4,7 +4,7 @@ import { VmsnapError } from '../errors.js';
 import type { PowerState } from '../contract/views.js';
 import { runtimeFiles, STAGING_SUFFIX, type RuntimeFiles } from './launcher.js';
 import { QmpClient } from './qmp.js';
-import { isProcessAlive, processCmdline, sleep } from '../util/process.js';
+import { isProcessAlive, isProcessExiting, processCmdline, sleep } from '../util/process.js';
 
 export type { PowerState } from '../contract/views.js';
 
@@ -85,8 +85,13 @@ export async function waitForExit(pid: number, timeoutMs: number): Promise<boole
   return true;
 }
 
-/** Kill a VM's QEMU at once (its present state is being discarded or it hangs). */
-export async function killQemu(files: RuntimeFiles): Promise<void> {
+/**
+ * Kill a VM's QEMU at once (its present state is being discarded or it hangs).
+ * `untilExiting`: return as soon as none of its threads can run again (a revert resumes
+ * the new QEMU then), not once the kernel has freed its memory (about 25 ms more for a
+ * QEMU with 2 GiB resident here, which made the down time grow with the old guest's RAM).
+ */
+export async function killQemu(files: RuntimeFiles, opts: { untilExiting?: boolean } = {}): Promise<void> {
   const pid = livePid(files);
   if (pid !== undefined) {
     try {
@@ -94,7 +99,10 @@ export async function killQemu(files: RuntimeFiles): Promise<void> {
     } catch {
       /* already gone */
     }
-    await waitForExit(pid, 10_000);
+    if (opts.untilExiting) {
+      const deadline = Date.now() + 10_000;
+      while (!isProcessExiting(pid) && Date.now() < deadline) await sleep(1);
+    } else await waitForExit(pid, 10_000);
   }
   cleanRuntime(files);
 }

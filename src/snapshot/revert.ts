@@ -143,7 +143,8 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
       let state: RevertResult['state'] = 'stopped';
       let reverted = vm;
       try {
-        await killQemu(files);
+        // The down time starts here: wait only until the old QEMU can run no more, not for its memory to be freed.
+        await killQemu(files, { untilExiting: Boolean(staged) });
         const killedAt = performance.now();
         op.done(2, () => applyRevertToCatalog(catalog, vm, snap, switches, plan.removeLayers, new Date().toISOString()));
         reverted = catalog.getVm(vm.id);

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it, vi } from 'vitest';
-import { isProcessAlive, killAndWait, processStartTime } from './process.js';
+import { isProcessAlive, isProcessExiting, killAndWait, processStartTime } from './process.js';
 
 /** A process that is not our child once started (so nobody reaps it for us but init): sh forks it and exits. */
 async function orphan(script: string): Promise<number> {
@@ -49,5 +49,17 @@ describe('killAndWait', () => {
     } finally {
       expect(await killAndWait(pid, { startTime: processStartTime(pid)! })).toBe(true);
     }
+  });
+});
+
+describe('isProcessExiting', () => {
+  it('is false while any thread can run, true once the process is killed (before or after it is reaped) or gone', async () => {
+    const pid = await orphan('exec sleep 30');
+    expect(isProcessExiting(pid)).toBe(false);
+    process.kill(pid, 'SIGKILL');
+    await vi.waitFor(() => expect(isProcessExiting(pid)).toBe(true), { interval: 1 });
+    await vi.waitFor(() => expect(isProcessAlive(pid)).toBe(false), { interval: 5 });
+    expect(isProcessExiting(pid)).toBe(true);
+    expect(isProcessExiting(2 ** 22 + 12345)).toBe(true); // above pid_max: never a process
   });
 });

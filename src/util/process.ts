@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** The kernel's start time of a process (clock ticks since boot), to tell a live pid from a reused one. */
 export function processStartTime(pid: number): string | undefined {
@@ -23,6 +23,34 @@ export function isProcessAlive(pid: number, startTime?: string): boolean {
     return false;
   }
   return startTime === undefined || startTime === now;
+}
+
+/** The kernel's PF_EXITING task flag (include/linux/sched.h): set at the start of do_exit, before the memory teardown. */
+const PF_EXITING = 0x4;
+
+/**
+ * True once no thread of a process can run its own code again: every thread is in the
+ * kernel's exit path (PF_EXITING, set before the process's memory is torn down, which
+ * for a QEMU with GiBs resident takes tens of ms), or the process is a zombie or gone.
+ */
+export function isProcessExiting(pid: number): boolean {
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return true;
+  }
+  for (const tid of tasks) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (rest[0] === 'Z' || rest[0] === 'X') continue;
+      if ((Number(rest[6]) & PF_EXITING) === 0) return false; // field 9: flags
+    } catch {
+      /* that thread is gone */
+    }
+  }
+  return true;
 }
 
 export function processCmdline(pid: number): string[] {
