@@ -75,17 +75,24 @@ export function isoWeekOf(year: number, month: number, day: number): { isoWeekYe
 
 /** The wall-clock fields of `at` in `timeZone` (which must be valid). */
 export function localParts(at: Date, timeZone: string): LocalParts {
-  const parts = formatterFor(timeZone).formatToParts(at);
-  const get = (type: Intl.DateTimeFormatPartTypes): number => {
-    const p = parts.find((x) => x.type === type);
-    if (p === undefined) throw new VmsnapError('INTERNAL', `Intl gave no ${type} for ${at.toISOString()} in ${timeZone}`);
-    return Number(p.value);
-  };
-  const year = get('year');
-  const month = get('month');
-  const day = get('day');
+  const f = formatterFor(timeZone);
+  // format() is about 3x faster than formatToParts(); en-US with these options gives "11/25/2026, 02:15:00".
+  const m = /^(\d{2})\/(\d{2})\/(\d{4}), (\d{2}):(\d{2}):(\d{2})$/.exec(f.format(at));
+  let fields: [number, number, number, number, number, number];
+  if (m !== null) {
+    fields = [Number(m[3]), Number(m[1]), Number(m[2]), Number(m[4]), Number(m[5]), Number(m[6])];
+  } else {
+    const parts = f.formatToParts(at);
+    const get = (type: Intl.DateTimeFormatPartTypes): number => {
+      const p = parts.find((x) => x.type === type);
+      if (p === undefined) throw new VmsnapError('INTERNAL', `Intl gave no ${type} for ${at.toISOString()} in ${timeZone}`);
+      return Number(p.value);
+    };
+    fields = [get('year'), get('month'), get('day'), get('hour'), get('minute'), get('second')];
+  }
+  const [year, month, day, hour, minute, second] = fields;
   const { isoWeekYear, isoWeek } = isoWeekOf(year, month, day);
-  return { year, month, day, hour: get('hour'), minute: get('minute'), second: get('second'), isoWeekYear, isoWeek };
+  return { year, month, day, hour, minute, second, isoWeekYear, isoWeek };
 }
 
 export function pad2(n: number): string {
