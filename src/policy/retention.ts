@@ -129,7 +129,7 @@ export function validateRetentionRules(rules: RetentionRules): void {
     if (v === undefined || v === null) continue;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) {
       throw new VmsnapError('INVALID_ARGUMENT', `${r.option} must be a whole number of 1 or more (got ${String(v)})`, {
-        hint: `e.g. ${r.option} 7; leave ${r.option} out to keep no snapshots by ${r.unit}`,
+        hint: `e.g. ${r.option} 7; leave ${r.option} out to not use that rule`,
         details: { field: r.key, option: r.option, value: v },
       });
     }
