@@ -142,7 +142,7 @@ describe('GFS periods', () => {
     expect(kept(plan(snaps, { keepWeekly: 1 }))).toEqual(['jan1']);
     const weekly2 = plan(snaps, { keepWeekly: 2 });
     // Only one week has snapshots: keep-weekly 2 has count left, so the oldest is kept too (as restic does).
-    expect(reasonsOf(weekly2, 'dec31')).toEqual(['oldest (keep-weekly 2: only 1 weeks)']);
+    expect(reasonsOf(weekly2, 'dec31')).toEqual(['oldest (keep-weekly 2 found only 1 week)']);
     const yearly = plan(snaps, { keepYearly: 2 });
     expect(reasonsOf(yearly, 'jan1')).toEqual(['yearly 2027']);
     expect(reasonsOf(yearly, 'dec31')).toEqual(['yearly 2026']);
@@ -196,7 +196,7 @@ describe('keep-last and unions', () => {
     const snaps = series('2026-11-23T01:00:00Z', '2026-11-25T23:00:00Z', 2 * HOUR);
     const p = plan(snaps, { keepDaily: 7 });
     expect(kept(p)).toEqual([iso('2026-11-25T23:00:00Z'), iso('2026-11-24T23:00:00Z'), iso('2026-11-23T23:00:00Z'), iso('2026-11-23T01:00:00Z')]);
-    expect(reasonsOf(p, iso('2026-11-23T01:00:00Z'))).toEqual(['oldest (keep-daily 7: only 3 days)']);
+    expect(reasonsOf(p, iso('2026-11-23T01:00:00Z'))).toEqual(['oldest (keep-daily 7 found only 3 days)']);
   });
 
   it('the newest policy snapshot is always kept by any keep rule', () => {

@@ -97,20 +97,21 @@ type KeepKey = 'keepLast' | 'keepHourly' | 'keepDaily' | 'keepWeekly' | 'keepMon
 interface KeepRule {
   key: KeepKey;
   option: string;
-  /** What the rule counts, in the plural ('days'). */
+  /** What the rule counts: one 'day', several 'days'. */
   unit: string;
+  units: string;
   /** The period's label, also its identity; null for keep-last (every snapshot is its own). */
   period: ((p: LocalParts) => string) | null;
 }
 
 /** The keep rules in restic's (and borg's and Proxmox's) order. */
 export const KEEP_RULES: readonly KeepRule[] = [
-  { key: 'keepLast', option: '--keep-last', unit: 'snapshots', period: null },
-  { key: 'keepHourly', option: '--keep-hourly', unit: 'hours', period: (p) => `hourly ${p.year}-${pad2(p.month)}-${pad2(p.day)} ${pad2(p.hour)}:00` },
-  { key: 'keepDaily', option: '--keep-daily', unit: 'days', period: (p) => `daily ${p.year}-${pad2(p.month)}-${pad2(p.day)}` },
-  { key: 'keepWeekly', option: '--keep-weekly', unit: 'weeks', period: (p) => `weekly ${p.isoWeekYear}-W${pad2(p.isoWeek)}` },
-  { key: 'keepMonthly', option: '--keep-monthly', unit: 'months', period: (p) => `monthly ${p.year}-${pad2(p.month)}` },
-  { key: 'keepYearly', option: '--keep-yearly', unit: 'years', period: (p) => `yearly ${p.year}` },
+  { key: 'keepLast', option: '--keep-last', unit: 'snapshot', units: 'snapshots', period: null },
+  { key: 'keepHourly', option: '--keep-hourly', unit: 'hour', units: 'hours', period: (p) => `hourly ${p.year}-${pad2(p.month)}-${pad2(p.day)} ${pad2(p.hour)}:00` },
+  { key: 'keepDaily', option: '--keep-daily', unit: 'day', units: 'days', period: (p) => `daily ${p.year}-${pad2(p.month)}-${pad2(p.day)}` },
+  { key: 'keepWeekly', option: '--keep-weekly', unit: 'week', units: 'weeks', period: (p) => `weekly ${p.isoWeekYear}-W${pad2(p.isoWeek)}` },
+  { key: 'keepMonthly', option: '--keep-monthly', unit: 'month', units: 'months', period: (p) => `monthly ${p.year}-${pad2(p.month)}` },
+  { key: 'keepYearly', option: '--keep-yearly', unit: 'year', units: 'years', period: (p) => `yearly ${p.year}` },
 ];
 
 function isSet(v: number | null | undefined): v is number {
@@ -231,7 +232,8 @@ function applyKeepRules(list: readonly Item[], rules: RetentionRules, timeZone: 
       } else if (i === list.length - 1) {
         // restic: a rule with count left keeps the oldest snapshot as well, so
         // history is not lost while a new policy fills its periods.
-        add(it, `oldest (${rule.option.slice(2)} ${count}: only ${count - left} ${rule.unit})`);
+        const found = count - left;
+        add(it, `oldest (${rule.option.slice(2)} ${count} found only ${found} ${found === 1 ? rule.unit : rule.units})`);
         left--;
       }
     }
