@@ -377,6 +377,11 @@ describe('max-bytes', () => {
     expect(p.remove[0]!.bytes).toBe(GiB);
   });
 
+  it('shows exact bytes when rounding would make the total look equal to the limit', () => {
+    const p = plan([pol('a', '2026-11-29T00:00:00Z', { bytes: 1024 }), pol('b', '2026-11-30T00:00:00Z', { bytes: 8 * GiB })], { maxBytes: 8 * GiB }, 'UTC', now);
+    expect(p.remove.map((r) => r.reason)).toEqual([`max-bytes: oldest policy snapshot while ${8 * GiB + 1024} B > ${8 * GiB} B`]);
+  });
+
   it('does nothing under the limit', () => {
     const p = plan(daily(), { maxBytes: 10 * GiB }, 'UTC', now);
     expect(p.remove).toEqual([]);

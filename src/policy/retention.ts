@@ -172,6 +172,13 @@ export function formatBytes(n: number): string {
   return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
+/** "7.2 GiB > 6.0 GiB"; exact bytes when rounding would show the two the same. */
+function overLabel(total: number, max: number): string {
+  const a = formatBytes(total);
+  const b = formatBytes(max);
+  return a === b ? `${total} B > ${max} B` : `${a} > ${b}`;
+}
+
 /** An instant as a short UTC label: "2026-11-24T10:00Z" (seconds when they are not 0). */
 export function utcLabel(d: Date): string {
   const iso = d.toISOString(); // 2026-11-24T10:00:00.000Z
@@ -309,7 +316,7 @@ export function planRetention(snapshots: readonly RetentionSnapshot[], rules: Re
     for (const it of prunable) {
       if (total <= max) break;
       keep.delete(it);
-      remove.set(it, { cause: 'max-bytes', reason: `max-bytes: oldest policy snapshot while ${formatBytes(total)} > ${formatBytes(max)}` });
+      remove.set(it, { cause: 'max-bytes', reason: `max-bytes: oldest policy snapshot while ${overLabel(total, max)}` });
       total -= it.bytes;
     }
     if (total > max) {
