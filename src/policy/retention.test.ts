@@ -369,6 +369,14 @@ describe('max-bytes', () => {
     expect(kept(p)).toEqual(['c']);
   });
 
+  it('a policy snapshot dated in the future does not make the newest real one prunable', () => {
+    const snaps = [pol('a', '2026-11-28T00:00:00Z'), pol('b', '2026-11-29T00:00:00Z'), pol('future', '2026-12-05T00:00:00Z')];
+    const p = plan(snaps, { maxBytes: GiB }, 'UTC', now);
+    expect(kept(p)).toEqual(['future', 'b']);
+    expect(removed(p)).toEqual(['a']);
+    expect(p.warnings).toHaveLength(1);
+  });
+
   it('snapshots of unknown or zero size are neither counted nor removed, with a warning', () => {
     const snaps = [pol('a', '2026-11-27T00:00:00Z', { bytes: null }), pol('b', '2026-11-28T00:00:00Z', { bytes: 0 }), pol('c', '2026-11-29T00:00:00Z'), pol('d', '2026-11-30T00:00:00Z')];
     const p = plan(snaps, { maxBytes: GiB }, 'UTC', now);

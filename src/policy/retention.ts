@@ -22,8 +22,9 @@
 //     every policy snapshot.
 //  6. --max-bytes: while the VM's snapshots (all of them that remain, manual and
 //     protected included) add up to more than the limit, delete the oldest policy
-//     snapshot still kept, never a protected one, never the newest policy
-//     snapshot, never one whose deletion frees nothing known (bytes 0 or unknown).
+//     snapshot still kept, never a protected one, never the newest policy snapshot
+//     (up to now), never one dated in the future, never one whose deletion frees
+//     nothing known (bytes 0 or unknown).
 
 import { VmsnapError } from '../errors.js';
 import { localParts, pad2, validateTimeZone, type LocalParts } from './timezone.js';
@@ -310,8 +311,8 @@ export function planRetention(snapshots: readonly RetentionSnapshot[], rules: Re
     }
     let total = 0;
     for (const it of items) if (!remove.has(it)) total += it.bytes;
-    // The newest policy snapshot (protected or not, but not one already deleted) is never deleted by max-bytes.
-    const newestPolicy = items.find((it) => it.snap.owner === 'policy' && !remove.has(it));
+    // The newest policy snapshot (protected or not; not one already deleted, not one dated in the future) is never deleted by max-bytes.
+    const newestPolicy = items.find((it) => it.snap.owner === 'policy' && !remove.has(it) && it.at.getTime() <= now.getTime());
     const prunable = candidates.filter((it) => keep.has(it) && it !== newestPolicy && it.bytes > 0).reverse(); // oldest first
     for (const it of prunable) {
       if (total <= max) break;

@@ -22,6 +22,7 @@ describe('validateSchedule', () => {
     ['0 3 * * MON-FRI', '0 3 * * MON-FRI'],
     ['  0   3 * * *  ', '0 3 * * *'],
     ['0 0 L * *', '0 0 L * *'],
+    ['0 0 29 2 *', '0 0 29 2 *'],
     ['@hourly', '@hourly'],
     ['@daily', '@daily'],
     ['@midnight', '@midnight'],
@@ -63,6 +64,7 @@ describe('validateSchedule', () => {
     ['@reboot', /@reboot is not a time/],
     ['@often', /unknown nickname '@often'/],
     ['0 0 30 2 *', /it never runs/],
+    ['0 0 31 4 *', /it never runs/],
   ])('refuses %j', (expr, message) => {
     const e = caught(() => validateSchedule(expr, 'UTC'));
     expect(e.code).toBe('INVALID_ARGUMENT');
