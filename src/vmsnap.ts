@@ -6,6 +6,7 @@ import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
 import { defaultHome } from './paths.js';
 import { registry } from './registry.js';
+import { PolicyService } from './scheduler/service.js';
 import { SnapshotService } from './snapshot/service.js';
 import { recordFingerprints, verifyVm } from './snapshot/verify.js';
 import { TransferService } from './transfer/index.js';
@@ -29,6 +30,8 @@ export class Vmsnap {
   readonly health: HealthService;
   /** Export a snapshot as a self-contained archive; import one as a new VM. */
   readonly transfer: TransferService;
+  /** Snapshot policies: schedules, retention, expiry; a pass, a prune. */
+  readonly policies: PolicyService;
 
   private constructor(ctx: Context) {
     this.ctx = ctx;
@@ -36,6 +39,7 @@ export class Vmsnap {
     this.snapshots = new SnapshotService(ctx);
     this.health = new HealthService(ctx);
     this.transfer = new TransferService(ctx);
+    this.policies = new PolicyService(ctx);
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {

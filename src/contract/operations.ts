@@ -3,6 +3,9 @@ import type {
   CloneResult,
   DeleteResult,
   ExportResult,
+  PolicyRunRecord,
+  PolicyRunResult,
+  PruneResult,
   ImportResult,
   MergeReport,
   RecoveryReport,
@@ -33,6 +36,8 @@ export const OPERATION_KINDS = [
   'consolidate',
   'import',
   'export',
+  'policy-run',
+  'prune',
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
@@ -59,6 +64,8 @@ export interface TaskResults {
   consolidate: { merges: MergeReport[] };
   import: ImportResult;
   export: ExportResult;
+  'policy-run': PolicyRunResult;
+  prune: PruneResult;
   verify: VerifyReport;
   recover: RecoveryReport;
 }
@@ -109,7 +116,11 @@ export type Task = { [K in TaskKind]: TaskBase & { kind: K; result: TaskResults[
 export type VmsnapEvent =
   | { type: 'vm-state'; vm: string; vmId: string; state: string }
   | { type: 'progress'; operationId: string; vm: string; what: string; done: number; total: number }
-  | { type: 'operation'; operationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string };
+  | { type: 'operation'; operationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string }
+  /** A policy pass ended for a VM (or found it busy: it is tried again on the next pass). */
+  | { type: 'policy'; vm: string; vmId: string; status: 'ok' | 'busy' | 'failed'; record: PolicyRunRecord | null }
+  /** A policy was set, changed or removed, or a snapshot protected, unprotected: the tree's badges changed. */
+  | { type: 'snapshots-changed'; vm: string; vmId: string };
 
 /**
  * What the API's event stream carries: the library's own events (vm-state,
@@ -125,4 +136,5 @@ export type ApiEvent =
   | { type: 'snapshots'; data: { vm: string; vmId: string } }
   | { type: 'progress'; data: { operationId: string | null; libraryOperationId: string; vm: string; what: string; done: number; total: number } }
   | { type: 'operation'; data: { operation: Task } }
-  | { type: 'journal'; data: { libraryOperationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string } };
+  | { type: 'journal'; data: { libraryOperationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string } }
+  | { type: 'policy'; data: { vm: string; vmId: string; status: 'ok' | 'busy' | 'failed'; record: PolicyRunRecord | null } };

@@ -3,4 +3,4 @@ export * from './retention.js';
 export * from './schedule.js';
 export * from './duration.js';
 export * from './name-pattern.js';
-export { validateTimeZone, hostTimeZone, localParts, isoWeekOf, type LocalParts } from './timezone.js';
+export { validateTimeZone, hostTimeZone, zoneOf, localParts, isoWeekOf, type LocalParts } from './timezone.js';

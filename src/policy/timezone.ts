@@ -61,6 +61,11 @@ export function hostTimeZone(): string {
   return Intl.DateTimeFormat().resolvedOptions().timeZone;
 }
 
+/** The zone a policy runs in: its own, or (null) the host's. */
+export function zoneOf(spec: { timeZone: string | null }): string {
+  return spec.timeZone ?? hostTimeZone();
+}
+
 /** ISO-8601 week-numbering year and week of a calendar date. */
 export function isoWeekOf(year: number, month: number, day: number): { isoWeekYear: number; isoWeek: number } {
   const date = new Date(Date.UTC(year, month - 1, day));

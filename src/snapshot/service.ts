@@ -2,9 +2,10 @@ import type { Context } from '../context.js';
 import type { CloneResult, DeleteResult, PresentStateChanges, RevertResult, SnapshotView } from '../contract/views.js';
 import { cloneSnapshot, type CloneOptions } from './clone.js';
 import { takeSnapshot, type TakeSnapshotOptions } from './create.js';
-import { deleteAllSnapshots, deleteSnapshot, type DeleteOptions } from './delete.js';
+import { assertDeletable, deleteAllSnapshots, deleteSnapshot, type DeleteOptions } from './delete.js';
+import { setProtected } from './protect.js';
 import { revertToSnapshot, type RevertOptions } from './revert.js';
-import { drawTree, listSnapshotViews, presentStateChanges, showSnapshot } from './views.js';
+import { drawTree, listSnapshotViews, presentStateChanges, resolveSnapshot, showSnapshot } from './views.js';
 
 export type { TakeSnapshotOptions } from './create.js';
 export type { RevertOptions } from './revert.js';
@@ -60,6 +61,21 @@ export class SnapshotService {
   /** Delete every snapshot of a VM: all deltas merge into the present disks (VMware's "Delete All"). */
   async deleteAll(vmName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
     return deleteAllSnapshots(this.ctx, this.vm(vmName), opts);
+  }
+
+  /** Refuse at once what a delete would refuse because the snapshot is protected (the API answers before it accepts a job). */
+  assertDeletable(vmName: string, snapName: string): void {
+    const vm = this.vm(vmName);
+    assertDeletable(vm, resolveSnapshot(this.ctx, vm, snapName));
+  }
+
+  /** Nothing deletes a protected snapshot (delete, delete --all, prune, expiry) until it is unprotected. */
+  protect(vmName: string, snapName: string): SnapshotView {
+    return setProtected(this.ctx, this.vm(vmName), snapName, true);
+  }
+
+  unprotect(vmName: string, snapName: string): SnapshotView {
+    return setProtected(this.ctx, this.vm(vmName), snapName, false);
   }
 
   /** Clone new VMs from any snapshot: linked or full; `start` forks them from its memory. */

@@ -20,7 +20,7 @@ export function resolveSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): S
   return s;
 }
 
-export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all: SnapshotRecord[]): SnapshotView {
+export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all: SnapshotRecord[], policyId = ctx.catalog.findPolicy(vm.id)?.id): SnapshotView {
   const disks = Object.entries(s.layers).map(([slot, layerId]) => {
     const l = ctx.catalog.findLayer(layerId);
     return { slot, layerId, path: l?.path ?? '', bytes: l ? fileBytes(l.path) : 0 };
@@ -43,12 +43,37 @@ export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all:
     stateBytes: fileBytes(s.stateFile),
     config: s.config,
     meta: s.meta,
+    protected: s.protected,
+    expiresAt: s.expiresAt,
+    policy: s.policyId === null ? null : { slot: s.policySlot, owned: s.policyId === policyId },
   };
 }
 
 export function listSnapshotViews(ctx: Context, vm: VmRecord): SnapshotView[] {
   const all = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
-  return all.map((s) => snapshotView(ctx, vm, s, all));
+  const policyId = ctx.catalog.findPolicy(vm.id)?.id;
+  return all.map((s) => snapshotView(ctx, vm, s, all, policyId));
+}
+
+/** Protected, policy, expiring: the flags of a snapshot in words, for lists and the tree. */
+export function snapshotFlags(s: Pick<SnapshotView, 'protected' | 'expiresAt' | 'policy'>, now = Date.now()): string[] {
+  const out: string[] = [];
+  if (s.protected) out.push('protected');
+  if (s.policy?.owned) out.push('policy');
+  if (s.expiresAt !== null) {
+    const left = Date.parse(s.expiresAt) - now;
+    out.push(left <= 0 ? 'expired' : `expires in ${formatLeft(left)}`);
+  }
+  return out;
+}
+
+/** A time left, roughly: "45s", "12m", "5h", "6d". */
+function formatLeft(ms: number): string {
+  const s = Math.ceil(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.round(s / 60)}m`;
+  if (s < 86_400) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86_400)}d`;
 }
 
 export function showSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotView {
@@ -58,7 +83,7 @@ export function showSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): Snap
 /** The tree drawn for a terminal, with "you are here" under the current snapshot. */
 export function drawTree(ctx: Context, vm: VmRecord): string {
   return renderTree(listSnapshotViews(ctx, vm), vm.currentSnapshotId, (s) => {
-    const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString()];
+    const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString(), ...snapshotFlags(s)];
     return `${s.name}  (${bits.join(', ')})${s.description ? ` — ${s.description}` : ''}`;
   });
 }
