@@ -2,7 +2,7 @@ import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import { formatBytes } from '../contract/format.js';
 import type { HealthReport, HealthSettings, HealthWarning } from '../contract/views.js';
-import { dueSlot } from '../policy/schedule.js';
+import { nextRun } from '../policy/schedule.js';
 import { zoneOf } from '../policy/timezone.js';
 import { healthSettings, now } from '../settings.js';
 import { verifyVm } from '../snapshot/verify.js';
@@ -62,13 +62,15 @@ export function policyWarnings(ctx: Context, vm: VmRecord): HealthWarning[] {
       message: `the policy of '${vm.name}' failed at ${run.at}${run.slot ? ` (slot ${run.slot})` : ''}: ${run.error?.code ?? ''} ${run.error?.message ?? ''}`.trimEnd(),
     });
   }
-  const t = new Date(now());
-  const due = dueSlot(p.spec.schedule, zoneOf(p.spec), p.lastSlot, t, new Date(p.since));
-  if (due && t.getTime() - due.at.getTime() > OVERDUE_MS) {
+  // The first slot no pass has taken yet: overdue once it is older than a quarter of an hour.
+  const t = now();
+  const after = Math.max(p.lastSlot === null ? -Infinity : Date.parse(p.lastSlot), Date.parse(p.since) - 1);
+  const first = nextRun(p.spec.schedule, zoneOf(p.spec), new Date(after));
+  if (first && t - first.getTime() > OVERDUE_MS) {
     out.push({
       kind: 'policy',
       vm: vm.name,
-      message: `the policy of '${vm.name}' has not taken its slot ${due.slot}${due.missed ? ` (nor ${due.missed} before it)` : ''}: is 'vmsnap serve' or a 'vmsnap policy run' timer running?`,
+      message: `the policy of '${vm.name}' has taken no snapshot since its slot ${first.toISOString()} was due: is 'vmsnap serve' or a 'vmsnap policy run' timer running?`,
     });
   }
   return out;

@@ -6,6 +6,7 @@ import type { ErrorSummary, PolicyRunRecord, PolicyRunResult, PruneResult } from
 import { toVmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import type { Op } from '../operations/op.js';
+import { inFlight } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { expandNamePattern } from '../policy/name-pattern.js';
 import { dueSlot, nextRun, type DueSlot } from '../policy/schedule.js';
@@ -227,9 +228,9 @@ export async function runPolicyPass(ctx: Context, vm0: VmRecord, opts: PassOptio
   const takes = policy !== undefined && (opts.now || due !== null);
 
   if (!takes) {
-    // Nothing to take: prune only when something has expired.
+    // Nothing to take: prune only when something has expired, or to finish what a killed pass left.
     const result = { ...base('schedule', null), note: policy ? 'no slot due' : 'no policy' };
-    if (!catalog.hasExpiredSnapshots(vm0.id, at)) return result;
+    if (!catalog.hasExpiredSnapshots(vm0.id, at) && !leftBehind(ctx, vm0)) return result;
     try {
       result.prune = await withVm(ctx, vm0, 'prune (expired snapshots)', () => pruneLocked(ctx, catalog.getVm(vm0.id), { at }));
     } catch (e) {
@@ -280,11 +281,16 @@ export async function runPolicyPass(ctx: Context, vm0: VmRecord, opts: PassOptio
   }
 }
 
-/** Whether a VM has work for a pass now: a slot due, or a snapshot expired. Cheap: no lock, no QEMU. */
+/** An operation a killed process left unfinished on the VM: the next pass finishes it (taking the lock recovers it). */
+function leftBehind(ctx: Context, vm: VmRecord): boolean {
+  return ctx.journal.unfinished().some((op) => op.vmId === vm.id && !inFlight(op));
+}
+
+/** Whether a VM has work for a pass now: a slot due, a snapshot expired, or a pass to finish. Cheap: no lock, no QEMU. */
 export function passDue(ctx: Context, vm: VmRecord, at = policyClock()): boolean {
   const p = ctx.catalog.findPolicy(vm.id);
   if (p && dueSlot(p.spec.schedule, zoneOf(p.spec), p.lastSlot, at, new Date(p.since)) !== null) return true;
-  return ctx.catalog.hasExpiredSnapshots(vm.id, at);
+  return ctx.catalog.hasExpiredSnapshots(vm.id, at) || (p !== undefined && leftBehind(ctx, vm));
 }
 
 /** `policy run` with no VM: a pass for every VM that has a policy or expiring snapshots. One VM's failure does not stop the others. */
