@@ -1,39 +1,14 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serve, type RunningServer } from '../src/api/server.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, openLib, sh, skipBecause, tempHome, unavailable } from './helpers.js';
+import { cleanupHome, cli, ensureWebBuilt, openLib, PNG_SIGNATURE, sh, skipBecause, tempHome, unavailable } from './helpers.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const WEB = join(ROOT, 'web');
 const CHROMIUM = '/usr/bin/chromium';
-
-/** Newest modification time under the UI's sources. */
-function newestSource(): number {
-  let newest = 0;
-  const walk = (p: string): void => {
-    const st = statSync(p);
-    if (st.isDirectory()) for (const f of readdirSync(p)) walk(join(p, f));
-    else newest = Math.max(newest, st.mtimeMs);
-  };
-  for (const p of ['src', 'public', 'index.html', 'vite.config.ts']) if (existsSync(join(WEB, p))) walk(join(WEB, p));
-  return newest;
-}
-
-/** `npm test` builds the UI first (pretest); a lone run of this file builds it when web/dist is missing or stale. */
-function ensureWebBuilt(): void {
-  const index = join(WEB, 'dist', 'index.html');
-  if (existsSync(index) && statSync(index).mtimeMs >= newestSource()) return;
-  const r = spawnSync('npm', ['run', 'build:web'], { cwd: ROOT, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`npm run build:web failed:\n${r.stdout}\n${r.stderr}`);
-}
-
-const PNG = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+const PNG = PNG_SIGNATURE;
 
 describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at ${CHROMIUM} (bash scripts/install-deps.sh --test installs it)`))('web UI in a real browser over the demo guest', () => {
   let home: string;

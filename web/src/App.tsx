@@ -1,9 +1,10 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
-import { api, ApiFailure, setToken, type DeleteResult, type Health, type Operation, type RevertResult, type SnapshotView, type VmInfo, type VmSummary } from './api.js';
+import { api, ApiFailure, setToken, type DeleteResult, type Health, type Operation, type PolicyView, type RevertResult, type SnapshotView, type VmInfo, type VmSummary } from './api.js';
 import { DetailsPanel } from './components/DetailsPanel.js';
 import { ConfirmDialog, DeleteAllDialog, DeleteDialog, NewVmDialog, RevertDialog, TakeSnapshotDialog, TokenDialog } from './components/Dialogs.js';
 import { CameraIcon, PauseIcon, PlayIcon, PowerIcon, StopIcon } from './components/Icons.js';
 import { Jobs, ProgressBar, progressText } from './components/Jobs.js';
+import { PolicyDialog, PruneDialog } from './components/PolicyDialogs.js';
 import { SnapshotTree, type NodeRef } from './components/SnapshotTree.js';
 import { StorageChart } from './components/StorageChart.js';
 import { StateBadge, VmList } from './components/VmList.js';
@@ -17,7 +18,9 @@ type Dialog =
   | { kind: 'delete-all' }
   | { kind: 'new-vm' }
   | { kind: 'power-off' }
-  | { kind: 'remove-vm' };
+  | { kind: 'remove-vm' }
+  | { kind: 'policy' }
+  | { kind: 'prune' };
 
 interface Toast {
   id: number;
@@ -50,6 +53,18 @@ function describeResult(op: Operation): string {
       if (!r) return `${op.title}: done`;
       return `Deleted ${r.deleted.length === 1 ? `snapshot '${r.deleted[0]}'` : `${r.deleted.length} snapshots`} — ${bytes(r.reclaimedBytes)} reclaimed`;
     }
+    case 'policy-run': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
+      const pruned = r.prune?.deleted.length ?? 0;
+      if (r.status === 'busy') return `Policy of ${op.vm}: the VM was busy, tried again on the next pass`;
+      return `Policy of ${op.vm}: ${r.snapshot ? `took '${r.snapshot}'` : (r.note ?? 'nothing to take')}${pruned ? `, pruned ${pruned}` : ''}`;
+    }
+    case 'prune': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
+      return `Pruned ${r.deleted.length} snapshot${r.deleted.length === 1 ? '' : 's'} of ${op.vm} — ${bytes(r.freedBytes)} freed`;
+    }
     case 'vm-start':
       return `${op.vm} started`;
     case 'vm-stop':
@@ -66,6 +81,7 @@ export function App() {
   const [selected, setSelected] = useState<string | null>(vmFromHash);
   const [snapshots, setSnapshots] = useState<SnapshotView[]>([]);
   const [info, setInfo] = useState<VmInfo | null>(null);
+  const [policy, setPolicy] = useState<PolicyView | null | undefined>(undefined);
   const [node, setNode] = useState<NodeRef>({ kind: 'here' });
   const [ops, setOps] = useState<Operation[]>([]);
   const [dialog, setDialog] = useState<Dialog | null>(null);
@@ -107,10 +123,11 @@ export function App() {
   const loadVm = useCallback(
     async (name: string) => {
       try {
-        const [list, vmInfo] = await Promise.all([api.snapshots(name), api.vm(name)]);
+        const [list, vmInfo, vmPolicy] = await Promise.all([api.snapshots(name), api.vm(name), api.policy(name)]);
         if (selectedRef.current !== name) return;
         setSnapshots(list);
         setInfo(vmInfo);
+        setPolicy(vmPolicy);
         // The info carries the freshest summary too.
         setVms((vs) => vs?.map((v) => (v.id === vmInfo.id ? { ...v, ...summaryOf(vmInfo) } : v)) ?? vs);
       } catch (e) {
@@ -142,6 +159,7 @@ export function App() {
   useEffect(() => {
     setSnapshots([]);
     setInfo(null);
+    setPolicy(undefined);
     setNode({ kind: 'here' });
     if (selected) void loadVm(selected);
   }, [selected, loadVm]);
@@ -193,6 +211,11 @@ export function App() {
         case 'snapshots':
           if (e.data.vm === selectedRef.current) scheduleReload();
           break;
+        case 'policy':
+          // A pass of the server's scheduler: its failures are worth a toast wherever one looks.
+          if (e.data.status === 'failed' && e.data.record?.error) toast('error', `The policy of ${e.data.vm} failed: ${e.data.record.error.message}`, e.data.record.error.hint);
+          if (e.data.vm === selectedRef.current) scheduleReload();
+          break;
         case 'operation':
           upsertOp(e.data.operation);
           break;
@@ -209,7 +232,7 @@ export function App() {
           break;
       }
     },
-    [upsertOp, scheduleReload, loadAll],
+    [upsertOp, scheduleReload, loadAll, toast],
   );
 
   useEffect(() => {
@@ -317,6 +340,7 @@ export function App() {
                   <span className="muted small">
                     {vm.memoryMiB} MiB · {vm.cpus} vCPU · {vm.disks} disk{vm.disks === 1 ? '' : 's'}
                     {vm.currentSnapshot ? ` · current snapshot: ${vm.currentSnapshot}` : ' · no snapshots yet'}
+                    {vm.policy ? ` · policy ${vm.policy}` : ''}
                   </span>
                 </div>
                 <div className="toolbar" role="toolbar" aria-label="VM actions">
@@ -339,6 +363,9 @@ export function App() {
                     <StopIcon /> Power off
                   </button>
                   <span className="sep" />
+                  <button className="btn" onClick={() => setDialog({ kind: 'policy' })} title="schedule and retention rules" data-testid="action-policy">
+                    Policy
+                  </button>
                   <button className="btn btn-primary" disabled={busy || st === 'unknown'} onClick={() => setDialog({ kind: 'take' })} data-testid="action-take">
                     <CameraIcon /> Take snapshot
                   </button>
@@ -368,9 +395,17 @@ export function App() {
                   selected={node}
                   busy={busy}
                   canDelete={canDelete}
+                  policy={policy}
                   actions={{
                     revert: (s) => setDialog({ kind: 'revert', snapshot: s }),
                     remove: (s) => setDialog({ kind: 'delete', snapshot: s }),
+                    protect: (s, on) =>
+                      void api.protect(vm.name, s.id, on).then(() => {
+                        toast('ok', `Snapshot '${s.name}' ${on ? 'protected: nothing deletes it until it is unprotected' : 'no longer protected'}`);
+                        scheduleReload();
+                      }, fail),
+                    editPolicy: () => setDialog({ kind: 'policy' }),
+                    prune: () => setDialog({ kind: 'prune' }),
                     take: () => setDialog({ kind: 'take' }),
                     deleteAll: () => setDialog({ kind: 'delete-all' }),
                     removeVm: () => setDialog({ kind: 'remove-vm' }),
@@ -407,6 +442,17 @@ export function App() {
       )}
       {dialog?.kind === 'delete' && vm && <DeleteDialog vm={vm} snapshot={dialog.snapshot} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
       {dialog?.kind === 'delete-all' && vm && <DeleteAllDialog vm={vm} snapshots={snapshots} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
+      {dialog?.kind === 'policy' && vm && (
+        <PolicyDialog
+          vm={vm}
+          policy={policy ?? null}
+          onClose={() => setDialog(null)}
+          onChanged={() => scheduleReload()}
+          onAccepted={() => scheduleReload()}
+          onPrune={() => setDialog({ kind: 'prune' })}
+        />
+      )}
+      {dialog?.kind === 'prune' && vm && <PruneDialog vm={vm} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
       {dialog?.kind === 'new-vm' && (
         <NewVmDialog
           existing={vms?.map((v) => v.name) ?? []}

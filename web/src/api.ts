@@ -5,7 +5,10 @@ import type {
   ApiErrorBody,
   DeleteResult,
   OperationKind,
+  PolicyPatch,
+  PolicyView,
   PresentStateChanges,
+  PruneResult,
   RevertResult,
   SnapshotView,
   Task,
@@ -13,7 +16,7 @@ import type {
   VmSummary,
 } from '../../src/contract/index.js';
 
-export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult };
+export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, PolicyView, PolicyPatch, PruneResult };
 /** A 202 job of the API, its result typed by its kind. */
 export type Operation = Task;
 export type PresentState = PresentStateChanges;
@@ -110,12 +113,24 @@ export const api = {
   resume: (vm: string) => request<VmSummary>('POST', `/vms/${enc(vm)}/resume`, {}),
   snapshots: (vm: string) => request<SnapshotView[]>('GET', `/vms/${enc(vm)}/snapshots`),
   presentState: (vm: string) => request<PresentState>('GET', `/vms/${enc(vm)}/present-state`),
-  takeSnapshot: (vm: string, body: { name: string; description?: string; memory?: boolean }) =>
+  takeSnapshot: (vm: string, body: { name: string; description?: string; memory?: boolean; expire?: string }) =>
     request<Accepted>('POST', `/vms/${enc(vm)}/snapshots`, body),
   revert: (vm: string, snap: string, body: { force: boolean; start?: boolean }) =>
     request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/revert`, body),
   deleteSnapshot: (vm: string, snap: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots/${enc(snap)}`),
   deleteAll: (vm: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots`),
+  protect: (vm: string, snap: string, on: boolean) => request<SnapshotView>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/${on ? 'protect' : 'unprotect'}`, {}),
+  /** The VM's policy, or null when it has none. */
+  policy: (vm: string) =>
+    request<PolicyView>('GET', `/vms/${enc(vm)}/policy`).catch((e: unknown) => {
+      if (e instanceof ApiFailure && e.code === 'NOT_FOUND' && /no snapshot policy/.test(e.message)) return null;
+      throw e;
+    }),
+  setPolicy: (vm: string, body: PolicyPatch) => request<PolicyView>('PUT', `/vms/${enc(vm)}/policy`, body),
+  removePolicy: (vm: string) => request<{ vm: string; snapshotsLeft: number }>('DELETE', `/vms/${enc(vm)}/policy`),
+  runPolicy: (vm: string, now: boolean) => request<Accepted>('POST', `/vms/${enc(vm)}/policy/run`, { now }),
+  prunePlan: (vm: string) => request<PruneResult>('GET', `/vms/${enc(vm)}/prune`),
+  prune: (vm: string) => request<Accepted>('POST', `/vms/${enc(vm)}/prune`, {}),
   operations: () => request<Operation[]>('GET', '/operations'),
   operation: (id: string) => request<Operation>('GET', `/operations/${enc(id)}`),
 };

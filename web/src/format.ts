@@ -33,3 +33,34 @@ export function nextSnapshotName(taken: string[]): string {
   const used = new Set(taken);
   for (let i = 1; ; i++) if (!used.has(`snap-${i}`)) return `snap-${i}`;
 }
+
+/** Time left until an instant, roughly: "45s", "12m", "5h", "6d"; null once it has passed. */
+export function timeLeft(iso: string, now = Date.now()): string | null {
+  const s = Math.ceil((Date.parse(iso) - now) / 1000);
+  if (s <= 0) return null;
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.round(s / 60)}m`;
+  if (s < 86_400) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86_400)}d`;
+}
+
+/** The small flags of a snapshot, as the tree and the details show them. */
+export function snapshotBadges(s: { protected: boolean; expiresAt: string | null; policy: { owned: boolean } | null }): { kind: 'protected' | 'policy' | 'expires'; text: string; title: string }[] {
+  const out: { kind: 'protected' | 'policy' | 'expires'; text: string; title: string }[] = [];
+  if (s.protected) out.push({ kind: 'protected', text: 'protected', title: 'nothing deletes it until it is unprotected' });
+  if (s.policy?.owned) out.push({ kind: 'policy', text: 'policy', title: 'taken by the VM’s policy: its rules may prune it' });
+  if (s.expiresAt !== null) {
+    const left = timeLeft(s.expiresAt);
+    out.push({ kind: 'expires', text: left ? `expires ${left}` : 'expired', title: `a prune deletes it after ${longTime(s.expiresAt)}${s.protected ? ' (once unprotected)' : ''}` });
+  }
+  return out;
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** "20G", "512M", "1.5T" → bytes (binary units, as the CLI); null when not a size. */
+export function parseSizeText(text: string): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgtb]?)(?:i?b)?\s*$/i.exec(text);
+  if (!m) return null;
+  return Math.round(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
+}

@@ -2,7 +2,7 @@ import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'rea
 import { api, ApiFailure, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
 import { bytes, NAME_PATTERN, NAME_RULE, nextSnapshotName } from '../format.js';
 
-function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
+export function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
   const ref = useRef<HTMLDivElement>(null);
   const onClose = useRef(props.onClose);
   onClose.current = props.onClose;
@@ -23,7 +23,7 @@ function Modal(props: { title: string; children: ReactNode; onClose: () => void;
   );
 }
 
-function ErrorLine(props: { error: ApiFailure | Error | null }) {
+export function ErrorLine(props: { error: ApiFailure | Error | null }) {
   if (!props.error) return null;
   return (
     <div className="form-error" role="alert">
@@ -34,7 +34,7 @@ function ErrorLine(props: { error: ApiFailure | Error | null }) {
 }
 
 /** Run the dialog's action; keep the dialog open with the error if the server refuses. */
-function useSubmit(action: () => Promise<void>, onDone: () => void) {
+export function useSubmit(action: () => Promise<void>, onDone: () => void) {
   const [pending, setPending] = useState(false);
   const [error, setError] = useState<Error | null>(null);
   const submit = async (e?: FormEvent) => {
@@ -59,10 +59,11 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
   const [description, setDescription] = useState('');
   const canMemory = vm.state === 'running' || vm.state === 'paused';
   const [memory, setMemory] = useState(canMemory);
+  const [expire, setExpire] = useState('');
   const taken = props.snapshots.some((s) => s.name === name);
   const invalid = !NAME_PATTERN.test(name) ? NAME_RULE : taken ? 'a snapshot of this VM already has this name' : null;
   const { pending, error, submit } = useSubmit(async () => {
-    const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory });
+    const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory, ...(expire.trim() ? { expire: expire.trim() } : {}) });
     props.onAccepted(r.operation.id);
   }, props.onClose);
   return (
@@ -87,6 +88,10 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
                 : 'the VM is powered off: the snapshot holds its disks and config'}
             </small>
           </span>
+        </label>
+        <label className="field">
+          <span>Expires after (optional)</span>
+          <input value={expire} onChange={(e) => setExpire(e.target.value)} maxLength={32} placeholder="e.g. 12h, 7d, 2w — the next prune after it deletes the snapshot" data-testid="snapshot-expire" />
         </label>
         <p className="muted small">The guest keeps running; it pauses only for milliseconds while the disks switch to new delta files.</p>
         <ErrorLine error={error} />
@@ -344,7 +349,7 @@ export function TokenDialog(props: { onSubmit: (token: string) => Promise<void> 
 }
 
 /** Cancel and the dialog's submit button, the same in every dialog. */
-function ModalActions(props: { onCancel: () => void; danger?: boolean; disabled: boolean; testId?: string; children: ReactNode }) {
+export function ModalActions(props: { onCancel: () => void; danger?: boolean; disabled: boolean; testId?: string; children: ReactNode }) {
   return (
     <div className="modal-actions">
       <button type="button" className="btn" onClick={props.onCancel}>
