@@ -1,5 +1,5 @@
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -174,28 +174,3 @@ export function mountTmpfs(dir: string, size: string): { unmount: () => void } |
     },
   };
 }
-
-const WEB = fileURLToPath(new URL('../web', import.meta.url));
-
-/** Newest modification time under the web UI's sources. */
-function newestWebSource(): number {
-  let newest = 0;
-  const walk = (p: string): void => {
-    const st = statSync(p);
-    if (st.isDirectory()) for (const f of readdirSync(p)) walk(join(p, f));
-    else newest = Math.max(newest, st.mtimeMs);
-  };
-  for (const p of ['src', 'public', 'index.html', 'vite.config.ts']) if (existsSync(join(WEB, p))) walk(join(WEB, p));
-  return newest;
-}
-
-/** `npm test` builds the UI first (pretest); a lone run of a browser test builds it when web/dist is missing or stale. */
-export function ensureWebBuilt(): void {
-  const index = join(WEB, 'dist', 'index.html');
-  if (existsSync(index) && statSync(index).mtimeMs >= newestWebSource()) return;
-  const r = spawnSync('npm', ['run', 'build:web'], { cwd: join(WEB, '..'), encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`npm run build:web failed:\n${r.stdout}\n${r.stderr}`);
-}
-
-/** The first bytes of every PNG file (browser tests check their screenshots). */
-export const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);

@@ -1,11 +1,10 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { existsSync } from 'node:fs';
+import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serve, type RunningServer } from '../src/api/server.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, ensureWebBuilt, openLib, PNG_SIGNATURE, tempHome, unavailable } from './helpers.js';
+import { CHROMIUM, ensureWebBuilt, openBrowser, type BrowserSession } from './browser.js';
+import { cleanupHome, cli, openLib, tempHome, unavailable } from './helpers.js';
 
 /**
  * The policy side of the web UI in a real browser (test/ui.test.ts's style):
@@ -14,31 +13,14 @@ import { cleanupHome, cli, ensureWebBuilt, openLib, PNG_SIGNATURE, tempHome, una
  * a prune with its dry run. A VM with a blank disk is enough: its snapshots
  * and deletes are real, and no guest needs to boot.
  */
-const CHROMIUM = '/usr/bin/chromium';
-const PNG = PNG_SIGNATURE;
-
 describe.skipIf(unavailable(existsSync(CHROMIUM), 'policy-ui.test.ts', `no Chromium at ${CHROMIUM} (bash scripts/install-deps.sh --test installs it)`))('policies in the web UI', () => {
   let home: string;
   let lib: Vmsnap;
   let server: RunningServer;
-  let browser: BrowserContext;
+  let session: BrowserSession;
   let page: Page;
-  let shots: string;
-  let profile: string;
-  let keepShots = false;
-  let step = 0;
   let auto = '';
-  const pageErrors: string[] = [];
-
-  const snap = async (name: string, expectText: (string | RegExp)[]) => {
-    for (const t of expectText) await page.getByText(t).filter({ visible: true }).first().waitFor({ timeout: 20_000 });
-    const file = join(shots, `${String(++step).padStart(2, '0')}-${name}.png`);
-    await page.screenshot({ path: file });
-    const png = readFileSync(file);
-    expect(png.subarray(0, 8).equals(PNG), `${file} is a PNG`).toBe(true);
-    expect(png.length, `${file} has content`).toBeGreaterThan(20_000);
-    expect([png.readUInt32BE(16), png.readUInt32BE(20)]).toEqual([1280, 800]);
-  };
+  const snap = (name: string, expectText: (string | RegExp)[]) => session.screenshot(name, expectText);
 
   beforeAll(async () => {
     ensureWebBuilt();
@@ -52,28 +34,15 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'policy-ui.test.ts', `no Chrom
     await lib.snapshots.create('uip', 'temp', { expire: '7d' });
     // The scheduler is tested elsewhere; here nothing may change behind the browser's back.
     server = await serve({ lib, host: '127.0.0.1', port: 0, watchIntervalMs: 500, policies: false });
-    keepShots = process.env.VMSNAP_UI_SCREENSHOTS !== undefined;
-    shots = keepShots ? process.env.VMSNAP_UI_SCREENSHOTS! : mkdtempSync(join(tmpdir(), 'vmsnap-ui-'));
-    mkdirSync(shots, { recursive: true });
-    profile = mkdtempSync(join(tmpdir(), 'vmsnap-chromium-'));
-    browser = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 1280, height: 800 },
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-    page = browser.pages()[0] ?? (await browser.newPage());
-    page.on('pageerror', (e) => pageErrors.push(e.message));
-    page.on('console', (m) => m.type() === 'error' && pageErrors.push(m.text()));
+    session = await openBrowser();
+    page = session.page;
   });
 
   afterAll(async () => {
-    await browser?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
+    await session?.close();
     await server?.close();
     lib?.close();
     if (home) cleanupHome(home);
-    if (shots && !keepShots) rmSync(shots, { recursive: true, force: true });
   });
 
   it('shows a badge on policy, protected and expiring snapshots in the tree and the details', async () => {
@@ -157,6 +126,6 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'policy-ui.test.ts', `no Chrom
     await expect.poll(() => page.getByTestId('tree-node-brief').count()).toBe(0);
     expect(lib.snapshots.list('uip').map((s) => s.name).sort()).toEqual(['guarded', 'temp', taken].sort());
     // The 400 of the refused schedule is the browser's console error; nothing else may be.
-    expect(pageErrors.filter((e) => !/status of 400/.test(e))).toEqual([]);
+    expect(session.errors.filter((e) => !/status of 400/.test(e))).toEqual([]);
   });
 });

@@ -168,6 +168,34 @@ describe('snapshot policies on a running guest', () => {
     await checkContent('pol', expected);
   });
 
+  it('--max-bytes: the oldest policy snapshots go while the snapshots add up to more, never the newest, a manual or a protected one', async () => {
+    await run(['policy', 'set', 'pol', '--keep-last', '3']);
+    const last = expected[policyNames(lib, 'pol').at(-1)!]!;
+    await lib.snapshots.revert('pol', policyNames(lib, 'pol').at(-1)!, { force: true });
+    await run(['policy', 'run', 'pol', '--now']);
+    await run(['policy', 'run', 'pol', '--now']);
+    const three = policyNames(lib, 'pol');
+    expect(three).toHaveLength(3);
+    // The memory state files alone are far over one byte: everything the rule may delete goes, and it says the limit cannot be met.
+    await run(['policy', 'set', 'pol', '--max-bytes', '1']);
+    const dry = JSON.parse(await run(['prune', 'pol', '--dry-run', '--json'])) as PruneResult;
+    expect(dry.deleted.map((d) => [d.name, d.cause])).toEqual([
+      [three[0], 'max-bytes'],
+      [three[1], 'max-bytes'],
+    ]);
+    expect(dry.deleted.every((d) => d.bytes > 0 && /^max-bytes: oldest policy snapshot while .* > 1 B$/.test(d.reason))).toBe(true);
+    expect(dry.warnings).toEqual([expect.stringMatching(/^max-bytes 1 B cannot be met: .* remain in snapshots that the policy may not delete/)]);
+    const pruned = JSON.parse(await run(['prune', 'pol', '--json'])) as PruneResult;
+    expect(pruned.deleted.map((d) => d.name)).toEqual([three[0], three[1]]);
+    expect(pruned.freedBytes).toBeGreaterThan(0);
+    expect(policyNames(lib, 'pol')).toEqual([three[2]]);
+    for (const n of three) delete expected[n];
+    expected[three[2]!] = last;
+    await checkContent('pol', expected);
+    await run(['policy', 'set', 'pol', '--max-bytes', '0']);
+    expect(lib.policies.show('pol').spec.rules.maxBytes).toBeNull();
+  });
+
   it('refuses bad input with clear errors and changes nothing', async () => {
     await expectRefusedPolicy(lib, home, ['policy', 'set', 'pol', '--schedule', '61 3 * * *'], 2, /--schedule '61 3 \* \* \*': the minute field \(1st\) '61' is not valid/);
     await expectRefusedPolicy(lib, home, ['policy', 'set', 'pol', '--schedule', '0 3 * * * *'], 2, /6 fields given, 5 expected/);

@@ -413,19 +413,12 @@ export interface PolicyView {
 }
 
 /** A change to a policy (`policy set`): what is given replaces, the rest stays; a keep rule of 0 or null is removed. */
-export interface PolicyPatch {
+export interface PolicyPatch extends Partial<PolicyRules> {
   schedule?: string;
   /** An IANA zone, or null (or 'host') for the host's. */
   timeZone?: string | null;
   memory?: boolean | null;
   namePattern?: string;
-  keepLast?: number | null;
-  keepHourly?: number | null;
-  keepDaily?: number | null;
-  keepWeekly?: number | null;
-  keepMonthly?: number | null;
-  keepYearly?: number | null;
-  maxBytes?: number | null;
 }
 
 export interface PruneKept {

@@ -1,4 +1,4 @@
-// The example timeline of README.md beside this file, so the doc stays true.
+// The example timeline of the README's Policies section (README.md at the root), so the doc stays true.
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_NAME_PATTERN, expandNamePattern } from './name-pattern.js';
 import { planRetention, type RetentionSnapshot } from './retention.js';

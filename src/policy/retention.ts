@@ -2,7 +2,7 @@
 // which it deletes, and why. Pure: no catalog, no clock, no QEMU; the caller
 // passes the VM's snapshots, the policy's rules, the time and the zone.
 //
-// The rules, in the order they are applied (README.md beside this file says the
+// The rules, in the order they are applied (the README's Policies section says the
 // same for users):
 //  1. Protected snapshots are kept, always, whoever took them and whatever their
 //     expiry. They take no GFS slot.
@@ -26,6 +26,8 @@
 //     (up to now), never one dated in the future, never one whose deletion frees
 //     nothing known (bytes 0 or unknown).
 
+import { formatBytes } from '../contract/format.js';
+import type { PolicyRules } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { localParts, pad2, validateTimeZone, type LocalParts } from './timezone.js';
 
@@ -44,15 +46,8 @@ export interface RetentionSnapshot {
   expiresAt?: Date | string | null;
 }
 
-export interface RetentionRules {
-  keepLast?: number | null;
-  keepHourly?: number | null;
-  keepDaily?: number | null;
-  keepWeekly?: number | null;
-  keepMonthly?: number | null;
-  keepYearly?: number | null;
-  maxBytes?: number | null;
-}
+/** A policy's rules (src/contract/views.ts); a rule left out or null is not used. */
+export type RetentionRules = Partial<PolicyRules>;
 
 export interface RetentionOptions {
   now: Date;
@@ -159,18 +154,6 @@ export function describeRules(rules: RetentionRules): string {
   }
   if (isSet(rules.maxBytes)) parts.push(`max-bytes ${formatBytes(rules.maxBytes)}`);
   return parts.length === 0 ? 'no rules (keeps everything)' : parts.join(', ');
-}
-
-/** Bytes in binary units, the same rule as src/util/format.ts (which this module may not import). */
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
 /** "7.2 GiB > 6.0 GiB"; exact bytes when rounding would show the two the same. */

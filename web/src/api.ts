@@ -120,12 +120,8 @@ export const api = {
   deleteSnapshot: (vm: string, snap: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots/${enc(snap)}`),
   deleteAll: (vm: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots`),
   protect: (vm: string, snap: string, on: boolean) => request<SnapshotView>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/${on ? 'protect' : 'unprotect'}`, {}),
-  /** The VM's policy, or null when it has none. */
-  policy: (vm: string) =>
-    request<PolicyView>('GET', `/vms/${enc(vm)}/policy`).catch((e: unknown) => {
-      if (e instanceof ApiFailure && e.code === 'NOT_FOUND' && /no snapshot policy/.test(e.message)) return null;
-      throw e;
-    }),
+  /** The VM's policy, or null when it has none (from the list: a VM without one is no error, so no 404 in the console). */
+  policy: (vm: string) => request<PolicyView[]>('GET', '/policies').then((all) => all.find((p) => p.vm === vm) ?? null),
   setPolicy: (vm: string, body: PolicyPatch) => request<PolicyView>('PUT', `/vms/${enc(vm)}/policy`, body),
   removePolicy: (vm: string) => request<{ vm: string; snapshotsLeft: number }>('DELETE', `/vms/${enc(vm)}/policy`),
   runPolicy: (vm: string, now: boolean) => request<Accepted>('POST', `/vms/${enc(vm)}/policy/run`, { now }),
