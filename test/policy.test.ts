@@ -15,6 +15,9 @@ import { catalogDump, cleanupHome, cli, expectRefused, files, openLib, tempHome,
  * deletes are real.
  */
 
+/** Tests that take and revert several memory snapshots of a guest under TCG on a loaded machine. */
+const SLOW = 300_000;
+
 const names = (lib: Vmsnap, vm: string): string[] => lib.snapshots.list(vm).map((s) => s.name);
 const policyNames = (lib: Vmsnap, vm: string): string[] =>
   lib.snapshots
@@ -95,7 +98,7 @@ describe('snapshot policies on a running guest', () => {
 
     Object.assign(expected, { manual: ['m'], guarded: ['k', 'm', 'p1'], [c]: ['k', 'm', 'p1', 'p2', 'p3'], [d]: ['k', 'm', 'p1', 'p2', 'p3', 'p4'] });
     await checkContent('pol', expected);
-  });
+  }, SLOW);
 
   it('expiry: a manual snapshot with --expire 1s is pruned by the next pass; a protected one with an expiry is not', async () => {
     await lib.snapshots.revert('pol', Object.keys(expected).at(-1)!, { force: true });
@@ -123,7 +126,7 @@ describe('snapshot policies on a running guest', () => {
     await run(['policy', 'run', 'pol']);
     expect(names(lib, 'pol')).not.toContain('kept-brief');
     await checkContent('pol', expected);
-  });
+  }, SLOW);
 
   it('kill -9 between the snapshot and the prune: recovery finishes the pass, nothing is lost', async () => {
     const last = Object.keys(expected).at(-1)!;
@@ -143,7 +146,7 @@ describe('snapshot policies on a running guest', () => {
     delete expected[oldest];
     expected[e] = [...expected[last]!, 'p5'].sort();
     await checkContent('pol', expected);
-  });
+  }, SLOW);
 
   it('kill -9 during a prune: the next pass finishes it', async () => {
     await run(['policy', 'set', 'pol', '--keep-last', '1']);
@@ -166,7 +169,7 @@ describe('snapshot policies on a running guest', () => {
     expected[f] = [...last, 'p6'].sort();
     expect(names(lib, 'pol').sort()).toEqual(Object.keys(expected).sort());
     await checkContent('pol', expected);
-  });
+  }, SLOW);
 
   it('--max-bytes: the oldest policy snapshots go while the snapshots add up to more, never the newest, a manual or a protected one', async () => {
     await run(['policy', 'set', 'pol', '--keep-last', '3']);
@@ -194,7 +197,7 @@ describe('snapshot policies on a running guest', () => {
     await checkContent('pol', expected);
     await run(['policy', 'set', 'pol', '--max-bytes', '0']);
     expect(lib.policies.show('pol').spec.rules.maxBytes).toBeNull();
-  });
+  }, SLOW);
 
   it('refuses bad input with clear errors and changes nothing', async () => {
     await expectRefusedPolicy(lib, home, ['policy', 'set', 'pol', '--schedule', '61 3 * * *'], 2, /--schedule '61 3 \* \* \*': the minute field \(1st\) '61' is not valid/);
@@ -217,7 +220,7 @@ describe('snapshot policies on a running guest', () => {
     await lib.vms.stop('pol', { force: true });
     await expectRefusedPolicy(lib, home, ['rm', 'pol'], 5, /VM 'pol' has protected snapshots: guarded; removing it would delete them/);
     expect(names(lib, 'pol')).toContain('guarded');
-  });
+  }, SLOW);
 });
 
 describe('schedules: catch-up once, two schedulers, a busy VM (a blank VM, a fake clock)', () => {

@@ -1,5 +1,6 @@
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
+import { snapshotFlags } from '../contract/format.js';
 import type { PresentStateChanges, SnapshotView } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { probeRuntime } from '../qemu/runtime.js';
@@ -55,27 +56,6 @@ export function listSnapshotViews(ctx: Context, vm: VmRecord): SnapshotView[] {
   return all.map((s) => snapshotView(ctx, vm, s, all, policyId));
 }
 
-/** Protected, policy, expiring: the flags of a snapshot in words, for lists and the tree. */
-export function snapshotFlags(s: Pick<SnapshotView, 'protected' | 'expiresAt' | 'policy'>, now = Date.now()): string[] {
-  const out: string[] = [];
-  if (s.protected) out.push('protected');
-  if (s.policy?.owned) out.push('policy');
-  if (s.expiresAt !== null) {
-    const left = Date.parse(s.expiresAt) - now;
-    out.push(left <= 0 ? 'expired' : `expires in ${formatLeft(left)}`);
-  }
-  return out;
-}
-
-/** A time left, roughly: "45s", "12m", "5h", "6d". */
-function formatLeft(ms: number): string {
-  const s = Math.ceil(ms / 1000);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.round(s / 60)}m`;
-  if (s < 86_400) return `${Math.round(s / 3600)}h`;
-  return `${Math.round(s / 86_400)}d`;
-}
-
 export function showSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotView {
   return snapshotView(ctx, vm, resolveSnapshot(ctx, vm, nameOrId), ctx.catalog.listSnapshots(vm.id));
 }
@@ -83,7 +63,7 @@ export function showSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): Snap
 /** The tree drawn for a terminal, with "you are here" under the current snapshot. */
 export function drawTree(ctx: Context, vm: VmRecord): string {
   return renderTree(listSnapshotViews(ctx, vm), vm.currentSnapshotId, (s) => {
-    const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString(), ...snapshotFlags(s)];
+    const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString(), ...snapshotFlags(s).map((f) => f.text)];
     return `${s.name}  (${bits.join(', ')})${s.description ? ` — ${s.description}` : ''}`;
   });
 }

@@ -1,5 +1,6 @@
 // Shared with the library and the CLI, so sizes and name rules read the same everywhere.
-export { formatBytes as bytes, NAME_PATTERN, NAME_RULE } from '../../src/contract/format.js';
+import { snapshotFlags, type SnapshotFlag } from '../../src/contract/format.js';
+export { formatBytes as bytes, NAME_PATTERN, NAME_RULE, timeLeft } from '../../src/contract/format.js';
 
 export function ago(iso: string, now = Date.now()): string {
   const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
@@ -34,26 +35,17 @@ export function nextSnapshotName(taken: string[]): string {
   for (let i = 1; ; i++) if (!used.has(`snap-${i}`)) return `snap-${i}`;
 }
 
-/** Time left until an instant, roughly: "45s", "12m", "5h", "6d"; null once it has passed. */
-export function timeLeft(iso: string, now = Date.now()): string | null {
-  const s = Math.ceil((Date.parse(iso) - now) / 1000);
-  if (s <= 0) return null;
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.round(s / 60)}m`;
-  if (s < 86_400) return `${Math.round(s / 3600)}h`;
-  return `${Math.round(s / 86_400)}d`;
-}
-
-/** The small flags of a snapshot, as the tree and the details show them. */
-export function snapshotBadges(s: { protected: boolean; expiresAt: string | null; policy: { owned: boolean } | null }): { kind: 'protected' | 'policy' | 'expires'; text: string; title: string }[] {
-  const out: { kind: 'protected' | 'policy' | 'expires'; text: string; title: string }[] = [];
-  if (s.protected) out.push({ kind: 'protected', text: 'protected', title: 'nothing deletes it until it is unprotected' });
-  if (s.policy?.owned) out.push({ kind: 'policy', text: 'policy', title: 'taken by the VM’s policy: its rules may prune it' });
-  if (s.expiresAt !== null) {
-    const left = timeLeft(s.expiresAt);
-    out.push({ kind: 'expires', text: left ? `expires ${left}` : 'expired', title: `a prune deletes it after ${longTime(s.expiresAt)}${s.protected ? ' (once unprotected)' : ''}` });
-  }
-  return out;
+/** The small flags of a snapshot, as the tree and the details show them, with what each means. */
+export function snapshotBadges(s: Parameters<typeof snapshotFlags>[0]): (SnapshotFlag & { title: string })[] {
+  return snapshotFlags(s).map((f) => ({
+    ...f,
+    title:
+      f.kind === 'protected'
+        ? 'nothing deletes it until it is unprotected'
+        : f.kind === 'policy'
+          ? 'taken by the VM’s policy: its rules may prune it'
+          : `a prune deletes it after ${longTime(s.expiresAt!)}${s.protected ? ' (once unprotected)' : ''}`,
+  }));
 }
 
 const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };

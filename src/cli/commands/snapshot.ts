@@ -82,7 +82,7 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
           process.stdout.write(`VM '${vm}' has no snapshots: take one with 'vmsnap snapshot create ${vm} NAME'\n`);
           return;
         }
-        const { snapshotFlags } = await import('../../snapshot/views.js');
+        const { snapshotFlags } = await import('../../contract/format.js');
         printTable(
           ['', 'NAME', 'PARENT', 'TAKEN', 'MEMORY', 'PAUSE', 'DELTA', 'STATE FILE', 'FLAGS'],
           list.map((s) => [
@@ -94,7 +94,7 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
             pause(s),
             formatBytes(s.deltaBytes),
             s.hasMemory ? formatBytes(s.stateBytes) : '-',
-            snapshotFlags(s).join(', ') || '-',
+            snapshotFlags(s).map((f) => f.text).join(', ') || '-',
           ]),
         );
       }),
