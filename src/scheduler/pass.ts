@@ -269,9 +269,16 @@ export async function runPolicyPass(ctx: Context, vm0: VmRecord, opts: PassOptio
       return { ...base(due ? 'schedule' : 'now', due), status: 'busy', note: 'the VM was busy: the next pass tries again', error: summary(err) };
     }
     if (!outcome.recorded) {
-      // Failed before its snapshot was tried (e.g. recovering what an earlier process left): recorded all the same.
+      // Failed before its snapshot was tried (e.g. recovering what an earlier process left, or no free name):
+      // recorded all the same, and, like any failed slot, not tried again.
       const failed: PolicyRunRecord = { at: at.toISOString(), trigger: due ? 'schedule' : 'now', status: 'failed', slot: due?.slot ?? null, missed: due?.missed ?? 0, snapshot: null, deleted: [], error: summary(err) };
-      catalog.recordPolicyRun(policy.id, failed);
+      catalog.tx(() => {
+        if (due && catalog.findClaim(vm0.id, due.slot)?.holder === holder) {
+          catalog.finishClaim(vm0.id, due.slot, 'failed', null, err.message);
+          catalog.advancePolicySlot(policy.id, due.slot);
+        }
+        catalog.recordPolicyRun(policy.id, failed);
+      });
       emitRun(ctx, vm0, 'failed', failed);
     }
     throw e;
