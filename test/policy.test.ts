@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireVmLock } from '../src/catalog/lock.js';
 import type { PolicyRunResult, PruneResult } from '../src/contract/views.js';
 import { findOrphans } from '../src/operations/recovery.js';
-import { PolicyScheduler } from '../src/scheduler/service.js';
+import { PolicyScheduler } from '../src/scheduler/loop.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { catalogDump, cleanupHome, cli, expectRefused, files, openLib, tempHome, waitFor, write } from './helpers.js';
 

@@ -57,8 +57,8 @@ export function ago(iso: string, now = Date.now()): string {
  */
 export async function fingerprintInBackground(vm: string): Promise<void> {
   if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
-  // The script this CLI was started as (bin/vmsnap.js, or dist/cli/main.js): this module is
-  // bundled into dist/cli/, so a path relative to it would not find bin/.
+  // The script this CLI was started as (bin/vmsnap.js): this module is bundled into
+  // dist/cli/vmsnap-cli.cjs, so a path relative to it would not find bin/.
   const self = process.argv[1];
   if (self === undefined) return;
   const { spawn } = await import('node:child_process');

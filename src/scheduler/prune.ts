@@ -11,7 +11,8 @@ import { runOperation, withVm } from '../operations/runner.js';
 import { describeRules, planRetention, type RetentionPlan, type RetentionSnapshot } from '../policy/retention.js';
 import { hostTimeZone, zoneOf } from '../policy/timezone.js';
 import { directClones } from '../snapshot/clone-detach.js';
-import { checkSpaceForMerge, deleteLocked, isProtectedRefusal } from '../snapshot/delete.js';
+import { checkSpaceForMerge, deleteLocked } from '../snapshot/delete.js';
+import { isProtectedRefusal } from '../snapshot/protect.js';
 import { vmDiskUsage } from '../vm/info.js';
 import { policyClock } from './policies.js';
 

@@ -1,14 +1,18 @@
 import type { Context } from '../context.js';
 import type { PolicyPatch, PolicyRunResult, PolicyView, PruneResult } from '../contract/views.js';
-import { runAllPolicies, runPolicyPass, type PassOptions } from './pass.js';
+import type { PassOptions } from './pass.js';
 import { listPolicyViews, policyView, removePolicy, requirePolicy, setPolicy } from './policies.js';
-import { pruneVm, prunePlan, type PruneOptions } from './prune.js';
+import type { PruneOptions } from './prune.js';
 
 export type { PassOptions } from './pass.js';
 export type { PruneOptions } from './prune.js';
-export { PolicyScheduler, type SchedulerOptions } from './loop.js';
+export type { SchedulerOptions } from './loop.js';
 
-/** Snapshot policies as the library offers them: set, show, list, remove, run, prune. */
+/**
+ * Snapshot policies as the library offers them: set, show, list, remove, run,
+ * prune. A pass and a prune (which take and delete snapshots) are loaded when
+ * first used, so reading policies loads only what reading needs.
+ */
 export class PolicyService {
   constructor(private readonly ctx: Context) {}
 
@@ -43,22 +47,26 @@ export class PolicyService {
   }
 
   /** One pass for a VM: take the snapshot due (or one at once with `now`), then prune. */
-  run(vmName: string, opts: PassOptions = {}): Promise<PolicyRunResult> {
+  async run(vmName: string, opts: PassOptions = {}): Promise<PolicyRunResult> {
+    const { runPolicyPass } = await import('./pass.js');
     return runPolicyPass(this.ctx, this.vm(vmName), opts);
   }
 
   /** One pass for every VM with a policy or an expired snapshot. */
-  runAll(opts: PassOptions = {}): Promise<PolicyRunResult[]> {
+  async runAll(opts: PassOptions = {}): Promise<PolicyRunResult[]> {
+    const { runAllPolicies } = await import('./pass.js');
     return runAllPolicies(this.ctx, opts);
   }
 
   /** What a prune would delete now and why, and about how much it would free. Changes nothing. */
-  prunePlan(vmName: string): Promise<PruneResult> {
+  async prunePlan(vmName: string): Promise<PruneResult> {
+    const { prunePlan } = await import('./prune.js');
     return prunePlan(this.ctx, this.vm(vmName));
   }
 
   /** Delete what the VM's policy no longer keeps and what has expired. */
-  prune(vmName: string, opts: PruneOptions = {}): Promise<PruneResult> {
+  async prune(vmName: string, opts: PruneOptions = {}): Promise<PruneResult> {
+    const { pruneVm } = await import('./prune.js');
     return pruneVm(this.ctx, this.vm(vmName), opts);
   }
 }

@@ -13,6 +13,7 @@ import { rollForward } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { vmDiskUsage } from '../vm/info.js';
 import { detachClone, directClones } from './clone-detach.js';
+import { assertDeletable, isProtectedRefusal, protectedError } from './protect.js';
 import { resolveSnapshot } from './views.js';
 
 export interface DeleteOptions {
@@ -58,36 +59,6 @@ export const snapshotDelete = defineOperation({
     }
   },
 });
-
-/**
- * The one refusal every delete path gives for protected snapshots (delete,
- * delete --all, prune, expiry; CLI, API and UI alike): nothing deletes a
- * protected snapshot until it is unprotected.
- */
-export function protectedError(vm: { name: string }, snaps: { name: string }[], all = false): VmsnapError {
-  const names = snaps.map((s) => s.name);
-  if (names.length === 1 && !all) {
-    return new VmsnapError('INVALID_STATE', `snapshot '${names[0]}' of VM '${vm.name}' is protected: nothing deletes it until it is unprotected`, {
-      hint: `vmsnap snapshot unprotect ${vm.name} ${names[0]}`,
-      details: { vm: vm.name, snapshot: names[0], protected: true },
-    });
-  }
-  const which = names.length === 1 ? `a protected snapshot, '${names[0]}'` : `protected snapshots: ${names.map((n) => `'${n}'`).join(', ')}`;
-  return new VmsnapError('INVALID_STATE', `VM '${vm.name}' has ${which}: delete --all deletes nothing while any snapshot is protected`, {
-    hint: `unprotect first (vmsnap snapshot unprotect ${vm.name} ${names.length === 1 ? names[0] : 'NAME'}), or delete the others one by one`,
-    details: { vm: vm.name, snapshots: names, protected: true },
-  });
-}
-
-/** Whether an error is the refusal to delete a protected snapshot. */
-export function isProtectedRefusal(e: unknown): boolean {
-  return e instanceof VmsnapError && e.details.protected === true;
-}
-
-/** Refuse, before anything starts, to delete a protected snapshot (the API answers with it at once). */
-export function assertDeletable(vm: VmRecord, snap: SnapshotRecord): void {
-  if (snap.protected) throw protectedError(vm, [snap]);
-}
 
 /** Carry a snapshot delete to its end from wherever it stopped: the delete itself and its recovery. */
 async function rollDeleteForward(

@@ -87,7 +87,7 @@ export function policyRoutes(d: ApiDeps) {
       const b = c.req.valid('json');
       // With now, a VM without a policy is a 404 at once rather than a failed job.
       if (b.now) lib.policies.show(vm.id);
-      const op = tracker.start({ kind: 'policy-run', vm, title: `policy pass of ${vm.name}${b.now ? ' (now)' : ''}` }, () => lib.policies.run(vm.id, { now: b.now ?? false }));
+      const op = tracker.start({ kind: 'policy-run', scope: { vm }, title: `policy pass of ${vm.name}${b.now ? ' (now)' : ''}` }, () => lib.policies.run(vm.id, { now: b.now ?? false }));
       return accepted(c, op);
     },
   );
@@ -115,7 +115,7 @@ export function policyRoutes(d: ApiDeps) {
     }),
     (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
-      const op = tracker.start({ kind: 'prune', vm, title: `prune ${vm.name}` }, () => lib.policies.prune(vm.id));
+      const op = tracker.start({ kind: 'prune', scope: { vm }, title: `prune ${vm.name}` }, () => lib.policies.prune(vm.id));
       return accepted(c, op);
     },
   );

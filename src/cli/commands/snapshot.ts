@@ -64,7 +64,7 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
         const mem = s.hasMemory ? `memory ${formatBytes(s.stateBytes)}` : 'disk only';
         log(`took snapshot '${s.name}' of VM '${vm}' (${mem}, guest pause ${pause(s)})${s.expiresAt ? `; expires ${s.expiresAt}` : ''}`);
         if (typeof s.meta.fallbackReason === 'string') log(`note: memory was saved with a live pre-copy: ${s.meta.fallbackReason}`);
-        for (const w of lib.health.warningsFor(vm)) process.stderr.write(`warning: ${w.message}\n`);
+        for (const w of await lib.health.warningsFor(vm)) process.stderr.write(`warning: ${w.message}\n`);
       }),
     );
 
