@@ -395,13 +395,17 @@ describe('HTTP API over the demo guest', () => {
     ]);
     const prune = await finish(await call('POST', '/api/vms/api/prune'));
     expect(prune).toMatchObject({ kind: 'prune', status: 'succeeded', result: { dryRun: false, deleted: [] } });
+    // A pass over every VM (`policy run` without a VM): a task over the whole data dir, one result per VM.
+    const all = await finish(await call('POST', '/api/policies/run', {}));
+    expect(all, JSON.stringify(all.error)).toMatchObject({ kind: 'policy-run-all', vm: null, status: 'succeeded' });
+    expect((all.result as PolicyRunResult[]).map((r) => [r.vm, r.status, r.snapshot])).toEqual([['api', 'ok', null]]);
 
     // Removing the policy leaves its snapshot, which no policy prunes any more.
     expect((await call('DELETE', '/api/vms/api/policy')).json).toEqual({ vm: 'api', snapshotsLeft: 1 });
     expect((await call('GET', `/api/vms/api/snapshots/${second}`)).json.policy).toEqual({ slot: null, owned: false });
     expect((await call('POST', '/api/vms/api/snapshots/kept/unprotect', {})).json.protected).toBe(false);
     const doc = (await call('GET', '/openapi.json')).json;
-    for (const p of ['/api/policies', '/api/vms/{vm}/policy', '/api/vms/{vm}/policy/run', '/api/vms/{vm}/prune', '/api/vms/{vm}/snapshots/{snap}/protect', '/api/vms/{vm}/snapshots/{snap}/unprotect']) {
+    for (const p of ['/api/policies', '/api/policies/run', '/api/vms/{vm}/policy', '/api/vms/{vm}/policy/run', '/api/vms/{vm}/prune', '/api/vms/{vm}/snapshots/{snap}/protect', '/api/vms/{vm}/snapshots/{snap}/unprotect']) {
       expect(doc.paths[p], p).toBeDefined();
     }
   });

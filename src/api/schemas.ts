@@ -11,7 +11,7 @@ import {
   type FingerprintResult,
   type TaskKind,
 } from '../contract/operations.js';
-import type { CloneResult, DfReport, HealthReport, ImportResult, RecoveryReport, VerifyReport } from '../contract/views.js';
+import type { CloneResult, DfReport, HealthReport, ImportResult, PolicyRunResult, PolicyView, PruneResult, RecoveryReport, VerifyReport } from '../contract/views.js';
 import { ERROR_CODES } from '../errors.js';
 
 /**
@@ -327,59 +327,81 @@ export const PolicyRunRecordSchema = z
   .openapi('PolicyRunRecord');
 
 const nullableCount = z.number().int().nullable();
-export const PolicySchema = z
-  .object({
-    vm: z.string(),
-    vmId: z.string(),
-    spec: z.object({
-      schedule: z.string(),
-      timeZone: z.string().nullable(),
-      memory: z.boolean().nullable(),
-      namePattern: z.string(),
-      rules: z.object({
-        keepLast: nullableCount,
-        keepHourly: nullableCount,
-        keepDaily: nullableCount,
-        keepWeekly: nullableCount,
-        keepMonthly: nullableCount,
-        keepYearly: nullableCount,
-        maxBytes: nullableCount,
+export const PolicySchema = mirrors<PolicyView>()(
+  z
+    .object({
+      vm: z.string(),
+      vmId: z.string(),
+      spec: z.object({
+        schedule: z.string(),
+        timeZone: z.string().nullable(),
+        memory: z.boolean().nullable(),
+        namePattern: z.string(),
+        rules: z.object({
+          keepLast: nullableCount,
+          keepHourly: nullableCount,
+          keepDaily: nullableCount,
+          keepWeekly: nullableCount,
+          keepMonthly: nullableCount,
+          keepYearly: nullableCount,
+          maxBytes: nullableCount,
+        }),
       }),
-    }),
-    timeZone: z.string().openapi({ description: "the zone it runs in now (the host's when spec.timeZone is null)" }),
-    rulesText: z.string(),
-    since: z.string(),
-    createdAt: z.string(),
-    updatedAt: z.string(),
-    nextRuns: z.array(z.string()),
-    lastSlot: z.string().nullable(),
-    lastRun: PolicyRunRecordSchema.nullable(),
-    snapshots: z.number().int().openapi({ description: 'snapshots it took that are still there' }),
-  })
-  .openapi('Policy');
+      timeZone: z.string().openapi({ description: "the zone it runs in now (the host's when spec.timeZone is null)" }),
+      rulesText: z.string(),
+      since: z.string(),
+      createdAt: z.string(),
+      updatedAt: z.string(),
+      nextRuns: z.array(z.string()),
+      lastSlot: z.string().nullable(),
+      lastRun: PolicyRunRecordSchema.nullable(),
+      snapshots: z.number().int().openapi({ description: 'snapshots it took that are still there' }),
+    })
+    .openapi('Policy'),
+);
 
-export const PruneSchema = z
-  .object({
-    vm: z.string(),
-    dryRun: z.boolean(),
-    rules: z.string(),
-    timeZone: z.string(),
-    kept: z.array(z.object({ id: z.string(), name: z.string(), createdAt: z.string(), reasons: z.array(z.string()) })),
-    deleted: z.array(
-      z.object({
-        id: z.string(),
-        name: z.string(),
-        createdAt: z.string(),
-        cause: z.enum(['expired', 'retention', 'max-bytes']),
-        reason: z.string(),
-        bytes: z.number().openapi({ description: 'what deleting it frees: an estimate in a dry run, measured otherwise' }),
-      }),
-    ),
-    skipped: z.array(z.object({ name: z.string(), reason: z.string() })),
-    freedBytes: z.number(),
-    warnings: z.array(z.string()),
-  })
-  .openapi('Prune');
+export const PruneSchema = mirrors<PruneResult>()(
+  z
+    .object({
+      vm: z.string(),
+      dryRun: z.boolean(),
+      rules: z.string(),
+      timeZone: z.string(),
+      kept: z.array(z.object({ id: z.string(), name: z.string(), createdAt: z.string(), reasons: z.array(z.string()) })),
+      deleted: z.array(
+        z.object({
+          id: z.string(),
+          name: z.string(),
+          createdAt: z.string(),
+          cause: z.enum(['expired', 'retention', 'max-bytes']),
+          reason: z.string(),
+          bytes: z.number().openapi({ description: 'what deleting it frees: an estimate in a dry run, measured otherwise' }),
+        }),
+      ),
+      skipped: z.array(z.object({ name: z.string(), reason: z.string() })),
+      freedBytes: z.number(),
+      warnings: z.array(z.string()),
+    })
+    .openapi('Prune'),
+);
+
+export const PolicyRunResultSchema = mirrors<PolicyRunResult>()(
+  z
+    .object({
+      vm: z.string(),
+      status: z.enum(['ok', 'busy', 'failed']).openapi({ description: 'busy: the VM was busy, the next pass tries again' }),
+      trigger: z.enum(['schedule', 'now']),
+      slot: z.string().nullable(),
+      missed: z.number().int().openapi({ description: 'slots passed over (the host was off): caught up once' }),
+      snapshot: z.string().nullable().openapi({ description: 'the snapshot taken, if any' }),
+      note: z.string().nullable().openapi({ description: 'why none was taken: none due, or another scheduler claimed the slot' }),
+      prune: PruneSchema.nullable(),
+      nextRun: z.string().nullable(),
+      error: ErrorSummarySchema.nullable(),
+    })
+    .openapi('PolicyRunResult'),
+);
+export const PolicyRunAllSchema = mirrors<PolicyRunResult[]>()(z.array(PolicyRunResultSchema));
 
 export const RunPolicyBody = z
   .object({ now: z.boolean().optional().openapi({ description: 'take a policy snapshot at once, whatever the schedule, then prune' }) })

@@ -45,9 +45,10 @@ export type OperationKind = (typeof OPERATION_KINDS)[number];
 /**
  * Long jobs that are not journaled operations but which the API also runs in
  * the background: checks and reads (verify, fingerprint, an uploaded
- * archive's check) and recovery, which finishes journaled operations itself.
+ * archive's check), recovery, which finishes journaled operations itself, and
+ * a policy pass over every VM, which runs one journaled 'policy-run' per VM.
  */
-export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check'] as const;
+export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'policy-run-all'] as const;
 export type ReadTaskKind = (typeof READ_TASK_KINDS)[number];
 
 /**
@@ -103,6 +104,7 @@ export interface TaskResults {
   recover: RecoveryReport;
   fingerprint: FingerprintResult;
   'archive-check': ArchiveCheckResult;
+  'policy-run-all': PolicyRunResult[];
 }
 
 export type TaskStatus = 'running' | 'succeeded' | 'failed';

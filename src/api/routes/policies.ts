@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { PolicyPatch } from '../../contract/views.js';
 import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
-import { AcceptedSchema, PolicyBody, PolicySchema, PruneSchema, RunPolicyBody, SnapshotParams, SnapshotSchema, VmParams } from '../schemas.js';
+import { acceptedAs, PolicyBody, PolicyRunAllSchema, PolicyRunResultSchema, PolicySchema, PruneSchema, RunPolicyBody, SnapshotParams, SnapshotSchema, VmParams } from '../schemas.js';
 import { accepted } from './accepted.js';
 
 const tags = ['Policies'];
@@ -15,6 +15,7 @@ export function policyRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/policies',
+      operationId: 'listPolicies',
       tags,
       summary: 'Every VM’s snapshot policy',
       responses: { 200: jsonResponse(z.array(PolicySchema), 'the policies') },
@@ -26,6 +27,7 @@ export function policyRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/vms/{vm}/policy',
+      operationId: 'getPolicy',
       tags,
       summary: "A VM's policy: schedule, rules, next runs, last result",
       request: { params: VmParams },
@@ -38,6 +40,7 @@ export function policyRoutes(d: ApiDeps) {
     createRoute({
       method: 'put',
       path: '/vms/{vm}/policy',
+      operationId: 'setPolicy',
       tags,
       summary: "Set a VM's policy, or change the fields given of the one it has",
       description:
@@ -60,6 +63,7 @@ export function policyRoutes(d: ApiDeps) {
     createRoute({
       method: 'delete',
       path: '/vms/{vm}/policy',
+      operationId: 'removePolicy',
       tags,
       summary: "Remove a VM's policy (the snapshots it took stay; nothing prunes them any more)",
       request: { params: VmParams },
@@ -77,10 +81,13 @@ export function policyRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/policy/run',
+      operationId: 'runPolicy',
+      'x-vmsnap-kinds': ['policy-run'],
       tags,
       summary: 'One policy pass: take the snapshot due (or one at once with now: true), then prune (202: an operation)',
+      description: "Without a policy only expired snapshots are pruned; with now: true a VM without a policy is a 404 at once. The operation's result is a PolicyRunResult. Every VM: POST /policies/run.",
       request: { params: VmParams, body: jsonBody(RunPolicyBody) },
-      responses: { 202: jsonResponse(AcceptedSchema, 'running in the background'), 404: errors[404], 423: errors[423] },
+      responses: { 202: jsonResponse(acceptedAs('policy-run', PolicyRunResultSchema, 'PolicyRun'), 'running in the background'), 404: errors[404], 423: errors[423] },
     }),
     (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
@@ -94,8 +101,35 @@ export function policyRoutes(d: ApiDeps) {
 
   app.openapi(
     createRoute({
+      method: 'post',
+      path: '/policies/run',
+      operationId: 'runAllPolicies',
+      'x-vmsnap-kinds': ['policy-run-all'],
+      tags,
+      summary: 'One policy pass for every VM with a policy or an expired snapshot (202: an operation over the whole data dir)',
+      description:
+        "What `vmsnap policy run` without a VM does. Runs alone: refused (423) while the server runs another operation. One VM's failure does not stop the others: its entry says failed. The operation's result is a list of PolicyRunResults.",
+      request: { body: jsonBody(RunPolicyBody) },
+      responses: { 202: jsonResponse(acceptedAs('policy-run-all', PolicyRunAllSchema, 'PolicyRunAll'), 'running in the background'), 400: errors[400], 423: errors[423] },
+    }),
+    (c) => {
+      const now = c.req.valid('json').now ?? false;
+      return accepted(
+        c,
+        tracker.start({ kind: 'policy-run-all', scope: { dataDir: true }, title: `policy pass of every VM${now ? ' (now)' : ''}` }, async () => {
+          const r = await lib.policies.runAll({ now });
+          await watch.refreshAll();
+          return r;
+        }),
+      );
+    },
+  );
+
+  app.openapi(
+    createRoute({
       method: 'get',
       path: '/vms/{vm}/prune',
+      operationId: 'getPrunePlan',
       tags,
       summary: 'What a prune would delete now, why (which rule), and about how much it would free; changes nothing',
       request: { params: VmParams },
@@ -108,10 +142,13 @@ export function policyRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/prune',
+      operationId: 'pruneVm',
+      'x-vmsnap-kinds': ['prune'],
       tags,
       summary: 'Delete what the policy no longer keeps and what has expired (202: an operation)',
+      description: "The operation's result is a Prune: what was deleted, why, and the bytes freed. GET first for the dry run.",
       request: { params: VmParams },
-      responses: { 202: jsonResponse(AcceptedSchema, 'pruning in the background'), 404: errors[404], 423: errors[423] },
+      responses: { 202: jsonResponse(acceptedAs('prune', PruneSchema, 'Prune'), 'pruning in the background'), 404: errors[404], 423: errors[423] },
     }),
     (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
@@ -125,6 +162,7 @@ export function policyRoutes(d: ApiDeps) {
       createRoute({
         method: 'post',
         path: `/vms/{vm}/snapshots/{snap}/${protect ? 'protect' : 'unprotect'}`,
+        operationId: protect ? 'protectSnapshot' : 'unprotectSnapshot',
         tags: ['Snapshots'],
         summary: protect
           ? 'Protect a snapshot: nothing deletes it (delete, delete all, prune, expiry) until it is unprotected'
