@@ -48,7 +48,7 @@ describe('snapshot policies on a running guest', () => {
     const report = JSON.parse(v.stdout) as { ok: boolean; problems: unknown[]; fingerprintsVerified: number };
     expect(report.problems).toEqual([]);
     expect(report.fingerprintsVerified).toBe(Object.keys(expected).length);
-    expect(findOrphans(lib.ctx)).toEqual([]);
+    expect(await findOrphans(lib.ctx)).toEqual([]);
     for (const [snap, want] of Object.entries(expected)) {
       await lib.snapshots.revert(vm, snap, { force: true });
       expect(await files(lib, vm), `files of ${snap}`).toEqual(want);
