@@ -1,5 +1,7 @@
 import type { OperationKind } from './contract/operations.js';
 import { consolidate } from './layers/consolidate.js';
+import { policyRun } from './scheduler/pass.js';
+import { prune } from './scheduler/prune.js';
 import type { AnyOperationDef, OperationDef, OperationRegistry } from './operations/define.js';
 import { clone } from './snapshot/clone.js';
 import { cloneDetach } from './snapshot/clone-detach.js';
@@ -33,6 +35,8 @@ export const OPERATIONS: { readonly [K in OperationKind]: OperationDef<K, unknow
   consolidate,
   import: importArchiveOp,
   export: exportSnapshotOp,
+  'policy-run': policyRun,
+  prune,
 };
 
 const all: readonly AnyOperationDef[] = Object.values(OPERATIONS);

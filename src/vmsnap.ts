@@ -5,6 +5,7 @@ import type { RecoveryReport, VerifyReport } from './contract/views.js';
 import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
 import { defaultHome } from './paths.js';
+import { PolicyService } from './scheduler/service.js';
 import { SnapshotService } from './snapshot/service.js';
 import { recordFingerprints, verifyVm } from './snapshot/verify.js';
 import { TransferService } from './transfer/index.js';
@@ -31,6 +32,8 @@ export class Vmsnap {
   readonly health: HealthService;
   /** Export a snapshot as a self-contained archive; import one as a new VM. */
   readonly transfer: TransferService;
+  /** Snapshot policies: schedules, retention, expiry; a pass, a prune. */
+  readonly policies: PolicyService;
 
   private constructor(ctx: Context) {
     this.ctx = ctx;
@@ -38,6 +41,7 @@ export class Vmsnap {
     this.snapshots = new SnapshotService(ctx);
     this.health = new HealthService(ctx);
     this.transfer = new TransferService(ctx);
+    this.policies = new PolicyService(ctx);
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {

@@ -54,7 +54,11 @@ const CLI_TO_API: Record<string, Mapping> = {
   set: { ops: ['setVm'], args: { name: 'path.vm' }, options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks' } },
   rm: { ops: ['removeVm'], args: { name: 'path.vm' } },
   exec: { ops: ['execInVm'], args: { name: 'path.vm', command: 'body.argv' }, options: { timeout: 'body.timeoutSeconds' } },
-  'snapshot create': { ops: ['takeSnapshot'], args: { vm: 'path.vm', name: 'body.name' }, options: { description: 'body.description', memory: 'body.memory' } },
+  'snapshot create': {
+    ops: ['takeSnapshot'],
+    args: { vm: 'path.vm', name: 'body.name' },
+    options: { description: 'body.description', memory: 'body.memory', expire: 'body.expire' },
+  },
   'snapshot list': { ops: ['listSnapshots'], args: { vm: 'path.vm' } },
   'snapshot tree': { ops: ['getSnapshotTree'], args: { vm: 'path.vm' } },
   'snapshot show': { ops: ['getSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
@@ -88,6 +92,31 @@ const CLI_TO_API: Record<string, Mapping> = {
     options: { force: { none: 'replaces FILE on the client; a download never overwrites anything on the server' } },
   },
   import: { ops: ['importArchive', 'checkArchive'], args: { file: 'body', name: 'query.name' }, options: { check: 'op.checkArchive' } },
+  'snapshot protect': { ops: ['protectSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
+  'snapshot unprotect': { ops: ['unprotectSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
+  'policy set': {
+    ops: ['setPolicy'],
+    args: { vm: 'path.vm' },
+    options: {
+      schedule: 'body.schedule',
+      tz: 'body.timeZone',
+      memory: 'body.memory',
+      namePattern: 'body.namePattern',
+      keepLast: 'body.keepLast',
+      keepHourly: 'body.keepHourly',
+      keepDaily: 'body.keepDaily',
+      keepWeekly: 'body.keepWeekly',
+      keepMonthly: 'body.keepMonthly',
+      keepYearly: 'body.keepYearly',
+      maxBytes: 'body.maxBytes',
+    },
+  },
+  'policy show': { ops: ['getPolicy'], args: { vm: 'path.vm' } },
+  'policy list': { ops: ['listPolicies'] },
+  'policy rm': { ops: ['removePolicy'], args: { vm: 'path.vm' } },
+  // Without a VM: every VM with a policy or an expired snapshot.
+  'policy run': { ops: ['runPolicy', 'runAllPolicies'], args: { vm: 'path.vm' }, options: { now: 'body.now' } },
+  prune: { ops: ['pruneVm', 'getPrunePlan'], args: { vm: 'path.vm' }, options: { dryRun: 'op.getPrunePlan' } },
 };
 
 /** CLI commands that are CLI-only by nature. */

@@ -254,6 +254,39 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     extra: async () => ({ archive: existsSync(exportTarget()), partial: existsSync(`${exportTarget()}.partial`) }),
     reset: async () => rmSync(exportTarget(), { force: true }),
   },
+  'policy-run': {
+    // A blank VM whose policy keeps one snapshot, named p (or p-2 while p is taken): a pass with --now takes one, then prunes the other.
+    setup: async () => {
+      await blank('pr');
+      if (!lib.policies.find('pr')) lib.policies.set('pr', { schedule: '@daily', keepLast: 1, namePattern: 'p' });
+      if (lib.snapshots.list('pr').length === 0) await lib.policies.run('pr', { now: true });
+    },
+    args: () => ['policy', 'run', 'pr', '--now'],
+    after: (b) => {
+      const a = clone(b);
+      const taken = Object.keys(b.vms.pr!.snapshots)[0] === 'p' ? 'p-2' : 'p';
+      a.vms.pr!.snapshots = { [taken]: null };
+      a.vms.pr!.current = taken;
+      return a;
+    },
+  },
+  prune: {
+    // Three policy snapshots of a policy that keeps them all, then told to keep the last one: a prune deletes two.
+    setup: async () => {
+      await blank('pn');
+      if (lib.snapshots.list('pn').length === 3) return;
+      lib.policies.set('pn', { schedule: '@daily', keepLast: null, namePattern: 'n' });
+      for (let i = 0; i < 3; i++) await lib.policies.run('pn', { now: true });
+      lib.policies.set('pn', { keepLast: 1 });
+    },
+    args: () => ['prune', 'pn'],
+    after: (b) => {
+      const a = clone(b);
+      a.vms.pn!.snapshots = { 'n-3': null };
+      return a;
+    },
+    reset: () => removeVm('pn'),
+  },
 };
 
 /** Every point of an operation a kill -9 is proven at: just begun, after each journal step, and the named points. */

@@ -11,7 +11,7 @@ import {
   type FingerprintResult,
   type TaskKind,
 } from '../contract/operations.js';
-import type { CloneResult, DfReport, HealthReport, ImportResult, RecoveryReport, VerifyReport } from '../contract/views.js';
+import type { CloneResult, DfReport, HealthReport, ImportResult, PolicyRunResult, PolicyView, PruneResult, RecoveryReport, VerifyReport } from '../contract/views.js';
 import { ERROR_CODES } from '../errors.js';
 
 /**
@@ -81,6 +81,8 @@ export const VmSummarySchema = z
     currentSnapshot: z.string().nullable(),
     createdAt: z.string(),
     staleCleaned: z.boolean().optional(),
+    policy: z.string().nullable().openapi({ description: "the schedule of the VM's snapshot policy, if it has one" }),
+    protectedSnapshots: z.number().int(),
   })
   .openapi('VmSummary');
 
@@ -117,6 +119,12 @@ export const SnapshotSchema = z
     stateBytes: z.number(),
     config: VmConfigSchema,
     meta: z.record(z.string(), z.unknown()),
+    protected: z.boolean().openapi({ description: 'nothing deletes it (delete, delete all, prune, expiry) until it is unprotected' }),
+    expiresAt: z.string().nullable().openapi({ description: 'a prune deletes it after this time (unless protected)' }),
+    policy: z
+      .object({ slot: z.string().nullable(), owned: z.boolean() })
+      .nullable()
+      .openapi({ description: "set when a policy took it: its slot, and whether the VM's present policy took it (only then may it prune it)" }),
   })
   .openapi('Snapshot');
 
@@ -250,6 +258,7 @@ export const TakeSnapshotBody = z
     name: SnapshotName,
     description: z.string().max(4096).optional(),
     memory: z.boolean().optional().openapi({ description: 'save RAM and device state (default: yes when the VM runs)' }),
+    expire: z.string().max(64).optional().openapi({ description: "a prune deletes it after this long: '12h', '7d', '2w', '1d12h' (units s, m, h, d, w, y)", example: '7d' }),
   })
   .strict()
   .openapi('TakeSnapshot');
@@ -280,6 +289,124 @@ export const HealthSchema = z
     operations: z.array(z.enum(OPERATION_KINDS)).openapi({ description: 'the operations this vmsnap journals and recovers' }),
   })
   .openapi('Health');
+
+// ---- policies ----
+
+const count = (what: string) => z.number().int().min(0).nullable().optional().openapi({ description: `${what}; 0 or null removes the rule` });
+
+export const PolicyBody = z
+  .object({
+    schedule: z.string().min(1).max(200).optional().openapi({ description: "5 cron fields or @hourly, @daily, @weekly, @monthly, @yearly; required for a new policy", example: '@daily' }),
+    timeZone: z.string().max(100).nullable().optional().openapi({ description: "an IANA zone; null or 'host': the host's", example: 'Europe/Berlin' }),
+    memory: z.boolean().nullable().optional().openapi({ description: 'memory in its snapshots (when the VM runs); null: the default (yes)' }),
+    namePattern: z.string().min(1).max(200).optional().openapi({ example: 'auto-{yyyy}{MM}{dd}-{HH}{mm}' }),
+    keepLast: count('keep the n newest policy snapshots'),
+    keepHourly: count('keep the newest of each of the n latest hours with one'),
+    keepDaily: count('keep the newest of each of the n latest days with one'),
+    keepWeekly: count('keep the newest of each of the n latest ISO weeks with one'),
+    keepMonthly: count('keep the newest of each of the n latest months with one'),
+    keepYearly: count('keep the newest of each of the n latest years with one'),
+    maxBytes: z.number().int().min(0).nullable().optional().openapi({ description: 'then prune the oldest policy snapshots while the snapshots would free more; 0 or null: no limit' }),
+  })
+  .strict()
+  .openapi('SetPolicy');
+
+const ErrorSummarySchema = z.object({ code: z.enum(ERROR_CODES), message: z.string(), hint: z.string().optional() });
+
+export const PolicyRunRecordSchema = z
+  .object({
+    at: z.string(),
+    trigger: z.enum(['schedule', 'now', 'recovery']),
+    status: z.enum(['ok', 'failed']),
+    slot: z.string().nullable(),
+    missed: z.number().int(),
+    snapshot: z.string().nullable(),
+    deleted: z.array(z.string()),
+    error: ErrorSummarySchema.nullable(),
+  })
+  .openapi('PolicyRunRecord');
+
+const nullableCount = z.number().int().nullable();
+export const PolicySchema = mirrors<PolicyView>()(
+  z
+    .object({
+      vm: z.string(),
+      vmId: z.string(),
+      spec: z.object({
+        schedule: z.string(),
+        timeZone: z.string().nullable(),
+        memory: z.boolean().nullable(),
+        namePattern: z.string(),
+        rules: z.object({
+          keepLast: nullableCount,
+          keepHourly: nullableCount,
+          keepDaily: nullableCount,
+          keepWeekly: nullableCount,
+          keepMonthly: nullableCount,
+          keepYearly: nullableCount,
+          maxBytes: nullableCount,
+        }),
+      }),
+      timeZone: z.string().openapi({ description: "the zone it runs in now (the host's when spec.timeZone is null)" }),
+      rulesText: z.string(),
+      since: z.string(),
+      createdAt: z.string(),
+      updatedAt: z.string(),
+      nextRuns: z.array(z.string()),
+      lastSlot: z.string().nullable(),
+      lastRun: PolicyRunRecordSchema.nullable(),
+      snapshots: z.number().int().openapi({ description: 'snapshots it took that are still there' }),
+    })
+    .openapi('Policy'),
+);
+
+export const PruneSchema = mirrors<PruneResult>()(
+  z
+    .object({
+      vm: z.string(),
+      dryRun: z.boolean(),
+      rules: z.string(),
+      timeZone: z.string(),
+      kept: z.array(z.object({ id: z.string(), name: z.string(), createdAt: z.string(), reasons: z.array(z.string()) })),
+      deleted: z.array(
+        z.object({
+          id: z.string(),
+          name: z.string(),
+          createdAt: z.string(),
+          cause: z.enum(['expired', 'retention', 'max-bytes']),
+          reason: z.string(),
+          bytes: z.number().openapi({ description: 'what deleting it frees: an estimate in a dry run, measured otherwise' }),
+        }),
+      ),
+      skipped: z.array(z.object({ name: z.string(), reason: z.string() })),
+      freedBytes: z.number(),
+      warnings: z.array(z.string()),
+    })
+    .openapi('Prune'),
+);
+
+export const PolicyRunResultSchema = mirrors<PolicyRunResult>()(
+  z
+    .object({
+      vm: z.string(),
+      status: z.enum(['ok', 'busy', 'failed']).openapi({ description: 'busy: the VM was busy, the next pass tries again' }),
+      trigger: z.enum(['schedule', 'now']),
+      slot: z.string().nullable(),
+      missed: z.number().int().openapi({ description: 'slots passed over (the host was off): caught up once' }),
+      snapshot: z.string().nullable().openapi({ description: 'the snapshot taken, if any' }),
+      note: z.string().nullable().openapi({ description: 'why none was taken: none due, or another scheduler claimed the slot' }),
+      prune: PruneSchema.nullable(),
+      nextRun: z.string().nullable(),
+      error: ErrorSummarySchema.nullable(),
+    })
+    .openapi('PolicyRunResult'),
+);
+export const PolicyRunAllSchema = mirrors<PolicyRunResult[]>()(z.array(PolicyRunResultSchema));
+
+export const RunPolicyBody = z
+  .object({ now: z.boolean().optional().openapi({ description: 'take a policy snapshot at once, whatever the schedule, then prune' }) })
+  .strict()
+  .openapi('RunPolicy');
 
 // ---- clones ----
 
@@ -431,7 +558,7 @@ export const HealthReportSchema = mirrors<HealthReport>()(
       warnings: z.array(
         z
           .object({
-            kind: z.enum(['old-snapshot', 'deep-chain', 'large-snapshot', 'low-free-space', 'verify']),
+            kind: z.enum(['old-snapshot', 'deep-chain', 'large-snapshot', 'low-free-space', 'verify', 'policy']),
             vm: z.string().optional(),
             snapshot: z.string().optional().openapi({ description: 'the snapshot it is about, when it is about one' }),
             message: z.string(),

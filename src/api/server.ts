@@ -5,6 +5,7 @@ import { serve as serveNode } from '@hono/node-server';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { bodyLimit } from 'hono/body-limit';
 import { VmsnapError } from '../errors.js';
+import { PolicyScheduler } from '../scheduler/loop.js';
 import { Vmsnap } from '../vmsnap.js';
 import { isLoopback, loadOrCreateToken, refuseCrossOrigin, requireBearer, requireLoopbackHost } from './auth.js';
 import type { ApiDeps } from './deps.js';
@@ -15,6 +16,7 @@ import { OperationTracker } from './operations.js';
 import { HostPathPolicy } from './paths.js';
 import { healthRoutes } from './routes/health.js';
 import { operationRoutes } from './routes/operations.js';
+import { policyRoutes } from './routes/policies.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { transferRoutes } from './routes/transfer.js';
 import { vmRoutes } from './routes/vms.js';
@@ -34,6 +36,8 @@ export interface AppOptions {
   watchIntervalMs?: number;
   /** Where to say what the server does (operations started and ended). */
   log?: (line: string) => void;
+  /** Run the VMs' snapshot policies: how often to look for due slots and expired snapshots (default 30 s); false: not at all. */
+  policies?: { intervalMs?: number } | false;
 }
 
 export interface ApiApp {
@@ -77,14 +81,41 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
     }
     const how = op.status === 'succeeded' ? `done in ${op.durationMs} ms` : `failed after ${op.durationMs} ms: ${op.error?.code} ${op.error?.message}`;
     opts.log?.(`${op.id} ${op.title}: ${how}`);
-    if (op.vmId !== null) void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot-') || op.kind === 'import' });
+    if (op.vmId !== null) void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot-') || op.kind === 'import' || op.kind === 'policy-run' || op.kind === 'prune' });
   });
   watch = new VmWatch(lib, hub, () => tracker.runningCount === 0, opts.watchIntervalMs);
   const unsubscribe = lib.onEvent((e) => {
     if (e.type === 'vm-state') hub.publish({ type: 'vm-state', data: { vm: e.vm, vmId: e.vmId, state: e.state } });
+    else if (e.type === 'policy') hub.publish({ type: 'policy', data: { vm: e.vm, vmId: e.vmId, status: e.status, record: e.record } });
+    else if (e.type === 'snapshots-changed') void watch?.refresh(e.vmId, { snapshots: true });
     else tracker.onLibraryEvent(e);
   });
   watch.start();
+  // The policies run in the server as its own jobs: the UI shows them, and other work on that VM is refused meanwhile.
+  const scheduler =
+    opts.policies === false
+      ? undefined
+      : new PolicyScheduler(lib.ctx, {
+          ...(opts.policies?.intervalMs !== undefined ? { intervalMs: opts.policies.intervalMs } : {}),
+          log: (line) => opts.log?.(line),
+          run: (vm, title, pass) =>
+            new Promise((resolve, reject) => {
+              try {
+                tracker.start({ kind: 'policy-run', scope: { vm }, title }, () =>
+                  pass().then(
+                    (r) => (resolve(r), r),
+                    (e: unknown) => {
+                      reject(e);
+                      throw e;
+                    },
+                  ),
+                );
+              } catch (e) {
+                reject(e);
+              }
+            }),
+        });
+  scheduler?.start();
 
   const downloads = new Downloads(lib.home);
   const deps: ApiDeps = {
@@ -124,6 +155,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
   app.route('/api', transferRoutes(deps));
   app.route('/api', healthRoutes(deps));
   app.route('/api', operationRoutes(deps));
+  app.route('/api', policyRoutes(deps));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', {
     type: 'http',
@@ -152,6 +184,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
     tracker,
     hub,
     async close() {
+      await scheduler?.stop();
       watch?.stop();
       unsubscribe();
       hub.closeAll();

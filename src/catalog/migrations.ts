@@ -90,4 +90,39 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE operations ADD COLUMN parent_id TEXT REFERENCES operations(id);
   CREATE INDEX operations_vm ON operations(vm_id, started_at);
   `,
+  // 3: snapshot policies. A snapshot may be protected (nothing deletes it), expire (pruned after
+  // expires_at), and record the policy that took it and for which slot (only that policy prunes it).
+  // A VM has at most one policy; each slot a scheduler takes is claimed first by its unique key.
+  `
+  ALTER TABLE snapshots ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE snapshots ADD COLUMN expires_at TEXT;
+  ALTER TABLE snapshots ADD COLUMN policy_id TEXT;     -- the policy that took it; NULL: taken by hand
+  ALTER TABLE snapshots ADD COLUMN policy_slot TEXT;   -- the schedule slot (ISO, UTC) it was taken for; NULL for 'policy run --now'
+
+  CREATE TABLE policies (
+    id          TEXT PRIMARY KEY,
+    vm_id       TEXT NOT NULL UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
+    spec        TEXT NOT NULL,              -- PolicySpec JSON: schedule, zone, names, memory, keep rules
+    since       TEXT NOT NULL,              -- when the schedule was set: no slot before it is taken
+    last_slot   TEXT,                       -- the last slot a pass took (or tried)
+    last_run    TEXT,                       -- PolicyRunRecord JSON: what the last pass did
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+  );
+
+  -- A slot is claimed here before its snapshot is taken, so two schedulers never take it twice.
+  CREATE TABLE policy_slots (
+    vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    slot        TEXT NOT NULL,
+    policy_id   TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('claimed', 'taken', 'failed')),
+    holder      TEXT NOT NULL,              -- the claim's own id: who may take it
+    pid         INTEGER NOT NULL,
+    pid_start   TEXT NOT NULL,
+    claimed_at  TEXT NOT NULL,
+    snapshot_id TEXT,
+    error       TEXT,
+    PRIMARY KEY (vm_id, slot)
+  );
+  `,
 ];

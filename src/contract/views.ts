@@ -1,3 +1,4 @@
+import type { ErrorCode } from '../errors.js';
 import type { ArchiveManifest } from './archive.js';
 import type { VmConfig } from './config.js';
 
@@ -27,6 +28,10 @@ export interface VmSummary {
   createdAt: string;
   /** Set when a dead QEMU's leftovers were cleaned up while looking. */
   staleCleaned?: boolean;
+  /** The schedule of the VM's snapshot policy, if it has one. */
+  policy: string | null;
+  /** How many of its snapshots are protected. */
+  protectedSnapshots: number;
 }
 
 export interface LayerInfo {
@@ -91,6 +96,15 @@ export interface SnapshotView {
   stateBytes: number;
   config: VmConfig;
   meta: Record<string, unknown>;
+  /** Nothing deletes it (user, API, delete --all, prune, expiry) until it is unprotected. */
+  protected: boolean;
+  /** When a prune deletes it (`snapshot create --expire`); null: never. */
+  expiresAt: string | null;
+  /**
+   * Set when a policy took it: the schedule slot (ISO, UTC; null for `policy run --now`), and
+   * whether the VM's present policy is the one that took it (only then may its rules delete it).
+   */
+  policy: { slot: string | null; owned: boolean } | null;
 }
 
 export interface RevertResult {
@@ -254,7 +268,7 @@ export interface HealthSettings {
  * and anything verify would flag.
  */
 export interface HealthWarning {
-  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify';
+  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify' | 'policy';
   vm?: string;
   snapshot?: string;
   message: string;
@@ -324,4 +338,140 @@ export interface CheckArchiveResult {
   disks: { slot: string; virtualSize: number; bytes: number }[];
   manifest: ArchiveManifest;
   ms: number;
+}
+
+// ---- policies ----
+
+/** A policy's keep rules (restic's names); null: the rule is not used. */
+export interface PolicyRules {
+  keepLast: number | null;
+  keepHourly: number | null;
+  keepDaily: number | null;
+  keepWeekly: number | null;
+  keepMonthly: number | null;
+  keepYearly: number | null;
+  /** After the keep rules, prune the oldest policy snapshots while the VM's snapshots add up to more. */
+  maxBytes: number | null;
+}
+
+/** What a policy is set to. */
+export interface PolicySpec {
+  /** A 5-field cron expression or a nickname (@hourly, @daily, @weekly, @monthly, @yearly). */
+  schedule: string;
+  /** An IANA zone; null: the host's zone. */
+  timeZone: string | null;
+  /** Memory in its snapshots; null: when the VM runs (as `snapshot create`). */
+  memory: boolean | null;
+  /** How its snapshots are named, e.g. auto-{yyyy}{MM}{dd}-{HH}{mm}. */
+  namePattern: string;
+  rules: PolicyRules;
+}
+
+/** An error as a result records it. */
+export interface ErrorSummary {
+  code: ErrorCode;
+  message: string;
+  hint?: string;
+}
+
+/** What one pass of a policy did, as the policy keeps it (`policy show`, doctor). */
+export interface PolicyRunRecord {
+  at: string;
+  /** schedule: a due slot (serve or `policy run`); now: `policy run --now`; recovery: finished after a crash. */
+  trigger: 'schedule' | 'now' | 'recovery';
+  status: 'ok' | 'failed';
+  /** The slot it took or tried (ISO, UTC); null with --now or when none was due. */
+  slot: string | null;
+  /** Slots passed over since the last one taken (the host was off): caught up once. */
+  missed: number;
+  /** The snapshot it took. */
+  snapshot: string | null;
+  /** The snapshots its prune deleted. */
+  deleted: string[];
+  error: ErrorSummary | null;
+}
+
+export interface PolicyView {
+  vm: string;
+  vmId: string;
+  spec: PolicySpec;
+  /** The zone its schedule and periods use now (the host's when spec.timeZone is null). */
+  timeZone: string;
+  /** The keep rules in words: "keep-last 3, keep-daily 7, max-bytes 20 GiB". */
+  rulesText: string;
+  /** When its schedule was set: slots before it are never taken. */
+  since: string;
+  createdAt: string;
+  updatedAt: string;
+  /** The next slots (ISO, UTC). */
+  nextRuns: string[];
+  /** The last slot a pass took or tried. */
+  lastSlot: string | null;
+  lastRun: PolicyRunRecord | null;
+  /** Snapshots it took that are still there. */
+  snapshots: number;
+}
+
+/** A change to a policy (`policy set`): what is given replaces, the rest stays; a keep rule of 0 or null is removed. */
+export interface PolicyPatch extends Partial<PolicyRules> {
+  schedule?: string;
+  /** An IANA zone, or null (or 'host') for the host's. */
+  timeZone?: string | null;
+  memory?: boolean | null;
+  namePattern?: string;
+}
+
+export interface PruneKept {
+  id: string;
+  name: string;
+  createdAt: string;
+  /** Every rule that keeps it: 'protected', 'manual (no expiry)', 'last 1 of 3', 'daily 2026-11-25', … */
+  reasons: string[];
+}
+
+export interface PruneDeleted {
+  id: string;
+  name: string;
+  createdAt: string;
+  /** Which step deletes it: its expiry, the keep rules (none keeps it), or --max-bytes. */
+  cause: 'expired' | 'retention' | 'max-bytes';
+  reason: string;
+  /** What deleting it frees: an estimate in a dry run (`vmsnap df`'s "delete frees"), measured otherwise. */
+  bytes: number;
+}
+
+/** What a prune deletes and keeps, and why. */
+export interface PruneResult {
+  vm: string;
+  dryRun: boolean;
+  /** The rules applied, in words; without a policy only expired snapshots are deleted. */
+  rules: string;
+  timeZone: string;
+  /** Newest first. */
+  kept: PruneKept[];
+  /** Deleted (or, in a dry run, to be deleted), oldest first. */
+  deleted: PruneDeleted[];
+  /** Snapshots the rules would delete that cannot go now (linked clones build on them, protected meanwhile). */
+  skipped: { name: string; reason: string }[];
+  /** Bytes freed: in a dry run the sum of the estimates, otherwise measured. */
+  freedBytes: number;
+  warnings: string[];
+}
+
+/** What `policy run` did for one VM. */
+export interface PolicyRunResult {
+  vm: string;
+  /** ok: done (a snapshot taken, or none due, then pruned); busy: the VM was busy, tried again on the next pass; failed: see error. */
+  status: 'ok' | 'busy' | 'failed';
+  trigger: 'schedule' | 'now';
+  slot: string | null;
+  missed: number;
+  /** The snapshot taken, if any. */
+  snapshot: string | null;
+  /** Why no snapshot was taken: none due, or another scheduler claimed the slot. */
+  note: string | null;
+  prune: PruneResult | null;
+  /** The VM's next slot (ISO, UTC), if it has a policy. */
+  nextRun: string | null;
+  error: ErrorSummary | null;
 }

@@ -490,6 +490,11 @@ async function createImported(
       imported: { archive: basename(file), exportedAt: manifest.exportedAt, vm: manifest.vm.name, snapshotId: manifest.snapshot.id },
     },
     layers: Object.fromEntries(bases.map((b) => [b.slot, b.id])),
+    // A new VM's snapshot: no policy of its own took it, and it starts unprotected, without expiry.
+    protected: false,
+    expiresAt: null,
+    policyId: null,
+    policySlot: null,
   };
   op.plan.createFiles = [...bases, ...overlays].map((l) => l.path).concat(stateFile ? [stateFile] : []);
   op.savePlan();

@@ -268,6 +268,14 @@ export async function removeVm(ctx: Context, vm: VmRecord): Promise<void> {
         details: { vm: vm.name, clones: names },
       });
     }
+    const guarded = catalog.listSnapshots(vm.id).filter((s) => s.protected);
+    if (guarded.length > 0) {
+      const names = guarded.map((s) => s.name);
+      throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' has protected snapshots: ${names.join(', ')}; removing it would delete them`, {
+        hint: `unprotect them first: vmsnap snapshot unprotect ${vm.name} ${names[0]}`,
+        details: { vm: vm.name, snapshots: names, protected: true },
+      });
+    }
     await requireStopped(ctx, vm, 'stop it before removing it');
     // Layers of other VMs this one builds on (it is a linked clone): they may be mergeable once it is gone.
     const released = new Map<string, string[]>();

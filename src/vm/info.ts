@@ -23,6 +23,8 @@ export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSumm
     currentSnapshot: current,
     createdAt: vm.createdAt,
     ...(rt.staleCleaned ? { staleCleaned: true } : {}),
+    policy: ctx.catalog.findPolicy(vm.id)?.spec.schedule ?? null,
+    protectedSnapshots: snaps.filter((s) => s.protected).length,
   };
 }
 

@@ -8,7 +8,10 @@ import type {
   HealthReport,
   HealthWarning,
   OperationKind,
+  PolicyPatch,
+  PolicyView,
   PresentStateChanges,
+  PruneResult,
   RevertResult,
   SnapshotView,
   Task,
@@ -16,7 +19,7 @@ import type {
   VmSummary,
 } from '../../src/contract/index.js';
 
-export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning };
+export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning, PolicyView, PolicyPatch, PruneResult };
 /** A 202 job of the API, its result typed by its kind. */
 export type Operation = Task;
 export type PresentState = PresentStateChanges;
@@ -149,12 +152,20 @@ export const api = {
   resume: (vm: string) => request<VmSummary>('POST', `/vms/${enc(vm)}/resume`, {}),
   snapshots: (vm: string) => request<SnapshotView[]>('GET', `/vms/${enc(vm)}/snapshots`),
   presentState: (vm: string) => request<PresentState>('GET', `/vms/${enc(vm)}/present-state`),
-  takeSnapshot: (vm: string, body: { name: string; description?: string; memory?: boolean }) =>
+  takeSnapshot: (vm: string, body: { name: string; description?: string; memory?: boolean; expire?: string }) =>
     request<Accepted>('POST', `/vms/${enc(vm)}/snapshots`, body),
   revert: (vm: string, snap: string, body: { force: boolean; start?: boolean }) =>
     request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/revert`, body),
   deleteSnapshot: (vm: string, snap: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots/${enc(snap)}`),
   deleteAll: (vm: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots`),
+  protect: (vm: string, snap: string, on: boolean) => request<SnapshotView>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/${on ? 'protect' : 'unprotect'}`, {}),
+  /** The VM's policy, or null when it has none (from the list: a VM without one is no error, so no 404 in the console). */
+  policy: (vm: string) => request<PolicyView[]>('GET', '/policies').then((all) => all.find((p) => p.vm === vm) ?? null),
+  setPolicy: (vm: string, body: PolicyPatch) => request<PolicyView>('PUT', `/vms/${enc(vm)}/policy`, body),
+  removePolicy: (vm: string) => request<{ vm: string; snapshotsLeft: number }>('DELETE', `/vms/${enc(vm)}/policy`),
+  runPolicy: (vm: string, now: boolean) => request<Accepted>('POST', `/vms/${enc(vm)}/policy/run`, { now }),
+  prunePlan: (vm: string) => request<PruneResult>('GET', `/vms/${enc(vm)}/prune`),
+  prune: (vm: string) => request<Accepted>('POST', `/vms/${enc(vm)}/prune`, {}),
   operations: () => request<Operation[]>('GET', '/operations'),
   operation: (id: string) => request<Operation>('GET', `/operations/${enc(id)}`),
   clone: (vm: string, snap: string, body: CloneRequest) => request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/clone`, body),

@@ -3,7 +3,7 @@ import { api, ApiFailure, type Operation, type PresentState, type SnapshotView, 
 import { bytes, NAME_PATTERN, NAME_RULE, nextSnapshotName } from '../format.js';
 import { Bar, ProgressBar, progressText } from './Jobs.js';
 
-function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
+export function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
   const ref = useRef<HTMLDivElement>(null);
   const onClose = useRef(props.onClose);
   onClose.current = props.onClose;
@@ -24,7 +24,7 @@ function Modal(props: { title: string; children: ReactNode; onClose: () => void;
   );
 }
 
-function ErrorLine(props: { error: ApiFailure | Error | null }) {
+export function ErrorLine(props: { error: ApiFailure | Error | null }) {
   if (!props.error) return null;
   return (
     <div className="form-error" role="alert">
@@ -35,7 +35,7 @@ function ErrorLine(props: { error: ApiFailure | Error | null }) {
 }
 
 /** Run the dialog's action; keep the dialog open with the error if the server refuses. */
-function useSubmit(action: () => Promise<void>, onDone: () => void) {
+export function useSubmit(action: () => Promise<void>, onDone: () => void) {
   const [pending, setPending] = useState(false);
   const [error, setError] = useState<Error | null>(null);
   const submit = async (e?: FormEvent) => {
@@ -60,10 +60,11 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
   const [description, setDescription] = useState('');
   const canMemory = vm.state === 'running' || vm.state === 'paused';
   const [memory, setMemory] = useState(canMemory);
+  const [expire, setExpire] = useState('');
   const taken = props.snapshots.some((s) => s.name === name);
   const invalid = !NAME_PATTERN.test(name) ? NAME_RULE : taken ? 'a snapshot of this VM already has this name' : null;
   const { pending, error, submit } = useSubmit(async () => {
-    const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory });
+    const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory, ...(expire.trim() ? { expire: expire.trim() } : {}) });
     props.onAccepted(r.operation.id);
   }, props.onClose);
   return (
@@ -88,6 +89,10 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
                 : 'the VM is powered off: the snapshot holds its disks and config'}
             </small>
           </span>
+        </label>
+        <label className="field">
+          <span>Expires after (optional)</span>
+          <input value={expire} onChange={(e) => setExpire(e.target.value)} maxLength={32} placeholder="e.g. 12h, 7d, 2w — the next prune after it deletes the snapshot" data-testid="snapshot-expire" />
         </label>
         <p className="muted small">The guest keeps running; it pauses only for milliseconds while the disks switch to new delta files.</p>
         <ErrorLine error={error} />
@@ -535,7 +540,7 @@ export function TokenDialog(props: { onSubmit: (token: string) => Promise<void> 
 }
 
 /** Cancel and the dialog's submit button, the same in every dialog. */
-function ModalActions(props: { onCancel: () => void; danger?: boolean; disabled: boolean; testId?: string; children: ReactNode }) {
+export function ModalActions(props: { onCancel: () => void; danger?: boolean; disabled: boolean; testId?: string; children: ReactNode }) {
   return (
     <div className="modal-actions">
       <button type="button" className="btn" onClick={props.onCancel}>
