@@ -1,10 +1,11 @@
 import { rmSync } from 'node:fs';
 import { withVmLock } from './catalog/lock.js';
+import { repairCatalogFiles, type RepairMode } from './catalog-repair.js';
 import { openContext, type Context, type VmsnapEvent } from './context.js';
-import type { RecoveryReport, VerifyReport } from './contract/views.js';
+import type { CatalogRepairReport, RecoveryReport, VerifyReport } from './contract/views.js';
 import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
-import { defaultHome } from './paths.js';
+import { defaultHome, pathsFor } from './paths.js';
 import { registry } from './registry.js';
 import { SnapshotService } from './snapshot/service.js';
 import { recordFingerprints, verifyVm } from './snapshot/verify.js';
@@ -53,10 +54,34 @@ export class Vmsnap {
   }
 
   /**
+   * A new catalog for a home whose catalog is lost or damaged, without opening
+   * the old one: `rebuild` from the records beside the VMs and the layer files,
+   * `from-backup` from the newest sound backup reconciled with those records
+   * (see catalog-repair.ts). The old catalog is kept aside; then recovery
+   * finishes the operations the records carried. `dryRun` only reports.
+   */
+  static async repairCatalog(opts: OpenOptions & { mode: RepairMode; dryRun?: boolean }): Promise<CatalogRepairReport> {
+    const home = opts.home ?? defaultHome();
+    const report = await repairCatalogFiles(pathsFor(home, opts.imageCache), registry, opts);
+    if (report.dryRun) return report;
+    const lib = Vmsnap.open({ home, ...(opts.imageCache ? { imageCache: opts.imageCache } : {}) });
+    try {
+      lib.ctx.catalog.records.rewriteAll();
+      report.recovery = await lib.recover();
+      await lib.settle();
+    } finally {
+      lib.close();
+    }
+    return report;
+  }
+
+  /**
    * Finish every interrupted operation (rolled forward or back, each VM under
-   * its lock), then remove files nothing refers to.
+   * its lock), bring the records beside the VMs up to date, then remove files
+   * nothing refers to.
    */
   async recover(): Promise<RecoveryReport> {
+    this.ctx.catalog.assertSound();
     const report: RecoveryReport = { operations: [], orphansRemoved: [] };
     const vmIds = new Set(this.ctx.journal.unfinished().map((op) => op.vmId));
     for (const vmId of vmIds) {
@@ -66,6 +91,9 @@ export class Vmsnap {
       const run = () => recoverVmOperations(this.ctx, vmId);
       report.operations.push(...(vm ? await withVmLock(this.ctx.catalog, vm, 'recover', run) : await run()));
     }
+    // Strict: records that cannot be written are an error here, not a retry for later.
+    const rewritten = this.ctx.catalog.records.repair();
+    if (rewritten > 0) report.recordsRewritten = rewritten;
     if (!othersAtWork(this.ctx)) {
       for (const f of findOrphans(this.ctx)) {
         rmSync(f, { force: true });
@@ -77,11 +105,13 @@ export class Vmsnap {
 
   /** Check that a VM's catalog rows, files and chains agree; `deep` also re-hashes every snapshot's content. */
   async verify(vmName: string, opts: { deep?: boolean } = {}): Promise<VerifyReport> {
+    this.ctx.catalog.assertSound();
     return verifyVm(this.ctx, this.vms.get(vmName), opts);
   }
 
   /** verify() for every VM. */
   async verifyAll(opts: { deep?: boolean } = {}): Promise<VerifyReport[]> {
+    this.ctx.catalog.assertSound();
     const out: VerifyReport[] = [];
     for (const vm of this.ctx.catalog.listVms()) out.push(await verifyVm(this.ctx, vm, opts));
     return out;
@@ -92,7 +122,13 @@ export class Vmsnap {
     return recordFingerprints(this.ctx, this.vms.get(vmName));
   }
 
+  /** Take the catalog backup still owed for changes made through this instance (call before close; the CLI does after each command). Never throws. */
+  async settle(): Promise<void> {
+    await this.ctx.backups.settle();
+  }
+
   close(): void {
+    this.ctx.backups.close();
     this.ctx.catalog.close();
   }
 }

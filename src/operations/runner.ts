@@ -71,6 +71,8 @@ export async function runOperation<K extends OperationKind, P, F extends string,
     throw e;
   } finally {
     runningHere.delete(op.id);
+    // The catalog changed: a backup when the last is old enough (an inner operation leaves it to its parent).
+    if (!spec.parent) await ctx.backups.maybe();
   }
 }
 
