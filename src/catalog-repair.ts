@@ -260,7 +260,7 @@ export async function repairCatalogFiles(paths: VmsnapPaths, registry: Operation
         current: v.current_snapshot_id ? (names.get(v.current_snapshot_id) ?? null) : null,
         layers: a.rows.layers.filter((l) => l.vm_id === v.id).length,
         unfinishedOperations: a.rows.operations.filter((o) => o.vm_id === v.id).length,
-      })),
+      })).sort((x, y) => (x.name < y.name ? -1 : 1)),
       ...a.report,
       backingMismatches,
       unrecordedFiles,

@@ -172,8 +172,14 @@ export class Catalog {
 
   /** SQLite's integrity check of the catalog (`quick`: without index contents, O(size)): 'ok', or what is wrong. */
   integrityCheck(opts: { quick?: boolean } = {}): string {
-    const rows = this.db.pragma(opts.quick ? 'quick_check' : 'integrity_check') as Record<string, string>[];
-    return rows.map((r) => Object.values(r)[0]).join('; ');
+    try {
+      const rows = this.db.pragma(opts.quick ? 'quick_check' : 'integrity_check') as Record<string, string>[];
+      return rows.map((r) => Object.values(r)[0]).join('; ');
+    } catch (e) {
+      // Damage bad enough stops the check itself.
+      if (e instanceof VmsnapError && e.code === 'CATALOG_ERROR' && e.cause instanceof Error) return e.cause.message;
+      throw e;
+    }
   }
 
   /** The damaged-catalog error unless SQLite's quick check passes: recover and verify look at the whole catalog first. */

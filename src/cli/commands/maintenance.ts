@@ -52,7 +52,9 @@ async function repairCatalog(o: RecoverOptions): Promise<void> {
     const r = await Vmsnap.repairCatalog({ mode: o.rebuildCatalog ? 'rebuild' : 'from-backup', dryRun: o.dryRun ?? false });
     if (o.json) printJson(r);
     else printRepair(r, log);
-    process.exitCode = 0;
+    // Like verify: 1 when something needs a look (a record not used, a file missing or without a record).
+    const findings = r.badRecords.length + r.missingFiles.length + r.leftOut.length + r.backingMismatches.length + r.unrecordedFiles.length;
+    process.exitCode = findings > 0 ? 1 : 0;
   } catch (e) {
     process.exitCode = reportError(e, o.json ?? false);
   }
