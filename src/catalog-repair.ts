@@ -124,13 +124,14 @@ function assemble(loaded: { vms: LoadedVm[]; problems: { path: string; problem: 
  * snapshots that need it). A snapshot whose parent went gets its nearest kept
  * ancestor; so does a VM whose current snapshot went.
  */
-function checkFiles(a: Assembly): void {
+function checkFiles(a: Assembly, owned: Set<string>): void {
   const { rows, report } = a;
   const vmName = new Map(rows.vms.map((v) => [v.id, String(v.name)]));
   const nameOf = (vmId: unknown) => vmName.get(vmId) ?? String(vmId);
   const layers = new Map(rows.layers.map((l) => [l.id, l]));
   for (const l of rows.layers) {
-    if (existsSync(String(l.path))) continue;
+    // A file an unfinished operation makes or removes may be missing: its recovery knows.
+    if (existsSync(String(l.path)) || owned.has(String(l.path))) continue;
     report.missingFiles.push({ vm: nameOf(l.vm_id), what: `layer ${String(l.id)} (${String(l.slot)})`, path: String(l.path) });
     layers.delete(l.id);
   }
@@ -179,7 +180,7 @@ function checkFiles(a: Assembly): void {
   }
   for (const s of rows.snapshots) {
     const f = str(s.state_file);
-    if (f && !existsSync(f)) report.missingFiles.push({ vm: nameOf(s.vm_id), what: `memory state of snapshot '${String(s.name)}' (kept as recorded)`, path: f });
+    if (f && !existsSync(f) && !owned.has(f)) report.missingFiles.push({ vm: nameOf(s.vm_id), what: `memory state of snapshot '${String(s.name)}' (kept as recorded)`, path: f });
   }
 }
 
@@ -193,8 +194,8 @@ async function checkBacking(rows: CatalogRows): Promise<CatalogRepairReport['bac
   const byId = new Map(rows.layers.map((l) => [l.id, l]));
   const out: CatalogRepairReport['backingMismatches'] = [];
   for (const l of rows.layers) {
-    if (l.format !== 'qcow2') continue;
     const path = String(l.path);
+    if (l.format !== 'qcow2' || !existsSync(path)) continue;
     const recorded = l.backing_id === null || l.backing_id === undefined ? null : str(byId.get(l.backing_id)?.path);
     const file = await backingOf(path).catch(() => undefined);
     if (file === undefined) out.push({ layer: String(l.id), path, recorded, file: null });
@@ -203,15 +204,22 @@ async function checkBacking(rows: CatalogRows): Promise<CatalogRepairReport['bac
   return out;
 }
 
-/** Files in layers/ and states/ that no row and no unfinished operation names; undefined when an operation this vmsnap cannot read may own any file. */
-function unrecorded(paths: VmsnapPaths, rows: CatalogRows, registry: OperationRegistry): string[] | undefined {
-  const named = new Set<string>([...rows.layers.map((l) => String(l.path)), ...rows.snapshots.flatMap((s) => (str(s.state_file) ? [String(s.state_file)] : []))]);
+/** The files the unfinished operations make or remove (their plans say); undefined when one is of a kind or plan this vmsnap cannot read. */
+function ownedByOperations(rows: CatalogRows, registry: OperationRegistry): Set<string> | undefined {
+  const owned = new Set<string>();
   for (const op of rows.operations) {
     const def = registry.lookup(String(op.kind));
     const plan = def?.plan.safeParse(typeof op.plan === 'string' ? JSON.parse(op.plan) : op.plan);
     if (!def || !plan?.success) return undefined;
-    for (const f of def.files(plan.data)) named.add(f);
+    for (const f of def.files(plan.data)) owned.add(f);
   }
+  return owned;
+}
+
+/** Files in layers/ and states/ that no row and no unfinished operation names; undefined when an operation this vmsnap cannot read may own any file. */
+function unrecorded(paths: VmsnapPaths, rows: CatalogRows, owned: Set<string> | undefined): string[] | undefined {
+  if (!owned) return undefined;
+  const named = new Set<string>([...owned, ...rows.layers.map((l) => String(l.path)), ...rows.snapshots.flatMap((s) => (str(s.state_file) ? [String(s.state_file)] : []))]);
   const out: string[] = [];
   for (const dir of [paths.layers, paths.states]) {
     for (const f of existsSync(dir) ? readdirSync(dir).sort() : []) if (!named.has(join(dir, f))) out.push(join(dir, f));
@@ -241,9 +249,10 @@ export async function repairCatalogFiles(paths: VmsnapPaths, registry: Operation
   try {
     const loaded = loadRecords(paths.records);
     const a = assemble(loaded, base.rows, paths);
-    checkFiles(a);
+    const owned = ownedByOperations(a.rows, registry);
+    checkFiles(a, owned ?? new Set());
     const backingMismatches = await checkBacking(a.rows);
-    const stray = unrecorded(paths, a.rows, registry);
+    const stray = unrecorded(paths, a.rows, owned);
     const unrecordedFiles: CatalogRepairReport['unrecordedFiles'] = [];
     for (const p of stray ?? []) unrecordedFiles.push({ path: p, backing: p.endsWith('.qcow2') ? await backingOf(p).catch(() => null) : null, movedTo: null });
     const names = new Map(a.rows.snapshots.map((s) => [s.id, String(s.name)]));

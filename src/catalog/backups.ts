@@ -141,7 +141,9 @@ export class CatalogBackups {
   async maybe(): Promise<void> {
     if (!this.owed || this.closed) return;
     const newest = this.list()[0];
-    const wait = newest ? Date.parse(newest.takenAt) + this.settings().intervalMs - Date.now() : 0;
+    const age = newest ? Date.now() - Date.parse(newest.takenAt) : Infinity;
+    // A backup stamped in the future (a clock set back) must not put the next one off.
+    const wait = age < 0 ? 0 : this.settings().intervalMs - age;
     if (wait <= 0) {
       await this.takeQuietly();
       return;

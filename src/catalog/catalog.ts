@@ -182,9 +182,12 @@ export class Catalog {
     }
   }
 
-  /** The damaged-catalog error unless SQLite's quick check passes: recover and verify look at the whole catalog first. */
-  assertSound(): void {
-    const r = this.integrityCheck({ quick: true });
+  /**
+   * The damaged-catalog error unless SQLite's check passes: recover and verify
+   * look at the whole catalog first (the quick check), doctor with the full one.
+   */
+  assertSound(opts: { full?: boolean } = {}): void {
+    const r = this.integrityCheck({ quick: !opts.full });
     if (r !== 'ok') throw damagedCatalog(this.db.path, new Error(r));
   }
 

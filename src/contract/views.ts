@@ -290,8 +290,8 @@ export interface HealthSettings {
  * and anything verify would flag.
  */
 export interface HealthWarning {
-  /** catalog: it fails SQLite's integrity check; records: the records beside the VMs disagree with it. */
-  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify' | 'catalog' | 'records';
+  /** records: the records beside the VMs disagree with the catalog. */
+  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify' | 'records';
   vm?: string;
   snapshot?: string;
   message: string;

@@ -1,6 +1,4 @@
-import { statfsSync } from 'node:fs';
 import type { VmRecord } from '../catalog/catalog.js';
-import { CATALOG_REPAIR_HINT } from '../catalog/db.js';
 import type { Context } from '../context.js';
 import { formatBytes } from '../contract/format.js';
 import type { HealthReport, HealthSettings, HealthWarning } from '../contract/views.js';
@@ -46,11 +44,6 @@ export function vmWarnings(ctx: Context, vm: VmRecord, settings: HealthSettings,
   return out;
 }
 
-function statfsFree(ctx: Context): number {
-  const fs = statfsSync(ctx.paths.layers);
-  return fs.bavail * fs.bsize;
-}
-
 export function freeSpaceWarning(freeBytes: number, settings: HealthSettings): HealthWarning | undefined {
   if (freeBytes >= settings.reserveBytes) return undefined;
   return {
@@ -61,12 +54,8 @@ export function freeSpaceWarning(freeBytes: number, settings: HealthSettings): H
 
 export async function doctor(ctx: Context, overrides: Partial<HealthSettings> = {}, opts: { verify?: boolean } = {}): Promise<HealthReport> {
   const settings = healthSettings(ctx.paths.home, overrides);
-  // A catalog that fails its integrity check is the one warning worth giving: nothing else it says can be trusted.
-  const integrity = ctx.catalog.integrityCheck();
-  if (integrity !== 'ok') {
-    const message = `the catalog ${ctx.paths.catalog} fails SQLite's integrity check (${integrity}): ${CATALOG_REPAIR_HINT}`;
-    return { ok: false, settings, freeBytes: statfsFree(ctx), warnings: [{ kind: 'catalog', message }] };
-  }
+  // A catalog that fails SQLite's integrity check is an error, as for every command: nothing it says can be trusted.
+  ctx.catalog.assertSound({ full: true });
   const { freeBytes } = dataDirUsage(ctx);
   const warnings: HealthWarning[] = [];
   for (const issue of ctx.catalog.records.check()) warnings.push({ kind: 'records', message: issue.message });

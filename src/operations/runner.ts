@@ -31,6 +31,8 @@ export async function runOperation<K extends OperationKind, P, F extends string,
   if (!checked.success) {
     throw new VmsnapError('INTERNAL', `${def.kind}: its plan does not match its schema: ${checked.error.issues[0]?.message ?? ''}`);
   }
+  // Writing into a damaged catalog spreads the damage (SQLite may notice only later, or never): look first.
+  if (!spec.parent) ctx.catalog.assertSound();
   const rec = ctx.journal.begin(def.kind, spec.vm.id, checked.data, spec.parent?.id ?? null);
   const op = new Op<P, F>(ctx, rec, def.kind, checked.data, spec.vm.name);
   runningHere.add(op.id);
