@@ -6,11 +6,13 @@ import type { CatalogRepairReport, RecoveryReport, VerifyReport } from './contra
 import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
 import { defaultHome, pathsFor } from './paths.js';
-import { registry } from './registry.js';
 import { SnapshotService } from './snapshot/service.js';
 import { recordFingerprints, verifyVm } from './snapshot/verify.js';
 import { TransferService } from './transfer/index.js';
 import { VmService } from './vm/service.js';
+
+/** The registry imports every verb: load it only when there is an operation to recover. */
+const loadRegistry = async () => (await import('./registry.js')).registry;
 
 export interface OpenOptions {
   /** The data dir; default $VMSNAP_HOME or the XDG data dir. */
@@ -40,7 +42,7 @@ export class Vmsnap {
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {
-    return new Vmsnap(openContext(opts.home ?? defaultHome(), registry, opts.imageCache));
+    return new Vmsnap(openContext(opts.home ?? defaultHome(), loadRegistry, opts.imageCache));
   }
 
   get home(): string {
@@ -62,7 +64,7 @@ export class Vmsnap {
    */
   static async repairCatalog(opts: OpenOptions & { mode: RepairMode; dryRun?: boolean }): Promise<CatalogRepairReport> {
     const home = opts.home ?? defaultHome();
-    const report = await repairCatalogFiles(pathsFor(home, opts.imageCache), registry, opts);
+    const report = await repairCatalogFiles(pathsFor(home, opts.imageCache), await loadRegistry(), opts);
     if (report.dryRun) return report;
     const lib = Vmsnap.open({ home, ...(opts.imageCache ? { imageCache: opts.imageCache } : {}) });
     try {
@@ -95,7 +97,7 @@ export class Vmsnap {
     const rewritten = this.ctx.catalog.records.repair();
     if (rewritten > 0) report.recordsRewritten = rewritten;
     if (!othersAtWork(this.ctx)) {
-      for (const f of findOrphans(this.ctx)) {
+      for (const f of await findOrphans(this.ctx)) {
         rmSync(f, { force: true });
         report.orphansRemoved.push(f);
       }

@@ -287,7 +287,7 @@ async function expectRecovered(sc: Scenario, before: State, outcome: Outcome): P
   const reports = JSON.parse(verify.stdout) as { vm: string; problems: unknown[] }[];
   expect(reports.flatMap((v) => v.problems), verify.stdout).toEqual([]);
   expect(verify.code).toBe(0);
-  expect(findOrphans(lib.ctx)).toEqual([]);
+  expect(await findOrphans(lib.ctx)).toEqual([]);
   expect(lib.ctx.journal.unfinished()).toEqual([]);
   expect(lib.ctx.catalog.records.check()).toEqual([]);
   expect(await stateOf(sc.extra), `${outcome}: the VMs as ${outcome === 'rolled_back' ? 'before' : 'after'}`).toEqual(
