@@ -36,6 +36,11 @@ export interface Context {
 export function openContext(home: string, registry: () => Promise<OperationRegistry>, imageCache?: string): Context {
   const paths = pathsFor(home, imageCache);
   for (const dir of [paths.home, paths.layers, paths.states, paths.run, paths.records]) mkdirSync(dir, { recursive: true, mode: 0o700 });
+  return { paths, ...openCatalogParts(paths), events: new VmsnapEvents(), registry };
+}
+
+/** The catalog of a home with what hangs on its connection: the journal and the backups. */
+export function openCatalogParts(paths: VmsnapPaths): Pick<Context, 'catalog' | 'journal' | 'backups'> {
   const catalog = Catalog.open(paths);
   const backups = new CatalogBackups(
     catalog.db,
@@ -47,5 +52,5 @@ export function openContext(home: string, registry: () => Promise<OperationRegis
     () => runningHere.size > 0,
   );
   catalog.onChange = () => backups.noteChange();
-  return { paths, catalog, journal: new Journal(catalog), backups, events: new VmsnapEvents(), registry };
+  return { catalog, journal: new Journal(catalog), backups };
 }

@@ -1,7 +1,7 @@
 import { rmSync } from 'node:fs';
 import { withVmLock } from './catalog/lock.js';
 import { repairCatalogFiles, type RepairMode } from './catalog-repair.js';
-import { openContext, type Context, type VmsnapEvent } from './context.js';
+import { openCatalogParts, openContext, type Context, type VmsnapEvent } from './context.js';
 import type { CatalogRepairReport, RecoveryReport, VerifyReport } from './contract/views.js';
 import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
@@ -68,13 +68,41 @@ export class Vmsnap {
     if (report.dryRun) return report;
     const lib = Vmsnap.open({ home, ...(opts.imageCache ? { imageCache: opts.imageCache } : {}) });
     try {
-      lib.ctx.catalog.records.rewriteAll();
-      report.recovery = await lib.recover();
-      await lib.settle();
+      await lib.afterRepair(report);
     } finally {
       lib.close();
     }
     return report;
+  }
+
+  /**
+   * repairCatalog() for the catalog this instance has open (the API server's,
+   * which stays up through a damaged catalog): its connection is closed, the
+   * files repaired, and a new connection opened on the new catalog. The caller
+   * makes sure nothing else runs meanwhile.
+   */
+  async repairOwnCatalog(opts: { mode: RepairMode; dryRun?: boolean }): Promise<CatalogRepairReport> {
+    const registry = await this.ctx.registry();
+    if (opts.dryRun) return repairCatalogFiles(this.ctx.paths, registry, opts);
+    // A backup owed now would copy the damage; the repair makes its own choice of backup.
+    this.ctx.backups.close();
+    this.ctx.catalog.close();
+    let report: CatalogRepairReport;
+    try {
+      report = await repairCatalogFiles(this.ctx.paths, registry, opts);
+    } finally {
+      // The new catalog when it worked, the old one again when it did not (still damaged: the error says so).
+      Object.assign(this.ctx, openCatalogParts(this.ctx.paths));
+    }
+    await this.afterRepair(report);
+    return report;
+  }
+
+  /** A repaired catalog's records written from it, then the recovery of what its records carried. */
+  private async afterRepair(report: CatalogRepairReport): Promise<void> {
+    this.ctx.catalog.records.rewriteAll();
+    report.recovery = await this.recover();
+    await this.settle();
   }
 
   /**

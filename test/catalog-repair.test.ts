@@ -6,6 +6,7 @@ import { RECORD_VERSION, recordText, snapshotRecordPath, SNAPSHOT_RECORD, vmReco
 import type { CatalogRepairReport } from '../src/contract/views.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, cli, files, openLib, tempHome, write } from './helpers.js';
+import { apiClient } from './http.js';
 
 /**
  * Losing the catalog loses nothing: with a branched tree of memory and
@@ -143,7 +144,7 @@ describe('losing the catalog loses nothing', () => {
     await verifyDeepClean();
   });
 
-  it('bytes overwritten: every command and the API answer CATALOG_ERROR with the two ways back; --from-backup restores the newest sound backup, reconciled with the records', async () => {
+  it('bytes overwritten: every command and the API answer CATALOG_ERROR with the two ways back; --from-backup (CLI or API) restores the newest sound backup, reconciled with the records', async () => {
     const taken = await lib.ctx.backups.take();
     // Changes after the newest backup: only the records have them.
     await lib.snapshots.create('w', 'S3');
@@ -179,6 +180,11 @@ describe('losing the catalog loses nothing', () => {
     }
     await expectCatalogError(['list'], damaged);
 
+    const dry = await repair(['--from-backup', '--dry-run']);
+    expect(dry.backup?.path, 'the newest sound backup; the garbage one is skipped').toBe(taken.path);
+    expect(dry.oldCatalog, 'a dry run moves nothing').toBeNull();
+
+    // The server stays up through the damage, and repairs the catalog it runs on (as recover --from-backup would).
     const server = await serve({ home, port: 0 });
     try {
       for (const path of ['/api/vms', '/api/vms/w/snapshots']) {
@@ -187,15 +193,22 @@ describe('losing the catalog loses nothing', () => {
         const body = (await res.json()) as { error: { code: string; message: string; hint: string } };
         expect(body.error).toMatchObject({ code: 'CATALOG_ERROR', message: expect.stringMatching(damaged), hint: expect.stringMatching(TWO_WAYS) });
       }
+      const api = apiClient(() => server.url);
+      await api.refused('POST', '/api/catalog/repair', { mode: 'backup' }, 400, 'INVALID_ARGUMENT', 'mode');
+      const op = await api.succeed(await api.call('POST', '/api/catalog/repair', { mode: 'from-backup' }));
+      expect(op.kind).toBe('catalog-repair');
+      const r = op.result as CatalogRepairReport;
+      expect(r.backup?.path, 'the newest sound backup; the garbage one is skipped').toBe(taken.path);
+      expect(nothingAmiss(r)).toEqual(NOTHING);
+      expect(r.vms.find((v) => v.name === 'w')).toMatchObject({ snapshots: ['S0', 'S1', 'S3'], current: 'S3', source: 'records' });
+      expect(existsSync(r.oldCatalog!), 'the damaged catalog is kept aside').toBe(true);
+      const list = await api.call('GET', '/api/vms');
+      expect(list.status, 'the server runs on the new catalog').toBe(200);
+      expect((list.json as { name: string }[]).map((v) => v.name).sort()).toEqual(['cl', 'imp', 'w']);
     } finally {
       await server.close();
     }
 
-    const r = await repair(['--from-backup']);
-    expect(r.backup?.path, 'the newest sound backup; the garbage one is skipped').toBe(taken.path);
-    expect(nothingAmiss(r)).toEqual(NOTHING);
-    expect(r.vms.find((v) => v.name === 'w')).toMatchObject({ snapshots: ['S0', 'S1', 'S3'], current: 'S3', source: 'records' });
-    expect(existsSync(r.oldCatalog!), 'the damaged catalog is kept aside').toBe(true);
     lib = openLib(home);
     expect(dump()).toEqual(want);
     await verifyDeepClean();

@@ -1,5 +1,6 @@
 import type { ErrorCode } from '../errors.js';
 import type {
+  CatalogRepairReport,
   CheckArchiveResult,
   CloneResult,
   DeleteResult,
@@ -40,9 +41,10 @@ export type OperationKind = (typeof OPERATION_KINDS)[number];
 /**
  * Long jobs that are not journaled operations but which the API also runs in
  * the background: checks and reads (verify, fingerprint, an uploaded
- * archive's check) and recovery, which finishes journaled operations itself.
+ * archive's check) and recovery, which finishes journaled operations itself
+ * (catalog-repair: recovery that first replaces a damaged catalog).
  */
-export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check'] as const;
+export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'catalog-repair'] as const;
 export type ReadTaskKind = (typeof READ_TASK_KINDS)[number];
 
 /**
@@ -96,6 +98,7 @@ export interface TaskResults {
   recover: RecoveryReport;
   fingerprint: FingerprintResult;
   'archive-check': ArchiveCheckResult;
+  'catalog-repair': CatalogRepairReport;
 }
 
 export type TaskStatus = 'running' | 'succeeded' | 'failed';
