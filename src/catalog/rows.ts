@@ -22,7 +22,8 @@ export interface CatalogRows {
   operations: Row[];
 }
 
-const TABLES = {
+/** The catalog table of each kind of row: every table whose rows are a VM's data (records.test.ts holds new tables to this). */
+export const TABLES = {
   vms: 'vms',
   layers: 'layers',
   activeLayers: 'active_layers',
