@@ -1,5 +1,6 @@
 import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serve } from '../src/api/server.js';
 import { RECORD_VERSION, recordText, snapshotRecordPath, SNAPSHOT_RECORD, vmRecordPath } from '../src/catalog/records.js';
@@ -159,25 +160,44 @@ describe('losing the catalog loses nothing', () => {
     overwrite(catalogPath(), (root - 1) * pageSize + 8, Buffer.alloc(32, 0xa5));
 
     const damaged = /the catalog .*catalog\.sqlite is damaged: database disk image is malformed/;
-    for (const args of [
+    // Every command of the CLI's tree, each once; the test below fails when a new one is not here.
+    const everyCommand = [
       ['list'],
       ['info', 'w'],
+      ['status', 'w'],
+      ['create', 'new', '--disk', '16M'],
+      ['set', 'w', '--cpus', '2'],
+      ['rm', 'cl'],
+      ['start', 'cl'],
+      ['stop', 'w'],
+      ['pause', 'w'],
+      ['resume', 'w'],
+      ['exec', 'w', 'true'],
+      ['console', 'w'],
       ['snapshot', 'list', 'w'],
       ['snapshot', 'tree', 'w'],
+      ['snapshot', 'show', 'w', 'S0'],
       ['snapshot', 'create', 'w', 'X'],
       ['snapshot', 'revert', 'w', 'S0', '--force'],
       ['snapshot', 'delete', 'w', 'S0'],
       ['clone', 'w', 'S0', 'c2'],
-      ['create', 'new', '--disk', '16M'],
-      ['start', 'cl'],
-      ['status', 'w'],
+      ['export', 'w', 'S0', `${archive}.2`],
+      ['import', archive, 'imp2'],
       ['df'],
       ['doctor'],
       ['verify'],
+      ['fingerprint', 'w'],
       ['recover'],
-    ]) {
+    ];
+    for (const args of everyCommand) {
       await expectCatalogError(args, /the catalog .*catalog\.sqlite (is damaged|fails SQLite's integrity check)/);
     }
+    const program = (await import('../src/cli/main.js')).buildProgram();
+    const leaves = (cmd: Command, prefix: string[] = []): string[] =>
+      cmd.commands.flatMap((c) => (c.commands.length > 0 ? leaves(c, [...prefix, c.name()]) : [[...prefix, c.name()].join(' ')]));
+    const tried = new Set(everyCommand.map((a) => (a[0] === 'snapshot' ? `snapshot ${a[1]}` : a[0]!)));
+    // serve stays up through a damaged catalog (its routes answer CATALOG_ERROR, below).
+    expect(leaves(program).filter((c) => !tried.has(c) && c !== 'serve'), 'commands not tried against a damaged catalog').toEqual([]);
     await expectCatalogError(['list'], damaged);
 
     const dry = await repair(['--from-backup', '--dry-run']);
