@@ -1,4 +1,4 @@
-import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,6 +6,7 @@ import { serve } from '../src/api/server.js';
 import { RECORD_VERSION, recordText, snapshotRecordPath, SNAPSHOT_RECORD, vmRecordPath } from '../src/catalog/records.js';
 import type { CatalogRepairReport } from '../src/contract/views.js';
 import type { Vmsnap } from '../src/vmsnap.js';
+import { overwrite } from './damage.js';
 import { cleanupHome, cli, files, openLib, tempHome, write } from './helpers.js';
 import { apiClient } from './http.js';
 
@@ -30,15 +31,6 @@ function dump(): Record<string, unknown[]> {
   const db = lib.ctx.catalog.db;
   const order = { vms: 'id', layers: 'id', active_layers: 'vm_id, slot', snapshots: 'id', snapshot_layers: 'snapshot_id, slot' };
   return Object.fromEntries(Object.entries(order).map(([t, o]) => [t, db.prepare(`SELECT * FROM ${t} ORDER BY ${o}`).all()]));
-}
-
-function overwrite(path: string, offset: number, bytes: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** A command refused with CATALOG_ERROR (exit 17) and the hint naming both ways back; as JSON too. */

@@ -1,20 +1,11 @@
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { overwrite } from '../../test/damage.js';
 import { VmsnapError } from '../errors.js';
 import { pathsFor, type VmsnapPaths } from '../paths.js';
 import { Catalog } from './catalog.js';
-
-/** Overwrite bytes of a file in place, as a bad sector or a careless editor would. */
-function overwrite(path: string, offset: number, bytes: Buffer): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function caught(fn: () => unknown): VmsnapError {
   try {
