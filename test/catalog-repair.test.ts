@@ -135,7 +135,7 @@ describe('losing the catalog loses nothing', () => {
     expect(await files(lib, 'imp')).toEqual(['a', 'c']);
     await lib.vms.stop('imp', { force: true });
     await verifyDeepClean();
-  });
+  }, 300_000); // four boots under TCG: a loaded machine needs more than the default two minutes
 
   it('bytes overwritten: every command and the API answer CATALOG_ERROR with the two ways back; --from-backup (CLI or API) restores the newest sound backup, reconciled with the records', async () => {
     const taken = await lib.ctx.backups.take();
