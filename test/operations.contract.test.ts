@@ -422,5 +422,5 @@ describe('a rollback whose merge fails loses no write', () => {
     } finally {
       l.close();
     }
-  });
+  }, 300_000); // two boots under TCG and five CLI runs: 140 s on a loaded 2-core machine
 });
