@@ -75,7 +75,10 @@ const CLI_TO_API: Record<string, Mapping> = {
   },
   // Without a VM: every VM.
   verify: { ops: ['verifyVm', 'verifyAll'], args: { vm: 'path.vm' }, options: { deep: 'body.deep' } },
-  recover: { ops: ['recover'] },
+  recover: {
+    ops: ['recover', 'repairCatalog'],
+    options: { rebuildCatalog: 'body.mode', fromBackup: 'body.mode', dryRun: 'body.dryRun' },
+  },
   fingerprint: { ops: ['fingerprintVm'], args: { vm: 'path.vm' }, options: { quiet: { none: 'output only: the API prints nothing anyway' } } },
   df: { ops: ['getStorage', 'getVmStorage'], args: { vm: 'path.vm' } },
   doctor: {

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OperationKind } from '../src/contract/operations.js';
+import type { CatalogRepairReport, RecoveryReport } from '../src/contract/views.js';
 import { findOrphans } from '../src/operations/recovery.js';
 import { runtimeFiles } from '../src/qemu/launcher.js';
 import { livePid } from '../src/qemu/runtime.js';
@@ -16,9 +17,10 @@ import { cleanupHome, cli, files, mountTmpfs, openLib, sh, tempHome, write } fro
  * point), run it from the CLI with VMSNAP_FAULT so the process dies there
  * (SIGKILL, like kill -9), run `vmsnap recover`, and check that the data dir
  * is sound (verify --deep clean over every VM, no orphan file, nothing
- * unfinished) and that the VMs are exactly as before the command (rolled
- * back) or as after it (rolled forward). A scenario per kind is required by
- * the compiler: registering an operation without one does not build.
+ * unfinished, the records beside the VMs in agreement with the catalog) and
+ * that the VMs are exactly as before the command (rolled back) or as after it
+ * (rolled forward). A scenario per kind is required by the compiler:
+ * registering an operation without one does not build.
  */
 
 /** What a VM looks like from the outside: enough to tell "as before" from "as after". */
@@ -289,6 +291,44 @@ const scenarios: { [K in OperationKind]: Scenario } = {
   },
 };
 
+/**
+ * Operations whose every fault point is proven a second time with the catalog
+ * deleted right after the kill: `recover --rebuild-catalog` must restore the
+ * journal from the records beside the VMs, and recovery must end the
+ * operation as it does with the catalog. (The others share these mechanics:
+ * every change reaches the records in the commit's wake, journal rows too.)
+ */
+const REBUILT_AFTER_KILL: readonly OperationKind[] = ['vm-rm', 'snapshot-create', 'snapshot-revert', 'snapshot-delete', 'import'];
+
+type Outcome = 'rolled_back' | 'rolled_forward';
+
+/** Run the scenario's command from the CLI with a kill -9 at the point. */
+async function killAt(kind: OperationKind, point: string, sc: Scenario): Promise<void> {
+  const r = await cli(home, sc.args(), { VMSNAP_FAULT: `${kind}:${point}`, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' });
+  expect(r.code, `the fault point ${kind}:${point} must be reached (exit ${r.code}): ${r.stderr}`).toBe(128);
+}
+
+function outcomeOf(kind: OperationKind, report: RecoveryReport): Outcome {
+  const mine = report.operations.filter((o) => o.kind === kind);
+  expect(mine, JSON.stringify(report)).toHaveLength(1);
+  return mine[0]!.outcome;
+}
+
+/** The data dir is sound (verify --deep clean, no orphan, nothing unfinished, the records agree with the catalog) and the VMs are as before or as after. */
+async function expectRecovered(sc: Scenario, before: State, outcome: Outcome): Promise<void> {
+  const verify = await cli(home, ['verify', '--deep', '--json']);
+  const reports = JSON.parse(verify.stdout) as { vm: string; problems: unknown[] }[];
+  expect(reports.flatMap((v) => v.problems), verify.stdout).toEqual([]);
+  expect(verify.code).toBe(0);
+  expect(await findOrphans(lib.ctx)).toEqual([]);
+  expect(lib.ctx.journal.unfinished()).toEqual([]);
+  expect(lib.ctx.catalog.records.check()).toEqual([]);
+  expect(await stateOf(sc.extra), `${outcome}: the VMs as ${outcome === 'rolled_back' ? 'before' : 'after'}`).toEqual(
+    outcome === 'rolled_back' ? before : sc.after(before),
+  );
+  if (outcome === 'rolled_forward') await sc.reset?.();
+}
+
 /** Every point of an operation a kill -9 is proven at: just begun, after each journal step, and the named points. */
 const pointsOf = (kind: OperationKind): string[] => {
   const def = OPERATIONS[kind];
@@ -314,32 +354,42 @@ describe('every operation survives kill -9 at every fault point', () => {
     rmSync(exportTarget(), { force: true });
   });
 
+  /** How plain recovery ended each kind:point, for the same point with the catalog lost. */
+  const outcomes = new Map<string, Outcome>();
+
   for (const kind of Object.keys(OPERATIONS) as OperationKind[]) {
     const sc = scenarios[kind];
     for (const point of pointsOf(kind)) {
       it(`${kind} killed at ${point}: recovered to as before or as after, nothing lost`, async () => {
         await sc.setup?.();
         const before = await stateOf(sc.extra);
-        const r = await cli(home, sc.args(), { VMSNAP_FAULT: `${kind}:${point}`, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' });
-        expect(r.code, `the fault point ${kind}:${point} must be reached (exit ${r.code}): ${r.stderr}`).toBe(128);
-
+        await killAt(kind, point, sc);
         const rec = await cli(home, ['recover', '--json']);
         expect(rec.code, rec.stderr).toBe(0);
-        const report = JSON.parse(rec.stdout) as { operations: { kind: string; outcome: 'rolled_back' | 'rolled_forward' }[] };
-        const mine = report.operations.filter((o) => o.kind === kind);
-        expect(mine, JSON.stringify(report)).toHaveLength(1);
-        const outcome = mine[0]!.outcome;
-
-        const verify = await cli(home, ['verify', '--deep', '--json']);
-        const reports = JSON.parse(verify.stdout) as { vm: string; problems: unknown[] }[];
-        expect(reports.flatMap((v) => v.problems), verify.stdout).toEqual([]);
-        expect(verify.code).toBe(0);
-        expect(await findOrphans(lib.ctx)).toEqual([]);
-        expect(lib.ctx.journal.unfinished()).toEqual([]);
-        expect(await stateOf(sc.extra), `${outcome}: the VMs as ${outcome === 'rolled_back' ? 'before' : 'after'}`).toEqual(
-          outcome === 'rolled_back' ? before : sc.after(before),
-        );
-        if (outcome === 'rolled_forward') await sc.reset?.();
+        const outcome = outcomeOf(kind, JSON.parse(rec.stdout) as RecoveryReport);
+        outcomes.set(`${kind}:${point}`, outcome);
+        await expectRecovered(sc, before, outcome);
+      });
+      if (!REBUILT_AFTER_KILL.includes(kind)) continue;
+      it(`${kind} killed at ${point}, then the catalog lost: rebuilt from the records, recovery ends alike`, async () => {
+        await sc.setup?.();
+        const before = await stateOf(sc.extra);
+        await killAt(kind, point, sc);
+        lib.close();
+        for (const f of ['', '-wal', '-shm']) rmSync(`${join(home, 'catalog.sqlite')}${f}`, { force: true });
+        const rebuilt = await cli(home, ['recover', '--rebuild-catalog', '--json']);
+        lib = openLib(home);
+        expect(rebuilt.code, rebuilt.stdout + rebuilt.stderr).toBe(0);
+        const report = JSON.parse(rebuilt.stdout) as CatalogRepairReport;
+        expect({ bad: report.badRecords, missing: report.missingFiles, leftOut: report.leftOut, unrecorded: report.unrecordedFiles }).toEqual({
+          bad: [],
+          missing: [],
+          leftOut: [],
+          unrecorded: [],
+        });
+        const outcome = outcomeOf(kind, report.recovery!);
+        expect(outcome, 'the same end as recovery with the catalog').toBe(outcomes.get(`${kind}:${point}`));
+        await expectRecovered(sc, before, outcome);
       });
     }
   }
@@ -405,5 +455,5 @@ describe('a rollback whose merge fails loses no write', () => {
     } finally {
       l.close();
     }
-  });
+  }, 300_000); // two boots under TCG and five CLI runs: 140 s on a loaded 2-core machine
 });

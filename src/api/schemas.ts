@@ -11,7 +11,7 @@ import {
   type FingerprintResult,
   type TaskKind,
 } from '../contract/operations.js';
-import type { CloneResult, DfReport, HealthReport, ImportResult, PolicyRunResult, PolicyView, PruneResult, RecoveryReport, VerifyReport } from '../contract/views.js';
+import type { CatalogRepairReport, CloneResult, DfReport, HealthReport, ImportResult, PolicyRunResult, PolicyView, PruneResult, RecoveryReport, VerifyReport } from '../contract/views.js';
 import { ERROR_CODES } from '../errors.js';
 
 /**
@@ -517,7 +517,10 @@ export const DfReportSchema = mirrors<DfReport>()(
       dataDir: z
         .object({
           path: z.string(),
-          usedBytes: z.number().openapi({ description: "bytes vmsnap's layers and state files take" }),
+          usedBytes: z.number().openapi({ description: 'bytes vmsnap takes: layers and state files, plus the catalog, its backups, the records beside the VMs and lost+found' }),
+          catalogBytes: z.number().openapi({ description: 'the catalog, with its write-ahead log' }),
+          backupsBytes: z.number().openapi({ description: "the catalog's backups (backups/)" }),
+          recordsBytes: z.number().openapi({ description: 'the records beside the VMs (records/) and what a catalog repair set aside (lost+found/)' }),
           freeBytes: z.number(),
           totalBytes: z.number(),
         })
@@ -558,7 +561,7 @@ export const HealthReportSchema = mirrors<HealthReport>()(
       warnings: z.array(
         z
           .object({
-            kind: z.enum(['old-snapshot', 'deep-chain', 'large-snapshot', 'low-free-space', 'verify', 'policy']),
+            kind: z.enum(['old-snapshot', 'deep-chain', 'large-snapshot', 'low-free-space', 'verify', 'policy', 'records']).openapi({ description: 'records: the records beside the VMs disagree with the catalog' }),
             vm: z.string().optional(),
             snapshot: z.string().optional().openapi({ description: 'the snapshot it is about, when it is about one' }),
             message: z.string(),
@@ -613,6 +616,7 @@ const VerifyReportShape = z.object({
         'unfinished-operation',
         'fingerprint-mismatch',
         'state-checksum-mismatch',
+        'record-mismatch',
       ]),
       message: z.string(),
       layer: z.string().optional(),
@@ -631,8 +635,50 @@ export const RecoveryReportSchema = mirrors<RecoveryReport>()(
         z.object({ id: z.string(), kind: z.string(), vm: z.string().nullable(), outcome: z.enum(['rolled_back', 'rolled_forward']), note: z.string().optional() }),
       ),
       orphansRemoved: z.array(z.string()).openapi({ description: 'files in the data dir that nothing referred to, removed' }),
+      recordsRewritten: z.number().int().optional().openapi({ description: 'VMs whose records (beside their files) were behind the catalog and were rewritten' }),
     })
     .openapi('RecoveryReport'),
+);
+
+export const CatalogRepairBody = z
+  .object({
+    mode: z.enum(['rebuild', 'from-backup']).openapi({
+      description: 'rebuild: from the records beside the VMs and the layer files (`--rebuild-catalog`); from-backup: the newest sound backup, reconciled with those records (`--from-backup`)',
+    }),
+    dryRun: z.boolean().optional().openapi({ description: 'only report what would be done (`--dry-run`)' }),
+  })
+  .strict()
+  .openapi('CatalogRepair');
+
+export const CatalogRepairReportSchema = mirrors<CatalogRepairReport>()(
+  z
+    .object({
+      mode: z.enum(['rebuild', 'from-backup']),
+      dryRun: z.boolean(),
+      backup: z.object({ path: z.string(), takenAt: z.string() }).nullable().openapi({ description: 'the backup restored (from-backup)' }),
+      oldCatalog: z.string().nullable().openapi({ description: 'where the replaced catalog was kept (never deleted)' }),
+      vms: z.array(
+        z.object({
+          name: z.string(),
+          id: z.string(),
+          source: z.enum(['records', 'backup']),
+          snapshots: z.array(z.string()),
+          current: z.string().nullable(),
+          layers: z.number().int(),
+          unfinishedOperations: z.number().int(),
+        }),
+      ),
+      badRecords: z.array(z.object({ path: z.string(), problem: z.string() })).openapi({ description: 'records that failed a check: reported, never used' }),
+      missingFiles: z.array(z.object({ vm: z.string(), what: z.string(), path: z.string() })).openapi({ description: 'files rows name that are missing: listed, never invented' }),
+      leftOut: z.array(z.object({ vm: z.string(), what: z.string(), reason: z.string() })),
+      backingMismatches: z.array(z.object({ layer: z.string(), path: z.string(), recorded: z.string().nullable(), file: z.string().nullable() })),
+      unrecordedFiles: z
+        .array(z.object({ path: z.string(), backing: z.string().nullable(), movedTo: z.string().nullable() }))
+        .openapi({ description: 'files no record names: kept, moved to lost+found' }),
+      lostFound: z.string().nullable(),
+      recovery: RecoveryReportSchema.nullable().openapi({ description: 'the recovery run on the new catalog; null on a dry run' }),
+    })
+    .openapi('CatalogRepairReport'),
 );
 
 export const FingerprintResultSchema = mirrors<FingerprintResult>()(

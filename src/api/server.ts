@@ -273,7 +273,10 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningServer> {
           const grace = setTimeout(() => server.closeAllConnections(), 2000);
           await stopped;
           clearTimeout(grace);
-          if (ownLib) lib.close();
+          if (ownLib) {
+            await lib.settle();
+            lib.close();
+          }
         })();
         return closing;
       },

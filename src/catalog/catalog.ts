@@ -2,9 +2,11 @@ import { z } from 'zod';
 import { VmConfigSchema, type VmConfig } from '../contract/config.js';
 import type { PolicyRunRecord, PolicySpec, VmRunState } from '../contract/views.js';
 import { ERROR_CODES, VmsnapError } from '../errors.js';
+import type { VmsnapPaths } from '../paths.js';
 import { isProcessAlive, processStartTime } from '../util/process.js';
 import type { Db } from './db.js';
-import { openCatalog } from './db.js';
+import { damagedCatalog, openCatalog } from './db.js';
+import { Records } from './records.js';
 
 export type { VmRunState } from '../contract/views.js';
 
@@ -227,22 +229,53 @@ const toLayer = (r: LayerRow): LayerRecord => ({
 /** Typed access to the catalog tables: all of vmsnap's SQL lives in this folder. Multi-row changes go through `tx`. */
 export class Catalog {
   readonly db: Db;
+  /** The records beside the VMs, rewritten after each commit that changed a VM's rows. */
+  readonly records: Records;
+  /** Called after a commit that changed rows (the backups count it). */
+  onChange: (() => void) | undefined;
 
-  constructor(db: Db) {
+  constructor(db: Db, recordsDir: string) {
     this.db = db;
+    this.records = new Records(db, recordsDir);
+    db.afterCommit = () => {
+      if (this.records.flush() > 0) this.onChange?.();
+    };
   }
 
-  static open(path: string): Catalog {
-    return new Catalog(openCatalog(path));
+  /** Open a home's catalog; one that is missing or empty while the home has layers or records is refused (see openCatalog). */
+  static open(paths: Pick<VmsnapPaths, 'catalog' | 'records' | 'layers' | 'states'>): Catalog {
+    return new Catalog(openCatalog(paths.catalog, { dataDirs: [paths.records, paths.layers, paths.states] }), paths.records);
   }
 
   close(): void {
+    this.db.afterCommit = undefined;
     this.db.close();
   }
 
   /** Run fn in one IMMEDIATE transaction (writers queue up instead of failing midway). */
   tx<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    return this.db.transaction(fn);
+  }
+
+  /** SQLite's integrity check of the catalog (`quick`: without index contents, O(size)): 'ok', or what is wrong. */
+  integrityCheck(opts: { quick?: boolean } = {}): string {
+    try {
+      const rows = this.db.pragma(opts.quick ? 'quick_check' : 'integrity_check') as Record<string, string>[];
+      return rows.map((r) => Object.values(r)[0]).join('; ');
+    } catch (e) {
+      // Damage bad enough stops the check itself.
+      if (e instanceof VmsnapError && e.code === 'CATALOG_ERROR' && e.cause instanceof Error) return e.cause.message;
+      throw e;
+    }
+  }
+
+  /**
+   * The damaged-catalog error unless SQLite's check passes: recover and verify
+   * look at the whole catalog first (the quick check), doctor with the full one.
+   */
+  assertSound(opts: { full?: boolean } = {}): void {
+    const r = this.integrityCheck({ quick: !opts.full });
+    if (r !== 'ok') throw damagedCatalog(this.db.path, new Error(r));
   }
 
   // ---- VMs ----

@@ -125,4 +125,36 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (vm_id, slot)
   );
   `,
+  // 4: the VMs whose records beside their files (records.ts) are behind the catalog. Triggers mark a VM
+  // in the same transaction as any change to its rows, so a crash before its records are rewritten
+  // leaves the mark, and the next writer rewrites them.
+  `
+  CREATE TABLE stale_records (vm_id TEXT PRIMARY KEY);
+  ${staleTriggers('vms', 'id')}
+  ${staleTriggers('layers', 'vm_id')}
+  ${staleTriggers('active_layers', 'vm_id')}
+  ${staleTriggers('snapshots', 'vm_id')}
+  ${staleTriggers('snapshot_layers', '(SELECT vm_id FROM snapshots WHERE id = $.snapshot_id)')}
+  ${staleTriggers('operations', 'vm_id')}
+  ${staleTriggers('policies', 'vm_id')}
+  INSERT INTO stale_records (vm_id) SELECT id FROM vms
+    UNION SELECT vm_id FROM operations WHERE status IN ('running', 'interrupted') AND vm_id IS NOT NULL;
+  `,
 ];
+
+/**
+ * Triggers that mark the VM a row belongs to (`vm`: a column, or an expression
+ * over the row written as `$`) after each insert, update and delete. Written
+ * without ON CONFLICT: inside a trigger, the outer statement's conflict clause
+ * (an upsert's) would replace it.
+ */
+function staleTriggers(table: string, vm: string): string {
+  const of = (row: 'NEW' | 'OLD') => (vm.includes('$') ? vm.replaceAll('$', row) : `${row}.${vm}`);
+  const mark = (rows: ('NEW' | 'OLD')[]) =>
+    `INSERT INTO stale_records (vm_id) SELECT v FROM (${rows.map((r) => `SELECT ${of(r)} AS v`).join(' UNION ')})
+       WHERE v IS NOT NULL AND v NOT IN (SELECT vm_id FROM stale_records);`;
+  return `
+  CREATE TRIGGER ${table}_ins_stale AFTER INSERT ON ${table} BEGIN ${mark(['NEW'])} END;
+  CREATE TRIGGER ${table}_upd_stale AFTER UPDATE ON ${table} BEGIN ${mark(['NEW', 'OLD'])} END;
+  CREATE TRIGGER ${table}_del_stale AFTER DELETE ON ${table} BEGIN ${mark(['OLD'])} END;`;
+}

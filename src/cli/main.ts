@@ -40,6 +40,8 @@ const run: Run = async (opts, action) => {
   } catch (e) {
     process.exitCode = reportError(e, opts.json ?? false);
   } finally {
+    // The catalog backup owed for what this command changed (see catalog/backups.ts).
+    await lib?.settle();
     lib?.close();
   }
 };
@@ -63,7 +65,8 @@ Environment:
   VMSNAP_IMAGE_CACHE  where the demo guest is built; default ~/.cache/vmsnap/images
 
 Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
-6 busy, 7 would lose data, 10-15 QEMU/guest agent errors, 16 no space.`,
+6 busy, 7 would lose data, 10-15 QEMU/guest agent errors, 16 no space,
+17 catalog damaged or lost (see vmsnap recover --help).`,
     );
   registerVmCommands(program, run);
   registerSnapshotCommands(program, run);

@@ -1,5 +1,6 @@
 import type { ErrorCode } from '../errors.js';
 import type {
+  CatalogRepairReport,
   CheckArchiveResult,
   CloneResult,
   DeleteResult,
@@ -45,10 +46,11 @@ export type OperationKind = (typeof OPERATION_KINDS)[number];
 /**
  * Long jobs that are not journaled operations but which the API also runs in
  * the background: checks and reads (verify, fingerprint, an uploaded
- * archive's check), recovery, which finishes journaled operations itself, and
- * a policy pass over every VM, which runs one journaled 'policy-run' per VM.
+ * archive's check), recovery, which finishes journaled operations itself
+ * (catalog-repair: recovery that first replaces a damaged catalog), and a
+ * policy pass over every VM, which runs one journaled 'policy-run' per VM.
  */
-export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'policy-run-all'] as const;
+export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'policy-run-all', 'catalog-repair'] as const;
 export type ReadTaskKind = (typeof READ_TASK_KINDS)[number];
 
 /**
@@ -105,6 +107,7 @@ export interface TaskResults {
   fingerprint: FingerprintResult;
   'archive-check': ArchiveCheckResult;
   'policy-run-all': PolicyRunResult[];
+  'catalog-repair': CatalogRepairReport;
 }
 
 export type TaskStatus = 'running' | 'succeeded' | 'failed';

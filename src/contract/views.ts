@@ -178,7 +178,9 @@ export interface VerifyProblem {
     | 'orphan-file'
     | 'unfinished-operation'
     | 'fingerprint-mismatch'
-    | 'state-checksum-mismatch';
+    | 'state-checksum-mismatch'
+    /** The records beside the VM (records/VM-ID/) disagree with the catalog, or are waiting to be written. */
+    | 'record-mismatch';
   message: string;
   layer?: string;
   snapshot?: string;
@@ -209,6 +211,34 @@ export interface RecoveryReport {
   operations: RecoveredOperation[];
   /** Files in the data dir that nothing referred to, removed. */
   orphansRemoved: string[];
+  /** VMs whose records (beside their files) were behind the catalog and were rewritten. */
+  recordsRewritten?: number;
+}
+
+/** What `vmsnap recover --rebuild-catalog` or `--from-backup` found, and did (or, with --dry-run, would do). */
+export interface CatalogRepairReport {
+  mode: 'rebuild' | 'from-backup';
+  dryRun: boolean;
+  /** The backup restored (from-backup). */
+  backup: { path: string; takenAt: string } | null;
+  /** Where the replaced catalog was kept (never deleted); null when there was none, or on a dry run. */
+  oldCatalog: string | null;
+  /** The VMs of the new catalog: each from its records, or (from-backup) from the backup where its records are missing or damaged. */
+  vms: { name: string; id: string; source: 'records' | 'backup'; snapshots: string[]; current: string | null; layers: number; unfinishedOperations: number }[];
+  /** Records that failed a check (checksum, version, schema): reported, never used; moved to lost+found. */
+  badRecords: { path: string; problem: string }[];
+  /** Files that rows name but that are missing: listed, never invented. Layers are left out (with what needs them); a state file's snapshot is kept as recorded. */
+  missingFiles: { vm: string; what: string; path: string }[];
+  /** What was left out of the new catalog, and why. */
+  leftOut: { vm: string; what: string; reason: string }[];
+  /** Layers whose file backs onto another file than its record says (left as recorded: verify shows them). */
+  backingMismatches: { layer: string; path: string; recorded: string | null; file: string | null }[];
+  /** Files in layers/ and states/ that no record names: kept, moved to lost+found (unless a dry run). */
+  unrecordedFiles: { path: string; backing: string | null; movedTo: string | null }[];
+  /** Where this repair put what it set aside (unrecorded files, bad records), with a found.json listing it; null if nothing. */
+  lostFound: string | null;
+  /** The recovery run on the new catalog (unfinished operations restored from the records); null on a dry run. */
+  recovery: RecoveryReport | null;
 }
 
 // ---- storage and health ----
@@ -241,8 +271,14 @@ export interface VmUsage {
 
 export interface DataDirUsage {
   path: string;
-  /** Bytes vmsnap's layers and state files take. */
+  /** Bytes vmsnap takes: layers and state files, plus the catalog, its backups, the records beside the VMs and lost+found. */
   usedBytes: number;
+  /** The catalog (with its write-ahead log). */
+  catalogBytes: number;
+  /** Its backups (backups/). */
+  backupsBytes: number;
+  /** The records beside the VMs (records/) and what a catalog repair set aside (lost+found/). */
+  recordsBytes: number;
   freeBytes: number;
   totalBytes: number;
 }
@@ -268,7 +304,8 @@ export interface HealthSettings {
  * and anything verify would flag.
  */
 export interface HealthWarning {
-  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify' | 'policy';
+  /** policy: a policy pass failed or fell behind; records: the records beside the VMs disagree with the catalog. */
+  kind: 'old-snapshot' | 'deep-chain' | 'large-snapshot' | 'low-free-space' | 'verify' | 'policy' | 'records';
   vm?: string;
   snapshot?: string;
   message: string;

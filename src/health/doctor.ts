@@ -86,15 +86,19 @@ export function freeSpaceWarning(freeBytes: number, settings: HealthSettings): H
 
 export async function doctor(ctx: Context, overrides: Partial<HealthSettings> = {}, opts: { verify?: boolean } = {}): Promise<HealthReport> {
   const settings = healthSettings(ctx.paths.home, overrides);
+  // A catalog that fails SQLite's integrity check is an error, as for every command: nothing it says can be trusted.
+  ctx.catalog.assertSound({ full: true });
   const { freeBytes } = dataDirUsage(ctx);
   const warnings: HealthWarning[] = [];
+  for (const issue of ctx.catalog.records.check()) warnings.push({ kind: 'records', message: issue.message });
   const low = freeSpaceWarning(freeBytes, settings);
   if (low) warnings.push(low);
   for (const vm of ctx.catalog.listVms()) {
     warnings.push(...vmWarnings(ctx, vm, settings, freeBytes), ...policyWarnings(ctx, vm));
     if (opts.verify !== false) {
       const v = await verifyVm(ctx, vm);
-      for (const p of v.problems) warnings.push({ kind: 'verify', vm: vm.name, ...(p.snapshot ? { snapshot: p.snapshot } : {}), message: `${p.severity}: ${p.message}` });
+      // Records are checked above, for the whole home.
+      for (const p of v.problems.filter((x) => x.kind !== 'record-mismatch')) warnings.push({ kind: 'verify', vm: vm.name, ...(p.snapshot ? { snapshot: p.snapshot } : {}), message: `${p.severity}: ${p.message}` });
     }
   }
   // Orphans and unfinished operations are data-dir wide: report each once.

@@ -1,4 +1,5 @@
-import { statfsSync } from 'node:fs';
+import { readdirSync, statfsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
@@ -11,8 +12,30 @@ import { fileBytes } from '../util/files.js';
 export function dataDirUsage(ctx: Context): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
-  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0);
-  return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+  const data = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0);
+  const catalogBytes = fileBytes(ctx.paths.catalog) + fileBytes(`${ctx.paths.catalog}-wal`);
+  const backupsBytes = treeBytes(ctx.paths.backups);
+  const recordsBytes = treeBytes(ctx.paths.records) + treeBytes(ctx.paths.lostFound);
+  return {
+    path: ctx.paths.home,
+    usedBytes: data + catalogBytes + backupsBytes + recordsBytes,
+    catalogBytes,
+    backupsBytes,
+    recordsBytes,
+    freeBytes: fs.bavail * fs.bsize,
+    totalBytes: fs.blocks * fs.bsize,
+  };
+}
+
+/** Bytes of every file under a folder (0 when it does not exist). */
+function treeBytes(dir: string): number {
+  let total = 0;
+  try {
+    for (const e of readdirSync(dir, { withFileTypes: true })) total += e.isDirectory() ? treeBytes(join(dir, e.name)) : fileBytes(join(dir, e.name));
+  } catch {
+    // gone, or never made
+  }
+  return total;
 }
 
 /** Guest ranges a layer itself holds data for (not its backing chain). */

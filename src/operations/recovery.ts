@@ -2,6 +2,7 @@ import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VmRecord } from '../catalog/catalog.js';
 import type { JournalRecord } from '../catalog/journal.js';
+import { recordedFiles } from '../catalog/records.js';
 import type { Context } from '../context.js';
 import type { RecoveredOperation } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
@@ -118,7 +119,10 @@ export async function findOrphans(ctx: Context): Promise<string[]> {
       if (!known.has(p)) out.push(p);
     }
   }
-  return out;
+  if (out.length === 0) return out;
+  // Never a file a record beside the VMs names: a catalog that lost rows (restored by hand from an old copy) must not cost their files.
+  const recorded = recordedFiles(ctx.paths.records);
+  return out.filter((f) => !recorded.has(f));
 }
 
 /** True while a live process other than this one has an operation under way. */

@@ -140,6 +140,9 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
     recorded = await recordFingerprints(ctx, vm);
   }
 
+  for (const issue of ctx.catalog.records.check(vm.id)) {
+    problems.push({ severity: 'error', kind: 'record-mismatch', message: issue.message, path: issue.path });
+  }
   for (const op of ctx.journal.unfinished().filter((o) => o.vmId === vm.id)) {
     problems.push({ severity: 'warning', kind: 'unfinished-operation', message: `operation ${op.kind} (${op.id}) is unfinished: run 'vmsnap recover'` });
   }

@@ -8,6 +8,7 @@ const KIND_LABEL: Record<HealthWarning['kind'], string> = {
   'low-free-space': 'low space',
   verify: 'verify',
   policy: 'policy',
+  records: 'records',
 };
 
 /**
