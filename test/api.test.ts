@@ -10,7 +10,7 @@ import { acquireVmLock } from '../src/catalog/lock.js';
 import { validateName } from '../src/contract/config.js';
 import type { PolicyRunResult } from '../src/contract/views.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, openLib, tempHome } from './helpers.js';
+import { cleanupHome, openLib, tempHome, waitFor } from './helpers.js';
 import { apiClient } from './http.js';
 
 interface SseEvent {
@@ -98,7 +98,14 @@ describe('HTTP API over the demo guest', () => {
 
   const { call, refused, finish } = apiClient(() => base);
   const exec = async (script: string) => {
-    const r = await call('POST', '/api/vms/api/exec', { argv: ['/bin/sh', '-c', script] });
+    // The guest's agent answers once it has booted: on a loaded machine that can take longer than one exec waits (30 s).
+    const r = await waitFor(
+      async () => {
+        const res = await call('POST', '/api/vms/api/exec', { argv: ['/bin/sh', '-c', script] });
+        return res.status === 503 && res.json.error?.code === 'GUEST_AGENT_UNAVAILABLE' ? undefined : res;
+      },
+      { what: 'the guest agent of VM api', timeoutMs: 100_000, intervalMs: 1000 },
+    ).then((res) => res!);
     expect(r.status, JSON.stringify(r.json)).toBe(200);
     expect(r.json.exitCode, r.json.stderr).toBe(0);
     return r.json.stdout as string;
@@ -218,7 +225,7 @@ describe('HTTP API over the demo guest', () => {
     expect(tree).toMatchObject({ vm: 'api', current: 's1', roots: [{ name: 's1', current: true, children: [] }] });
     expect(tree.text).toMatch(/s1[^\n]*\n\s+└─ ● you are here/);
     await sse.waitFor((e) => e.event === 'snapshots' && (e.data as { vm: string }).vm === 'api');
-  });
+  }, 240_000); // its first exec waits for the guest to boot: slow on a loaded machine
 
   it('refuses a revert that would lose data unless forced, then reverts', async () => {
     await exec('echo B > /data/B && sync');
