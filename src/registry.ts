@@ -9,6 +9,7 @@ import { snapshotRevert } from './snapshot/revert.js';
 import { exportSnapshotOp } from './transfer/export.js';
 import { importArchiveOp } from './transfer/import.js';
 import { vmCreate, vmRm, vmSet } from './vm/define.js';
+import { importLibvirtOp } from './vm/libvirt-import.js';
 import { vmStart, vmStop } from './vm/power.js';
 
 /**
@@ -33,6 +34,7 @@ export const OPERATIONS: { readonly [K in OperationKind]: OperationDef<K, unknow
   consolidate,
   import: importArchiveOp,
   export: exportSnapshotOp,
+  'import-libvirt': importLibvirtOp,
 };
 
 const all: readonly AnyOperationDef[] = Object.values(OPERATIONS);

@@ -5,6 +5,7 @@ import type {
   DeleteResult,
   ExportResult,
   ImportResult,
+  LibvirtImportResult,
   MergeReport,
   RecoveryReport,
   RevertResult,
@@ -34,6 +35,7 @@ export const OPERATION_KINDS = [
   'consolidate',
   'import',
   'export',
+  'import-libvirt',
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
@@ -91,6 +93,7 @@ export interface TaskResults {
   consolidate: { merges: MergeReport[] };
   import: ImportResult;
   export: ExportTaskResult;
+  'import-libvirt': LibvirtImportResult;
   verify: VerifyReport;
   'verify-all': VerifyReport[];
   recover: RecoveryReport;
