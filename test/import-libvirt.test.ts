@@ -230,6 +230,20 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
     });
   });
 
+  it('create --disk adopts a backed qcow2 the same way: its whole chain, read-only', async () => {
+    const r = await cli(home, ['create', 'by-disk', '--disk', join(dir, 'top.qcow2'), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const chain = lib.vms.get('by-disk') && (await lib.vms.info('by-disk')).diskChains[0]!.chain;
+    expect(chain.map((l) => [l.path, l.external])).toEqual([
+      [expect.stringContaining(join(home, 'layers')), false],
+      [join(dir, 'top.qcow2'), true],
+      [join(dir, 'mid.qcow2'), true],
+      [join(dir, 'base.raw'), true],
+    ]);
+    const verify = await cli(home, ['verify', 'by-disk', '--json']);
+    expect(JSON.parse(verify.stdout).problems).toEqual([]);
+  });
+
   it('the API imports too, and refuses files outside its --allow-path dirs', async () => {
     const before = catalogDump(home);
     const xml = domainXml('api1', diskXml(join(dir, 'top.qcow2')));
