@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,6 +47,7 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
   let step = 0;
   /** The archive the browser downloaded. */
   let archive: string;
+  let libvirtDir: string;
   const pageErrors: string[] = [];
 
   /** A screenshot of the step, checked: a real PNG of some size, taken when `expectText` is on the page. */
@@ -69,7 +70,10 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
     await lib.vms.create('ui', { image: 'demo', memoryMiB: 128 });
     await lib.vms.start('ui');
     await sh(lib, 'ui', 'echo base > /data/base && sync');
-    server = await serve({ lib, host: '127.0.0.1', port: 0, watchIntervalMs: 500 });
+    // A libvirt domain's disk, in a dir the server lets requests name.
+    libvirtDir = mkdtempSync(join(tmpdir(), 'vmsnap-ui-libvirt-'));
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(libvirtDir, 'disk.qcow2'), '16M']);
+    server = await serve({ lib, host: '127.0.0.1', port: 0, watchIntervalMs: 500, allowPaths: [libvirtDir] });
     keepShots = process.env.VMSNAP_UI_SCREENSHOTS !== undefined;
     shots = keepShots ? process.env.VMSNAP_UI_SCREENSHOTS! : mkdtempSync(join(tmpdir(), 'vmsnap-ui-'));
     mkdirSync(shots, { recursive: true });
@@ -93,6 +97,7 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
     lib?.close();
     if (home) cleanupHome(home);
     if (shots && !keepShots) rmSync(shots, { recursive: true, force: true });
+    if (libvirtDir) rmSync(libvirtDir, { recursive: true, force: true });
   });
 
   it('shows the VM running, its (empty) tree with "you are here", and its storage', async () => {
@@ -215,6 +220,25 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
     await page.getByTestId('tree-node-first').waitFor();
     await snap('imported', ["Imported VM 'restored'", 'restored']);
     expect(lib.snapshots.list('restored').map((s) => [s.name, s.hasMemory, s.current])).toEqual([['first', true, true]]);
+  });
+
+  it('imports a libvirt domain: what it cannot carry over is listed first, then dropped when asked', async () => {
+    const xml = `<domain type='qemu'><name>from-libvirt</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+      <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+      <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${join(libvirtDir, 'disk.qcow2')}'/><target dev='vda' bus='virtio'/></disk>
+      <graphics type='vnc' port='-1'/></devices></domain>`;
+    await page.getByTestId('action-import-libvirt').click();
+    const dialog = page.getByTestId('dialog-import-libvirt');
+    await dialog.getByTestId('libvirt-xml').fill(xml);
+    await dialog.getByTestId('confirm-import-libvirt').click();
+    await dialog.getByTestId('libvirt-unsupported').getByText('VNC display').waitFor({ timeout: 20_000 });
+    await snap('libvirt-refused', ['vmsnap cannot carry over:', 'VNC display']);
+    expect((await lib.vms.list()).map((v) => v.name)).not.toContain('from-libvirt');
+    await dialog.getByTestId('libvirt-ignore').check();
+    await dialog.getByTestId('confirm-import-libvirt').click();
+    await page.getByTestId('toast-ok').filter({ hasText: "imported libvirt domain 'from-libvirt'" }).waitFor({ timeout: 60_000 });
+    await expect.poll(() => page.getByTestId('vm-title').textContent(), { timeout: 20_000 }).toBe('from-libvirt');
+    expect((await lib.vms.info('from-libvirt')).diskChains[0]!.chain.map((l) => l.path)).toContain(join(libvirtDir, 'disk.qcow2'));
   });
 
   it("shows the doctor's warnings and selects the snapshot one names", async () => {
