@@ -225,7 +225,8 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
     });
 
     it('a name that is taken, or a domain name that is no VM name', async () => {
-      await refused([xmlFile('taken.xml', dumped), 'from-stdin'], 4, /a VM named 'from-stdin' already exists/);
+      await lib.vms.create('taken', { disks: [{ sizeBytes: 16 * 1024 ** 2 }] });
+      await refused([xmlFile('taken.xml', dumped), 'taken'], 4, /a VM named 'taken' already exists/);
       await refused([xmlFile('badname.xml', domainXml('has space', diskXml(join(dir, 'top.qcow2'))))], 2, /the domain's name 'has space' is no valid VM name: give the VM a name/);
     });
   });

@@ -7,6 +7,7 @@
  * layers (never written, never removed) under a new empty overlay per disk.
  * Nothing is written before every check has passed.
  */
+import { statSync } from 'node:fs';
 import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import { validateName } from '../contract/config.js';
@@ -26,8 +27,8 @@ export interface ImportLibvirtOptions {
   /** Drop what vmsnap cannot carry over (each is returned in `dropped`) instead of refusing. */
   ignoreUnsupported?: boolean;
   /**
-   * Called with every host file the import would read (disk images and their
-   * backing files, kernel, initrd) before any is opened; throws to refuse one.
+   * Called with every host file the XML names (disk images and their backing
+   * files, kernel, initrd, NVRAM) before it is looked at; throws to refuse one.
    * The API refuses files outside its --allow-path dirs.
    */
   checkPath?: (path: string, field: string) => void;
@@ -38,7 +39,13 @@ export interface ImportLibvirtOptions {
 export type LibvirtImportOutcome = Omit<LibvirtImportResult, 'vm'> & { vm: VmRecord };
 
 export async function importLibvirtDomain(ctx: Context, xml: string, opts: ImportLibvirtOptions = {}): Promise<LibvirtImportOutcome> {
-  const domain = parseLibvirtDomain(xml, opts.nvramDir === undefined ? {} : { nvramDir: opts.nvramDir });
+  const check = opts.checkPath ?? (() => undefined);
+  // Every file the XML names is checked before it is even looked at (the API: no probing outside --allow-path).
+  const fileExists = (path: string): boolean => {
+    check(path, path);
+    return statSync(path, { throwIfNoEntry: false })?.isFile() ?? false;
+  };
+  const domain = parseLibvirtDomain(xml, { fileExists, ...(opts.nvramDir === undefined ? {} : { nvramDir: opts.nvramDir }) });
   const name = opts.name ?? domain.name;
   if (opts.name === undefined) {
     try {
@@ -55,14 +62,8 @@ export async function importLibvirtDomain(ctx: Context, xml: string, opts: Impor
     });
   }
 
-  const check = opts.checkPath ?? (() => undefined);
-  if (domain.kernelBoot !== undefined) {
-    check(domain.kernelBoot.kernel, 'os/kernel');
-    if (domain.kernelBoot.initrd !== undefined) check(domain.kernelBoot.initrd, 'os/initrd');
-  }
   // CD-ROMs are not adopted (the mapping lists them as unsupported): their images are not read.
   const disks = domain.disks.filter((d) => d.device === 'disk');
-  for (const d of disks) check(d.sourceFile, `${d.element} (${d.target})`);
   const read = await readImports(disks.map((d) => ({ importPath: d.sourceFile })));
   const images = new Map<string, AdoptedImage>();
   disks.forEach((d, i) => {
