@@ -11,6 +11,7 @@ import { snapshotRevert } from './snapshot/revert.js';
 import { exportSnapshotOp } from './transfer/export.js';
 import { importArchiveOp } from './transfer/import.js';
 import { vmCreate, vmRm, vmSet } from './vm/define.js';
+import { importLibvirtOp } from './vm/libvirt-import.js';
 import { vmStart, vmStop } from './vm/power.js';
 
 /**
@@ -37,6 +38,7 @@ export const OPERATIONS: { readonly [K in OperationKind]: OperationDef<K, unknow
   export: exportSnapshotOp,
   'policy-run': policyRun,
   prune,
+  'import-libvirt': importLibvirtOp,
 };
 
 const all: readonly AnyOperationDef[] = Object.values(OPERATIONS);

@@ -43,6 +43,11 @@ const CLI_TO_API: Record<string, Mapping> = {
     args: { name: 'body.name' },
     options: { memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image' },
   },
+  'import-libvirt': {
+    ops: ['importLibvirtDomain'],
+    args: { file: 'body.xml', name: 'body.name' },
+    options: { ignoreUnsupported: 'body.ignoreUnsupported' },
+  },
   start: { ops: ['startVm'], args: { name: 'path.vm' }, options: { paused: 'body.paused', accel: 'body.accel' } },
   stop: { ops: ['stopVm'], args: { name: 'path.vm' }, options: { force: 'body.force', timeout: 'body.timeoutSeconds' } },
   pause: { ops: ['pauseVm'], args: { name: 'path.vm' } },

@@ -55,6 +55,20 @@ let home: string;
 let lib: Vmsnap;
 const archive = () => join(home, '..', `${home.split('/').pop()}-e1.vmsnap`);
 const exportTarget = () => join(home, '..', `${home.split('/').pop()}-out.vmsnap`);
+/** A libvirt domain's files: its XML and a qcow2 disk on a raw backing file (adopted, never written). */
+const libvirtDir = () => join(home, '..', `${home.split('/').pop()}-libvirt`);
+const libvirtDomain = (): void => {
+  const dir = libvirtDir();
+  if (existsSync(join(dir, 'domain.xml'))) return;
+  mkdirSync(dir, { recursive: true });
+  execFileSync('qemu-img', ['create', '-q', '-f', 'raw', join(dir, 'base.raw'), '16M']);
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', join(dir, 'top.qcow2')]);
+  writeFileSync(
+    join(dir, 'domain.xml'),
+    `<domain type='qemu'><name>lv</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+    <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${join(dir, 'top.qcow2')}'/><target dev='vda' bus='virtio'/></disk></devices></domain>`,
+  );
+};
 
 async function stateOf(extra?: () => Promise<Record<string, unknown>>): Promise<State> {
   const out: State = { vms: {} };
@@ -249,6 +263,12 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     after: (b) => withVm(b, 'imp', { disks: 1, power: 'stopped', current: 'E1', snapshots: { E1: null }, buildsOn: [] }),
     reset: () => removeVm('imp'),
   },
+  'import-libvirt': {
+    setup: async () => libvirtDomain(),
+    args: () => ['import-libvirt', join(libvirtDir(), 'domain.xml')],
+    after: (b) => withVm(b, 'lv', { disks: 1, power: 'stopped', current: null, snapshots: {}, buildsOn: [] }),
+    reset: () => removeVm('lv'),
+  },
   export: {
     setup: () => blank('ex', ['E1']),
     args: () => ['export', 'ex', 'E1', exportTarget()],
@@ -352,6 +372,7 @@ describe('every operation survives kill -9 at every fault point', () => {
     cleanupHome(home);
     rmSync(archive(), { force: true });
     rmSync(exportTarget(), { force: true });
+    rmSync(libvirtDir(), { recursive: true, force: true });
   });
 
   /** How plain recovery ended each kind:point, for the same point with the catalog lost. */

@@ -11,7 +11,7 @@ import {
   type FingerprintResult,
   type TaskKind,
 } from '../contract/operations.js';
-import type { CatalogRepairReport, CloneResult, DfReport, HealthReport, ImportResult, PolicyRunResult, PolicyView, PruneResult, RecoveryReport, VerifyReport } from '../contract/views.js';
+import type { CatalogRepairReport, CloneResult, DfReport, HealthReport, ImportResult, LibvirtImportResult, PolicyRunResult, PolicyView, PruneResult, RecoveryReport, VerifyReport } from '../contract/views.js';
 import { ERROR_CODES } from '../errors.js';
 
 /**
@@ -97,6 +97,7 @@ export const LayerInfoSchema = z.object({
 
 export const VmInfoSchema = VmSummarySchema.extend({
   config: VmConfigSchema,
+  diskUsageBytes: z.number().openapi({ description: "bytes this VM's own layers and state files take (imported images not counted)" }),
   diskChains: z.array(z.object({ slot: z.string(), sizeBytes: z.number(), chain: z.array(LayerInfoSchema) })),
   runtimeDir: z.string(),
 }).openapi('VmInfo');
@@ -214,6 +215,30 @@ export const CreateVmBody = z
   })
   .strict()
   .openapi('CreateVm');
+
+export const ImportLibvirtBody = z
+  .object({
+    xml: z.string().min(1).max(4 * MiB).openapi({ description: "the domain XML as `virsh dumpxml DOMAIN` writes it; every file it names (disk images and their backing files, kernel, initrd) must be under one of the server's --allow-path dirs" }),
+    name: VmName.optional().openapi({ description: "the new VM's name (default: the domain's)" }),
+    ignoreUnsupported: z.boolean().optional().openapi({ description: 'drop what vmsnap cannot carry over (returned in `dropped`) instead of refusing' }),
+  })
+  .strict()
+  .openapi('ImportLibvirt');
+
+const LibvirtImportItemSchema = z.object({ element: z.string(), what: z.string(), why: z.string() });
+
+export const LibvirtImportResultSchema = mirrors<LibvirtImportResult>()(
+  z
+    .object({
+      vm: VmInfoSchema,
+      domain: z.string(),
+      disks: z.array(z.object({ slot: z.string(), target: z.string(), source: z.string(), adopted: z.array(z.string()) })),
+      dropped: z.array(LibvirtImportItemSchema),
+      ignored: z.array(LibvirtImportItemSchema),
+      notes: z.array(z.string()),
+    })
+    .openapi('LibvirtImportResult'),
+);
 
 export const SetVmBody = z
   .object({

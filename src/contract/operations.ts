@@ -9,6 +9,7 @@ import type {
   PolicyRunResult,
   PruneResult,
   ImportResult,
+  LibvirtImportResult,
   MergeReport,
   RecoveryReport,
   RevertResult,
@@ -40,6 +41,7 @@ export const OPERATION_KINDS = [
   'export',
   'policy-run',
   'prune',
+  'import-libvirt',
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
@@ -101,6 +103,7 @@ export interface TaskResults {
   export: ExportTaskResult;
   'policy-run': PolicyRunResult;
   prune: PruneResult;
+  'import-libvirt': LibvirtImportResult;
   verify: VerifyReport;
   'verify-all': VerifyReport[];
   recover: RecoveryReport;

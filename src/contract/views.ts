@@ -367,6 +367,29 @@ export interface ImportResult {
   ms: number;
 }
 
+/** One element of a libvirt domain that an import did not carry over, and why. */
+export interface LibvirtImportItem {
+  /** Where it sits in the domain XML: `devices/hostdev[0]`, `os`. */
+  element: string;
+  what: string;
+  why: string;
+}
+
+/** What `vmsnap import-libvirt` made of a libvirt domain. */
+export interface LibvirtImportResult {
+  vm: VmInfo;
+  /** The libvirt domain's name. */
+  domain: string;
+  /** The disks, each with the image files adopted read-only as its base layers (top first). */
+  disks: { slot: string; target: string; source: string; adopted: string[] }[];
+  /** What vmsnap cannot carry over and dropped because it was told to (--ignore-unsupported); each was warned about. */
+  dropped: LibvirtImportItem[];
+  /** Host-side settings vmsnap does without (it provides its own, or the guest sees no difference). */
+  ignored: LibvirtImportItem[];
+  /** What the guest sees differently, though nothing is lost (a disk's bus, a NIC's model). */
+  notes: string[];
+}
+
 export interface CheckArchiveResult {
   file: string;
   bytes: number;

@@ -6,16 +6,17 @@ import type { Context } from '../context.js';
 import { validateConfig, validateName, type VmConfig } from '../contract/config.js';
 import { VmsnapError } from '../errors.js';
 import { consolidateReleased } from '../layers/consolidate.js';
-import { defineOperation } from '../operations/define.js';
+import { defineOperation, type OperationDef } from '../operations/define.js';
 import type { Op } from '../operations/op.js';
 import { removeUnreferenced } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
-import { layerPath } from '../paths.js';
+import { layerPath, type VmsnapPaths } from '../paths.js';
 import { createImage, imageInfo } from '../qemu/qemu-img.js';
 import { probeRuntime } from '../qemu/runtime.js';
 import { fsyncFileAndDir } from '../util/files.js';
 import { newId, newLayerId, newMacAddress } from '../util/ids.js';
 import { DEMO_APPEND, ensureDemoImage } from './demo-image.js';
+import { type ChainLayer, resolveBackingChain } from './libvirt-domain.js';
 
 /** A disk to give a new VM: a blank one of a size, or an existing image imported as its base layer. */
 export type DiskSpec = { sizeBytes: number } | { importPath: string };
@@ -54,10 +55,10 @@ export async function rollBackNewFiles(ctx: Context, op: Op<{ createFiles: strin
 }
 
 /** An operation that makes files (step 1), then commits the rows that name them as it finishes. */
-function newFilesOperation<K extends 'vm-create' | 'vm-set'>(kind: K, alias: string) {
+export function newFilesOperation<K extends 'vm-create' | 'vm-set' | 'import-libvirt'>(kind: K, alias?: string) {
   return defineOperation({
     kind,
-    aliases: [alias],
+    ...(alias === undefined ? {} : { aliases: [alias] }),
     plan: NewFilesPlan,
     steps: 1,
     faults: [],
@@ -110,9 +111,63 @@ export async function createLayerFiles(ctx: Context, layers: LayerRecord[], conf
   }
 }
 
-/** Read every imported image before anything is written: a bad path fails here. */
-async function readImports(specs: DiskSpec[]): Promise<Map<number, { path: string; format: 'qcow2' | 'raw'; size: number }>> {
-  const imports = new Map<number, { path: string; format: 'qcow2' | 'raw'; size: number }>();
+/**
+ * The layers of a new VM's disk: an imported image's whole backing chain
+ * (`adopted`, top first) as external, frozen layers that are never written
+ * nor removed, and the empty overlay on top that takes the VM's writes.
+ */
+export function newDiskLayers(paths: Pick<VmsnapPaths, 'layers'>, vmId: string, slot: string, adopted: readonly ChainLayer[], now: string): { layers: LayerRecord[]; activeId: string } {
+  const layers: LayerRecord[] = [];
+  let backingId: string | null = null;
+  for (const image of [...adopted].reverse()) {
+    const id = newLayerId();
+    // Normalized as verify resolves a backing name, so the two compare equal.
+    layers.push({ id, vmId, slot, path: resolve(image.path), format: image.format, backingId, frozen: true, external: true, createdAt: now });
+    backingId = id;
+  }
+  const activeId = newLayerId();
+  layers.push({ id: activeId, vmId, slot, path: layerPath(paths, activeId), format: 'qcow2', backingId, frozen: false, external: false, createdAt: now });
+  return { layers, activeId };
+}
+
+/**
+ * Make a new VM's layer files and commit its rows as the operation `def`
+ * (vm-create, import-libvirt) finishes: a crash before that leaves only files,
+ * which recovery removes.
+ */
+export async function commitNewVm(
+  ctx: Context,
+  def: OperationDef<'vm-create' | 'import-libvirt', z.infer<typeof NewFilesPlan>, never>,
+  vm: VmRecord,
+  layers: LayerRecord[],
+  active: Record<string, string>,
+): Promise<void> {
+  const { catalog } = ctx;
+  const createFiles = layers.filter((l) => !l.external).map((l) => l.path);
+  await runOperation(ctx, def, { vm, plan: { createFiles } }, async (op) => {
+    await createLayerFiles(ctx, layers, vm.config);
+    op.done(1);
+    op.finish('done', undefined, () => {
+      catalog.insertVm(vm);
+      for (const l of layers) catalog.insertLayer(l);
+      for (const [slot, id] of Object.entries(active)) catalog.setActiveLayer(vm.id, slot, id);
+    });
+  });
+}
+
+interface ImportedImage {
+  /** The whole backing chain, top first: adopted read-only. */
+  chain: ChainLayer[];
+  size: number;
+}
+
+/**
+ * Read every imported image before anything is written: a bad path, an image
+ * another process writes (a running VM: its disk would be torn), or a broken
+ * backing chain fails here.
+ */
+export async function readImports(specs: DiskSpec[]): Promise<Map<number, ImportedImage>> {
+  const imports = new Map<number, ImportedImage>();
   for (const [i, spec] of specs.entries()) {
     if (!('importPath' in spec)) continue;
     const path = resolve(spec.importPath);
@@ -134,7 +189,16 @@ async function readImports(specs: DiskSpec[]): Promise<Map<number, { path: strin
         details: { field: 'disk', path: spec.importPath },
       });
     }
-    imports.set(i, { path, format: info.format, size: info.virtualSize });
+    // Without -U, qemu-img takes the image's shared lock: it fails while a process (QEMU) writes it.
+    await imageInfo(path).catch((e: unknown) => {
+      if (!/lock/i.test((e as Error).message)) throw e;
+      throw new VmsnapError('INVALID_STATE', `disk: '${spec.importPath}' is in use: another process (a running VM?) is writing it`, {
+        hint: 'shut that VM off first; vmsnap adopts an image only while nothing writes it',
+        details: { field: 'disk', path: spec.importPath },
+      });
+    });
+    // A qcow2 with a backing file: the whole chain is the disk.
+    imports.set(i, { chain: await resolveBackingChain(path), size: info.virtualSize });
   }
   return imports;
 }
@@ -178,29 +242,13 @@ export async function createVm(ctx: Context, name: string, opts: CreateVmOptions
   const vm: VmRecord = { id: newId(), name, config, createdAt: new Date().toISOString(), currentSnapshotId: null };
   const layers: LayerRecord[] = [];
   const active: Record<string, string> = {};
-  const now = vm.createdAt;
   config.disks.forEach((disk, i) => {
-    const imp = imports.get(i);
-    let backingId: string | null = null;
-    if (imp) {
-      // The imported file is the frozen base layer, never written: writes go to an overlay.
-      backingId = newLayerId();
-      layers.push({ id: backingId, vmId: vm.id, slot: disk.slot, path: imp.path, format: imp.format, backingId: null, frozen: true, external: true, createdAt: now });
-    }
-    const id = newLayerId();
-    layers.push({ id, vmId: vm.id, slot: disk.slot, path: layerPath(ctx.paths, id), format: 'qcow2', backingId, frozen: false, external: false, createdAt: now });
-    active[disk.slot] = id;
+    // An imported image is adopted as frozen base layers, never written: writes go to an overlay.
+    const d = newDiskLayers(ctx.paths, vm.id, disk.slot, imports.get(i)?.chain ?? [], vm.createdAt);
+    layers.push(...d.layers);
+    active[disk.slot] = d.activeId;
   });
-  const createFiles = layers.filter((l) => !l.external).map((l) => l.path);
-  await runOperation(ctx, vmCreate, { vm, plan: { createFiles } }, async (op) => {
-    await createLayerFiles(ctx, layers, config);
-    op.done(1);
-    op.finish('done', undefined, () => {
-      catalog.insertVm(vm);
-      for (const l of layers) catalog.insertLayer(l);
-      for (const [slot, id] of Object.entries(active)) catalog.setActiveLayer(vm.id, slot, id);
-    });
-  });
+  await commitNewVm(ctx, vmCreate, vm, layers, active);
   return vm;
 }
 

@@ -23,6 +23,7 @@ import {
   DeleteDialog,
   ExportDialog,
   ImportDialog,
+  LibvirtImportDialog,
   NewVmDialog,
   RevertDialog,
   TakeSnapshotDialog,
@@ -46,6 +47,7 @@ type Dialog =
   | { kind: 'clone'; snapshot: SnapshotView }
   | { kind: 'export'; snapshot: SnapshotView }
   | { kind: 'import' }
+  | { kind: 'import-libvirt' }
   | { kind: 'new-vm' }
   | { kind: 'power-off' }
   | { kind: 'remove-vm' }
@@ -428,7 +430,7 @@ export function App() {
           {vms === null ? (
             <p className="muted pad">Loading…</p>
           ) : (
-            <VmList vms={vms} selected={selected} busy={busyVms} onSelect={setSelected} onNew={() => setDialog({ kind: 'new-vm' })} onImport={() => setDialog({ kind: 'import' })} />
+            <VmList vms={vms} selected={selected} busy={busyVms} onSelect={setSelected} onNew={() => setDialog({ kind: 'new-vm' })} onImport={() => setDialog({ kind: 'import' })} onImportLibvirt={() => setDialog({ kind: 'import-libvirt' })} />
           )}
           <HealthPanel report={doctor?.report ?? null} checked={doctor} checking={checking} onCheck={() => void loadHealth(true)} onOpen={openWarning} />
           <StorageOverview report={storage} onSelect={setSelected} />
@@ -585,6 +587,17 @@ export function App() {
           onAccepted={(op) => {
             ownImports.current.add(op.id);
             upsertOp(op);
+          }}
+        />
+      )}
+      {dialog?.kind === 'import-libvirt' && (
+        <LibvirtImportDialog
+          existing={vms?.map((v) => v.name) ?? []}
+          onClose={() => setDialog(null)}
+          onImported={(r) => {
+            toast('ok', `imported libvirt domain '${r.domain}' as VM '${r.vm.name}'`);
+            for (const d of r.dropped) toast('error', `${r.vm.name}: dropped ${d.what}`, d.why);
+            void loadAll().then(() => setSelected(r.vm.name));
           }}
         />
       )}

@@ -7,6 +7,7 @@ import type {
   DfReport,
   HealthReport,
   HealthWarning,
+  LibvirtImportResult,
   OperationKind,
   PolicyPatch,
   PolicyView,
@@ -19,7 +20,7 @@ import type {
   VmSummary,
 } from '../../src/contract/index.js';
 
-export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning, PolicyView, PolicyPatch, PruneResult };
+export type { LibvirtImportResult, VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning, PolicyView, PolicyPatch, PruneResult };
 /** A 202 job of the API, its result typed by its kind. */
 export type Operation = Task;
 export type PresentState = PresentStateChanges;
@@ -145,6 +146,7 @@ export const api = {
   vms: () => request<VmSummary[]>('GET', '/vms'),
   vm: (vm: string) => request<VmInfo>('GET', `/vms/${enc(vm)}`),
   createVm: (body: CreateVmRequest) => request<VmInfo>('POST', '/vms', body),
+  importLibvirt: (body: { xml: string; name?: string; ignoreUnsupported?: boolean }) => request<LibvirtImportResult>('POST', '/vms/import-libvirt', body),
   removeVm: (vm: string) => request<{ removed: string }>('DELETE', `/vms/${enc(vm)}`),
   start: (vm: string) => request<Accepted>('POST', `/vms/${enc(vm)}/start`, {}),
   stop: (vm: string, force: boolean) => request<Accepted>('POST', `/vms/${enc(vm)}/stop`, { force }),

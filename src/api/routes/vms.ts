@@ -7,6 +7,8 @@ import {
   CreateVmBody,
   ExecBody,
   ExecResultSchema,
+  ImportLibvirtBody,
+  LibvirtImportResultSchema,
   PresentStateSchema,
   SetVmBody,
   StartBody,
@@ -66,6 +68,33 @@ export function vmRoutes(d: ApiDeps) {
       const info = await lib.vms.create(b.name, opts);
       void watch.refresh(info.id, { snapshots: true });
       return c.json(info, 201, { Location: `/api/vms/${encodeURIComponent(info.name)}` });
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/import-libvirt',
+      operationId: 'importLibvirtDomain',
+      'x-vmsnap-kinds': ['import-libvirt'],
+      tags,
+      summary: 'Make a VM of a libvirt domain (its virsh dumpxml)',
+      description:
+        "Memory, vCPUs, kernel boot, disks (their images and backing chains adopted read-only as base layers, never written) and NICs with their MACs. Refused (400, each item in `details.unsupported`) while anything cannot be carried over, unless `ignoreUnsupported`. Every file the XML names must be under one of the server's --allow-path dirs.",
+      request: { body: jsonBody(ImportLibvirtBody, true) },
+      responses: { 201: jsonResponse(LibvirtImportResultSchema, 'the new VM and what was not carried over'), 400: errors[400], 403: errors[403], 409: errors[409] },
+    }),
+    async (c) => {
+      const b = c.req.valid('json');
+      const r = await lib.vms.importLibvirt(b.xml, {
+        ...(b.name !== undefined ? { name: b.name } : {}),
+        ...(b.ignoreUnsupported !== undefined ? { ignoreUnsupported: b.ignoreUnsupported } : {}),
+        checkPath: (path, field) => {
+          d.hostPaths.check(path, field);
+        },
+      });
+      void watch.refresh(r.vm.id, { snapshots: true });
+      return c.json(r, 201, { Location: `/api/vms/${encodeURIComponent(r.vm.name)}` });
     },
   );
 

@@ -79,6 +79,39 @@ export function registerVmCommands(program: Command, run: Run): void {
     );
 
   program
+    .command('import-libvirt')
+    .description("make a VM of a libvirt domain (its `virsh dumpxml`): memory, vCPUs, kernel boot, disks with their backing chains adopted read-only, NICs with their MACs; refused while anything cannot be carried over")
+    .argument('<file>', "the domain XML as `virsh dumpxml DOMAIN` writes it; '-' reads stdin")
+    .argument('[name]', "the new VM's name (default: the domain's)")
+    .option('--ignore-unsupported', 'drop what vmsnap cannot carry over (each is listed as a warning) instead of refusing')
+    .option('--json', 'print the result as JSON')
+    .action((file: string, name: string | undefined, o: { ignoreUnsupported?: boolean; json?: boolean }) =>
+      run(o, async (lib, log) => {
+        const { readFileSync } = await import('node:fs');
+        let xml: string;
+        try {
+          xml = readFileSync(file === '-' ? 0 : file, 'utf8');
+        } catch (e) {
+          throw new VmsnapError('NOT_FOUND', `cannot read ${file === '-' ? 'stdin' : file}: ${(e as Error).message}`, {
+            hint: 'give the file `virsh dumpxml DOMAIN > FILE` wrote, or - to read it from stdin',
+            details: { field: 'file', path: file },
+          });
+        }
+        const r = await lib.vms.importLibvirt(xml, { ...(name !== undefined ? { name } : {}), ignoreUnsupported: o.ignoreUnsupported ?? false });
+        for (const d of r.dropped) process.stderr.write(`warning: dropped ${d.what} (${d.element}): ${d.why}\n`);
+        if (o.json) return printJson(r);
+        const v = r.vm;
+        log(`imported libvirt domain '${r.domain}' as VM '${v.name}' (${v.memoryMiB} MiB, ${v.cpus} CPU${v.cpus === 1 ? '' : 's'}, ${v.disks} disk${v.disks === 1 ? '' : 's'})`);
+        for (const d of r.disks) {
+          const below = d.adopted.length - 1;
+          log(`  ${d.slot} (was ${d.target}): ${d.source}${below > 0 ? ` and ${below} backing file${below === 1 ? '' : 's'}` : ''}, adopted read-only`);
+        }
+        for (const n of r.notes) log(`  note: ${n}`);
+        if (r.ignored.length > 0) log(`  ${r.ignored.length} host-side setting${r.ignored.length === 1 ? '' : 's'} vmsnap does without (--json lists them)`);
+      }),
+    );
+
+  program
     .command('start')
     .description('start a VM')
     .argument('<name>')

@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'react';
-import { api, ApiFailure, type Operation, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
+import { api, ApiFailure, type LibvirtImportResult, type Operation, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
 import { bytes, NAME_PATTERN, NAME_RULE, nextSnapshotName } from '../format.js';
 import { Bar, ProgressBar, progressText } from './Jobs.js';
 
@@ -490,6 +490,70 @@ export function ImportDialog(props: { existing: string[]; onClose: () => void; o
         <ErrorLine error={error} />
         <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null} testId="confirm-import">
           {pending ? 'Uploading…' : 'Upload and import'}
+        </ModalActions>
+      </form>
+    </Modal>
+  );
+}
+
+/**
+ * Make a VM of a libvirt domain: its `virsh dumpxml`, pasted or read from a file.
+ * The server reads the disk images it names (they must be under its --allow-path
+ * dirs); what vmsnap cannot carry over is listed, and dropped only when asked.
+ */
+export function LibvirtImportDialog(props: { existing: string[]; onClose: () => void; onImported: (result: LibvirtImportResult) => void }) {
+  const [xml, setXml] = useState('');
+  const [name, setName] = useState('');
+  const [ignoreUnsupported, setIgnore] = useState(false);
+  const invalid = !xml.trim() ? 'paste the domain XML or choose its file' : name && !NAME_PATTERN.test(name) ? NAME_RULE : name && props.existing.includes(name) ? 'a VM with this name exists' : null;
+  const { pending, error, submit } = useSubmit(async () => {
+    props.onImported(await api.importLibvirt({ xml, ...(name ? { name } : {}), ...(ignoreUnsupported ? { ignoreUnsupported } : {}) }));
+  }, props.onClose);
+  const unsupported = error instanceof ApiFailure && Array.isArray(error.body.details.unsupported) ? (error.body.details.unsupported as { element: string; what: string; why: string }[]) : null;
+  return (
+    <Modal title="Import a libvirt domain" onClose={props.onClose} testId="dialog-import-libvirt" wide>
+      <form onSubmit={submit}>
+        <p className="small">
+          The domain as <code>virsh dumpxml DOMAIN</code> writes it, shut off. Its disk images and their backing files are adopted read-only (never written); the VM writes to
+          its own overlays. The files must be under one of the server&apos;s <code>--allow-path</code> dirs.
+        </p>
+        <label className="field">
+          <span>Domain XML file</span>
+          <input type="file" accept=".xml,text/xml,application/xml" onChange={(e) => void e.target.files?.[0]?.text().then(setXml)} data-testid="libvirt-file" />
+        </label>
+        <label className="field">
+          <span>or the XML itself</span>
+          <textarea value={xml} onChange={(e) => setXml(e.target.value)} rows={6} spellCheck={false} placeholder="<domain type='kvm'>…" data-testid="libvirt-xml" />
+        </label>
+        <label className="field">
+          <span>Name of the new VM</span>
+          <input value={name} onChange={(e) => setName(e.target.value)} maxLength={63} placeholder="the domain's" aria-invalid={Boolean(name) && invalid !== null} data-testid="libvirt-name" />
+          {name && invalid && <small className="field-error">{invalid}</small>}
+        </label>
+        <label className="check">
+          <input type="checkbox" checked={ignoreUnsupported} onChange={(e) => setIgnore(e.target.checked)} data-testid="libvirt-ignore" />
+          <span>
+            Drop what vmsnap cannot carry over
+            <small>otherwise the import is refused and lists each such device or setting</small>
+          </span>
+        </label>
+        {unsupported ? (
+          <div className="form-error" role="alert" data-testid="libvirt-unsupported">
+            vmsnap cannot carry over:
+            <ul>
+              {unsupported.map((u) => (
+                <li key={`${u.element}:${u.what}`}>
+                  {u.what} <span className="muted">— {u.why}</span>
+                </li>
+              ))}
+            </ul>
+            <div className="hint">Remove them from the domain, or tick “Drop what vmsnap cannot carry over”.</div>
+          </div>
+        ) : (
+          <ErrorLine error={error} />
+        )}
+        <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null} testId="confirm-import-libvirt">
+          {pending ? 'Importing…' : 'Import'}
         </ModalActions>
       </form>
     </Modal>
