@@ -14,6 +14,8 @@ export interface VmsnapPaths {
   states: string;
   /** One folder per running VM: QMP and guest-agent sockets, serial log, pid file. */
   run: string;
+  /** Boot files (kernels, initrds, firmware, seeds) by content: `boot/<sha256>`, shared between VMs and snapshots. */
+  boot: string;
   /** Built demo guest images; shared across homes (tests make many homes). */
   imageCache: string;
 }
@@ -38,6 +40,7 @@ export function pathsFor(home: string, imageCache = defaultImageCache()): Vmsnap
     layers: join(h, 'layers'),
     states: join(h, 'states'),
     run: join(h, 'run'),
+    boot: join(h, 'boot'),
     imageCache,
   };
 }

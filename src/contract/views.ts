@@ -51,6 +51,8 @@ export interface VmInfo extends VmSummary {
   /** Bytes this VM's own layers and state files take (imported images not counted). */
   diskUsageBytes: number;
   diskChains: DiskInfo[];
+  /** A UEFI VM's NVRAM layer chain, active layer first (see config.firmware). */
+  nvramChain?: LayerInfo[];
   runtimeDir: string;
 }
 
@@ -227,8 +229,10 @@ export interface VmUsage {
 
 export interface DataDirUsage {
   path: string;
-  /** Bytes vmsnap's layers and state files take. */
+  /** Bytes vmsnap's layers, state files and stored boot files take. */
   usedBytes: number;
+  /** Of usedBytes: the boot-file store (kernels, initrds, firmware, seeds; shared between VMs). */
+  bootFilesBytes?: number;
   freeBytes: number;
   totalBytes: number;
 }

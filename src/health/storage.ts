@@ -4,6 +4,7 @@ import type { Context } from '../context.js';
 import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
 import { catalogGraph } from '../layers/merge.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
+import { bootStoreBytes } from '../store/boot-files.js';
 import { fileBytes } from '../util/files.js';
 
 /** Storage accounting: what each snapshot costs and would free, per VM and for the data dir. */
@@ -11,8 +12,9 @@ import { fileBytes } from '../util/files.js';
 export function dataDirUsage(ctx: Context): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
-  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0);
-  return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+  const boot = bootStoreBytes(ctx.paths);
+  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0) + boot;
+  return { path: ctx.paths.home, usedBytes: used, bootFilesBytes: boot, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
 }
 
 /** Guest ranges a layer itself holds data for (not its backing chain). */
