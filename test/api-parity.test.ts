@@ -41,7 +41,7 @@ const CLI_TO_API: Record<string, Mapping> = {
   create: {
     ops: ['createVm'],
     args: { name: 'body.name' },
-    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image' },
+    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image', firmware: 'body.firmware' },
   },
   start: { ops: ['startVm'], args: { name: 'path.vm' }, options: { paused: 'body.paused', accel: 'body.accel' } },
   stop: { ops: ['stopVm'], args: { name: 'path.vm' }, options: { force: 'body.force', timeout: 'body.timeoutSeconds' } },
@@ -51,7 +51,7 @@ const CLI_TO_API: Record<string, Mapping> = {
   status: { ops: ['getVm'], args: { name: 'path.vm' } },
   list: { ops: ['listVms'] },
   info: { ops: ['getVm'], args: { name: 'path.vm' } },
-  set: { ops: ['setVm'], args: { name: 'path.vm' }, options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks' } },
+  set: { ops: ['setVm'], args: { name: 'path.vm' }, options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks', firmware: 'body.firmware' } },
   rm: { ops: ['removeVm'], args: { name: 'path.vm' } },
   exec: { ops: ['execInVm'], args: { name: 'path.vm', command: 'body.argv' }, options: { timeout: 'body.timeoutSeconds' } },
   'snapshot create': { ops: ['takeSnapshot'], args: { vm: 'path.vm', name: 'body.name' }, options: { description: 'body.description', memory: 'body.memory' } },

@@ -17,7 +17,7 @@ import { fsyncFileAndDir } from '../util/files.js';
 import { newId, newLayerId, newMacAddress } from '../util/ids.js';
 import { bootFilePath, pruneBootFiles, storeBootFile } from '../store/boot-files.js';
 import { DEMO_APPEND, ensureDemoImage } from './demo-image.js';
-import { firmwareConfig, isUefi, newNvramLayer } from './firmware.js';
+import { firmwareConfig, isUefi, newNvramLayer, ovmfFiles } from './firmware.js';
 
 /** A disk to give a new VM: a blank one of a size, or an existing image imported as its base layer. */
 export type DiskSpec = { sizeBytes: number } | { importPath: string };
@@ -165,16 +165,18 @@ function refuseNonImage(path: string, given: string, size: number): void {
       details: { field: 'disk', path: given },
     });
   };
-  if (size === 0) fail('is empty');
-  const buf = Buffer.alloc(Math.min(size, 65536));
+  const buf = Buffer.alloc(65536);
   const fd = openSync(path, 'r');
+  let n: number;
   try {
-    readSync(fd, buf, 0, buf.length, 0);
+    n = readSync(fd, buf, 0, buf.length, 0);
   } finally {
     closeSync(fd);
   }
-  if (buf.includes(0)) return;
-  const printable = buf.every((b) => b === 9 || b === 10 || b === 13 || (b >= 32 && b < 127) || b >= 128);
+  if (size === 0 || n === 0) fail('is empty');
+  const head = buf.subarray(0, n);
+  if (head.includes(0)) return;
+  const printable = head.every((b) => b === 9 || b === 10 || b === 13 || (b >= 32 && b < 127) || b >= 128);
   if (printable) fail('is a text file');
 }
 
@@ -199,6 +201,8 @@ export async function createVm(ctx: Context, name: string, opts: CreateVmOptions
   }
   const specs = opts.disks ?? (opts.image === 'demo' ? [{ sizeBytes: DEFAULT_DISK }] : []);
   const imports = await readImports(specs);
+  // Refused before anything is stored.
+  if (opts.firmware === 'uefi') ovmfFiles();
   // Boot files go into the store: the VM and its snapshots never depend on the host's copies.
   const kernel = opts.kernel !== undefined ? await storeBootFile(ctx.paths, resolve(opts.kernel), 'kernel') : undefined;
   const initrd = opts.initrd !== undefined ? await storeBootFile(ctx.paths, resolve(opts.initrd), 'initrd') : undefined;
