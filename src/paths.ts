@@ -20,6 +20,8 @@ export interface VmsnapPaths {
   backups: string;
   /** Files a catalog rebuild found no record of, and records it could not trust: kept here, never deleted. */
   lostFound: string;
+  /** Boot files (kernels, initrds, firmware, seeds) by content: `boot/<sha256>`, shared between VMs and snapshots. */
+  boot: string;
   /** Built demo guest images; shared across homes (tests make many homes). */
   imageCache: string;
 }
@@ -47,6 +49,7 @@ export function pathsFor(home: string, imageCache = defaultImageCache()): Vmsnap
     records: join(h, 'records'),
     backups: join(h, 'backups'),
     lostFound: join(h, 'lost+found'),
+    boot: join(h, 'boot'),
     imageCache,
   };
 }

@@ -41,7 +41,7 @@ const CLI_TO_API: Record<string, Mapping> = {
   create: {
     ops: ['createVm'],
     args: { name: 'body.name' },
-    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image' },
+    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image', firmware: 'body.firmware' },
   },
   'import-libvirt': {
     ops: ['importLibvirtDomain'],
@@ -56,7 +56,7 @@ const CLI_TO_API: Record<string, Mapping> = {
   status: { ops: ['getVm'], args: { name: 'path.vm' } },
   list: { ops: ['listVms'] },
   info: { ops: ['getVm'], args: { name: 'path.vm' } },
-  set: { ops: ['setVm'], args: { name: 'path.vm' }, options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks' } },
+  set: { ops: ['setVm'], args: { name: 'path.vm' }, options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks', firmware: 'body.firmware' } },
   rm: { ops: ['removeVm'], args: { name: 'path.vm' } },
   exec: { ops: ['execInVm'], args: { name: 'path.vm', command: 'body.argv' }, options: { timeout: 'body.timeoutSeconds' } },
   'snapshot create': {

@@ -117,13 +117,14 @@ const guestFiles = async () => ({ files: (await lib.vms.status('f')).state === '
 
 const scenarios: { [K in OperationKind]: Scenario } = {
   'vm-create': {
-    args: () => ['create', 'nv', '--disk', '16M'],
+    // UEFI: the NVRAM layer and the stored firmware files are made and undone with the disk.
+    args: () => ['create', 'nv', '--disk', '16M', '--firmware', 'uefi'],
     after: (b) => withVm(b, 'nv', { disks: 1, power: 'stopped', current: null, snapshots: {}, buildsOn: [] }),
     reset: () => removeVm('nv'),
   },
   'vm-set': {
     setup: () => blank('sv'),
-    args: () => ['set', 'sv', '--add-disk', '16M'],
+    args: () => ['set', 'sv', '--add-disk', '16M', '--firmware', 'uefi'],
     after: (b) => {
       const a = clone(b);
       a.vms.sv!.disks = 2;

@@ -99,6 +99,7 @@ export const VmInfoSchema = VmSummarySchema.extend({
   config: VmConfigSchema,
   diskUsageBytes: z.number().openapi({ description: "bytes this VM's own layers and state files take (imported images not counted)" }),
   diskChains: z.array(z.object({ slot: z.string(), sizeBytes: z.number(), chain: z.array(LayerInfoSchema) })),
+  nvramChain: z.array(LayerInfoSchema).optional().openapi({ description: "a UEFI VM's NVRAM layer chain, active layer first" }),
   runtimeDir: z.string(),
 }).openapi('VmInfo');
 
@@ -212,6 +213,7 @@ export const CreateVmBody = z
     kernel: hostPath.optional(),
     initrd: hostPath.optional(),
     append: z.string().max(4096).optional(),
+    firmware: z.enum(['bios', 'uefi']).optional().openapi({ description: 'bios (SeaBIOS, the default) or uefi (OVMF, with an NVRAM of its own)' }),
   })
   .strict()
   .openapi('CreateVm');
@@ -245,6 +247,7 @@ export const SetVmBody = z
     memoryMiB: z.number().int().min(16).max(1024 * 1024).optional(),
     cpus: z.number().int().min(1).max(256).optional(),
     addDisks: z.array(z.number().int().min(MiB, 'a blank disk is at least 1 MiB')).max(16).optional().openapi({ description: 'sizes in bytes of blank disks to add' }),
+    firmware: z.enum(['bios', 'uefi']).optional().openapi({ description: 'change the boot firmware (a first switch to uefi makes the NVRAM)' }),
   })
   .strict()
   .openapi('SetVm');
@@ -542,7 +545,8 @@ export const DfReportSchema = mirrors<DfReport>()(
       dataDir: z
         .object({
           path: z.string(),
-          usedBytes: z.number().openapi({ description: 'bytes vmsnap takes: layers and state files, plus the catalog, its backups, the records beside the VMs and lost+found' }),
+          usedBytes: z.number().openapi({ description: 'bytes vmsnap takes: layers, state files and stored boot files, plus the catalog, its backups, the records beside the VMs and lost+found' }),
+          bootFilesBytes: z.number().optional().openapi({ description: 'of usedBytes: the boot-file store (kernels, initrds, firmware, seeds)' }),
           catalogBytes: z.number().openapi({ description: 'the catalog, with its write-ahead log' }),
           backupsBytes: z.number().openapi({ description: "the catalog's backups (backups/)" }),
           recordsBytes: z.number().openapi({ description: 'the records beside the VMs (records/) and what a catalog repair set aside (lost+found/)' }),

@@ -678,6 +678,16 @@ export class Catalog {
     );
   }
 
+  /** The hardware config of every VM and every snapshot: what names the stored boot files. */
+  allConfigs(): VmConfig[] {
+    const vms = this.db.prepare('SELECT name, config FROM vms').all() as { name: string; config: string }[];
+    const snaps = this.db.prepare('SELECT name, config FROM snapshots').all() as { name: string; config: string }[];
+    return [
+      ...vms.map((r) => parseJsonColumn(VmConfigSchema, r.config, `config of VM '${r.name}'`)),
+      ...snaps.map((r) => parseJsonColumn(VmConfigSchema, r.config, `config of snapshot '${r.name}'`)),
+    ];
+  }
+
   /** Every file the catalog names: layers (imported images too) and state files. */
   referencedFiles(): Set<string> {
     return new Set([...(this.db.prepare('SELECT path FROM layers').all() as { path: string }[]).map((r) => r.path), ...this.stateFiles()]);

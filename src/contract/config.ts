@@ -18,13 +18,33 @@ export const NicConfigSchema = z.object({
   mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, 'a MAC address is six lowercase hex pairs, e.g. 52:54:00:12:34:56'),
 });
 
+/** The sha256 of a boot file kept in the VM store's boot folder (`$VMSNAP_HOME/boot/<sha256>`). */
+export const BootFileRefSchema = z.string().regex(/^[0-9a-f]{64}$/, 'a boot file is named by its sha256: 64 lowercase hex digits');
+
 export const BootConfigSchema = z.object({
   /** 'demo' resolves kernel and initrd to the built demo guest at start. */
   image: z.literal('demo').optional(),
+  /** A host path (VMs made before boot files were stored); new VMs name stored files (kernelFile). */
   kernel: z.string().min(1).optional(),
   initrd: z.string().min(1).optional(),
+  /** Kernel and initrd copied into the store at create: snapshots never depend on the host's copy. */
+  kernelFile: BootFileRefSchema.optional(),
+  initrdFile: BootFileRefSchema.optional(),
   append: z.string().max(4096).optional(),
 });
+
+/**
+ * Firmware. Absent or 'bios': SeaBIOS (QEMU's default). 'uefi': OVMF, its code
+ * and the template its NVRAM was made from both kept in the store; the NVRAM
+ * itself is VM state, a layered block device like a disk (slot NVRAM_SLOT).
+ */
+export const FirmwareConfigSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('bios') }),
+  z.object({ type: z.literal('uefi'), code: BootFileRefSchema, varsTemplate: BootFileRefSchema }),
+]);
+
+/** The layer slot of a UEFI VM's NVRAM (firmware variables): snapshotted, reverted, cloned and exported like a disk. */
+export const NVRAM_SLOT = 'nvram';
 
 export const VmConfigSchema = z.object({
   memoryMiB: z
@@ -37,12 +57,22 @@ export const VmConfigSchema = z.object({
   boot: BootConfigSchema,
   disks: z.array(DiskConfigSchema).max(16, 'at most 16 disks'),
   nics: z.array(NicConfigSchema).max(8),
+  firmware: FirmwareConfigSchema.optional(),
 });
 
 export type DiskConfig = z.infer<typeof DiskConfigSchema>;
 export type NicConfig = z.infer<typeof NicConfigSchema>;
 export type BootConfig = z.infer<typeof BootConfigSchema>;
 export type VmConfig = z.infer<typeof VmConfigSchema>;
+export type FirmwareConfig = z.infer<typeof FirmwareConfigSchema>;
+export type FirmwareType = FirmwareConfig['type'];
+
+/** Boot files (sha256) a config names in the store: what keeps them there. */
+export function bootFilesOf(config: VmConfig): string[] {
+  const out = [config.boot.kernelFile, config.boot.initrdFile];
+  if (config.firmware?.type === 'uefi') out.push(config.firmware.code, config.firmware.varsTemplate);
+  return out.filter((x): x is string => x !== undefined);
+}
 
 /** Validate a config; the error names the first bad field and the accepted form. */
 export function validateConfig(input: unknown): VmConfig {

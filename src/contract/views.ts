@@ -56,6 +56,8 @@ export interface VmInfo extends VmSummary {
   /** Bytes this VM's own layers and state files take (imported images not counted). */
   diskUsageBytes: number;
   diskChains: DiskInfo[];
+  /** A UEFI VM's NVRAM layer chain, active layer first (see config.firmware). */
+  nvramChain?: LayerInfo[];
   runtimeDir: string;
 }
 
@@ -271,8 +273,10 @@ export interface VmUsage {
 
 export interface DataDirUsage {
   path: string;
-  /** Bytes vmsnap takes: layers and state files, plus the catalog, its backups, the records beside the VMs and lost+found. */
+  /** Bytes vmsnap takes: layers, state files and stored boot files, plus the catalog, its backups, the records beside the VMs and lost+found. */
   usedBytes: number;
+  /** Of usedBytes: the boot-file store (kernels, initrds, firmware, seeds; shared between VMs). */
+  bootFilesBytes?: number;
   /** The catalog (with its write-ahead log). */
   catalogBytes: number;
   /** Its backups (backups/). */

@@ -5,6 +5,7 @@ import type { Context } from '../context.js';
 import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
 import { catalogGraph } from '../layers/merge.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
+import { bootStoreBytes } from '../store/boot-files.js';
 import { fileBytes } from '../util/files.js';
 
 /** Storage accounting: what each snapshot costs and would free, per VM and for the data dir. */
@@ -12,13 +13,15 @@ import { fileBytes } from '../util/files.js';
 export function dataDirUsage(ctx: Context): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
-  const data = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0);
+  const boot = bootStoreBytes(ctx.paths);
+  const data = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0) + boot;
   const catalogBytes = fileBytes(ctx.paths.catalog) + fileBytes(`${ctx.paths.catalog}-wal`);
   const backupsBytes = treeBytes(ctx.paths.backups);
   const recordsBytes = treeBytes(ctx.paths.records) + treeBytes(ctx.paths.lostFound);
   return {
     path: ctx.paths.home,
     usedBytes: data + catalogBytes + backupsBytes + recordsBytes,
+    bootFilesBytes: boot,
     catalogBytes,
     backupsBytes,
     recordsBytes,

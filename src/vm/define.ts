@@ -1,9 +1,9 @@
-import { existsSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { LayerRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
-import { validateConfig, validateName, type VmConfig } from '../contract/config.js';
+import { bootFilesOf, NVRAM_SLOT, validateConfig, validateName, type FirmwareType, type VmConfig } from '../contract/config.js';
 import { VmsnapError } from '../errors.js';
 import { consolidateReleased } from '../layers/consolidate.js';
 import { defineOperation, type OperationDef } from '../operations/define.js';
@@ -11,12 +11,14 @@ import type { Op } from '../operations/op.js';
 import { removeUnreferenced } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { layerPath, type VmsnapPaths } from '../paths.js';
-import { createImage, imageInfo } from '../qemu/qemu-img.js';
+import { convertImage, createImage, imageInfo } from '../qemu/qemu-img.js';
 import { probeRuntime } from '../qemu/runtime.js';
 import { fsyncFileAndDir } from '../util/files.js';
 import { newId, newLayerId, newMacAddress } from '../util/ids.js';
+import { bootFilePath, pruneBootFiles, storeBootFile } from '../store/boot-files.js';
 import { DEMO_APPEND, ensureDemoImage } from './demo-image.js';
 import { type ChainLayer, resolveBackingChain } from './libvirt-domain.js';
+import { firmwareConfig, isUefi, newNvramLayer, ovmfFiles } from './firmware.js';
 
 /** A disk to give a new VM: a blank one of a size, or an existing image imported as its base layer. */
 export type DiskSpec = { sizeBytes: number } | { importPath: string };
@@ -30,12 +32,15 @@ export interface CreateVmOptions {
   append?: string;
   /** 'demo': the project's tiny test guest (built on first use). */
   image?: 'demo';
+  /** bios (SeaBIOS, the default) or uefi (OVMF, with an NVRAM of the VM's own). */
+  firmware?: FirmwareType;
 }
 
 export interface SetVmOptions {
   memoryMiB?: number;
   cpus?: number;
   addDisks?: number[];
+  firmware?: FirmwareType;
 }
 
 const DEFAULT_DISK = 1024 ** 3;
@@ -102,6 +107,13 @@ export async function createLayerFiles(ctx: Context, layers: LayerRecord[], conf
   const byId = new Map(layers.map((l) => [l.id, l]));
   for (const l of layers.filter((x) => !x.external)) {
     const backing = l.backingId ? (byId.get(l.backingId) ?? ctx.catalog.getLayer(l.backingId)) : undefined;
+    if (l.slot === NVRAM_SLOT && !backing) {
+      // A new NVRAM: the firmware's variable template, as a qcow2 layer of the same size (pflash needs it exact).
+      if (!isUefi(config)) throw new VmsnapError('INTERNAL', 'an NVRAM layer for a VM without UEFI firmware');
+      await convertImage(bootFilePath(ctx.paths, config.firmware.varsTemplate), l.path, { format: 'qcow2' });
+      fsyncFileAndDir(l.path);
+      continue;
+    }
     const size = config.disks.find((d) => d.slot === l.slot)?.sizeBytes;
     await createImage(l.path, {
       format: 'qcow2',
@@ -143,7 +155,9 @@ export async function commitNewVm(
   active: Record<string, string>,
 ): Promise<void> {
   const { catalog } = ctx;
-  const createFiles = layers.filter((l) => !l.external).map((l) => l.path);
+  // Boot files stored for it are its files too until it commits (recovery keeps those other VMs use).
+  const stored = bootFilesOf(vm.config).map((sha) => bootFilePath(ctx.paths, sha));
+  const createFiles = [...layers.filter((l) => !l.external).map((l) => l.path), ...stored];
   await runOperation(ctx, def, { vm, plan: { createFiles } }, async (op) => {
     await createLayerFiles(ctx, layers, vm.config);
     op.done(1);
@@ -189,6 +203,7 @@ export async function readImports(specs: DiskSpec[]): Promise<Map<number, Import
         details: { field: 'disk', path: spec.importPath },
       });
     }
+    if (info.format === 'raw') refuseNonImage(path, spec.importPath, info.virtualSize);
     // Without -U, qemu-img takes the image's shared lock: it fails while a process (QEMU) writes it.
     await imageInfo(path).catch((e: unknown) => {
       if (!/lock/i.test((e as Error).message)) throw e;
@@ -201,6 +216,34 @@ export async function readImports(specs: DiskSpec[]): Promise<Map<number, Import
     imports.set(i, { chain: await resolveBackingChain(path), size: info.virtualSize });
   }
   return imports;
+}
+
+/**
+ * qemu-img calls any file it does not recognise "raw", so a text file (a
+ * config, a cloud-init user-data, a path mixed up) would become a disk without
+ * a word. Refuse an empty file and one whose first 64 KiB look like text: no
+ * NUL byte, only printable characters and whitespace.
+ */
+function refuseNonImage(path: string, given: string, size: number): void {
+  const fail = (why: string): never => {
+    throw new VmsnapError('INVALID_ARGUMENT', `disk: '${given}' ${why}, not a disk image`, {
+      hint: 'give a qcow2 or raw disk image (qemu-img info FILE shows what a file is), or a size such as 10G for a blank disk',
+      details: { field: 'disk', path: given },
+    });
+  };
+  const buf = Buffer.alloc(65536);
+  const fd = openSync(path, 'r');
+  let n: number;
+  try {
+    n = readSync(fd, buf, 0, buf.length, 0);
+  } finally {
+    closeSync(fd);
+  }
+  if (size === 0 || n === 0) fail('is empty');
+  const head = buf.subarray(0, n);
+  if (head.includes(0)) return;
+  const printable = head.every((b) => b === 9 || b === 10 || b === 13 || (b >= 32 && b < 127) || b >= 128);
+  if (printable) fail('is a text file');
 }
 
 export async function createVm(ctx: Context, name: string, opts: CreateVmOptions = {}): Promise<VmRecord> {
@@ -224,18 +267,25 @@ export async function createVm(ctx: Context, name: string, opts: CreateVmOptions
   }
   const specs = opts.disks ?? (opts.image === 'demo' ? [{ sizeBytes: DEFAULT_DISK }] : []);
   const imports = await readImports(specs);
+  // Refused before anything is stored.
+  if (opts.firmware === 'uefi') ovmfFiles();
+  // Boot files go into the store: the VM and its snapshots never depend on the host's copies.
+  const kernel = opts.kernel !== undefined ? await storeBootFile(ctx.paths, resolve(opts.kernel), 'kernel') : undefined;
+  const initrd = opts.initrd !== undefined ? await storeBootFile(ctx.paths, resolve(opts.initrd), 'initrd') : undefined;
+  const fw = opts.firmware !== undefined ? await firmwareConfig(ctx, opts.firmware) : undefined;
   const config = validateConfig({
     memoryMiB: opts.memoryMiB ?? 256,
     cpus: opts.cpus ?? 1,
     machine: 'q35',
     boot: {
       ...(opts.image ? { image: opts.image, append: DEMO_APPEND } : {}),
-      ...(opts.kernel ? { kernel: resolve(opts.kernel) } : {}),
-      ...(opts.initrd ? { initrd: resolve(opts.initrd) } : {}),
+      ...(kernel ? { kernelFile: kernel.sha256 } : {}),
+      ...(initrd ? { initrdFile: initrd.sha256 } : {}),
       ...(opts.append !== undefined ? { append: opts.append } : {}),
     },
     disks: specs.map((s, i) => ({ slot: `disk${i}`, sizeBytes: imports.get(i)?.size ?? ('sizeBytes' in s ? s.sizeBytes : 0) })),
     nics: [{ id: 'net0', mac: newMacAddress() }],
+    ...(fw ? { firmware: fw.firmware } : {}),
   });
   if (opts.image === 'demo') await ensureDemoImage(ctx.paths.imageCache);
 
@@ -248,6 +298,11 @@ export async function createVm(ctx: Context, name: string, opts: CreateVmOptions
     layers.push(...d.layers);
     active[disk.slot] = d.activeId;
   });
+  if (isUefi(config)) {
+    const nvram = newNvramLayer(ctx, vm, vm.createdAt);
+    layers.push(nvram);
+    active[NVRAM_SLOT] = nvram.id;
+  }
   await commitNewVm(ctx, vmCreate, vm, layers, active);
   return vm;
 }
@@ -264,8 +319,8 @@ async function requireStopped(ctx: Context, vm: VmRecord, what: string): Promise
 
 /** Change the hardware config of a stopped VM. */
 export async function setVm(ctx: Context, vm0: VmRecord, opts: SetVmOptions): Promise<void> {
-  if (opts.memoryMiB === undefined && opts.cpus === undefined && !opts.addDisks?.length) {
-    throw new VmsnapError('INVALID_ARGUMENT', 'nothing to change', { hint: 'give --memory, --cpus or --add-disk' });
+  if (opts.memoryMiB === undefined && opts.cpus === undefined && !opts.addDisks?.length && opts.firmware === undefined) {
+    throw new VmsnapError('INVALID_ARGUMENT', 'nothing to change', { hint: 'give --memory, --cpus, --add-disk or --firmware' });
   }
   await withVm(ctx, vm0, 'set', async () => {
     const vm = ctx.catalog.getVm(vm0.id);
@@ -277,18 +332,23 @@ export async function setVm(ctx: Context, vm0: VmRecord, opts: SetVmOptions): Pr
       used.add(`disk${n}`);
       return { slot: `disk${n}`, sizeBytes };
     });
+    // A change of firmware keeps the NVRAM a VM has (switching back to UEFI finds its variables); a first switch to UEFI makes one.
+    const fw = opts.firmware !== undefined ? await firmwareConfig(ctx, opts.firmware) : undefined;
     const config = validateConfig({
       ...vm.config,
       ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}),
       ...(opts.cpus !== undefined ? { cpus: opts.cpus } : {}),
       disks: [...vm.config.disks, ...added],
+      ...(fw ? { firmware: fw.firmware } : {}),
     });
     const now = new Date().toISOString();
     const layers: LayerRecord[] = added.map((d) => {
       const id = newLayerId();
       return { id, vmId: vm.id, slot: d.slot, path: layerPath(ctx.paths, id), format: 'qcow2', backingId: null, frozen: false, external: false, createdAt: now };
     });
-    await runOperation(ctx, vmSet, { vm, plan: { createFiles: layers.map((l) => l.path) } }, async (op) => {
+    if (isUefi(config) && !ctx.catalog.activeLayers(vm.id)[NVRAM_SLOT]) layers.push(newNvramLayer(ctx, vm, now));
+    const createFiles = [...layers.map((l) => l.path), ...(fw?.stored ?? [])];
+    await runOperation(ctx, vmSet, { vm, plan: { createFiles } }, async (op) => {
       await createLayerFiles(ctx, layers, config);
       op.done(1);
       op.finish('done', undefined, () => {
@@ -305,6 +365,7 @@ export async function setVm(ctx: Context, vm0: VmRecord, opts: SetVmOptions): Pr
 /** Remove a stopped VM: its snapshots, its layers and state files. Imported images are left alone. */
 export async function removeVm(ctx: Context, vm: VmRecord): Promise<void> {
   const { catalog } = ctx;
+  let bootFiles: string[] = [];
   const released = await withVm(ctx, vm, 'rm', async () => {
     const layers = catalog.listLayers(vm.id);
     // A layer another VM builds on (a linked clone) must stay.
@@ -332,6 +393,7 @@ export async function removeVm(ctx: Context, vm: VmRecord): Promise<void> {
       if (below && below.vmId !== vm.id) released.set(below.vmId, [...(released.get(below.vmId) ?? []), below.id]);
     }
     const snaps = catalog.listSnapshots(vm.id);
+    bootFiles = [...new Set([vm.config, ...snaps.map((s) => s.config)].flatMap(bootFilesOf))];
     const files = [...layers.filter((l) => !l.external).map((l) => l.path), ...snaps.flatMap((s) => (s.stateFile ? [s.stateFile] : []))];
     await runOperation(ctx, vmRm, { vm, plan: { removeFiles: files } }, async (op) => {
       op.done(1, () => {
@@ -348,5 +410,7 @@ export async function removeVm(ctx: Context, vm: VmRecord): Promise<void> {
     });
     return released;
   });
+  // Boot files only this VM used go with it.
+  pruneBootFiles(ctx.paths, ctx.catalog, bootFiles);
   for (const [owner, layerIds] of released) await consolidateReleased(ctx, owner, layerIds);
 }

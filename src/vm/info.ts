@@ -1,6 +1,7 @@
 import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
-import type { VmInfo, VmSummary } from '../contract/views.js';
+import { NVRAM_SLOT } from '../contract/config.js';
+import type { LayerInfo, VmInfo, VmSummary } from '../contract/views.js';
 import { runtimeFiles } from '../qemu/launcher.js';
 import { probeRuntime, type RuntimeStatus } from '../qemu/runtime.js';
 import { fileBytes } from '../util/files.js';
@@ -46,11 +47,9 @@ export function vmDiskUsage(ctx: Context, vmId: string): number {
 export async function vmInfo(ctx: Context, vm: VmRecord): Promise<VmInfo> {
   const summary = await vmStatus(ctx, vm);
   const active = ctx.catalog.activeLayers(vm.id);
-  const diskChains = vm.config.disks.map((d) => ({
-    slot: d.slot,
-    sizeBytes: d.sizeBytes,
-    chain: active[d.slot]
-      ? ctx.catalog.chain(active[d.slot]!).map((l) => ({
+  const chainOf = (slot: string): LayerInfo[] =>
+    active[slot]
+      ? ctx.catalog.chain(active[slot]!).map((l) => ({
           id: l.id,
           path: l.path,
           format: l.format,
@@ -58,7 +57,14 @@ export async function vmInfo(ctx: Context, vm: VmRecord): Promise<VmInfo> {
           external: l.external,
           bytes: fileBytes(l.path),
         }))
-      : [],
-  }));
-  return { ...summary, config: vm.config, diskUsageBytes: vmDiskUsage(ctx, vm.id), diskChains, runtimeDir: runtimeFiles(ctx.paths.run, vm.id).dir };
+      : [];
+  const diskChains = vm.config.disks.map((d) => ({ slot: d.slot, sizeBytes: d.sizeBytes, chain: chainOf(d.slot) }));
+  return {
+    ...summary,
+    config: vm.config,
+    diskUsageBytes: vmDiskUsage(ctx, vm.id),
+    diskChains,
+    ...(vm.config.firmware?.type === 'uefi' ? { nvramChain: chainOf(NVRAM_SLOT) } : {}),
+    runtimeDir: runtimeFiles(ctx.paths.run, vm.id).dir,
+  };
 }

@@ -64,6 +64,7 @@ export function vmRoutes(d: ApiDeps) {
         ...(b.kernel !== undefined ? { kernel: d.hostPaths.check(b.kernel, 'kernel') } : {}),
         ...(b.initrd !== undefined ? { initrd: d.hostPaths.check(b.initrd, 'initrd') } : {}),
         ...(b.append !== undefined ? { append: b.append } : {}),
+        ...(b.firmware !== undefined ? { firmware: b.firmware } : {}),
       };
       const info = await lib.vms.create(b.name, opts);
       void watch.refresh(info.id, { snapshots: true });
@@ -130,6 +131,7 @@ export function vmRoutes(d: ApiDeps) {
         ...(b.memoryMiB !== undefined ? { memoryMiB: b.memoryMiB } : {}),
         ...(b.cpus !== undefined ? { cpus: b.cpus } : {}),
         ...(b.addDisks !== undefined ? { addDisks: b.addDisks } : {}),
+        ...(b.firmware !== undefined ? { firmware: b.firmware } : {}),
       });
       void watch.refresh(vm.id);
       return c.json(info, 200);

@@ -30,8 +30,12 @@ function printInfo(i: VmInfo): void {
   printSummary(i);
   const boot = i.config.boot;
   process.stdout.write(`  id ${i.id}\n  machine ${i.config.machine}, created ${i.createdAt}\n  disk usage ${formatBytes(i.diskUsageBytes)} (layers and state files)\n`);
+  const fw = i.config.firmware;
+  process.stdout.write(`  firmware: ${fw?.type === 'uefi' ? `uefi (OVMF ${fw.code.slice(0, 12)}…, NVRAM made from ${fw.varsTemplate.slice(0, 12)}…)` : 'bios (SeaBIOS)'}\n`);
   if (boot.image) process.stdout.write(`  boot: ${boot.image} image\n`);
+  else if (boot.kernelFile) process.stdout.write(`  boot: kernel ${boot.kernelFile.slice(0, 12)}…${boot.initrdFile ? ` initrd ${boot.initrdFile.slice(0, 12)}…` : ''} (in the store)\n`);
   else if (boot.kernel) process.stdout.write(`  boot: kernel ${boot.kernel}${boot.initrd ? ` initrd ${boot.initrd}` : ''}\n`);
+  else process.stdout.write(`  boot: from ${i.config.disks[0]?.slot ?? 'disk0'}\n`);
   if (boot.append) process.stdout.write(`  append: ${boot.append}\n`);
   for (const nic of i.config.nics) process.stdout.write(`  ${nic.id}: mac ${nic.mac}\n`);
   for (const d of i.diskChains) {
@@ -41,6 +45,7 @@ function printInfo(i: VmInfo): void {
       process.stdout.write(`    ${n === 0 ? '' : '└─'}${l.id}  ${role.padEnd(13)} ${formatBytes(l.bytes).padStart(9)}  ${l.path}\n`);
     });
   }
+  if (i.nvramChain) process.stdout.write(`  nvram: chain of ${i.nvramChain.length}, ${formatBytes(i.nvramChain.reduce((a, l) => a + l.bytes, 0))}\n`);
 }
 
 export function registerVmCommands(program: Command, run: Run): void {
@@ -55,9 +60,11 @@ export function registerVmCommands(program: Command, run: Run): void {
     .option('--initrd <file>', 'initial ramdisk for --kernel')
     .option('--append <cmdline>', 'kernel command line')
     .option('--image <name>', "a built-in guest image: 'demo' (the tiny test guest)")
+    .option('--firmware <bios|uefi>', 'boot firmware: bios (SeaBIOS, the default) or uefi (OVMF, with an NVRAM of its own)')
     .option('--json', 'print the new VM as JSON')
-    .action((name: string, o: { memory: string; cpus: string; disk?: string[]; kernel?: string; initrd?: string; append?: string; image?: string; json?: boolean }) =>
+    .action((name: string, o: { memory: string; cpus: string; disk?: string[]; kernel?: string; initrd?: string; append?: string; image?: string; firmware?: string; json?: boolean }) =>
       run(o, async (lib, log) => {
+        const { parseFirmware } = await import('../../vm/firmware.js');
         if (o.image !== undefined && o.image !== 'demo') {
           throw new VmsnapError('INVALID_ARGUMENT', `image: '${o.image}' is not a known image`, {
             hint: "the built-in image is 'demo'",
@@ -72,9 +79,10 @@ export function registerVmCommands(program: Command, run: Run): void {
           ...(o.initrd !== undefined ? { initrd: o.initrd } : {}),
           ...(o.append !== undefined ? { append: o.append } : {}),
           ...(o.image === 'demo' ? { image: 'demo' as const } : {}),
+          ...(o.firmware !== undefined ? { firmware: parseFirmware(o.firmware) } : {}),
         });
         if (o.json) printJson(info);
-        else log(`created VM '${info.name}' (${info.memoryMiB} MiB, ${info.cpus} CPU, ${info.disks} disk${info.disks === 1 ? '' : 's'})`);
+        else log(`created VM '${info.name}' (${info.memoryMiB} MiB, ${info.cpus} CPU, ${info.disks} disk${info.disks === 1 ? '' : 's'}${o.firmware === 'uefi' ? ', uefi' : ''})`);
       }),
     );
 
@@ -206,16 +214,19 @@ export function registerVmCommands(program: Command, run: Run): void {
     .option('--memory <size>', 'guest RAM, e.g. 512M')
     .option('--cpus <n>', 'virtual CPUs')
     .option('--add-disk <size>', 'add a blank disk (repeatable)', collect)
+    .option('--firmware <bios|uefi>', 'change the boot firmware (a first switch to uefi makes the NVRAM)')
     .option('--json', 'print the new config as JSON')
-    .action((name: string, o: { memory?: string; cpus?: string; addDisk?: string[]; json?: boolean }) =>
+    .action((name: string, o: { memory?: string; cpus?: string; addDisk?: string[]; firmware?: string; json?: boolean }) =>
       run(o, async (lib, log) => {
+        const { parseFirmware } = await import('../../vm/firmware.js');
         const info = await lib.vms.set(name, {
+          ...(o.firmware !== undefined ? { firmware: parseFirmware(o.firmware) } : {}),
           ...(o.memory !== undefined ? { memoryMiB: parseMemory(o.memory) } : {}),
           ...(o.cpus !== undefined ? { cpus: parseCount(o.cpus, 'cpus') } : {}),
           ...(o.addDisk ? { addDisks: o.addDisk.map((d) => parseDiskSize(d, 'add-disk')) } : {}),
         });
         if (o.json) printJson(info.config);
-        else log(`updated VM '${info.name}': ${info.memoryMiB} MiB, ${info.cpus} CPU, ${info.disks} disk${info.disks === 1 ? '' : 's'}`);
+        else log(`updated VM '${info.name}': ${info.memoryMiB} MiB, ${info.cpus} CPU, ${info.disks} disk${info.disks === 1 ? '' : 's'}, ${info.config.firmware?.type ?? 'bios'}`);
       }),
     );
 
