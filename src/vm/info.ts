@@ -4,6 +4,7 @@ import type { VmInfo, VmSummary } from '../contract/views.js';
 import { runtimeFiles } from '../qemu/launcher.js';
 import { probeRuntime, type RuntimeStatus } from '../qemu/runtime.js';
 import { fileBytes } from '../util/files.js';
+import { readEndpoints } from './network.js';
 
 /** How the CLI, the API and the UI see VMs: summaries, and the full picture of one. */
 
@@ -58,5 +59,7 @@ export async function vmInfo(ctx: Context, vm: VmRecord): Promise<VmInfo> {
         }))
       : [],
   }));
-  return { ...summary, config: vm.config, diskUsageBytes: vmDiskUsage(ctx, vm.id), diskChains, runtimeDir: runtimeFiles(ctx.paths.run, vm.id).dir };
+  const files = runtimeFiles(ctx.paths.run, vm.id);
+  const endpoints = summary.state !== 'stopped' ? readEndpoints(files) : undefined;
+  return { ...summary, config: vm.config, ...(endpoints ? { endpoints } : {}), diskUsageBytes: vmDiskUsage(ctx, vm.id), diskChains, runtimeDir: files.dir };
 }
