@@ -14,6 +14,7 @@ import {
   type VmInfo,
   type VmSummary,
 } from './api.js';
+import { ConsolePanel } from './components/Console.js';
 import { DetailsPanel } from './components/DetailsPanel.js';
 import {
   CloneDialog,
@@ -120,6 +121,7 @@ export function App() {
   const [selected, setSelected] = useState<string | null>(vmFromHash);
   const [snapshots, setSnapshots] = useState<SnapshotView[]>([]);
   const [info, setInfo] = useState<VmInfo | null>(null);
+  const [consoleOpen, setConsoleOpen] = useState(false);
   const [node, setNode] = useState<NodeRef>({ kind: 'here' });
   const [ops, setOps] = useState<Operation[]>([]);
   const [dialog, setDialog] = useState<Dialog | null>(null);
@@ -451,6 +453,9 @@ export function App() {
                   <button className="btn" disabled={busy || st === 'stopped'} onClick={() => setDialog({ kind: 'power-off' })} title="power off at once" data-testid="action-poweroff">
                     <StopIcon /> Power off
                   </button>
+                  <button className="btn" disabled={st === 'stopped'} onClick={() => setConsoleOpen((o) => !o)} title="serial console, and the screen when the VM has one" data-testid="action-console">
+                    Console
+                  </button>
                   <span className="sep" />
                   <button className="btn btn-primary" disabled={busy || st === 'unknown'} onClick={() => setDialog({ kind: 'take' })} data-testid="action-take">
                     <CameraIcon /> Take snapshot
@@ -464,6 +469,7 @@ export function App() {
                   <span className="muted small">{progressText(op)}</span>
                 </div>
               ))}
+              {consoleOpen && info && info.name === vm.name && <ConsolePanel info={info} onClose={() => setConsoleOpen(false)} />}
               <section className="content">
                 <div className="panel tree-panel">
                   <div className="panel-head">
