@@ -17,7 +17,7 @@ import { catalogDump, cleanupHome, cli, expectRefused, openLib, tempHome, waitFo
  * clone boots a second one.
  */
 
-const BOOT_MS = 20 * 60_000;
+const BOOT_MS = 30 * 60_000;
 
 /** A host port nothing listens on now. */
 function freePort(): Promise<number> {
@@ -40,7 +40,7 @@ describe('a Debian guest with a cloud-init seed, a port forward and a VNC screen
 
   const sshArgs = (p: number, cmd: string): string[] => [
     '-p', String(p), '-i', key, '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes',
-    '-o', 'ConnectTimeout=20', '-o', 'LogLevel=ERROR', 'debian@127.0.0.1', cmd,
+    '-o', 'ConnectTimeout=90', '-o', 'LogLevel=ERROR', 'debian@127.0.0.1', cmd,
   ];
   /** Run a command in the guest over SSH through the forward, as the seed's default user. */
   const ssh = (p: number, cmd: string): Promise<string> =>
@@ -50,7 +50,7 @@ describe('a Debian guest with a cloud-init seed, a port forward and a VNC screen
       let err = '';
       c.stdout.on('data', (d: Buffer) => (out += d.toString()));
       c.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      const t = setTimeout(() => c.kill('SIGKILL'), 60_000);
+      const t = setTimeout(() => c.kill('SIGKILL'), 180_000);
       c.on('close', (code) => {
         clearTimeout(t);
         if (code === 0) resolve(out);

@@ -106,8 +106,8 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui-console.test.ts', `no Chro
     try {
       const gbase = guarded.url.replace('http:', 'ws:');
       expect((await tryWs(`${gbase}/api/vms/con/vnc`)).status).toBe(401);
-      expect((await tryWs(`${gbase}/api/vms/con/vnc`, { protocols: ['vmsnap.token.wrong-token-wrong-token-wrong-token'] })).status).toBe(401);
-      const byProtocol = await tryWs(`${gbase}/api/vms/con/vnc`, { protocols: [`vmsnap.token.${guarded.token!}`] });
+      expect((await tryWs(`${gbase}/api/vms/con/vnc`, { protocols: ['vmsnap', 'vmsnap.token.wrong-token-wrong-token-wrong-token'] })).status).toBe(401);
+      const byProtocol = await tryWs(`${gbase}/api/vms/con/vnc`, { protocols: ['vmsnap', `vmsnap.token.${guarded.token!}`] });
       expect(byProtocol.open).toBe(true);
       // The token is never echoed back.
       expect(byProtocol.protocol).toBe('vmsnap');

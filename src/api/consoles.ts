@@ -13,7 +13,7 @@ import { isLoopback, TOKEN_FILE } from './auth.js';
  * WebSockets (binary frames both ways), bridged to QEMU's serial socket and
  * its loopback VNC port. Under the API's rules: the Host check without a
  * token, the token with one (a browser cannot set headers on a WebSocket, so
- * it may come as the subprotocol `vmsnap.token.<token>`), and the page's
+ * it may come as the subprotocol `vmsnap.token.<token>`, offered beside `vmsnap`, which the server chooses), and the page's
  * Origin must be this server's own (no cross-site WebSocket hijacking).
  */
 
@@ -119,8 +119,8 @@ async function target(lib: Vmsnap, vm: string, kind: 'console' | 'vnc'): Promise
 export function attachConsoles(server: Server, lib: Vmsnap, opts: ConsoleOptions): () => void {
   const wss = new WebSocketServer({
     noServer: true,
-    // Echo a plain protocol name, never the token.
-    handleProtocols: (protocols) => (protocols.size > 0 ? 'vmsnap' : false),
+    // Choose the plain `vmsnap` the client offers beside its token, never echo the token (a browser fails a choice it did not offer).
+    handleProtocols: (protocols) => (protocols.has('vmsnap') ? 'vmsnap' : false),
   });
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const url = new URL(req.url ?? '/', 'http://x');

@@ -280,7 +280,7 @@ export function vmRoutes(d: ApiDeps) {
       operationId: 'openConsole',
       summary: "The VM's serial console as a WebSocket",
       description:
-        "Upgrade to a WebSocket (binary frames both ways): the bytes of the VM's serial console, starting with up to 8 KiB of its recent output, and keystrokes to it. Same rules as the rest of the API: without a token only loopback Host names; with one, `Authorization: Bearer` or, from a browser, the WebSocket subprotocol `vmsnap.token.<token>` (the server answers with the subprotocol `vmsnap`). A browser's Origin must be this server's. QEMU serves one console client at a time: a second waits until the first leaves. 409 when the VM is not running.",
+        "Upgrade to a WebSocket (binary frames both ways): the bytes of the VM's serial console, starting with up to 8 KiB of its recent output, and keystrokes to it. Same rules as the rest of the API: without a token only loopback Host names; with one, `Authorization: Bearer` or, from a browser, the WebSocket subprotocol `vmsnap.token.<token>` offered beside `vmsnap` (the server chooses `vmsnap`). A browser's Origin must be this server's. QEMU serves one console client at a time: a second waits until the first leaves. 409 when the VM is not running.",
     },
     {
       kind: 'vnc',
