@@ -56,7 +56,7 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui-console.test.ts', `no Chro
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
     page = browser.pages()[0] ?? (await browser.newPage());
-  }, 300_000);
+  }, 900_000);
 
   afterAll(async () => {
     await browser?.close();
