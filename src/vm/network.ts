@@ -169,7 +169,14 @@ export async function recordEndpoints(files: RuntimeFiles, launched: VmConfig): 
       await qmp?.close().catch(() => undefined);
     }
   }
-  writeFileSync(endpointsFile(files), JSON.stringify(endpoints));
+  // Only what there is to show, and never a reason to fail a start (a full disk must not stop a recovery's restart).
+  if (endpoints.forwards.length > 0 || endpoints.vnc) {
+    try {
+      writeFileSync(endpointsFile(files), JSON.stringify(endpoints));
+    } catch {
+      /* info then shows the configured ports */
+    }
+  }
   return endpoints;
 }
 
