@@ -41,7 +41,10 @@ const CLI_TO_API: Record<string, Mapping> = {
   create: {
     ops: ['createVm'],
     args: { name: 'body.name' },
-    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image', firmware: 'body.firmware' },
+    options: {
+      memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image', firmware: 'body.firmware',
+      forward: 'body.forwards', bridge: 'body.bridge', display: 'body.display', cloudInit: 'body.userData', sshKey: 'body.sshKeys', hostname: 'body.hostname',
+    },
   },
   'import-libvirt': {
     ops: ['importLibvirtDomain'],
@@ -56,7 +59,12 @@ const CLI_TO_API: Record<string, Mapping> = {
   status: { ops: ['getVm'], args: { name: 'path.vm' } },
   list: { ops: ['listVms'] },
   info: { ops: ['getVm'], args: { name: 'path.vm' } },
-  set: { ops: ['setVm'], args: { name: 'path.vm' }, options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks', firmware: 'body.firmware' } },
+  set: {
+    ops: ['setVm'],
+    args: { name: 'path.vm' },
+    // --no-forward and --no-bridge share their attribute with --forward and --bridge: [] and null in the body.
+    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks', firmware: 'body.firmware', forward: 'body.forwards', bridge: 'body.bridge', display: 'body.display' },
+  },
   rm: { ops: ['removeVm'], args: { name: 'path.vm' } },
   exec: { ops: ['execInVm'], args: { name: 'path.vm', command: 'body.argv' }, options: { timeout: 'body.timeoutSeconds' } },
   'snapshot create': {
@@ -99,6 +107,8 @@ const CLI_TO_API: Record<string, Mapping> = {
     },
     options: { force: { none: 'replaces FILE on the client; a download never overwrites anything on the server' } },
   },
+  // The serial console as a WebSocket (documented in the OpenAPI document; the web UI's console uses it).
+  console: { ops: ['openConsole'], args: { name: 'path.vm' } },
   import: { ops: ['importArchive', 'checkArchive'], args: { file: 'body', name: 'query.name' }, options: { check: 'op.checkArchive' } },
   'snapshot protect': { ops: ['protectSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
   'snapshot unprotect': { ops: ['unprotectSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
@@ -129,8 +139,6 @@ const CLI_TO_API: Record<string, Mapping> = {
 
 /** CLI commands that are CLI-only by nature. */
 const CLI_ONLY: Record<string, string> = {
-  // Allow-listed until the web UI has a console (a websocket to the VM's serial socket).
-  console: 'an interactive serial console on the terminal (raw mode, Ctrl-] to detach): there is no web console yet',
   serve: 'starts this very server',
 };
 
@@ -146,6 +154,7 @@ const API_ONLY: Record<string, string> = {
   listOperations: "the API's own 202 jobs: the CLI runs every operation in the foreground",
   getOperation: "the API's own 202 jobs: the CLI runs every operation in the foreground",
   events: 'the live event stream: the CLI prints progress itself',
+  openVnc: "the VM's VNC screen as a WebSocket for the web UI's noVNC; the CLI's info shows the loopback VNC port for any VNC viewer",
   getServerHealth: "the server's version, token policy and journaled kinds (`vmsnap --version` prints the version)",
 };
 

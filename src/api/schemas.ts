@@ -95,9 +95,27 @@ export const LayerInfoSchema = z.object({
   bytes: z.number(),
 });
 
+const ForwardBody = z
+  .object({
+    proto: z.enum(['tcp', 'udp']).optional().openapi({ description: 'default tcp' }),
+    hostAddr: z.string().optional().openapi({ description: 'an IPv4 address of this host; default 127.0.0.1', example: '127.0.0.1' }),
+    hostPort: z.number().int().min(0).max(65535).openapi({ description: '0: a free port picked at each start', example: 2222 }),
+    guestPort: z.number().int().min(1).max(65535).openapi({ example: 22 }),
+  })
+  .strict()
+  .openapi('Forward');
+
+export const VmEndpointsSchema = z
+  .object({
+    forwards: z.array(ForwardBody.required()).openapi({ description: 'the forwards with the host ports they listen on now' }),
+    vnc: z.object({ host: z.string(), port: z.number().int() }).optional().openapi({ description: 'the VNC screen (loopback); the web UI shows it through GET /api/vms/{vm}/vnc' }),
+  })
+  .openapi('VmEndpoints');
+
 export const VmInfoSchema = VmSummarySchema.extend({
   config: VmConfigSchema,
   diskUsageBytes: z.number().openapi({ description: "bytes this VM's own layers and state files take (imported images not counted)" }),
+  endpoints: VmEndpointsSchema.optional().openapi({ description: 'while the VM runs: where it can be reached on this host' }),
   diskChains: z.array(z.object({ slot: z.string(), sizeBytes: z.number(), chain: z.array(LayerInfoSchema) })),
   nvramChain: z.array(LayerInfoSchema).optional().openapi({ description: "a UEFI VM's NVRAM layer chain, active layer first" }),
   runtimeDir: z.string(),
@@ -214,6 +232,12 @@ export const CreateVmBody = z
     initrd: hostPath.optional(),
     append: z.string().max(4096).optional(),
     firmware: z.enum(['bios', 'uefi']).optional().openapi({ description: 'bios (SeaBIOS, the default) or uefi (OVMF, with an NVRAM of its own)' }),
+    forwards: z.array(ForwardBody).max(32).optional().openapi({ description: 'host ports forwarded into the user-mode NIC' }),
+    bridge: z.string().optional().openapi({ description: 'a NIC on this existing host bridge (qemu-bridge-helper); alone, instead of the user-mode NIC' }),
+    display: z.enum(['none', 'vnc']).optional().openapi({ description: 'vnc: a screen served on loopback at a free port' }),
+    userData: z.string().max(65536).optional().openapi({ description: 'cloud-init user-data (the text of the file), for a NoCloud seed' }),
+    sshKeys: z.array(z.string().max(16384)).max(64).optional().openapi({ description: "SSH public keys for the image's default user (NoCloud seed)" }),
+    hostname: z.string().max(253).optional().openapi({ description: 'the host name cloud-init sets (default: the VM name)' }),
   })
   .strict()
   .openapi('CreateVm');
@@ -248,6 +272,9 @@ export const SetVmBody = z
     cpus: z.number().int().min(1).max(256).optional(),
     addDisks: z.array(z.number().int().min(MiB, 'a blank disk is at least 1 MiB')).max(16).optional().openapi({ description: 'sizes in bytes of blank disks to add' }),
     firmware: z.enum(['bios', 'uefi']).optional().openapi({ description: 'change the boot firmware (a first switch to uefi makes the NVRAM)' }),
+    forwards: z.array(ForwardBody).max(32).optional().openapi({ description: 'replace the forwards; [] removes them' }),
+    bridge: z.string().nullable().optional().openapi({ description: 'put a NIC on this host bridge; null removes the bridged NIC' }),
+    display: z.enum(['none', 'vnc']).optional(),
   })
   .strict()
   .openapi('SetVm');

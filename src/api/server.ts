@@ -7,6 +7,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { VmsnapError } from '../errors.js';
 import { PolicyScheduler } from '../scheduler/loop.js';
 import { Vmsnap } from '../vmsnap.js';
+import { attachConsoles } from './consoles.js';
 import { isLoopback, loadOrCreateToken, refuseCrossOrigin, requireBearer, requireLoopbackHost } from './auth.js';
 import type { ApiDeps } from './deps.js';
 import { Downloads } from './downloads.js';
@@ -253,6 +254,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningServer> {
         } else reject(e);
       });
     });
+    const closeConsoles = attachConsoles(server, lib, { ...(token !== undefined ? { token } : {}), ...(opts.allowedHosts ? { allowedHosts: opts.allowedHosts } : {}) });
     const addr = server.address() as AddressInfo;
     const shown = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const url = `http://${shown}:${addr.port}`;
@@ -267,6 +269,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningServer> {
       close() {
         closing ??= (async () => {
           const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+          closeConsoles();
           await api.close();
           server.closeIdleConnections();
           // Event streams were ended above; anything still open after a grace period is cut.

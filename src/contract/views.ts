@@ -1,6 +1,6 @@
 import type { ErrorCode } from '../errors.js';
 import type { ArchiveManifest } from './archive.js';
-import type { VmConfig } from './config.js';
+import type { ForwardConfig, VmConfig } from './config.js';
 
 /**
  * What the library returns, the API sends and the web UI shows: one set of
@@ -51,8 +51,16 @@ export interface DiskInfo {
   chain: LayerInfo[];
 }
 
+/** Where a running VM listens on the host: its forwards (ports resolved) and its VNC screen. */
+export interface VmEndpoints {
+  forwards: ForwardConfig[];
+  vnc?: { host: string; port: number };
+}
+
 export interface VmInfo extends VmSummary {
   config: VmConfig;
+  /** While it runs: the host ports of its forwards and its VNC port. */
+  endpoints?: VmEndpoints;
   /** Bytes this VM's own layers and state files take (imported images not counted). */
   diskUsageBytes: number;
   diskChains: DiskInfo[];

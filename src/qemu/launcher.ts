@@ -68,6 +68,8 @@ export interface LaunchSpec {
   paused?: boolean;
   /** Wait for a migration stream (-incoming defer): used to load memory state. */
   incomingDefer?: boolean;
+  /** A NoCloud seed image (cloud-init) attached read-only after the disks. */
+  seed?: string;
 }
 
 /** QEMU node names: the format node of a layer, and the protocol (file) node under it. */
@@ -127,7 +129,7 @@ export function buildQemuArgs(spec: LaunchSpec): string[] {
     '-display',
     'none',
     '-vga',
-    'none',
+    config.display === 'vnc' ? 'std' : 'none',
     '-qmp',
     `unix:${q(files.qmpSocket)},server=on,wait=off`,
     '-chardev',
@@ -165,12 +167,26 @@ export function buildQemuArgs(spec: LaunchSpec): string[] {
     const bootindex = !spec.kernel && i === 0 ? ',bootindex=0' : '';
     args.push('-device', `virtio-blk-pci,drive=${formatNode(top.id)},id=${disk.slot},serial=${disk.slot}${bootindex}`);
   }
-  for (const nic of config.nics) {
-    args.push('-netdev', `user,id=${nic.id}`, '-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac},id=${nic.id}-dev`);
+  if (spec.seed) {
+    args.push('-blockdev', JSON.stringify({ driver: 'file', filename: spec.seed, 'node-name': 'seed-file', 'read-only': true }));
+    args.push('-blockdev', JSON.stringify({ driver: 'raw', file: 'seed-file', 'node-name': 'seed', 'read-only': true }));
+    args.push('-device', 'virtio-blk-pci,drive=seed,id=seed,serial=cidata');
   }
+  for (const nic of config.nics) args.push('-netdev', netdevArg(nic), '-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac},id=${nic.id}-dev`);
+  // Loopback only, the first free display from :0 (QEMU picks it; query-vnc tells which).
+  if (config.display === 'vnc') args.push('-vnc', '127.0.0.1:0,to=99');
   if (spec.paused) args.push('-S');
   if (spec.incomingDefer) args.push('-incoming', 'defer');
   return args;
+}
+
+export const BRIDGE_HELPER = '/usr/lib/qemu/qemu-bridge-helper';
+
+/** A user-mode NIC with its forwards (hostPort 0 is resolved by the caller before launch), or a tap on a host bridge. */
+export function netdevArg(nic: VmConfig['nics'][number]): string {
+  if (nic.bridge) return `bridge,id=${nic.id},br=${nic.bridge},helper=${BRIDGE_HELPER}`;
+  const fwd = (nic.forwards ?? []).map((f) => `,hostfwd=${f.proto}:${f.hostAddr}:${f.hostPort}-:${f.guestPort}`);
+  return `user,id=${nic.id}${fwd.join('')}`;
 }
 
 export function qemuBinary(): string {

@@ -14,8 +14,8 @@ import { runOperation } from '../operations/runner.js';
 import { layerPath, statePath } from '../paths.js';
 import { createImage } from '../qemu/qemu-img.js';
 import { fsyncFileAndDir } from '../util/files.js';
-import { newId, newLayerId, newMacAddress } from '../util/ids.js';
-import { rollBackNewFiles } from '../vm/define.js';
+import { newId, newLayerId } from '../util/ids.js';
+import { newIdentity, rollBackNewFiles } from '../vm/define.js';
 import { bootFilePath } from '../store/boot-files.js';
 import { pump, scratchDir, sha256Of } from './io.js';
 import {
@@ -469,8 +469,8 @@ async function createImported(
 ): Promise<VmRecord> {
   const { catalog, paths } = ctx;
   const now = new Date().toISOString();
-  // A machine of its own on the network: fresh MAC addresses.
-  const config = validateConfig({ ...manifest.config, nics: manifest.config.nics.map((n) => ({ ...n, mac: newMacAddress() })) });
+  // A machine of its own: fresh MACs, cloud-init instance and host ports.
+  const config = newIdentity(manifest.config);
   const vm: VmRecord = { id: vmId, name, config, createdAt: now, currentSnapshotId: null };
   const snapshotId = newId();
   const bases: LayerRecord[] = [];

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { LayerRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
-import { bootFilesOf, NVRAM_SLOT, validateConfig, validateName, type FirmwareType, type VmConfig } from '../contract/config.js';
+import { bootFilesOf, NVRAM_SLOT, validateConfig, validateName, type FirmwareType, type ForwardConfig, type NicConfig, type VmConfig } from '../contract/config.js';
 import { VmsnapError } from '../errors.js';
 import { consolidateReleased } from '../layers/consolidate.js';
 import { defineOperation, type OperationDef } from '../operations/define.js';
@@ -19,6 +19,8 @@ import { bootFilePath, pruneBootFiles, storeBootFile } from '../store/boot-files
 import { DEMO_APPEND, ensureDemoImage } from './demo-image.js';
 import { type ChainLayer, resolveBackingChain } from './libvirt-domain.js';
 import { firmwareConfig, isUefi, newNvramLayer, ovmfFiles } from './firmware.js';
+import { checkNetwork } from './network.js';
+import { newInstanceId, seedPath } from './seed.js';
 
 /** A disk to give a new VM: a blank one of a size, or an existing image imported as its base layer. */
 export type DiskSpec = { sizeBytes: number } | { importPath: string };
@@ -34,6 +36,15 @@ export interface CreateVmOptions {
   image?: 'demo';
   /** bios (SeaBIOS, the default) or uefi (OVMF, with an NVRAM of the VM's own). */
   firmware?: FirmwareType;
+  /** Host ports forwarded into the user-mode NIC. */
+  forwards?: ForwardConfig[];
+  /** A NIC on this host bridge (a tap through qemu-bridge-helper); without forwards, instead of the user-mode NIC. */
+  bridge?: string;
+  display?: 'none' | 'vnc';
+  /** cloud-init (NoCloud seed): user-data text, public keys for the default user, host name. */
+  userData?: string;
+  sshKeys?: string[];
+  hostname?: string;
 }
 
 export interface SetVmOptions {
@@ -41,6 +52,58 @@ export interface SetVmOptions {
   cpus?: number;
   addDisks?: number[];
   firmware?: FirmwareType;
+  /** Replace the user-mode NIC's forwards ([] removes them). */
+  forwards?: ForwardConfig[];
+  /** Put a NIC on this bridge; null removes the bridged NIC. */
+  bridge?: string | null;
+  display?: 'none' | 'vnc';
+}
+
+/**
+ * The NICs of a config from its forwards and bridge: a user-mode NIC (with
+ * the forwards) unless only a bridge is asked for, then the bridged NIC. MACs
+ * of NICs that stay are kept.
+ */
+export function networkNics(old: NicConfig[], forwards: ForwardConfig[] | undefined, bridge: string | undefined): NicConfig[] {
+  const user = old.find((n) => !n.bridge);
+  const nics: NicConfig[] = [];
+  if (forwards?.length || bridge === undefined) {
+    nics.push({ id: 'net0', mac: user?.mac ?? newMacAddress(), ...(forwards?.length ? { forwards } : {}) });
+  }
+  if (bridge !== undefined) {
+    const was = old.find((n) => n.bridge);
+    nics.push({ id: `net${nics.length}`, mac: was?.mac ?? newMacAddress(), bridge });
+  }
+  return nics;
+}
+
+/**
+ * A copy of a machine (a clone, an import) is a machine of its own: new MAC
+ * addresses, a new cloud-init instance-id (so cloud-init in the guest makes
+ * new host keys on its next boot), and forwards on free host ports picked at
+ * each start instead of the ports the original holds.
+ */
+export function newIdentity(config: VmConfig): VmConfig {
+  return validateConfig({
+    ...config,
+    nics: config.nics.map((n) => ({
+      ...n,
+      mac: newMacAddress(),
+      ...(n.forwards ? { forwards: n.forwards.map((f) => ({ ...f, hostPort: 0 })) } : {}),
+    })),
+    ...(config.cloudInit ? { cloudInit: { ...config.cloudInit, instanceId: newInstanceId() } } : {}),
+  });
+}
+
+/** The cloud-init part of a new config, or nothing when no cloud-init option was given. */
+function cloudInitConfig(opts: CreateVmOptions): VmConfig['cloudInit'] {
+  if (opts.userData === undefined && opts.sshKeys === undefined && opts.hostname === undefined) return undefined;
+  return {
+    instanceId: newInstanceId(),
+    ...(opts.hostname !== undefined ? { hostname: opts.hostname } : {}),
+    ...(opts.userData !== undefined ? { userData: opts.userData } : {}),
+    ...(opts.sshKeys !== undefined ? { sshKeys: opts.sshKeys } : {}),
+  };
 }
 
 const DEFAULT_DISK = 1024 ** 3;
@@ -284,9 +347,12 @@ export async function createVm(ctx: Context, name: string, opts: CreateVmOptions
       ...(opts.append !== undefined ? { append: opts.append } : {}),
     },
     disks: specs.map((s, i) => ({ slot: `disk${i}`, sizeBytes: imports.get(i)?.size ?? ('sizeBytes' in s ? s.sizeBytes : 0) })),
-    nics: [{ id: 'net0', mac: newMacAddress() }],
+    nics: networkNics([], opts.forwards, opts.bridge),
     ...(fw ? { firmware: fw.firmware } : {}),
+    ...(opts.display !== undefined ? { display: opts.display } : {}),
+    ...(cloudInitConfig(opts) ? { cloudInit: cloudInitConfig(opts) } : {}),
   });
+  await checkNetwork(ctx, { id: '', name }, config, 'INVALID_ARGUMENT');
   if (opts.image === 'demo') await ensureDemoImage(ctx.paths.imageCache);
 
   const vm: VmRecord = { id: newId(), name, config, createdAt: new Date().toISOString(), currentSnapshotId: null };
@@ -319,8 +385,9 @@ async function requireStopped(ctx: Context, vm: VmRecord, what: string): Promise
 
 /** Change the hardware config of a stopped VM. */
 export async function setVm(ctx: Context, vm0: VmRecord, opts: SetVmOptions): Promise<void> {
-  if (opts.memoryMiB === undefined && opts.cpus === undefined && !opts.addDisks?.length && opts.firmware === undefined) {
-    throw new VmsnapError('INVALID_ARGUMENT', 'nothing to change', { hint: 'give --memory, --cpus, --add-disk or --firmware' });
+  const netChange = opts.forwards !== undefined || opts.bridge !== undefined;
+  if (opts.memoryMiB === undefined && opts.cpus === undefined && !opts.addDisks?.length && !netChange && opts.display === undefined && opts.firmware === undefined) {
+    throw new VmsnapError('INVALID_ARGUMENT', 'nothing to change', { hint: 'give --memory, --cpus, --add-disk, --firmware, --forward, --bridge or --display' });
   }
   await withVm(ctx, vm0, 'set', async () => {
     const vm = ctx.catalog.getVm(vm0.id);
@@ -340,7 +407,18 @@ export async function setVm(ctx: Context, vm0: VmRecord, opts: SetVmOptions): Pr
       ...(opts.cpus !== undefined ? { cpus: opts.cpus } : {}),
       disks: [...vm.config.disks, ...added],
       ...(fw ? { firmware: fw.firmware } : {}),
+      ...(netChange
+        ? {
+            nics: networkNics(
+              vm.config.nics,
+              opts.forwards ?? vm.config.nics.find((n) => !n.bridge)?.forwards,
+              opts.bridge === undefined ? vm.config.nics.find((n) => n.bridge)?.bridge : (opts.bridge ?? undefined),
+            ),
+          }
+        : {}),
+      ...(opts.display !== undefined ? { display: opts.display } : {}),
     });
+    if (netChange) await checkNetwork(ctx, vm, config, 'INVALID_ARGUMENT');
     const now = new Date().toISOString();
     const layers: LayerRecord[] = added.map((d) => {
       const id = newLayerId();
@@ -394,7 +472,7 @@ export async function removeVm(ctx: Context, vm: VmRecord): Promise<void> {
     }
     const snaps = catalog.listSnapshots(vm.id);
     bootFiles = [...new Set([vm.config, ...snaps.map((s) => s.config)].flatMap(bootFilesOf))];
-    const files = [...layers.filter((l) => !l.external).map((l) => l.path), ...snaps.flatMap((s) => (s.stateFile ? [s.stateFile] : []))];
+    const files = [...layers.filter((l) => !l.external).map((l) => l.path), ...snaps.flatMap((s) => (s.stateFile ? [s.stateFile] : [])), seedPath(ctx.paths, vm.id)];
     await runOperation(ctx, vmRm, { vm, plan: { removeFiles: files } }, async (op) => {
       op.done(1, () => {
         catalog.clearActiveLayers(vm.id);

@@ -5,6 +5,7 @@ import type { LayerInfo, VmInfo, VmSummary } from '../contract/views.js';
 import { runtimeFiles } from '../qemu/launcher.js';
 import { probeRuntime, type RuntimeStatus } from '../qemu/runtime.js';
 import { fileBytes } from '../util/files.js';
+import { readEndpoints } from './network.js';
 
 /** How the CLI, the API and the UI see VMs: summaries, and the full picture of one. */
 
@@ -59,12 +60,15 @@ export async function vmInfo(ctx: Context, vm: VmRecord): Promise<VmInfo> {
         }))
       : [];
   const diskChains = vm.config.disks.map((d) => ({ slot: d.slot, sizeBytes: d.sizeBytes, chain: chainOf(d.slot) }));
+  const files = runtimeFiles(ctx.paths.run, vm.id);
+  const endpoints = summary.state !== 'stopped' ? readEndpoints(files) : undefined;
   return {
     ...summary,
     config: vm.config,
+    ...(endpoints ? { endpoints } : {}),
     diskUsageBytes: vmDiskUsage(ctx, vm.id),
     diskChains,
     ...(vm.config.firmware?.type === 'uefi' ? { nvramChain: chainOf(NVRAM_SLOT) } : {}),
-    runtimeDir: runtimeFiles(ctx.paths.run, vm.id).dir,
+    runtimeDir: files.dir,
   };
 }

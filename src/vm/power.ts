@@ -13,6 +13,8 @@ import { requireBootFile } from '../store/boot-files.js';
 import { isUefi } from './firmware.js';
 import { cleanRuntime, connectQmp, killQemu, livePid, probeRuntime, waitForExit } from '../qemu/runtime.js';
 import { ensureDemoImage } from './demo-image.js';
+import { checkNetwork, recordEndpoints, resolvePorts } from './network.js';
+import { renderSeed } from './seed.js';
 
 export interface StartOptions {
   accel?: Accelerator;
@@ -107,9 +109,9 @@ async function assertStopped(ctx: Context, vm: VmRecord): Promise<void> {
 export async function startLocked(ctx: Context, vm: VmRecord, opts: StartOptions & { incomingDefer?: boolean } = {}): Promise<number> {
   await assertStopped(ctx, vm);
   const boot = vm.config.boot;
-  const files = launchBoot(ctx, vm);
-  let kernel = files.kernel;
-  let initrd = files.initrd;
+  const bootFiles = launchBoot(ctx, vm);
+  let kernel = bootFiles.kernel;
+  let initrd = bootFiles.initrd;
   if (boot.image === 'demo') {
     const img = await ensureDemoImage(ctx.paths.imageCache, opts.log);
     kernel = img.kernel;
@@ -119,19 +121,26 @@ export async function startLocked(ctx: Context, vm: VmRecord, opts: StartOptions
     imageCache: ctx.paths.imageCache,
     cacheFile: join(ctx.paths.home, 'kvm-probe.json'),
   });
+  // Forwards and bridges are checked here, before QEMU, for every way a VM starts (start, revert, clone --start).
+  await checkNetwork(ctx, vm, vm.config, 'INVALID_STATE');
+  const launched = await resolvePorts(vm.config);
+  const seed = vm.config.cloudInit ? await renderSeed(ctx.paths, vm.id, vm.name, vm.config.cloudInit) : undefined;
+  const files = runtimeFiles(ctx.paths.run, vm.id);
   const { pid } = await launchQemu({
     vmId: vm.id,
     vmName: vm.name,
-    config: vm.config,
+    config: launched,
+    ...(seed ? { seed } : {}),
     ...(kernel ? { kernel } : {}),
     ...(initrd ? { initrd } : {}),
     disks: launchDisks(ctx, vm),
-    ...(files.firmware ? { firmware: files.firmware } : {}),
+    ...(bootFiles.firmware ? { firmware: bootFiles.firmware } : {}),
     accel,
-    files: runtimeFiles(ctx.paths.run, vm.id),
+    files,
     paused: opts.paused ?? false,
     incomingDefer: opts.incomingDefer ?? false,
   });
+  await recordEndpoints(files, launched);
   emitState(ctx, vm, opts.incomingDefer ? 'restoring' : opts.paused ? 'paused' : 'running');
   return pid;
 }
@@ -140,6 +149,7 @@ export async function startVm(ctx: Context, vm: VmRecord, opts: StartOptions = {
   await withVm(ctx, vm, 'start', async () => {
     // Refused before anything is journaled.
     await assertStopped(ctx, vm);
+    await checkNetwork(ctx, vm, ctx.catalog.getVm(vm.id).config, 'INVALID_STATE');
     await runOperation(ctx, vmStart, { vm, plan: { paused: opts.paused ?? false } }, async () => {
       await startLocked(ctx, ctx.catalog.getVm(vm.id), opts);
     });

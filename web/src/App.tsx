@@ -15,6 +15,7 @@ import {
   type VmInfo,
   type VmSummary,
 } from './api.js';
+import { ConsolePanel } from './components/Console.js';
 import { DetailsPanel } from './components/DetailsPanel.js';
 import {
   CloneDialog,
@@ -139,6 +140,7 @@ export function App() {
   const [snapshots, setSnapshots] = useState<SnapshotView[]>([]);
   const [info, setInfo] = useState<VmInfo | null>(null);
   const [policy, setPolicy] = useState<PolicyView | null | undefined>(undefined);
+  const [consoleOpen, setConsoleOpen] = useState(false);
   const [node, setNode] = useState<NodeRef>({ kind: 'here' });
   const [ops, setOps] = useState<Operation[]>([]);
   const [dialog, setDialog] = useState<Dialog | null>(null);
@@ -478,6 +480,9 @@ export function App() {
                   <button className="btn" disabled={busy || st === 'stopped'} onClick={() => setDialog({ kind: 'power-off' })} title="power off at once" data-testid="action-poweroff">
                     <StopIcon /> Power off
                   </button>
+                  <button className="btn" disabled={st === 'stopped'} onClick={() => setConsoleOpen((o) => !o)} title="serial console, and the screen when the VM has one" data-testid="action-console">
+                    Console
+                  </button>
                   <span className="sep" />
                   <button className="btn" onClick={() => setDialog({ kind: 'policy' })} title="schedule and retention rules" data-testid="action-policy">
                     Policy
@@ -494,6 +499,7 @@ export function App() {
                   <span className="muted small">{progressText(op)}</span>
                 </div>
               ))}
+              {consoleOpen && info && info.name === vm.name && <ConsolePanel info={info} onClose={() => setConsoleOpen(false)} />}
               <section className="content">
                 <div className="panel tree-panel">
                   <div className="panel-head">

@@ -179,3 +179,9 @@ export const api = {
   doctor: (verify: boolean) => request<HealthReport>('GET', `/doctor?verify=${verify}`),
   storage: () => request<DfReport>('GET', '/storage'),
 };
+
+/** The WebSocket URL of a VM's serial console or screen, and the subprotocols that carry the token (a browser cannot send headers). */
+export function consoleSocket(vm: string, kind: 'console' | 'vnc'): { url: string; protocols: string[] } {
+  const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return { url: `${scheme}//${window.location.host}/api/vms/${encodeURIComponent(vm)}/${kind}`, protocols: token ? ['vmsnap', `vmsnap.token.${token}`] : [] };
+}
