@@ -172,6 +172,14 @@ describe('losing the catalog loses nothing', () => {
       ['snapshot', 'create', 'w', 'X'],
       ['snapshot', 'revert', 'w', 'S0', '--force'],
       ['snapshot', 'delete', 'w', 'S0'],
+      ['snapshot', 'protect', 'w', 'S0'],
+      ['snapshot', 'unprotect', 'w', 'S0'],
+      ['policy', 'set', 'w', '--schedule', '@hourly', '--keep-last', '2'],
+      ['policy', 'show', 'w'],
+      ['policy', 'list'],
+      ['policy', 'rm', 'w'],
+      ['policy', 'run', 'w'],
+      ['prune', 'w'],
       ['clone', 'w', 'S0', 'c2'],
       ['export', 'w', 'S0', `${archive}.2`],
       ['import', archive, 'imp2'],
@@ -187,7 +195,7 @@ describe('losing the catalog loses nothing', () => {
     const program = (await import('../src/cli/main.js')).buildProgram();
     const leaves = (cmd: Command, prefix: string[] = []): string[] =>
       cmd.commands.flatMap((c) => (c.commands.length > 0 ? leaves(c, [...prefix, c.name()]) : [[...prefix, c.name()].join(' ')]));
-    const tried = new Set(everyCommand.map((a) => (a[0] === 'snapshot' ? `snapshot ${a[1]}` : a[0]!)));
+    const tried = new Set(everyCommand.map((a) => (a[0] === 'snapshot' || a[0] === 'policy' ? `${a[0]} ${a[1]}` : a[0]!)));
     // serve stays up through a damaged catalog (its routes answer CATALOG_ERROR, below).
     expect(leaves(program).filter((c) => !tried.has(c) && c !== 'serve'), 'commands not tried against a damaged catalog').toEqual([]);
     await expectCatalogError(['list'], damaged);
