@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Command } from 'commander';
@@ -151,6 +152,18 @@ describe('losing the catalog loses nothing', () => {
     lib.close();
     overwrite(catalogPath(), (root - 1) * pageSize + 8, Buffer.alloc(32, 0xa5));
 
+    // A domain whose files exist: import-libvirt reads them before it opens the catalog.
+    const libvirtXml = () => {
+      const disk = join(home, '..', `${basename(home)}-lv.qcow2`);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M']);
+      const xml = join(home, '..', `${basename(home)}-lv.xml`);
+      writeFileSync(
+        xml,
+        `<domain type='qemu'><name>lv</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os>` +
+          `<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk></devices></domain>`,
+      );
+      return xml;
+    };
     const damaged = /the catalog .*catalog\.sqlite is damaged: database disk image is malformed/;
     // Every command of the CLI's tree, each once; the test below fails when a new one is not here.
     const everyCommand = [
@@ -183,6 +196,7 @@ describe('losing the catalog loses nothing', () => {
       ['clone', 'w', 'S0', 'c2'],
       ['export', 'w', 'S0', `${archive}.2`],
       ['import', archive, 'imp2'],
+      ['import-libvirt', libvirtXml(), 'lv'],
       ['df'],
       ['doctor'],
       ['verify'],
