@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Command } from 'commander';
@@ -151,6 +152,18 @@ describe('losing the catalog loses nothing', () => {
     lib.close();
     overwrite(catalogPath(), (root - 1) * pageSize + 8, Buffer.alloc(32, 0xa5));
 
+    // A domain whose files exist: import-libvirt reads them before it opens the catalog.
+    const libvirtXml = () => {
+      const disk = join(home, '..', `${basename(home)}-lv.qcow2`);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M']);
+      const xml = join(home, '..', `${basename(home)}-lv.xml`);
+      writeFileSync(
+        xml,
+        `<domain type='qemu'><name>lv</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os>` +
+          `<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk></devices></domain>`,
+      );
+      return xml;
+    };
     const damaged = /the catalog .*catalog\.sqlite is damaged: database disk image is malformed/;
     // Every command of the CLI's tree, each once; the test below fails when a new one is not here.
     const everyCommand = [
@@ -172,9 +185,18 @@ describe('losing the catalog loses nothing', () => {
       ['snapshot', 'create', 'w', 'X'],
       ['snapshot', 'revert', 'w', 'S0', '--force'],
       ['snapshot', 'delete', 'w', 'S0'],
+      ['snapshot', 'protect', 'w', 'S0'],
+      ['snapshot', 'unprotect', 'w', 'S0'],
+      ['policy', 'set', 'w', '--schedule', '@hourly', '--keep-last', '2'],
+      ['policy', 'show', 'w'],
+      ['policy', 'list'],
+      ['policy', 'rm', 'w'],
+      ['policy', 'run', 'w'],
+      ['prune', 'w'],
       ['clone', 'w', 'S0', 'c2'],
       ['export', 'w', 'S0', `${archive}.2`],
       ['import', archive, 'imp2'],
+      ['import-libvirt', libvirtXml(), 'lv'],
       ['df'],
       ['doctor'],
       ['verify'],
@@ -187,7 +209,7 @@ describe('losing the catalog loses nothing', () => {
     const program = (await import('../src/cli/main.js')).buildProgram();
     const leaves = (cmd: Command, prefix: string[] = []): string[] =>
       cmd.commands.flatMap((c) => (c.commands.length > 0 ? leaves(c, [...prefix, c.name()]) : [[...prefix, c.name()].join(' ')]));
-    const tried = new Set(everyCommand.map((a) => (a[0] === 'snapshot' ? `snapshot ${a[1]}` : a[0]!)));
+    const tried = new Set(everyCommand.map((a) => (a[0] === 'snapshot' || a[0] === 'policy' ? `${a[0]} ${a[1]}` : a[0]!)));
     // serve stays up through a damaged catalog (its routes answer CATALOG_ERROR, below).
     expect(leaves(program).filter((c) => !tried.has(c) && c !== 'serve'), 'commands not tried against a damaged catalog').toEqual([]);
     await expectCatalogError(['list'], damaged);
