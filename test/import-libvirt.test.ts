@@ -2,6 +2,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/api/server.js';
@@ -29,12 +30,12 @@ const qemuImg = (...args: string[]): void => {
 };
 
 /** A domain by hand, as `virsh define` takes it. */
-function domainXml(name: string, devices: string, os = "<type arch='x86_64' machine='pc-q35-7.2'>hvm</type>"): string {
+function domainXml(name: string, devices: string, os = "<type arch='x86_64' machine='pc-q35-7.2'>hvm</type>", features = ''): string {
   return `<domain type='qemu'>
   <name>${name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
-  <os>${os}</os>
+  <os>${os}</os>${features}
   <devices>${devices}</devices>
 </domain>`;
 }
@@ -48,6 +49,8 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
   let lv: PrivateLibvirtd | undefined;
   /** The XML the private libvirtd dumped. */
   let dumped: string;
+  /** The same guest as a UEFI domain with an NVRAM and a VNC screen, as libvirt dumped it. */
+  let dumpedUefi: string;
   let sources: string[];
   let sumsBefore: Record<string, string>;
   const sums = (): Record<string, string> => Object.fromEntries(sources.map((p) => [p, sha256(p)]));
@@ -74,7 +77,9 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
     if (!existsSync(demo.kernel)) await lib.vms.create('warm', { image: 'demo' }).then(() => lib.vms.remove('warm'));
     copyFileSync(demo.kernel, join(dir, 'vmlinuz'));
     copyFileSync(demo.initrd, join(dir, 'initrd.img'));
-    sources = ['top.qcow2', 'mid.qcow2', 'base.raw', 'vmlinuz', 'initrd.img'].map((f) => join(dir, f));
+    // The UEFI domain's NVRAM: the variables with Microsoft's keys enrolled (what libvirt makes when it picks firmware itself), not vmsnap's template.
+    copyFileSync('/usr/share/OVMF/OVMF_VARS_4M.ms.fd', join(dir, 'lv-uefi_VARS.fd'));
+    sources = ['top.qcow2', 'mid.qcow2', 'base.raw', 'vmlinuz', 'initrd.img', 'lv-uefi_VARS.fd'].map((f) => join(dir, f));
     sumsBefore = sums();
 
     lv = await startPrivateLibvirtd();
@@ -88,6 +93,20 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
         ),
       );
       dumped = await lv.virsh(['dumpxml', 'lv-demo']);
+      await lv.define(
+        domainXml(
+          'lv-uefi',
+          `${diskXml(join(dir, 'top.qcow2'))}
+           <interface type='network'><mac address='52:54:00:12:34:57'/><source network='default'/><model type='virtio'/></interface>
+           <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>`,
+          `<type arch='x86_64' machine='q35'>hvm</type>
+           <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
+           <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>${join(dir, 'lv-uefi_VARS.fd')}</nvram>
+           <kernel>${join(dir, 'vmlinuz')}</kernel><initrd>${join(dir, 'initrd.img')}</initrd><cmdline>${DEMO_APPEND}</cmdline>`,
+          '<features><acpi/></features>',
+        ).replace("<memory unit='MiB'>128</memory>", "<memory unit='MiB'>256</memory>"), // OVMF with -kernel needs more than 128 MiB
+      );
+      dumpedUefi = await lv.virsh(['dumpxml', 'lv-uefi']);
     } finally {
       // The import needs only the XML; the domain is never started (libvirt would chown and write its files).
       await lv.stop();
@@ -149,6 +168,39 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
     console.log(`import-libvirt: boot to guest agent under vmsnap ${bootMs} ms (TCG, loaded machine)`);
   }, 240_000);
 
+  it("a UEFI domain: OVMF, the domain's NVRAM copied byte for byte as the VM's NVRAM layer, its VNC screen; it boots and a snapshot carries the NVRAM", async () => {
+    const r = await cli(home, ['import-libvirt', xmlFile('lv-uefi.xml', dumpedUefi), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as LibvirtImportResult;
+    expect(out.dropped).toEqual([]);
+    expect(out.uefi).toEqual({ nvramFrom: join(dir, 'lv-uefi_VARS.fd') });
+    expect(out.vm.config).toMatchObject({
+      firmware: { type: 'uefi', varsTemplate: sha256('/usr/share/OVMF/OVMF_VARS_4M.fd'), code: sha256('/usr/share/OVMF/OVMF_CODE_4M.fd') },
+      display: 'vnc',
+      nics: [{ id: 'net0', mac: '52:54:00:12:34:57' }],
+    });
+    const info = await lib.vms.info('lv-uefi');
+    const nvram = info.nvramChain?.[0]?.path;
+    expect(nvram).toBeDefined();
+    // The NVRAM layer holds the domain's variables (not the template's): qemu-img compare says identical.
+    expect(spawnSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', nvram!, join(dir, 'lv-uefi_VARS.fd')]).status).toBe(0);
+    expect(spawnSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', nvram!, '/usr/share/OVMF/OVMF_VARS_4M.fd']).status).toBe(1);
+
+    const t0 = Date.now();
+    await lib.vms.start('lv-uefi');
+    expect(await sh(lib, 'lv-uefi', 'cat /data/from-base')).toBe('written before the import\n');
+    const bootMs = Date.now() - t0;
+    expect((await lib.vms.info('lv-uefi')).endpoints?.vnc?.port).toBeGreaterThan(0);
+    await lib.snapshots.create('lv-uefi', 'imported-uefi');
+    await lib.vms.stop('lv-uefi', { force: true });
+    const verify = await cli(home, ['verify', 'lv-uefi', '--json']);
+    expect(JSON.parse(verify.stdout).problems).toEqual([]);
+    expect((await lib.vms.info('lv-uefi')).nvramChain?.length).toBeGreaterThan(1);
+    await lib.vms.remove('lv-uefi');
+    expect(sums()).toEqual(sumsBefore);
+    console.log(`import-libvirt: UEFI boot to guest agent under vmsnap ${bootMs} ms (TCG)`);
+  }, 300_000);
+
   it("reads the XML from stdin with '-', under another name", () => {
     const r = spawnSync(process.execPath, [BIN, 'import-libvirt', '-', 'from-stdin'], {
       input: dumped,
@@ -207,13 +259,13 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
         `${diskXml(join(dir, 'top.qcow2'))}
          <interface type='bridge'><mac address='52:54:00:00:00:09'/><source bridge='br0'/></interface>
          <hostdev mode='subsystem' type='usb'><source><vendor id='0x046d'/><product id='0xc52b'/></source></hostdev>
-         <graphics type='vnc' port='-1'/>`,
+         <watchdog model='i6300esb' action='reset'/>`,
       );
       const file = xmlFile('unsupported.xml', xml);
       const r = await refused([file], 2, /the libvirt domain 'u1' has 3 things vmsnap cannot carry over/);
-      expect(r.stderr).toMatch(/NIC 52:54:00:00:00:09 on host bridge br0 \(devices\/interface\[0\]\): not yet supported by vmsnap: bridge NICs/);
+      expect(r.stderr).toMatch(/NIC 52:54:00:00:00:09 on host bridge br0 \(devices\/interface\[0\]\): no network interface 'br0' on this host \(create it first/);
       expect(r.stderr).toMatch(/USB host device 046d:c52b/);
-      expect(r.stderr).toMatch(/VNC display/);
+      expect(r.stderr).toMatch(/watchdog i6300esb/);
       expect(r.stderr).toMatch(/--ignore-unsupported/);
 
       const ok = await cli(home, ['import-libvirt', file, '--ignore-unsupported']);
@@ -222,6 +274,24 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
       expect(ok.stderr).toMatch(/warning: dropped NIC 52:54:00:00:00:09 on host bridge br0/);
       expect(lib.vms.get('u1').config.nics).toEqual([]);
       expect(sums()).toEqual(sumsBefore);
+    });
+
+    it("a port forward whose host port is in use is refused like create's; a free one is carried over", async () => {
+      const server = createServer();
+      await new Promise<void>((done) => server.listen({ host: '127.0.0.1', port: 0 }, done));
+      const busy = (server.address() as AddressInfo).port;
+      const forward = (port: number): string =>
+        `<interface type='user'><mac address='52:54:00:00:00:0a'/><backend type='passt'/><portForward proto='tcp' address='127.0.0.1'><range start='${port}' to='22'/></portForward></interface>`;
+      try {
+        await refused([xmlFile('fwd-busy.xml', domainXml('fw1', `${diskXml(join(dir, 'top.qcow2'))}${forward(busy)}`))], 2, new RegExp(`forward: host port 127\\.0\\.0\\.1:${busy}/tcp is in use`));
+      } finally {
+        await new Promise((done) => server.close(done));
+      }
+      const ok = await cli(home, ['import-libvirt', xmlFile('fwd.xml', domainXml('fw2', `${diskXml(join(dir, 'top.qcow2'))}${forward(busy)}`))]);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(lib.vms.get('fw2').config.nics).toEqual([{ id: 'net0', mac: '52:54:00:00:00:0a', forwards: [{ proto: 'tcp', hostAddr: '127.0.0.1', hostPort: busy, guestPort: 22 }] }]);
+      // Another import forwarding the same host port is refused: fw2 holds it.
+      await refused([xmlFile('fwd-twice.xml', domainXml('fw3', `${diskXml(join(dir, 'top.qcow2'))}${forward(busy)}`))], 2, /is already forwarded by VM 'fw2'/);
     });
 
     it('a name that is taken, or a domain name that is no VM name', async () => {

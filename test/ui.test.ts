@@ -170,17 +170,17 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
     const xml = `<domain type='qemu'><name>virt-guest</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
       <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
       <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${join(libvirtDir, 'disk.qcow2')}'/><target dev='vda' bus='virtio'/></disk>
-      <graphics type='vnc' port='-1'/></devices></domain>`;
+      <watchdog model='i6300esb' action='reset'/></devices></domain>`;
     await page.getByTestId('action-import-libvirt').click();
     const dialog = page.getByTestId('dialog-import-libvirt');
     await dialog.getByTestId('libvirt-xml').fill(xml);
     const errorsBefore = session.errors.length;
     await dialog.getByTestId('confirm-import-libvirt').click();
-    await dialog.getByTestId('libvirt-unsupported').getByText('VNC display').waitFor({ timeout: 20_000 });
+    await dialog.getByTestId('libvirt-unsupported').getByText('watchdog i6300esb', { exact: false }).waitFor({ timeout: 20_000 });
     // The refusal is a 400, which the browser logs as a console error: expected here, and only here.
     const logged = session.errors.splice(errorsBefore);
     expect(logged.every((e) => /status of 400/.test(e)), logged.join('\n')).toBe(true);
-    await snap('libvirt-refused', ['vmsnap cannot carry over:', 'VNC display']);
+    await snap('libvirt-refused', ['vmsnap cannot carry over:', 'watchdog i6300esb']);
     expect((await lib.vms.list()).map((v) => v.name)).not.toContain('virt-guest');
     await dialog.getByTestId('libvirt-ignore').check();
     await dialog.getByTestId('confirm-import-libvirt').click();

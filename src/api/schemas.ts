@@ -259,6 +259,7 @@ export const LibvirtImportResultSchema = mirrors<LibvirtImportResult>()(
       vm: VmInfoSchema,
       domain: z.string(),
       disks: z.array(z.object({ slot: z.string(), target: z.string(), source: z.string(), adopted: z.array(z.string()) })),
+      uefi: z.object({ nvramFrom: z.string().optional() }).optional().openapi({ description: "UEFI: the domain's NVRAM file copied as the VM's NVRAM (absent: fresh variables)" }),
       dropped: z.array(LibvirtImportItemSchema),
       ignored: z.array(LibvirtImportItemSchema),
       notes: z.array(z.string()),

@@ -394,6 +394,8 @@ export interface LibvirtImportResult {
   domain: string;
   /** The disks, each with the image files adopted read-only as its base layers (top first). */
   disks: { slot: string; target: string; source: string; adopted: string[] }[];
+  /** UEFI: the domain's NVRAM file copied as the VM's NVRAM (absent: fresh variables from the template). */
+  uefi?: { nvramFrom?: string };
   /** What vmsnap cannot carry over and dropped because it was told to (--ignore-unsupported); each was warned about. */
   dropped: LibvirtImportItem[];
   /** Host-side settings vmsnap does without (it provides its own, or the guest sees no difference). */

@@ -166,14 +166,14 @@ export const vmRm = defineOperation({
  * Create the files of new layers (blank, or overlays on their backing) under
  * a running operation, fsynced. Files of imported images are not created.
  */
-export async function createLayerFiles(ctx: Context, layers: LayerRecord[], config: VmConfig): Promise<void> {
+export async function createLayerFiles(ctx: Context, layers: LayerRecord[], config: VmConfig, nvramFrom?: string): Promise<void> {
   const byId = new Map(layers.map((l) => [l.id, l]));
   for (const l of layers.filter((x) => !x.external)) {
     const backing = l.backingId ? (byId.get(l.backingId) ?? ctx.catalog.getLayer(l.backingId)) : undefined;
     if (l.slot === NVRAM_SLOT && !backing) {
-      // A new NVRAM: the firmware's variable template, as a qcow2 layer of the same size (pflash needs it exact).
+      // A new NVRAM: the firmware's variable template (or an imported domain's NVRAM), as a qcow2 layer of the same size (pflash needs it exact).
       if (!isUefi(config)) throw new VmsnapError('INTERNAL', 'an NVRAM layer for a VM without UEFI firmware');
-      await convertImage(bootFilePath(ctx.paths, config.firmware.varsTemplate), l.path, { format: 'qcow2' });
+      await convertImage(nvramFrom ?? bootFilePath(ctx.paths, config.firmware.varsTemplate), l.path, { format: 'qcow2', sourceFormat: 'raw' });
       fsyncFileAndDir(l.path);
       continue;
     }
@@ -216,13 +216,15 @@ export async function commitNewVm(
   vm: VmRecord,
   layers: LayerRecord[],
   active: Record<string, string>,
+  /** An imported domain's NVRAM: copied into the new NVRAM layer instead of the template. */
+  nvramFrom?: string,
 ): Promise<void> {
   const { catalog } = ctx;
   // Boot files stored for it are its files too until it commits (recovery keeps those other VMs use).
   const stored = bootFilesOf(vm.config).map((sha) => bootFilePath(ctx.paths, sha));
   const createFiles = [...layers.filter((l) => !l.external).map((l) => l.path), ...stored];
   await runOperation(ctx, def, { vm, plan: { createFiles } }, async (op) => {
-    await createLayerFiles(ctx, layers, vm.config);
+    await createLayerFiles(ctx, layers, vm.config, nvramFrom);
     op.done(1);
     op.finish('done', undefined, () => {
       catalog.insertVm(vm);

@@ -10,13 +10,15 @@
 import { statSync } from 'node:fs';
 import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
-import { validateName } from '../contract/config.js';
+import { NVRAM_SLOT, validateConfig, validateName } from '../contract/config.js';
 import type { LibvirtImportResult } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { newId, newMacAddress } from '../util/ids.js';
 import { commitNewVm, newDiskLayers, newFilesOperation, readImports } from './define.js';
 import { parseLibvirtDomain } from './libvirt-domain.js';
-import { type AdoptedImage, mapLibvirtDomain, unsupportedError } from './libvirt-mapping.js';
+import { firmwareConfig, isUefi, newNvramLayer, ovmfVarsSizes } from './firmware.js';
+import { type AdoptedImage, mapLibvirtDomain, type MappingHost, unsupportedError } from './libvirt-mapping.js';
+import { bridgeProblem, checkNetwork } from './network.js';
 
 /** Import a libvirt domain: the overlays' files, then the VM's rows in the transaction that finishes it. */
 export const importLibvirtOp = newFilesOperation('import-libvirt');
@@ -72,10 +74,28 @@ export async function importLibvirtDomain(ctx: Context, xml: string, opts: Impor
     images.set(d.sourceFile, { chain: image.chain, virtualSize: image.size });
   });
 
-  const mapping = mapLibvirtDomain({ domain, images, newMac: newMacAddress });
+  const host: MappingHost = {
+    bridgeProblem: (bridge) => {
+      const p = bridgeProblem(bridge);
+      return p === undefined ? undefined : `${p.message.replace(/^bridge: /, '')}${p.hint === undefined ? '' : ` (${p.hint})`}`;
+    },
+    fileSize: (path) => {
+      check(path, path);
+      const st = statSync(path, { throwIfNoEntry: false });
+      return st?.isFile() ? st.size : undefined;
+    },
+    ovmfVarsSizes: ovmfVarsSizes(),
+  };
+  const mapping = mapLibvirtDomain({ domain, images, newMac: newMacAddress, host });
   if (mapping.unsupported.length > 0 && opts.ignoreUnsupported !== true) throw unsupportedError(domain.name, mapping.unsupported);
 
-  const vm: VmRecord = { id: newId(), name, config: mapping.config, createdAt: new Date().toISOString(), currentSnapshotId: null };
+  // The same checks as create's: a forward's host port another VM holds or something listens on is refused before anything is written.
+  await checkNetwork(ctx, { id: '', name }, mapping.config, 'INVALID_ARGUMENT');
+  // UEFI: OVMF's code and the NVRAM template go into the store; the domain's NVRAM is copied as the NVRAM layer.
+  const fw = mapping.uefi ? await firmwareConfig(ctx, 'uefi', mapping.uefi) : undefined;
+  const config = fw ? validateConfig({ ...mapping.config, firmware: fw.firmware }) : mapping.config;
+
+  const vm: VmRecord = { id: newId(), name, config, createdAt: new Date().toISOString(), currentSnapshotId: null };
   const layers = [];
   const active: Record<string, string> = {};
   for (const disk of mapping.disks) {
@@ -83,11 +103,17 @@ export async function importLibvirtDomain(ctx: Context, xml: string, opts: Impor
     layers.push(...made.layers);
     active[disk.slot] = made.activeId;
   }
-  await commitNewVm(ctx, importLibvirtOp, vm, layers, active);
+  if (isUefi(config)) {
+    const nvram = newNvramLayer(ctx, vm, vm.createdAt);
+    layers.push(nvram);
+    active[NVRAM_SLOT] = nvram.id;
+  }
+  await commitNewVm(ctx, importLibvirtOp, vm, layers, active, mapping.uefi?.nvramFrom);
   return {
     vm,
     domain: domain.name,
     disks: mapping.disks.map((d) => ({ slot: d.slot, target: d.target, source: d.source, adopted: d.chain.map((l) => l.path) })),
+    ...(mapping.uefi ? { uefi: mapping.uefi.nvramFrom === undefined ? {} : { nvramFrom: mapping.uefi.nvramFrom } } : {}),
     dropped: mapping.unsupported,
     ignored: domain.ignored,
     notes: mapping.notes,

@@ -5,8 +5,9 @@
  * the images, calls this, refuses while `unsupported` is not empty (unless told
  * to drop them) and then adopts the disks.
  */
-import { validateConfig, type VmConfig } from '../contract/config.js';
+import { validateConfig, type ForwardConfig, type VmConfig } from '../contract/config.js';
 import { VmsnapError } from '../errors.js';
+import type { OvmfBuild } from './firmware.js';
 import type { ChainLayer, LibvirtDisk, LibvirtDomain, LibvirtIssue, LibvirtNic } from './libvirt-domain.js';
 
 /** A disk image as found on the host: its whole backing chain (top first) and the size the guest sees. */
@@ -21,6 +22,30 @@ export interface LibvirtMappingInput {
   images: ReadonlyMap<string, AdoptedImage>;
   /** A MAC for a NIC the XML gives none (hand-written XML only; libvirt always writes one). */
   newMac: () => string;
+  /** What the mapping needs to know of this host (the import looks; tests say). */
+  host: MappingHost;
+}
+
+/** Facts of the host the import runs on. */
+export interface MappingHost {
+  /** Why a NIC cannot go on this host bridge now (missing, not a bridge, not allowed), or undefined when it can. */
+  bridgeProblem: (bridge: string) => string | undefined;
+  /** A file's size in bytes; undefined when it does not exist. */
+  fileSize: (path: string) => number | undefined;
+  /** The size of the variable store of each OVMF build installed (OVMF_VARS_4M.fd, OVMF_VARS.fd): an NVRAM fits the build of its size. */
+  ovmfVarsSizes: Partial<Record<OvmfBuild, number>>;
+}
+
+/** A UEFI domain's firmware under vmsnap. */
+export interface MappedUefi {
+  /** Which OVMF build: the one whose variable store has the NVRAM's size. */
+  build: OvmfBuild;
+  /** The domain's NVRAM file, copied as the VM's NVRAM (absent: fresh variables from the template). */
+  nvramFrom?: string;
+  /** The domain's NVRAM template, when usable; absent: vmsnap's template of the build (with Microsoft's keys enrolled when `secureBoot`). */
+  template?: string;
+  /** The domain wants Secure Boot (or lets libvirt pick, which picks it): a fresh NVRAM gets enrolled keys. */
+  secureBoot: boolean;
 }
 
 export interface MappedDisk {
@@ -44,6 +69,8 @@ export interface LibvirtMapping {
   unsupported: LibvirtIssue[];
   /** What the guest will see differently, though nothing is lost (a disk's bus, a NIC's model). */
   notes: string[];
+  /** For a UEFI domain: the firmware and where its NVRAM comes from (the config's firmware is filled in by the import, which stores the files). */
+  uefi?: MappedUefi;
 }
 
 const nicLabel = (nic: LibvirtNic): string => (nic.mac === undefined ? 'NIC' : `NIC ${nic.mac}`);
@@ -90,49 +117,34 @@ export function mapLibvirtDomain(input: LibvirtMappingInput): LibvirtMapping {
 
   const nics: VmConfig['nics'] = [];
   for (const nic of d.nics) {
-    if (nic.mode === 'user' && nic.forwards === undefined) {
-      nics.push({ id: `net${nics.length}`, mac: nic.mac ?? input.newMac() });
-      if (nic.model !== undefined && nic.model !== 'virtio') notes.push(`${nicLabel(nic)} (${nic.model}) becomes a virtio-net NIC: the guest needs its driver and may name the interface differently`);
-      if (nic.libvirtType === 'network') notes.push(`${nicLabel(nic)} on libvirt network '${nic.network ?? ''}' becomes user-mode networking (outbound NAT, like libvirt's default network; not reachable from the host)`);
+    if (nic.model !== undefined && nic.model !== 'virtio') notes.push(`${nicLabel(nic)} (${nic.model}) becomes a virtio-net NIC: the guest needs its driver and may name the interface differently`);
+    if (nic.mode === 'bridge') {
+      const bridge = nic.bridge ?? '';
+      const problem = input.host.bridgeProblem(bridge);
+      if (problem !== undefined) {
+        unsupported.push({ element: nic.element, what: `${nicLabel(nic)} on host bridge ${bridge}`, why: problem });
+        continue;
+      }
+      nics.push({ id: `net${nics.length}`, mac: nic.mac ?? input.newMac(), bridge });
+      continue;
     }
+    if (nic.libvirtType === 'network') notes.push(`${nicLabel(nic)} on libvirt network '${nic.network ?? ''}' becomes user-mode networking (outbound NAT, like libvirt's default network; reachable from the host through port forwards only)`);
+    const forwards: ForwardConfig[] = [];
+    for (const f of nic.forwards ?? []) {
+      // passt listens on every address when none is given; QEMU's user-mode network forwards from IPv4 addresses only.
+      const hostAddr = f.address ?? '0.0.0.0';
+      if (!/^(\d{1,3})(\.\d{1,3}){3}$/.test(hostAddr)) {
+        unsupported.push({ element: nic.element, what: `${nicLabel(nic)}: port forward ${hostAddr}:${f.hostPort} -> ${f.guestPort}/${f.proto}`, why: "QEMU's user-mode network forwards from IPv4 addresses only" });
+        continue;
+      }
+      forwards.push({ proto: f.proto, hostAddr, hostPort: f.hostPort, guestPort: f.guestPort });
+    }
+    nics.push({ id: `net${nics.length}`, mac: nic.mac ?? input.newMac(), ...(forwards.length > 0 ? { forwards } : {}) });
   }
 
-  // ---------------------------------------------------------------------------
-  // NOT YET SUPPORTED: firmware, bridge NICs, port forwards and the display.
-  // These need config fields that other parts of issue 11 add (part A: firmware
-  // and NVRAM; part B: NICs with --bridge/--forward, --display vnc). Until they
-  // land, each is listed as unsupported, so the import refuses it (or drops it
-  // with a warning under --ignore-unsupported), never silently. The integrator
-  // maps them here, into `config`, and removes each item when it can be carried:
-  // - d.firmware === 'uefi': config firmware 'uefi'; d.nvram (path, exists,
-  //   template) is the vars file to copy into the store (when !exists: a fresh
-  //   copy of OVMF's template, as libvirt would make at first start);
-  //   d.secureBoot says which OVMF build. d.firmware === 'bios': firmware 'bios'
-  //   (today's default: QEMU's SeaBIOS boots the first disk).
-  // - nic.mode === 'bridge': a bridge NIC on nic.bridge with nic.mac.
-  // - nic.forwards: user-mode port forwards.
-  // - d.graphics 'vnc' | 'spice': display 'vnc'.
-  // ---------------------------------------------------------------------------
-  const later = (what: string): string => `not yet supported by vmsnap: ${what}`;
-  if (d.firmware === 'uefi') {
-    unsupported.push({
-      element: 'os',
-      what: `UEFI firmware${d.nvram === undefined ? '' : ` with NVRAM ${d.nvram.path}${d.nvram.exists ? '' : ' (not made yet: the domain never ran)'}`}`,
-      why: later('UEFI firmware and its NVRAM (without it the VM boots SeaBIOS, and a disk that boots by UEFI only will not start)'),
-    });
-  }
-  for (const nic of d.nics) {
-    if (nic.mode === 'bridge') {
-      unsupported.push({ element: nic.element, what: `${nicLabel(nic)} on host bridge ${nic.bridge ?? ''}`, why: later('bridge NICs') });
-    } else if (nic.forwards !== undefined) {
-      const list = nic.forwards.map((f) => `${f.address === undefined ? '' : `${f.address}:`}${f.hostPort}:${f.guestPort}/${f.proto}`).join(', ');
-      unsupported.push({ element: nic.element, what: `${nicLabel(nic)} with port forwards ${list}`, why: later('port forwards') });
-    }
-  }
-  if (d.graphics !== 'none') {
-    unsupported.push({ element: 'devices/graphics', what: `${d.graphics.toUpperCase()} display`, why: later('a display (the VM gets its serial console only)') });
-  }
-  // --------------------------- end of NOT YET SUPPORTED ----------------------
+  const uefi = d.firmware === 'uefi' ? mapUefi(d, input.host, unsupported, notes) : undefined;
+
+  if (d.graphics === 'spice') notes.push("the SPICE display becomes a VNC screen (vmsnap's display; the web UI's console shows it)");
 
   const config = validateConfig({
     memoryMiB: d.memoryMiB,
@@ -145,9 +157,65 @@ export function mapLibvirtDomain(input: LibvirtMappingInput): LibvirtMapping {
     },
     disks: disks.map((disk) => ({ slot: disk.slot, sizeBytes: images.get(disk.source)!.virtualSize })),
     nics,
+    ...(d.graphics === 'none' ? {} : { display: 'vnc' }),
   });
-  return { config, disks, unsupported, notes };
+  return { config, disks, unsupported, notes, ...(uefi === undefined ? {} : { uefi }) };
 }
+
+const SECURE_BOOT_BUILD = /secboot|\.ms\.fd$|snakeoil/i;
+
+/**
+ * UEFI: vmsnap runs OVMF's build without SMM, the one (4 MiB or 2 MiB) whose
+ * variable store the NVRAM fits; Secure Boot is on when the variables say so. The domain's NVRAM is copied (its boot
+ * entries and any variable the guest set); a domain that never ran has none
+ * yet and gets fresh variables from its template, as libvirt would at its
+ * first start.
+ */
+function mapUefi(d: LibvirtDomain, host: MappingHost, unsupported: LibvirtIssue[], notes: string[]): MappedUefi | undefined {
+  const builds = Object.entries(host.ovmfVarsSizes) as [OvmfBuild, number][];
+  const buildOfSize = (size: number | undefined): OvmfBuild | undefined => builds.find(([, s]) => s === size)?.[0];
+  const preferred: OvmfBuild | undefined = host.ovmfVarsSizes['4m'] !== undefined ? '4m' : builds[0]?.[0];
+  if (preferred === undefined) {
+    unsupported.push({ element: 'os', what: 'UEFI firmware', why: 'OVMF is not installed on this host (apt-get install ovmf)' });
+    return undefined;
+  }
+  // libvirt's own pick for `<os firmware='efi'>` without a wish is its Secure Boot build with Microsoft's keys.
+  const secureBoot = d.secureBoot ?? (SECURE_BOOT_BUILD.test(d.loader?.path ?? '') || d.loader === undefined);
+  if (secureBoot) {
+    notes.push(
+      "Secure Boot: vmsnap runs OVMF's build without SMM; Secure Boot stays on as the domain's variables have it (with their enrolled keys), but without SMM the firmware does not guard the variable store from the guest's kernel",
+    );
+  }
+
+  let template: string | undefined;
+  let templateBuild: OvmfBuild | undefined;
+  const t = d.nvram?.template;
+  if (t !== undefined) {
+    const size = host.fileSize(t);
+    templateBuild = buildOfSize(size);
+    if (templateBuild !== undefined) template = t;
+    else notes.push(`the NVRAM template ${t} ${size === undefined ? 'does not exist' : `(${size} bytes) fits no OVMF build installed`}: vmsnap's own template is used instead`);
+  }
+  const nvram = d.nvram;
+  if (nvram === undefined || !nvram.exists) {
+    if (nvram !== undefined) notes.push(`the domain never ran, so it has no NVRAM yet (${nvram.path}): the VM gets fresh variables from ${template ?? "vmsnap's OVMF template"}, as libvirt would make at the first start`);
+    return { build: templateBuild ?? preferred, secureBoot, ...(template === undefined ? {} : { template }) };
+  }
+  const size = host.fileSize(nvram.path);
+  const build = buildOfSize(size);
+  if (build === undefined) {
+    const sizes = builds.map(([b, s]) => `${s} bytes for the ${b.toUpperCase()} build`).join(', ');
+    unsupported.push({
+      element: 'os/nvram',
+      what: `NVRAM ${nvram.path} (${size ?? 0} bytes)`,
+      why: `it fits no OVMF build installed here (${sizes}); dropped, the VM gets fresh variables and the firmware boots the disk's default loader (\\EFI\\BOOT\\BOOTX64.EFI)`,
+    });
+    return { build: templateBuild ?? preferred, secureBoot, ...(template === undefined ? {} : { template }) };
+  }
+  // A template of another build cannot remake this NVRAM: vmsnap's of the NVRAM's build stands in.
+  return { build, secureBoot, nvramFrom: nvram.path, ...(template !== undefined && templateBuild === build ? { template } : {}) };
+}
+
 
 /** The refusal of a domain with unsupported items: each by name and why, and how to go on anyway. */
 export function unsupportedError(domain: string, items: LibvirtIssue[]): VmsnapError {

@@ -72,6 +72,32 @@ function bridgeAllowed(bridge: string, file = '/etc/qemu/bridge.conf', depth = 0
   return false;
 }
 
+/** Why a NIC cannot be put on this host bridge now (it is missing, no bridge, or qemu-bridge-helper may not use it), or nothing. */
+export function bridgeProblem(bridge: string, code: ErrorCode = 'INVALID_ARGUMENT'): VmsnapError | undefined {
+  if (!existsSync(join('/sys/class/net', bridge))) {
+    return new VmsnapError(code, `bridge: no network interface '${bridge}' on this host`, {
+      hint: `create it first (ip link add ${bridge} type bridge && ip link set ${bridge} up), or give an existing bridge`,
+      details: { field: 'bridge', value: bridge },
+    });
+  }
+  if (!existsSync(join('/sys/class/net', bridge, 'bridge'))) {
+    return new VmsnapError(code, `bridge: '${bridge}' is a network interface but not a bridge`, {
+      hint: 'give the name of a Linux bridge (ip -d link show type bridge lists them)',
+      details: { field: 'bridge', value: bridge },
+    });
+  }
+  if (!existsSync(BRIDGE_HELPER)) {
+    return new VmsnapError(code, `bridge: ${BRIDGE_HELPER} is missing`, { hint: 'apt-get install qemu-system-common', details: { field: 'bridge' } });
+  }
+  if (!bridgeAllowed(bridge)) {
+    return new VmsnapError(code, `bridge: qemu-bridge-helper may not use '${bridge}'`, {
+      hint: `add the line 'allow ${bridge}' to /etc/qemu/bridge.conf`,
+      details: { field: 'bridge', value: bridge },
+    });
+  }
+  return undefined;
+}
+
 /**
  * Refuse a config whose network cannot work on this host, before anything is
  * written or QEMU starts: a bridge that does not exist or that
@@ -85,27 +111,8 @@ export async function checkNetwork(ctx: Context, vm: { id: string; name: string 
     if (nic.forwards?.length) {
       throw new VmsnapError('INVALID_ARGUMENT', `${nic.id}: a bridged NIC has no port forwards (the guest is on the bridge's network)`, { details: { field: 'forward', nic: nic.id } });
     }
-    if (!existsSync(join('/sys/class/net', nic.bridge))) {
-      throw new VmsnapError(code, `bridge: no network interface '${nic.bridge}' on this host`, {
-        hint: `create it first (ip link add ${nic.bridge} type bridge && ip link set ${nic.bridge} up), or give an existing bridge`,
-        details: { field: 'bridge', value: nic.bridge },
-      });
-    }
-    if (!existsSync(join('/sys/class/net', nic.bridge, 'bridge'))) {
-      throw new VmsnapError(code, `bridge: '${nic.bridge}' is a network interface but not a bridge`, {
-        hint: 'give the name of a Linux bridge (ip -d link show type bridge lists them)',
-        details: { field: 'bridge', value: nic.bridge },
-      });
-    }
-    if (!existsSync(BRIDGE_HELPER)) {
-      throw new VmsnapError(code, `bridge: ${BRIDGE_HELPER} is missing`, { hint: 'apt-get install qemu-system-common', details: { field: 'bridge' } });
-    }
-    if (!bridgeAllowed(nic.bridge)) {
-      throw new VmsnapError(code, `bridge: qemu-bridge-helper may not use '${nic.bridge}'`, {
-        hint: `add the line 'allow ${nic.bridge}' to /etc/qemu/bridge.conf`,
-        details: { field: 'bridge', value: nic.bridge },
-      });
-    }
+    const problem = bridgeProblem(nic.bridge, code);
+    if (problem) throw problem;
   }
   const mine = forwardsOf(config);
   mine.forEach((f, i) => {

@@ -183,6 +183,7 @@ export function registerVmCommands(program: Command, run: Run): void {
           const below = d.adopted.length - 1;
           log(`  ${d.slot} (was ${d.target}): ${d.source}${below > 0 ? ` and ${below} backing file${below === 1 ? '' : 's'}` : ''}, adopted read-only`);
         }
+        if (r.uefi) log(`  firmware: UEFI, ${r.uefi.nvramFrom === undefined ? 'fresh variables from the template' : `variables copied from ${r.uefi.nvramFrom}`}`);
         for (const n of r.notes) log(`  note: ${n}`);
         if (r.ignored.length > 0) log(`  ${r.ignored.length} host-side setting${r.ignored.length === 1 ? '' : 's'} vmsnap does without (--json lists them)`);
       }),
