@@ -1,14 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultImageCache } from '../src/paths.js';
 import { ensureDebianImage } from '../src/vm/debian-image.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { catalogDump, cleanupHome, cli, expectRefused, openLib, tempHome, waitFor } from './helpers.js';
+import { freePort, guestSsh, newSshKey, type GuestSsh } from './ssh.js';
 
 /**
  * A real cloud-style guest (the Debian test guest, booted by SeaBIOS from its
@@ -19,18 +17,6 @@ import { catalogDump, cleanupHome, cli, expectRefused, openLib, tempHome, waitFo
 
 const BOOT_MS = 30 * 60_000;
 
-/** A host port nothing listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
-
 describe('a Debian guest with a cloud-init seed, a port forward and a VNC screen', () => {
   let home: string;
   let lib: Vmsnap;
@@ -38,25 +24,8 @@ describe('a Debian guest with a cloud-init seed, a port forward and a VNC screen
   let key: string;
   let port: number;
 
-  const sshArgs = (p: number, cmd: string): string[] => [
-    '-p', String(p), '-i', key, '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes',
-    '-o', 'ConnectTimeout=90', '-o', 'LogLevel=ERROR', 'debian@127.0.0.1', cmd,
-  ];
-  /** Run a command in the guest over SSH through the forward, as the seed's default user. */
-  const ssh = (p: number, cmd: string): Promise<string> =>
-    new Promise((resolve, reject) => {
-      const c = spawn('ssh', sshArgs(p, cmd), { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      c.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      c.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      const t = setTimeout(() => c.kill('SIGKILL'), 180_000);
-      c.on('close', (code) => {
-        clearTimeout(t);
-        if (code === 0) resolve(out);
-        else reject(new Error(`ssh exited ${code}: ${err.trim()}`));
-      });
-    });
+  let g: GuestSsh;
+  const ssh = (p: number, cmd: string): Promise<string> => g.run(p, cmd);
   /** The host key the guest's sshd offers (ssh-keyscan). */
   const hostKey = (p: number): string =>
     execFileSync('ssh-keyscan', ['-T', '20', '-t', 'ed25519', '-p', String(p), '127.0.0.1'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
@@ -65,15 +34,14 @@ describe('a Debian guest with a cloud-init seed, a port forward and a VNC screen
       .split(' ')
       .slice(1)
       .join(' ');
-  const counter = async (p: number): Promise<number> => Number((await ssh(p, 'cat /tmp/counter')).trim());
+  const counter = (p: number): Promise<number> => g.counter(p);
 
   beforeAll(async () => {
     const img = await ensureDebianImage(defaultImageCache(), (l) => process.stderr.write(`${l}\n`));
     home = tempHome();
     lib = openLib(home);
-    keyDir = mkdtempSync(join(tmpdir(), 'vmsnap-key-'));
-    key = join(keyDir, 'id_ed25519');
-    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
+    ({ dir: keyDir, key } = newSshKey());
+    g = guestSsh(key);
     port = await freePort();
     const r = await cli(home, ['create', 'deb', '--memory', '512M', '--disk', img.bios, '--forward', `${port}:22`, '--ssh-key', `${key}.pub`, '--display', 'vnc']);
     expect(r.stderr).toBe('');
@@ -113,7 +81,7 @@ describe('a Debian guest with a cloud-init seed, a port forward and a VNC screen
 
   it("a memory snapshot taken while an SSH session runs a counter; the forward changed; revert: the counter carries on and the snapshot's forward is back", async () => {
     // The SSH session keeps running the counter (it ignores the hangup when the revert cuts the connection).
-    const session: ChildProcess = spawn('ssh', sshArgs(port, `trap '' HUP; i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done`), { stdio: 'ignore' });
+    const session: ChildProcess = g.startCounter(port);
     try {
       await waitFor(async () => (await counter(port)) >= 5, { what: 'the counter', timeoutMs: 120_000, intervalMs: 500 });
       await lib.snapshots.create('deb', 'live');

@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultImageCache } from '../src/paths.js';
 import { ensureDebianImage, type DebianImage } from '../src/vm/debian-image.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, cli, COUNTER, openLib, tempHome, testAccel, waitFor } from './helpers.js';
+import { cleanupHome, cli, openLib, tempHome, testAccel, waitFor } from './helpers.js';
+import { freePort, guestSsh, newSshKey, type GuestSsh } from './ssh.js';
 
 /**
  * A real Debian 12 guest (guest/debian/build.sh: systemd, ext4 root on a GPT
@@ -25,6 +26,10 @@ let home: string;
 let lib: Vmsnap;
 let img: DebianImage;
 const bootSeconds: Record<string, number> = {};
+/** Each VM's SSH forward (host port), and the key its cloud-init seed gave the default user. */
+const sshPort: Record<string, number> = {};
+let keyDir: string;
+let g: GuestSsh;
 
 async function bash(vm: string, script: string): Promise<string> {
   const r = await lib.vms.exec(vm, ['/bin/bash', '-c', script], { timeoutMs: 120_000 });
@@ -80,17 +85,29 @@ describe(`a real Debian guest booted from its disk by BIOS and by UEFI (${testAc
     img = await ensureDebianImage(defaultImageCache(), (l) => process.stderr.write(`[debian image] ${l}\n`));
     home = tempHome();
     lib = openLib(home);
-    await lib.vms.create('uefi', { disks: [{ importPath: img.uefi }], firmware: 'uefi', memoryMiB: 512 });
-    await lib.vms.create('bios', { disks: [{ importPath: img.bios }], firmware: 'bios', memoryMiB: 512 });
+    const { dir, key } = newSshKey();
+    keyDir = dir;
+    g = guestSsh(key);
+    const sshKeys = [readFileSync(`${key}.pub`, 'utf8').trim()];
+    for (const firmware of ['uefi', 'bios'] as const) {
+      sshPort[firmware] = await freePort();
+      const forwards = [{ proto: 'tcp' as const, hostAddr: '127.0.0.1', hostPort: sshPort[firmware], guestPort: 22 }];
+      await lib.vms.create(firmware, { disks: [{ importPath: firmware === 'uefi' ? img.uefi : img.bios }], firmware, memoryMiB: 512, forwards, sshKeys });
+    }
     await lib.vms.start('uefi');
     await lib.vms.start('bios');
     await Promise.all([bootToAgent('uefi'), bootToAgent('bios')]);
+    // The agent answers before cloud-init has made the user's login: wait for SSH too.
+    for (const vm of ['uefi', 'bios']) {
+      await waitFor(() => g.run(sshPort[vm]!, 'true').then(() => true), { what: `SSH into ${vm} through its forward`, timeoutMs: BOOT_TIMEOUT, intervalMs: 3000 });
+    }
     process.stderr.write(`[firmware] booted to the guest agent under ${testAccel().toUpperCase()}: uefi ${bootSeconds.uefi} s, bios ${bootSeconds.bios} s (both at once)\n`);
   }, BOOT_TIMEOUT + 120_000);
 
   afterAll(() => {
     lib?.close();
     if (home) cleanupHome(home);
+    if (keyDir) rmSync(keyDir, { recursive: true, force: true });
   }, STEP_TIMEOUT);
 
   it('boots each from its own disk: OVMF with its NVRAM, SeaBIOS without', async () => {
@@ -108,23 +125,28 @@ describe(`a real Debian guest booted from its disk by BIOS and by UEFI (${testAc
     expect(r.stdout).toMatch(/nvram: chain of 1/);
   }, STEP_TIMEOUT);
 
-  it('a memory snapshot taken while a counter runs resumes the counter after a revert, under each firmware', async () => {
+  it('under each firmware: SSH in through a forward; a memory snapshot taken while the SSH session runs a counter; revert: the counter carries on', async () => {
     for (const vm of ['uefi', 'bios']) {
-      await bash(vm, COUNTER);
-      const atStart = await waitFor(async () => Number((await bash(vm, 'cat /tmp/counter')).trim()), { what: 'the counter', timeoutMs: 60_000 });
-      await lib.snapshots.create(vm, 'counting');
-      const atSnap = Number((await bash(vm, 'cat /tmp/counter')).trim());
-      const later = await waitFor(async () => {
-        const n = Number((await bash(vm, 'cat /tmp/counter')).trim());
-        return n > atSnap + 20 ? n : 0;
-      }, { what: 'the counter to move on', timeoutMs: 120_000, intervalMs: 500 });
-      const r = await lib.snapshots.revert(vm, 'counting', { force: true });
-      expect(r.state).toBe('running');
-      const after = Number((await bash(vm, 'cat /tmp/counter')).trim());
-      // Back near the snapshot's instant (not at the later value, not restarted from 1), and counting on.
-      expect(after).toBeGreaterThanOrEqual(atStart);
-      expect(after).toBeLessThan(later);
-      await waitFor(async () => Number((await bash(vm, 'cat /tmp/counter')).trim()) > after, { what: 'the counter to carry on', timeoutMs: 60_000, intervalMs: 500 });
+      const port = sshPort[vm]!;
+      const session = g.startCounter(port);
+      try {
+        const atStart = await waitFor(async () => g.counter(port), { what: 'the counter', timeoutMs: 120_000, intervalMs: 500 });
+        await lib.snapshots.create(vm, 'counting');
+        const atSnap = await g.counter(port);
+        const later = await waitFor(async () => {
+          const n = await g.counter(port);
+          return n > atSnap + 20 ? n : 0;
+        }, { what: 'the counter to move on', timeoutMs: 120_000, intervalMs: 500 });
+        const r = await lib.snapshots.revert(vm, 'counting', { force: true });
+        expect(r.state).toBe('running');
+        // Back near the snapshot's instant (not at the later value, not restarted from 1), and counting on: the session lives in the guest.
+        const after = await waitFor(() => g.counter(port), { what: `SSH into ${vm} after the revert`, timeoutMs: 120_000, intervalMs: 1000 });
+        expect(after).toBeGreaterThanOrEqual(atStart);
+        expect(after).toBeLessThan(later);
+        await waitFor(async () => (await g.counter(port)) > after, { what: 'the counter to carry on', timeoutMs: 60_000, intervalMs: 500 });
+      } finally {
+        session.kill('SIGKILL');
+      }
     }
   }, STEP_TIMEOUT);
 
