@@ -172,9 +172,11 @@ class Names:
 g = None
 names = None
 drives = []           # launch args, per index
-mounts = []           # [{'device': appliance name, 'mountpoint': str, 'ro': bool, 'made': bool}]
+mounts = []           # [{'device': appliance name, 'mountpoint': str, 'ro': bool, 'scratch'?: True}]
 fs_cache = None
 tmp_counter = [0]
+SCRATCH_BYTES = 16 * 1024 * 1024
+SCRATCH = {'dev': None, 'formatted': False}
 
 
 class OpError(Exception):
@@ -219,11 +221,17 @@ def op_launch(a):
         if d.get('label'):
             opts['label'] = d['label']
         g.add_drive_opts(d['path'], **opts)
+    # The root of the mount namespace when filesystems are mounted side by side
+    # (/a, /b): the daemon refuses path calls until something is mounted on /, and
+    # that must not be a guest filesystem (read-only, and no place for mount points).
+    g.add_drive_scratch(SCRATCH_BYTES)
     g.set_event_callback(on_progress, guestfs.EVENT_PROGRESS)
     t = time.time()
     g.launch()
     STATE['qemu_pid'] = g.get_pid()
-    names = Names(g.list_devices(), a.get('guestPrefix', 'vd'))
+    devs = g.list_devices()
+    SCRATCH['dev'] = devs[len(drives)]
+    names = Names(devs[:len(drives)], a.get('guestPrefix', 'vd'))
     fs_cache = None
     ver = g.version()
     return {
@@ -231,7 +239,7 @@ def op_launch(a):
         'qemuPid': STATE['qemu_pid'],
         'helperPid': os.getpid(),
         'version': '%d.%d.%d' % (ver['major'], ver['minor'], ver['release']),
-        'devices': [names.to_guest(d) for d in g.list_devices()],
+        'devices': [names.to_guest(d) for d in devs[:len(drives)]],
     }
 
 
@@ -363,6 +371,7 @@ def op_find(a):
     by_dir = {}
     order = []
     for b in rels:
+        b = b.lstrip(b'/')  # find0 writes '/a/b' relative to the directory
         rel, raw = decode_name(b)
         e = {'path': rel}
         if raw:
@@ -510,8 +519,8 @@ def mount_of(path):
 
 def need_writable(path):
     m = mount_of(path)
-    if m is None:
-        raise OpError('invalid', '%s is not on a mounted filesystem' % path, 'ENOENT')
+    if m is None or m.get('scratch'):
+        raise OpError('invalid', '%s is not on a mounted guest filesystem' % path, 'ENOENT')
     if m['ro']:
         raise OpError('invalid', '%s is on %s, mounted read-only' % (path, names.to_guest(m['device'])), 'EROFS')
 
@@ -603,31 +612,62 @@ def op_sync(a):
 
 def drive_readonly(appliance_dev):
     i = names.drive_index(appliance_dev)
-    if i is None:
-        # an LV or md device: writable only if every drive is
-        return any(d['readonly'] for d in drives)
-    return bool(drives[i]['readonly'])
+    if i is not None:
+        return bool(drives[i]['readonly'])
+    # an LV: read-only if any of its volume group's PVs is on a read-only drive
+    m = re.match(r'^/dev/([^/]+)/[^/]+$', appliance_dev)
+    if m:
+        try:
+            uuids = set(g.vgpvuuids(m.group(1)))
+            idx = [names.drive_index(p) for p in g.pvs() if g.pvuuid(p) in uuids]
+            if idx and all(x is not None for x in idx):
+                return any(drives[x]['readonly'] for x in idx)
+        except RuntimeError:
+            pass
+    return any(d['readonly'] for d in drives)  # md or unknown: only when all are writable
 
 
 def split_parts(path):
     return [p for p in path.split('/') if p]
 
 
+def is_scratch(dev):
+    sd = SCRATCH['dev']
+    return sd is not None and (dev == sd or (dev.startswith(sd) and dev[len(sd):].isdigit()))
+
+
+def ensure_ns_root():
+    """Mount the scratch filesystem on / unless something is there already."""
+    if any(m['mountpoint'] == '/' for m in mounts):
+        return
+    if not SCRATCH['formatted']:
+        g.mkfs('ext2', SCRATCH['dev'])
+        SCRATCH['formatted'] = True
+    g.mount_options('', SCRATCH['dev'], '/')
+    mounts.append({'device': SCRATCH['dev'], 'mountpoint': '/', 'ro': False, 'scratch': True})
+
+
 def do_mount(dev, mountpoint, ro, fstype_hint=None):
-    """Mount; create the mount point in the appliance's own root when nothing is on /."""
-    made = False
-    root_mounted = any(m['mountpoint'] == '/' for m in mounts)
-    if mountpoint != '/' and not root_mounted:
-        made = do_mkmountpoints(mountpoint)
-    elif mountpoint != '/' and not g.is_dir(mountpoint):
-        raise OpError('invalid', 'no directory %s to mount on' % mountpoint, 'ENOENT')
+    """Mount on /, or on a directory: of the scratch root (made here) or of a mounted guest tree."""
+    if mountpoint == '/':
+        root = [m for m in mounts if m['mountpoint'] == '/']
+        if root and root[0].get('scratch') and len(mounts) == 1:
+            g.umount('/')
+            mounts.remove(root[0])
+        elif root:
+            raise OpError('invalid', 'filesystems are mounted already; unmount them before mounting one on /', 'EBUSY')
+    else:
+        ensure_ns_root()
+        host = mount_of(mountpoint)
+        if host is not None and host.get('scratch'):
+            g.mkdir_p(mountpoint)
+        elif not g.is_dir(mountpoint):
+            raise OpError('invalid', 'no directory %s to mount on (in %s)' % (mountpoint, names.to_guest(host['device']) if host else '?'), 'ENOENT')
     options = 'ro' if ro else ''
     try:
         g.mount_options(options, dev, mountpoint)
     except RuntimeError as e:
         msg = str(e)
-        if made:
-            rm_made(mountpoint)
         if not device_exists(dev):
             raise OpError('not-found', 'no device %s' % names.to_guest(dev), 'ENOENT')
         typ = fstype_hint
@@ -638,66 +678,55 @@ def do_mount(dev, mountpoint, ro, fstype_hint=None):
                 typ = ''
         if typ == 'xfs' and 'nouuid' not in options:
             # two snapshots of one XFS disk share a UUID: the kernel refuses the second
-            if made:
-                do_mkmountpoints(mountpoint)
             g.mount_options((options + ',nouuid').lstrip(','), dev, mountpoint)
+        elif typ == 'btrfs' and 'File exists' in msg:
+            raise OpError('duplicate', 'cannot mount %s: a btrfs filesystem with the same UUID (another snapshot of the same disk?) is mounted in this appliance; the kernel allows one' % names.to_guest(dev), 'EEXIST')
         elif typ == 'swap':
             raise OpError('invalid', '%s is swap, not a filesystem' % names.to_guest(dev))
         elif not typ or typ == 'unknown':
             raise OpError('invalid', 'no filesystem that the appliance can read on %s (blank, encrypted or unknown)' % names.to_guest(dev))
         else:
             raise OpError('invalid', 'cannot mount %s (%s): %s' % (names.to_guest(dev), typ, msg))
-    mounts.append({'device': dev, 'mountpoint': mountpoint, 'ro': ro, 'made': made})
-
-
-def do_mkmountpoints(mountpoint):
-    made = False
-    acc = ''
-    for p in split_parts(mountpoint):
-        acc += '/' + p
-        if not g.is_dir(acc):
-            g.mkmountpoint(acc)
-            made = True
-    return made
+    mounts.append({'device': dev, 'mountpoint': mountpoint, 'ro': ro})
 
 
 def device_exists(dev):
     if dev.startswith('btrfsvol:'):
         return True
     try:
-        known = set(g.list_devices()) | set(g.list_partitions())
-        if dev in known:
+        if dev in set(g.list_devices()) | set(g.list_partitions()):
             return True
-        return dev in set(g.lvs()) or dev in set(g.list_md_devices())
+        if dev.startswith('/dev/md'):
+            return dev in set(g.list_md_devices())
+        if dev.count('/') == 3 or dev.startswith('/dev/mapper/'):
+            return dev in set(g.lvs())  # an LVM scan: only for names that can be LVs
+        return False
     except RuntimeError:
         return True
-
-
-def rm_made(mountpoint):
-    parts = split_parts(mountpoint)
-    for k in range(len(parts), 0, -1):
-        p = '/' + '/'.join(parts[:k])
-        try:
-            g.rmmountpoint(p)
-        except RuntimeError:
-            break
 
 
 def do_umount(m):
     g.umount(m['mountpoint'])
     mounts.remove(m)
-    if m['made'] and not any(x['mountpoint'] == '/' for x in mounts):
-        rm_made(m['mountpoint'])
+
+
+def unmount_everything(keep_scratch):
+    for m in sorted(mounts, key=lambda m: -len(m['mountpoint'])):
+        if keep_scratch and m.get('scratch'):
+            continue
+        do_umount(m)
 
 
 def op_mount(a):
     need_handle()
     dev = names.to_appliance(a['device'])
+    if is_scratch(dev):
+        raise OpError('not-found', 'no device %s' % a['device'], 'ENOENT')
     mp = a.get('mountpoint', '/')
     if not mp.startswith('/'):
         raise OpError('invalid', 'mount point must be absolute: %s' % mp)
     ro = a.get('readonly', True)
-    if any(m['mountpoint'] == mp for m in mounts):
+    if any(m['mountpoint'] == mp and not m.get('scratch') for m in mounts):
         raise OpError('invalid', 'something is already mounted on %s' % mp, 'EBUSY')
     if not ro and drive_readonly(dev):
         raise OpError('invalid', '%s is on a drive opened read-only: it can only be mounted read-only' % a['device'], 'EROFS')
@@ -714,7 +743,7 @@ def op_umount(a):
     need_handle()
     mp = a['mountpoint']
     for m in mounts:
-        if m['mountpoint'] == mp:
+        if m['mountpoint'] == mp and not m.get('scratch'):
             do_umount(m)
             return None
     raise OpError('not-found', 'nothing is mounted on %s' % mp, 'ENOENT')
@@ -722,13 +751,12 @@ def op_umount(a):
 
 def op_umount_all(a):
     need_handle()
-    for m in sorted(mounts, key=lambda m: -len(m['mountpoint'])):
-        do_umount(m)
+    unmount_everything(keep_scratch=True)
     return None
 
 
 def op_mounts(a):
-    return [{'device': names.to_guest(m['device']), 'mountpoint': m['mountpoint'], 'readonly': m['ro']} for m in mounts]
+    return [{'device': names.to_guest(m['device']), 'mountpoint': m['mountpoint'], 'readonly': m['ro']} for m in mounts if not m.get('scratch')]
 
 
 NOT_ROOT_TYPES = {'swap', 'unknown', 'vfat', 'msdos', 'ntfs', 'exfat', 'iso9660', 'udf', 'squashfs', 'LVM2_member', 'crypto_LUKS', 'linux_raid_member'}
@@ -806,15 +834,84 @@ def resolve_spec(spec, subvol, infos, root_drive):
     return same or matches
 
 
+def probe_mount(dev, typ):
+    try:
+        g.mount_options('ro', dev, '/')
+        return True
+    except RuntimeError:
+        if typ != 'xfs':
+            return False
+    try:
+        g.mount_options('ro,nouuid', dev, '/')
+        return True
+    except RuntimeError:
+        return False
+
+
+def probe_fstabs(infos):
+    """Mount points from the /etc/fstab of each root filesystem (one that has /etc/fstab)."""
+    for dev, inf in list(infos.items()):
+        if inf['type'] in NOT_ROOT_TYPES or not probe_mount(dev, inf['type']):
+            continue
+        try:
+            if not g.is_file('/etc/fstab', followsymlinks=True):
+                continue
+            text = g.pread('/etc/fstab', 256 * 1024, 0).decode('utf-8', 'replace')
+            found_root = False
+            for spec, mp, subvol in parse_fstab(text):
+                for d in resolve_spec(spec, subvol, infos, inf['drive']):
+                    if 'mountpoint' not in infos[d] or d == dev:
+                        infos[d]['mountpoint'] = mp
+                        if d == dev and mp == '/':
+                            found_root = True
+            if not found_root and infos[dev].get('mountpoint') in (None, '/'):
+                infos[dev]['mountpoint'] = '/'
+        except RuntimeError:
+            pass
+        finally:
+            g.umount('/')
+
+
+def list_filesystems_slowly():
+    devs = [d for d in g.list_devices() if not is_scratch(d)]
+    parts = [p for p in g.list_partitions() if not is_scratch(p)]
+    candidates = [d for d in devs if not any(p.startswith(d) for p in parts)] + parts
+    try:
+        candidates += g.lvs()
+    except RuntimeError:
+        pass
+    try:
+        candidates += g.list_md_devices()
+    except RuntimeError:
+        pass
+    out = {}
+    for d in candidates:
+        try:
+            t = g.vfs_type(d)
+        except RuntimeError:
+            t = ''
+        if t in ('LVM2_member', 'linux_raid_member'):
+            continue
+        out[d] = t or 'unknown'
+    return out
+
+
 def op_filesystems(a):
     global fs_cache
     need_handle()
     if fs_cache is not None and not a.get('refresh'):
         return fs_cache
-    listed = g.list_filesystems()
+    try:
+        listed = g.list_filesystems()
+    except RuntimeError:
+        # It fails as a whole when one of its inner mounts fails (two copies of one
+        # btrfs filesystem: the kernel mounts one fsid once). Identify each device alone.
+        listed = list_filesystems_slowly()
     infos = {}
     for dev, typ in listed.items():
         if typ == 'unknown' and not a.get('includeUnknown'):
+            continue
+        if is_scratch(dev):
             continue
         inf = {'type': typ, 'drive': names.drive_index(dev)}
         base = dev
@@ -840,45 +937,46 @@ def op_filesystems(a):
         except RuntimeError:
             pass
         infos[dev] = inf
-    # Mount points from the fstab of each root filesystem (a filesystem with /etc/fstab).
-    if a.get('fstab', True):
+    # Probing mounts each candidate read-only on / for a moment: our own mounts go
+    # away meanwhile and come back after.
+    btrfs_devs = [d for d, inf in infos.items() if inf['type'] == 'btrfs' and not d.startswith('btrfsvol:')]
+    if btrfs_devs or a.get('fstab', True):
         saved = sorted(mounts, key=lambda m: len(m['mountpoint']))
-        for m in sorted(mounts, key=lambda m: -len(m['mountpoint'])):
-            do_umount(m)
+        unmount_everything(keep_scratch=False)
         try:
-            for dev, inf in infos.items():
-                if inf['type'] in NOT_ROOT_TYPES:
+            # btrfs subvolumes: list-filesystems leaves them out now and then (seen under
+            # load), so they are listed here from a mount of each btrfs device.
+            for dev in btrfs_devs:
+                if not probe_mount(dev, infos[dev]['type']):
                     continue
                 try:
-                    g.mount_options('ro', dev, '/')
+                    for v in g.btrfs_subvolume_list('/'):
+                        key = 'btrfsvol:%s/%s' % (dev, v['btrfssubvolume_path'])
+                        if key not in infos:
+                            inf = dict(infos[dev])
+                            inf['subvolume'] = v['btrfssubvolume_path']
+                            infos[key] = inf
                 except RuntimeError:
-                    if inf['type'] != 'xfs':
-                        continue
-                    try:
-                        g.mount_options('ro,nouuid', dev, '/')
-                    except RuntimeError:
-                        continue
-                try:
-                    if g.is_file('/etc/fstab', followsymlinks=True):
-                        text = g.read_file('/etc/fstab')[:1 << 20].decode('utf-8', 'replace')
-                        inf['hasFstab'] = True
-                        found_root = False
-                        for spec, mp, subvol in parse_fstab(text):
-                            for d in resolve_spec(spec, subvol, infos, inf['drive']):
-                                if 'mountpoint' not in infos[d] or d == dev:
-                                    infos[d]['mountpoint'] = mp
-                                    if d == dev and mp == '/':
-                                        found_root = True
-                        if not found_root and infos[dev].get('mountpoint') in (None, '/'):
-                            infos[dev]['mountpoint'] = '/'
+                    pass
                 finally:
                     g.umount('/')
+            if a.get('fstab', True):
+                probe_fstabs(infos)
         finally:
             for m in saved:
-                do_mount(m['device'], m['mountpoint'], m['ro'])
+                if m.get('scratch'):
+                    ensure_ns_root()
+                else:
+                    do_mount(m['device'], m['mountpoint'], m['ro'])
     out = []
+    uuids = {}
+    for dev, inf in infos.items():
+        if inf.get('uuid') and not dev.startswith('btrfsvol:'):
+            uuids.setdefault((inf['type'], inf['uuid']), []).append(dev)
     for dev, inf in infos.items():
         e = {'device': names.to_guest(dev), 'type': inf['type']}
+        if len(uuids.get((inf['type'], inf.get('uuid')), [])) > 1:
+            e['sharesUuid'] = True
         for k in ('label', 'uuid', 'size', 'mountpoint', 'subvolume', 'partuuid'):
             if inf.get(k) is not None:
                 e[k] = inf[k]
@@ -901,7 +999,13 @@ def op_raw(a):
         raise OpError('invalid', 'raw calls are disabled')
     need_handle()
     fn = getattr(g, a['name'])
-    args = [names.to_appliance(x) if isinstance(x, str) and x.startswith('/dev/') else x for x in a.get('args', [])]
+    def conv(x):
+        if isinstance(x, str) and x.startswith('/dev/'):
+            return names.to_appliance(x)
+        if isinstance(x, list):
+            return [conv(y) for y in x]
+        return x
+    args = [conv(x) for x in a.get('args', [])]
     r = fn(*args, **a.get('kwargs', {}))
     global fs_cache
     fs_cache = None
@@ -970,6 +1074,8 @@ def classify(e):
         return {'kind': 'appliance', 'errno': name, 'message': msg}
     if name in ERRNO_KINDS:
         return {'kind': ERRNO_KINDS[name], 'errno': name, 'message': msg}
+    if "you must call 'mount' first" in msg:
+        return {'kind': 'invalid', 'errno': name, 'message': 'nothing is mounted: mount a filesystem first (%s)' % msg}
     if 'No such file or directory' in msg:
         return {'kind': 'not-found', 'errno': name or 'ENOENT', 'message': msg}
     if 'Not a directory' in msg:

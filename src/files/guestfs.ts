@@ -109,6 +109,13 @@ export interface Filesystem {
   drive?: number;
   /** btrfs subvolume path. */
   subvolume?: string;
+  /**
+   * Another filesystem of the session has the same type and UUID (two snapshots of
+   * one disk). ext2/3/4 and vfat mount side by side, XFS too (nouuid is added), but
+   * only one copy of a btrfs filesystem mounts per appliance, and LVM hides
+   * duplicated volume groups: open such snapshots in separate sessions.
+   */
+  sharesUuid?: boolean;
 }
 
 export type FileType = 'file' | 'dir' | 'symlink' | 'chardev' | 'blockdev' | 'fifo' | 'socket' | 'unknown';
@@ -237,6 +244,7 @@ const KIND_CODES: Record<string, ErrorCode> = {
   'not-found': 'NOT_FOUND',
   invalid: 'INVALID_ARGUMENT',
   encoding: 'INVALID_ARGUMENT',
+  duplicate: 'INVALID_ARGUMENT',
   exists: 'ALREADY_EXISTS',
   'no-space': 'NO_SPACE',
   cancelled: 'INTERRUPTED',
@@ -491,6 +499,7 @@ export class GuestFs {
     } else if (code === 'NOT_FOUND') hint = 'check the path with `vmsnap files`';
     else if (code === 'NO_SPACE') hint = 'the guest filesystem is full';
     else if (e.kind === 'encoding') hint = 'copy its parent directory instead (a tar keeps any name)';
+    else if (e.kind === 'duplicate') hint = 'read each snapshot of a btrfs or LVM disk in its own session';
     else if (code === 'QEMU_FAILED') hint = 'the libguestfs appliance failed; open the files again (LIBGUESTFS_DEBUG=1 shows why)';
     return new VmsnapError(code, m, { details, ...(hint ? { hint } : {}) });
   }
@@ -840,7 +849,11 @@ export class GuestFs {
     return toStat(r as RawStat);
   }
 
-  /** Unpack an uncompressed tar (host file or stream) into a directory mounted read-write. */
+  /**
+   * Unpack an uncompressed tar (host file or stream) into a directory mounted
+   * read-write. A child process's stdout must be passed before the child exits
+   * (Node discards unread output of an exited child).
+   */
   async tarIn(src: string | Readable, path: string, o: { xattrs?: boolean; acls?: boolean } & CallOptions = {}): Promise<void> {
     await this.streamIn('tarIn', { path, xattrs: o.xattrs ?? false, acls: o.acls ?? false }, src, o);
   }
@@ -852,12 +865,17 @@ export class GuestFs {
       if (!existsSync(hostPath)) throw new VmsnapError('NOT_FOUND', `no such host file: ${hostPath}`);
       return this.call(op, { ...args, hostPath }, { ...co, timeoutMs });
     }
+    // Read the source at once: Node resumes (and discards) an unread child process
+    // stdout when the child exits, which would hand the appliance an empty stream.
+    const pass = new PassThrough({ highWaterMark: 1 << 20 });
+    src.on('error', (e) => pass.destroy(e));
+    src.pipe(pass);
     let piping: Promise<void> | undefined;
     const answer = this.call(op, args, {
       ...co,
       timeoutMs,
       onFifo: (fifo) => {
-        piping = pipeline(src, createWriteStream(fifo));
+        piping = pipeline(pass, createWriteStream(fifo));
       },
     });
     try {
@@ -866,6 +884,10 @@ export class GuestFs {
       return r;
     } catch (e) {
       if (piping) await piping.catch(() => undefined);
+      else {
+        src.unpipe(pass);
+        pass.destroy();
+      }
       throw e;
     }
   }
