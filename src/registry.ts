@@ -1,4 +1,6 @@
 import type { OperationKind } from './contract/operations.js';
+import { filesRead } from './files/read-op.js';
+import { restoreFileOp } from './files/restore.js';
 import { consolidate } from './layers/consolidate.js';
 import type { AnyOperationDef, OperationDef, OperationRegistry } from './operations/define.js';
 import { clone } from './snapshot/clone.js';
@@ -33,6 +35,8 @@ export const OPERATIONS: { readonly [K in OperationKind]: OperationDef<K, unknow
   consolidate,
   import: importArchiveOp,
   export: exportSnapshotOp,
+  'files-read': filesRead,
+  'restore-file': restoreFileOp,
 };
 
 const all: readonly AnyOperationDef[] = Object.values(OPERATIONS);

@@ -2,6 +2,7 @@ import { rmSync } from 'node:fs';
 import { withVmLock } from './catalog/lock.js';
 import { openContext, type Context, type VmsnapEvent } from './context.js';
 import type { RecoveryReport, VerifyReport } from './contract/views.js';
+import { FilesService } from './files/service.js';
 import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
 import { defaultHome } from './paths.js';
@@ -29,6 +30,8 @@ export class Vmsnap {
   readonly health: HealthService;
   /** Export a snapshot as a self-contained archive; import one as a new VM. */
   readonly transfer: TransferService;
+  /** Guest files of snapshots: browse, copy out, restore, diff, search (libguestfs, never mounted on the host). */
+  readonly files: FilesService;
 
   private constructor(ctx: Context) {
     this.ctx = ctx;
@@ -36,6 +39,7 @@ export class Vmsnap {
     this.snapshots = new SnapshotService(ctx);
     this.health = new HealthService(ctx);
     this.transfer = new TransferService(ctx);
+    this.files = new FilesService(ctx);
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {

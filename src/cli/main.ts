@@ -8,6 +8,7 @@ import { registerMaintenanceCommands } from './commands/maintenance.js';
 import { registerHealthCommands } from './commands/health.js';
 import { registerServeCommand } from './commands/serve.js';
 import { registerTransferCommands } from './commands/transfer.js';
+import { registerFilesCommands } from './commands/files.js';
 
 /**
  * How every command runs: open the library, do the work, close, and turn a
@@ -69,6 +70,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   registerMaintenanceCommands(program, run);
   registerHealthCommands(program, run);
   registerTransferCommands(program, run);
+  registerFilesCommands(program, run);
   registerServeCommand(program);
   return program;
 }

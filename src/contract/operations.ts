@@ -1,4 +1,5 @@
 import type { ErrorCode } from '../errors.js';
+import type { DiffReport, FilesystemsView, RestoreResult, SearchReport } from './files.js';
 import type {
   CloneResult,
   DeleteResult,
@@ -33,11 +34,13 @@ export const OPERATION_KINDS = [
   'consolidate',
   'import',
   'export',
+  'files-read',
+  'restore-file',
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
 /** Long jobs that change nothing, so nothing is journaled, but which the API also runs in the background. */
-export const READ_TASK_KINDS = ['verify', 'recover'] as const;
+export const READ_TASK_KINDS = ['verify', 'recover', 'diff', 'search'] as const;
 export type ReadTaskKind = (typeof READ_TASK_KINDS)[number];
 
 /** What the API runs as a 202 job: an operation, or a long read. */
@@ -61,6 +64,11 @@ export interface TaskResults {
   export: ExportResult;
   verify: VerifyReport;
   recover: RecoveryReport;
+  /** Opening a snapshot's files for browsing (the appliance boots): its filesystems. */
+  'files-read': FilesystemsView;
+  'restore-file': RestoreResult;
+  diff: DiffReport;
+  search: SearchReport;
 }
 
 export type TaskStatus = 'running' | 'succeeded' | 'failed';

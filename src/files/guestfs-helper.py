@@ -19,6 +19,7 @@
 import base64
 import ctypes
 import errno as errnomod
+import hashlib
 import json
 import os
 import queue
@@ -269,6 +270,8 @@ def entry_of(st):
         'mode': mode & 0o7777,
         'mtime': st['st_mtime_sec'],
         'mtimeNsec': st['st_mtime_nsec'],
+        'ctime': st['st_ctime_sec'],
+        'ctimeNsec': st['st_ctime_nsec'],
         'uid': st['st_uid'],
         'gid': st['st_gid'],
         'ino': st['st_ino'],
@@ -397,6 +400,71 @@ def op_checksum(a):
     need_handle()
     algo = a.get('algorithm', 'sha256')
     return [g.checksum(algo, p) for p in a['paths']]
+
+
+HASH_CHUNK = 2 << 20
+
+
+def op_hash_files(a):
+    """SHA-256 of regular files by pread in the helper: ~2 ms a small file, where
+    checksum costs a process start in the appliance (150-250 ms) per file."""
+    need_handle()
+    paths = a['paths']
+    sizes = []
+    for p in paths:
+        try:
+            st = g.lstatns(p)
+            sizes.append(st['st_size'] if statmod.S_ISREG(st['st_mode']) else None)
+        except RuntimeError:
+            sizes.append(None)
+    total = sum(x for x in sizes if x)
+    done = 0
+    out = []
+    for p, size in zip(paths, sizes):
+        if size is None:
+            out.append(None)
+            continue
+        h = hashlib.sha256()
+        off = 0
+        while off < size:
+            data = g.pread(p, min(HASH_CHUNK, size - off), off)
+            if not data:
+                break  # shrank: cannot happen on a frozen layer
+            h.update(data)
+            off += len(data)
+            done += len(data)
+            if total >= HASH_CHUNK:
+                send({'event': 'progress', 'position': done, 'total': total})
+        out.append({'sha256': h.hexdigest(), 'size': off})
+    return out
+
+
+def op_ranges(a):
+    """Where each partition lies on its disk (bytes), for telling which filesystems a write touched."""
+    need_handle()
+    out = []
+    tables = {}
+    for p in g.list_partitions():
+        if is_scratch(p):
+            continue
+        try:
+            parent = g.part_to_dev(p)
+            num = g.part_to_partnum(p)
+            if parent not in tables:
+                tables[parent] = g.part_list(parent)
+            for part in tables[parent]:
+                if part['part_num'] == num:
+                    out.append({'device': names.to_guest(p), 'start': part['part_start'], 'size': part['part_size']})
+        except RuntimeError:
+            pass
+    for d in g.list_devices():
+        if is_scratch(d):
+            continue
+        try:
+            out.append({'device': names.to_guest(d), 'start': 0, 'size': g.blockdev_getsize64(d)})
+        except RuntimeError:
+            pass
+    return out
 
 
 def parse_sum_line(line):
@@ -1034,6 +1102,7 @@ OPS = {
     'launch': op_launch, 'filesystems': op_filesystems, 'mount': op_mount, 'umount': op_umount,
     'umountAll': op_umount_all, 'mounts': op_mounts, 'list': op_list, 'stat': op_stat,
     'exists': op_exists, 'find': op_find, 'checksum': op_checksum, 'checksumTree': op_checksum_tree,
+    'hashFiles': op_hash_files, 'ranges': op_ranges,
     'download': op_download, 'read': op_read, 'tarOut': op_tar_out, 'upload': op_upload, 'tarIn': op_tar_in,
     'setMeta': op_set_meta, 'mkdir': op_mkdir, 'copy': op_copy, 'remove': op_remove, 'sync': op_sync,
     'ping': op_ping, 'raw': op_raw, 'close': op_close,

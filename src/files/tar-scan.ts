@@ -113,7 +113,12 @@ function cleanPath(name: Buffer): Buffer {
 export async function scanTar(
   source: AsyncIterable<Buffer | string>,
   onEntry: (e: TarEntry) => void,
-  opts: { hash?: boolean } = {},
+  opts: {
+    hash?: boolean;
+    /** A member's header was read; its content (if any) follows in onContent calls, then onEntry. */
+    onStart?: (e: TarEntry) => void;
+    onContent?: (e: TarEntry, chunk: Buffer) => void;
+  } = {},
 ): Promise<number> {
   let buf: Buffer = Buffer.alloc(0);
   let count = 0;
@@ -195,6 +200,7 @@ export async function scanTar(
     if (type === 'symlink') e.linkTarget = decodeName(link).text;
     if (type === 'hardlink') e.linkTarget = decodeName(cleanPath(link)).text;
     pending = e;
+    opts.onStart?.(e);
     hasher = opts.hash && type === 'file' ? createHash('sha256') : null;
     longName = null;
     longLink = null;
@@ -213,7 +219,11 @@ export async function scanTar(
         const col = collecting as Buffer[] | null;
         const hsh = hasher as ReturnType<typeof createHash> | null;
         if (col) col.push(Buffer.from(part));
-        else hsh?.update(part);
+        else {
+          hsh?.update(part);
+          const cur = pending as TarEntry | null;
+          if (cur && opts.onContent) opts.onContent(cur, part);
+        }
         remaining -= take;
         buf = buf.subarray(take);
         if (remaining > 0) break;

@@ -4,7 +4,7 @@ import type { SnapshotMeta, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { VerifyProblem, VerifyReport } from '../contract/views.js';
 import { openLayersOf } from '../layers/consolidate.js';
-import { findOrphans, othersAtWork } from '../operations/recovery.js';
+import { findOrphans, inFlight, othersAtWork } from '../operations/recovery.js';
 import { checkImage, imageInfo } from '../qemu/qemu-img.js';
 import { probeRuntime } from '../qemu/runtime.js';
 import { fingerprintDisk } from './fingerprint.js';
@@ -140,7 +140,8 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
     recorded = await recordFingerprints(ctx, vm);
   }
 
-  for (const op of ctx.journal.unfinished().filter((o) => o.vmId === vm.id)) {
+  // An operation a live process is carrying out (a read of guest files holding its pins, say) is not left over.
+  for (const op of ctx.journal.unfinished().filter((o) => o.vmId === vm.id && !inFlight(o))) {
     problems.push({ severity: 'warning', kind: 'unfinished-operation', message: `operation ${op.kind} (${op.id}) is unfinished: run 'vmsnap recover'` });
   }
   if (!othersAtWork(ctx)) {

@@ -3,7 +3,7 @@ import { VmsnapError } from '../../errors.js';
 import type { SnapshotView } from '../../contract/views.js';
 import { formatBytes } from '../../util/size.js';
 import type { Run } from '../main.js';
-import { ago, printJson, printTable, usageError } from '../output.js';
+import { ago, confirm, printJson, printTable, usageError } from '../output.js';
 import { progressBar } from '../progress.js';
 import { parseCount } from '../parse.js';
 
@@ -26,16 +26,6 @@ function printShow(s: SnapshotView): void {
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
-async function confirm(question: string): Promise<boolean> {
-  if (!process.stdin.isTTY || !process.stderr.isTTY) return false;
-  const { createInterface } = await import('node:readline/promises');
-  const rl = createInterface({ input: process.stdin, output: process.stderr });
-  try {
-    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
-  } finally {
-    rl.close();
-  }
-}
 
 /**
  * Fingerprint the new snapshot's disks in a detached process, so the content
