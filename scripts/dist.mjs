@@ -8,9 +8,9 @@
  *   node scripts/dist.mjs --check          exit 0 if dist/ is up to date, 1 if not
  *
  * esbuild transpiles the library file by file (dist/ mirrors src/, so a path relative to a
- * module, like ../../package.json, means the same in both) and bundles the CLI into dist/cli/
- * (at the same depth, so those paths hold there too: checked at each build). That takes about
- * half a second of CPU; tsc only type-checks and writes declarations, for `npm run build`.
+ * module, like ../../package.json, means the same in both) and bundles the CLI into one file in
+ * dist/cli/ (at the same depth, so those paths hold there too: checked at each build), with a
+ * V8 code cache made by running it once (bin/cli-loader.js). That takes about a second of CPU; tsc only type-checks and writes declarations, for `npm run build`.
  *
  * In a checkout, bin/vmsnap.js calls ensureDist() at every start. It compares a signature of
  * src/ (every file's path, size and mtime: about a millisecond to read) with the one the last
@@ -34,13 +34,18 @@ const LOCK = join(DIST, '.build-lock');
 /** Builds go to ROOT/.dist-tmp-PID first: beside dist/ (same file system, same depth, so source maps point right). */
 const TMP_PREFIX = '.dist-tmp-';
 /** Bump when the build's options change, so every dist/ built before is rebuilt. */
-const BUILD_FORMAT = 1;
-/** src/cli is bundled (see build()); the rest of src/ is transpiled file by file. */
+const BUILD_FORMAT = 3;
+/** src/cli is bundled into one file (see build()); the rest of src/ is transpiled file by file. */
 const CLI_DIR = 'cli';
+const CLI_BUNDLE = 'vmsnap-cli.cjs';
+/** What stands for import.meta.url in the CommonJS bundle. */
+const IMPORT_META_URL = '__vmsnapImportMetaUrl';
+const URL_RELATIVE_TO_MODULE = new RegExp(`new URL\\(\\s*["'](\\.\\.?/[^"']*)["']\\s*,\\s*(?:import\\.meta\\.url|${IMPORT_META_URL})\\s*\\)`, 'g');
 /** Packages the CLI bundle loads from node_modules rather than containing them. */
 const CLI_EXTERNAL = ['better-sqlite3'];
 /** Files beside the sources that change how they are built. */
-const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json'];
+// This script is part of the build: a change to it (new esbuild options, say) rebuilds too.
+const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs'];
 
 /** @param {string} name */
 const isTest = (name) => name.endsWith('.test.ts');
@@ -87,6 +92,8 @@ export function sourceSignature(files = sourceFiles()) {
       add(`${f}\0-\n`);
     }
   }
+  // The code cache beside the CLI bundle is only good for the Node (V8) that made it.
+  add(`${process.version}\0${process.arch}\n`);
   return `v${BUILD_FORMAT}-${n}-${(h >>> 0).toString(16)}`;
 }
 
@@ -203,6 +210,7 @@ async function build(opts) {
   for (const e of readdirSync(ROOT)) if (e.startsWith(TMP_PREFIX)) rmSync(join(ROOT, e), { recursive: true, force: true });
   const tmp = join(ROOT, `${TMP_PREFIX}${process.pid}`);
   mkdirSync(tmp);
+  let cacheMs = 0;
   try {
     let esbuild;
     try {
@@ -223,22 +231,31 @@ async function build(opts) {
     await Promise.all([
       // The library, file by file, as `import 'vmsnap'` uses it.
       esbuild.build({ ...common, entryPoints: ts.filter((f) => !f.startsWith(`${CLI_DIR}/`)).map((f) => join(SRC, f)), outdir: tmp, outbase: SRC }),
-      // The CLI, bundled with its dependencies: one file to load for --help, and the library
-      // (with zod, hono, …) in chunks that a command's `await import(...)` loads when it runs.
-      // Loading a few large files is much quicker than many small ones (zod alone is ~100).
+      // The CLI, bundled with its dependencies (better-sqlite3 aside) into one CommonJS file, which
+      // bin/cli-loader.js runs with V8's code cache (made below): --help and list then load one
+      // file and compile nothing. The commands still import the library only when they run: in
+      // the bundle, `await import(...)` defers the evaluation of what it imports.
       esbuild.build({
         ...common,
         entryPoints: [join(SRC, CLI_DIR, 'main.ts')],
-        outdir: join(tmp, CLI_DIR),
+        outfile: join(tmp, CLI_DIR, CLI_BUNDLE),
+        format: 'cjs',
         bundle: true,
-        splitting: true,
         metafile: true,
+        // A vm.Script (the code-cache loader) has no loader for import(): what stays outside the
+        // bundle (node: built-ins, native addons) is required instead.
+        supported: { 'dynamic-import': false },
         // Native addons stay where npm put them.
         external: CLI_EXTERNAL,
-        // Bundled CommonJS packages (commander) require Node's built-ins.
-        banner: { js: "import { createRequire as __vmsnapRequire } from 'node:module'; const require = __vmsnapRequire(import.meta.url);" },
+        // import.meta does not exist in CommonJS: the bundle's own URL stands in (dist/cli/ is at
+        // the depth of src/cli/, so paths relative to a module hold: checked below).
+        define: { 'import.meta.url': IMPORT_META_URL },
+        banner: { js: `var ${IMPORT_META_URL} = require('node:url').pathToFileURL(__filename).href;` },
       }).then((r) => checkRelativeUrls(r.metafile, tmp)),
     ]);
+    const cacheStarted = performance.now();
+    await makeCodeCache(join(tmp, CLI_DIR, CLI_BUNDLE), tmp);
+    cacheMs = performance.now() - cacheStarted;
     for (const f of files) {
       if (ts.includes(f)) continue;
       mkdirSync(dirname(join(tmp, f)), { recursive: true });
@@ -264,7 +281,44 @@ async function build(opts) {
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
-  log(`vmsnap: built dist/ from src/ (${files.length} files${opts.declarations ? ', with declarations' : ''}) in ${Math.round(performance.now() - started)} ms`);
+  log(`vmsnap: built dist/ from src/ (${files.length} files${opts.declarations ? ', with declarations' : ''}) in ${Math.round(performance.now() - started)} ms, of which ${Math.round(cacheMs)} ms running it once for the code cache`);
+}
+
+/**
+ * Run the new CLI bundle once, as users do (--help, and list on an empty home), and save the
+ * code V8 compiled for it, for bin/cli-loader.js. A failure here fails the build: the bundle
+ * does not run.
+ * @param {string} bundle
+ * @param {string} tmp the build's temporary folder, which becomes dist/
+ */
+async function makeCodeCache(bundle, tmp) {
+  const { spawnSync } = await import('node:child_process');
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const home = mkdtempSync(join(tmpdir(), 'vmsnap-warmup-'));
+  try {
+    const loader = new URL('../bin/cli-loader.js', import.meta.url).href;
+    const warmup = `
+      const { writeFileSync, renameSync } = await import('node:fs');
+      const { loadCli } = await import(${JSON.stringify(loader)});
+      const bundle = process.argv[1];
+      // Run as the file it becomes in dist/: the code cache remembers the name.
+      const cli = loadCli(bundle, { useCache: false, as: process.argv[2] });
+      await cli.exports.main(['node', 'vmsnap', '--help']);
+      await cli.exports.main(['node', 'vmsnap', 'list', '--json']);
+      if (process.exitCode) throw new Error('vmsnap list --json failed: exit ' + process.exitCode);
+      writeFileSync(bundle + '.cache.tmp', cli.script.createCachedData());
+      renameSync(bundle + '.cache.tmp', bundle + '.cache');
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', warmup, bundle, join(DIST, relative(tmp, bundle))], {
+      env: { ...process.env, VMSNAP_HOME: home, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+      encoding: 'utf8',
+    });
+    if (r.status !== 0) throw new Error(`the new CLI bundle does not run (exit ${r.status ?? r.signal}):\n${r.stderr}`);
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -276,10 +330,10 @@ async function build(opts) {
  */
 function checkRelativeUrls(metafile, tmp) {
   for (const out of Object.keys(metafile?.outputs ?? {})) {
-    if (!out.endsWith('.js')) continue;
+    if (!/\.c?js$/.test(out)) continue;
     const file = join(process.cwd(), out);
     const text = readFileSync(file, 'utf8');
-    for (const m of text.matchAll(/new URL\(\s*["'](\.\.?\/[^"']*)["']\s*,\s*import\.meta\.url\s*\)/g)) {
+    for (const m of text.matchAll(URL_RELATIVE_TO_MODULE)) {
       const target = join(DIST, relative(tmp, dirname(file)), /** @type {string} */ (m[1]));
       if (relative(ROOT, target).startsWith('..')) {
         throw new Error(`${relative(tmp, file)}: new URL('${m[1]}', import.meta.url) points outside the package once bundled into dist/${CLI_DIR}/; find the file another way`);

@@ -7,7 +7,11 @@ export DEBIAN_FRONTEND=noninteractive
 
 PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio gzip xz-utils zstd kmod e2fsprogs)
 # --test: also what the test suite needs (Chromium drives the web UI's browser tests).
-if [ "${1:-}" = --test ]; then PACKAGES+=(chromium); fi
+# libvirt (domain XML written by a real libvirtd), OVMF (UEFI guests), debootstrap and
+# friends (the Debian test guest), libguestfs (reading guest filesystems).
+if [ "${1:-}" = --test ]; then
+  PACKAGES+=(chromium libvirt-daemon-system libvirt-clients ovmf iproute2 util-linux)
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

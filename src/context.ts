@@ -20,11 +20,15 @@ export interface Context {
   catalog: Catalog;
   journal: Journal;
   events: VmsnapEvents;
-  /** Every operation's definition: recovery finds how to finish a journaled operation here. */
-  registry: OperationRegistry;
+  /**
+   * Every operation's definition: recovery finds how to finish a journaled
+   * operation here. Loaded when first needed (there is something to recover),
+   * so a read command like `vmsnap list` does not load every verb.
+   */
+  registry: () => Promise<OperationRegistry>;
 }
 
-export function openContext(home: string, registry: OperationRegistry, imageCache?: string): Context {
+export function openContext(home: string, registry: () => Promise<OperationRegistry>, imageCache?: string): Context {
   const paths = pathsFor(home, imageCache);
   for (const dir of [paths.home, paths.layers, paths.states, paths.run]) mkdirSync(dir, { recursive: true, mode: 0o700 });
   const catalog = Catalog.open(paths.catalog);

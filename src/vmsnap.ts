@@ -6,11 +6,13 @@ import { FilesService } from './files/service.js';
 import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
 import { defaultHome } from './paths.js';
-import { registry } from './registry.js';
 import { SnapshotService } from './snapshot/service.js';
 import { recordFingerprints, verifyVm } from './snapshot/verify.js';
 import { TransferService } from './transfer/index.js';
 import { VmService } from './vm/service.js';
+
+/** The registry imports every verb: load it only when there is an operation to recover. */
+const loadRegistry = async () => (await import('./registry.js')).registry;
 
 export interface OpenOptions {
   /** The data dir; default $VMSNAP_HOME or the XDG data dir. */
@@ -43,7 +45,7 @@ export class Vmsnap {
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {
-    return new Vmsnap(openContext(opts.home ?? defaultHome(), registry, opts.imageCache));
+    return new Vmsnap(openContext(opts.home ?? defaultHome(), loadRegistry, opts.imageCache));
   }
 
   get home(): string {
@@ -71,7 +73,7 @@ export class Vmsnap {
       report.operations.push(...(vm ? await withVmLock(this.ctx.catalog, vm, 'recover', run) : await run()));
     }
     if (!othersAtWork(this.ctx)) {
-      for (const f of findOrphans(this.ctx)) {
+      for (const f of await findOrphans(this.ctx)) {
         rmSync(f, { force: true });
         report.orphansRemoved.push(f);
       }

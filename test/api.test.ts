@@ -10,6 +10,7 @@ import { acquireVmLock } from '../src/catalog/lock.js';
 import { validateName } from '../src/contract/config.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, openLib, tempHome } from './helpers.js';
+import { apiClient } from './http.js';
 
 interface SseEvent {
   id?: string;
@@ -94,39 +95,7 @@ describe('HTTP API over the demo guest', () => {
   let base: string;
   let sse: ReturnType<typeof openEvents>;
 
-  const call = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) => {
-    const res = await fetch(`${base}${path}`, {
-      method,
-      headers: { ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}), ...headers },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    // Answers are checked by the assertions that read them, not by types: any stays in this helper.
-    const json = text ? (JSON.parse(text) as any) : undefined; // eslint-disable-line @typescript-eslint/no-explicit-any
-    return { status: res.status, json, headers: res.headers };
-  };
-  const refused = async (method: string, path: string, body: unknown, status: number, code: string, field?: string) => {
-    const r = await call(method, path, body);
-    expect(r.status, JSON.stringify(r.json)).toBe(status);
-    expect(r.json.error.code).toBe(code);
-    if (field !== undefined) {
-      expect(r.json.error.details.field).toBe(field);
-      expect(r.json.error.message).toContain(field);
-    }
-    return r.json.error;
-  };
-  /** Follow a 202 to the end by polling, as a script would. */
-  const finish = async (r: { status: number; json: { operation: Operation }; headers: Headers }, timeoutMs = 120_000): Promise<Operation> => {
-    expect(r.status, JSON.stringify(r.json)).toBe(202);
-    expect(r.headers.get('location')).toBe(`/api/operations/${r.json.operation.id}`);
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const op = (await call('GET', `/api/operations/${r.json.operation.id}`)).json as Operation;
-      if (op.status !== 'running') return op;
-      if (Date.now() > deadline) throw new Error(`operation ${op.id} still running`);
-      await new Promise((res) => setTimeout(res, 100));
-    }
-  };
+  const { call, refused, finish } = apiClient(() => base);
   const exec = async (script: string) => {
     const r = await call('POST', '/api/vms/api/exec', { argv: ['/bin/sh', '-c', script] });
     expect(r.status, JSON.stringify(r.json)).toBe(200);

@@ -94,7 +94,7 @@ describe('clones, storage accounting and health', () => {
     expect(refused.stderr).toMatch(/linked clones that build on its disks: tmpclone/);
     await lib.vms.remove('tmpclone');
     expect(lib.snapshots.list('src').map((s) => s.name)).toEqual(['S3', 'S4']);
-    expect(findOrphans(lib.ctx)).toEqual([]);
+    expect(await findOrphans(lib.ctx)).toEqual([]);
     expect((await lib.verify('src')).ok).toBe(true);
   });
 

@@ -16,7 +16,7 @@ async function checkAll(lib: Vmsnap, vm: string, expected: Record<string, string
   expect(report.problems).toEqual([]);
   expect(report.ok).toBe(true);
   expect(report.fingerprintsVerified).toBe(Object.keys(expected).length);
-  expect(findOrphans(lib.ctx)).toEqual([]);
+  expect(await findOrphans(lib.ctx)).toEqual([]);
   expect(lib.snapshots.list(vm).map((s) => s.name).sort()).toEqual(Object.keys(expected).sort());
   for (const [snap, want] of Object.entries(expected)) {
     await lib.snapshots.revert(vm, snap, { force: true });
@@ -114,7 +114,7 @@ describe('deleting snapshots with online and offline consolidation', () => {
     expect(lib.snapshots.list('del')).toEqual([]);
     const info = await lib.vms.info('del');
     expect(info.diskChains[0]!.chain).toHaveLength(1);
-    expect(findOrphans(lib.ctx)).toEqual([]);
+    expect(await findOrphans(lib.ctx)).toEqual([]);
     expect((await lib.verify('del', { deep: true })).ok).toBe(true);
     await lib.vms.start('del');
     expect(await files(lib, 'del')).toEqual(['a', 'b', 'big', 'd', 'e']);
@@ -138,7 +138,7 @@ describe('deleting snapshots with online and offline consolidation', () => {
     expect(status).toMatchObject({ state: 'running', pid });
     expect(await files(lib, 'del')).toEqual(['a', 'b', 'big', 'd', 'e', 'x2', 'x3']);
     expect((await lib.vms.info('del')).diskChains[0]!.chain).toHaveLength(1);
-    expect(findOrphans(lib.ctx)).toEqual([]);
+    expect(await findOrphans(lib.ctx)).toEqual([]);
     expect((await lib.verify('del')).ok).toBe(true);
   });
 

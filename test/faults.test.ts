@@ -17,7 +17,7 @@ async function expectSound(home: string, lib: Vmsnap, vm: string, expected: Reco
   const verify = await cli(home, ['verify', vm, '--deep', '--json']);
   expect(JSON.parse(verify.stdout).problems, verify.stdout).toEqual([]);
   expect(verify.code).toBe(0);
-  expect(findOrphans(lib.ctx)).toEqual([]);
+  expect(await findOrphans(lib.ctx)).toEqual([]);
   expect(lib.ctx.journal.unfinished()).toEqual([]);
   expect(lib.snapshots.list(vm).map((s) => s.name).sort()).toEqual(Object.keys(expected).sort());
   for (const [snap, want] of Object.entries(expected)) {

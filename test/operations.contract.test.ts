@@ -301,7 +301,7 @@ describe('every operation survives kill -9 at every fault point', () => {
         const reports = JSON.parse(verify.stdout) as { vm: string; problems: unknown[] }[];
         expect(reports.flatMap((v) => v.problems), verify.stdout).toEqual([]);
         expect(verify.code).toBe(0);
-        expect(findOrphans(lib.ctx)).toEqual([]);
+        expect(await findOrphans(lib.ctx)).toEqual([]);
         expect(lib.ctx.journal.unfinished()).toEqual([]);
         expect(await stateOf(sc.extra), `${outcome}: the VMs as ${outcome === 'rolled_back' ? 'before' : 'after'}`).toEqual(
           outcome === 'rolled_back' ? before : sc.after(before),

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +45,8 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
   let profile: string;
   let keepShots = false;
   let step = 0;
+  /** The archive the browser downloaded. */
+  let archive: string;
   const pageErrors: string[] = [];
 
   /** A screenshot of the step, checked: a real PNG of some size, taken when `expectText` is on the page. */
@@ -165,6 +167,77 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
     expect(lib.snapshots.list('ui').map((s) => s.name)).toEqual(['first']);
   });
 
+  it('clones a snapshot from its dialog: two linked clones appear as VMs', async () => {
+    await page.getByTestId('tree-node-first').click();
+    await page.getByTestId('action-clone').click();
+    const dialog = page.getByTestId('dialog-clone');
+    await dialog.getByTestId('clone-name').fill('twin');
+    await dialog.getByTestId('clone-count').fill('2');
+    await snap('clone-dialog', ["Clone 'first' of ui", 'New VMs: twin-1 … twin-2', 'Linked']);
+    await dialog.getByTestId('confirm-clone').click();
+
+    await page.getByTestId('toast-ok').filter({ hasText: "Cloned ui/first as 'twin-1', 'twin-2'" }).waitFor({ timeout: 60_000 });
+    await page.getByTestId('vm-item-twin-1').waitFor();
+    await page.getByTestId('vm-item-twin-2').waitFor();
+    await snap('cloned', ["Cloned ui/first as 'twin-1', 'twin-2'", 'twin-2']);
+    expect((await lib.vms.list()).map((v) => v.name).sort()).toEqual(['twin-1', 'twin-2', 'ui']);
+    expect(lib.vms.get('twin-1').config.nics[0]!.mac).not.toBe(lib.vms.get('twin-2').config.nics[0]!.mac);
+  });
+
+  it('exports a snapshot and downloads the archive', async () => {
+    await page.getByTestId('tree-node-first').click();
+    await page.getByTestId('action-export').click();
+    const dialog = page.getByTestId('dialog-export');
+    await dialog.getByTestId('confirm-export').click();
+    await dialog.getByTestId('export-download').waitFor({ timeout: 60_000 });
+    await snap('export-ready', ["Export 'first' of ui", 'Ready: ui-first.vmsnap']);
+    const [download] = await Promise.all([page.waitForEvent('download'), dialog.getByTestId('export-download').click()]);
+    expect(download.suggestedFilename()).toBe('ui-first.vmsnap');
+    archive = join(shots, 'ui-first.vmsnap');
+    await download.saveAs(archive);
+    // What the browser saved is the CLI's archive, every checksum intact.
+    const check = await lib.transfer.check(archive);
+    expect(check).toMatchObject({ hasMemory: true, source: { vm: 'ui', snapshot: 'first' } });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+  });
+
+  it('uploads the archive as a new VM', async () => {
+    await page.getByTestId('action-import').click();
+    const dialog = page.getByTestId('dialog-import');
+    await dialog.getByTestId('import-file').setInputFiles(archive);
+    await dialog.getByTestId('import-name').fill('restored');
+    await snap('import-dialog', ['Import a VM from an archive', 'Upload and import']);
+    await dialog.getByTestId('confirm-import').click();
+
+    await page.getByTestId('toast-ok').filter({ hasText: "Imported VM 'restored'" }).waitFor({ timeout: 120_000 });
+    // The page selects the VM it imported, with its one snapshot.
+    await expect.poll(() => page.getByTestId('vm-title').textContent(), { timeout: 20_000 }).toBe('restored');
+    await page.getByTestId('tree-node-first').waitFor();
+    await snap('imported', ["Imported VM 'restored'", 'restored']);
+    expect(lib.snapshots.list('restored').map((s) => [s.name, s.hasMemory, s.current])).toEqual([['first', true, true]]);
+  });
+
+  it("shows the doctor's warnings and selects the snapshot one names", async () => {
+    // Every snapshot is "old" with this threshold.
+    writeFileSync(join(home, 'config.json'), JSON.stringify({ health: { maxAgeHours: 0.0001 } }));
+    try {
+      await page.getByTestId('health-check').click();
+      const warning = page.getByTestId('warning-old-snapshot-ui-first');
+      await warning.waitFor({ timeout: 60_000 });
+      expect(await warning.textContent()).toMatch(/snapshot 'first' of 'ui' is 0 h old/);
+      await snap('health-warnings', ['warnings', "snapshot 'first' of 'ui'"]);
+      // 'restored' is selected: the warning about ui/first takes the page there.
+      await warning.click();
+      await expect.poll(() => page.getByTestId('vm-title').textContent()).toBe('ui');
+      await expect.poll(() => page.getByTestId('tree-node-first').getAttribute('class')).toMatch(/\bselected\b/);
+      await expect.poll(() => page.getByTestId('details').textContent()).toMatch(/^first/);
+      for (const vm of ['ui', 'restored', 'twin-1', 'twin-2']) await page.getByTestId(`usage-${vm}`).waitFor();
+      await snap('warning-opened', ['Revert to this snapshot', 'Data dir']);
+    } finally {
+      rmSync(join(home, 'config.json'), { force: true });
+    }
+  });
+
   it('asks for the API token when the server requires one, and refuses a wrong one', async () => {
     const guarded = await serve({ lib, host: '127.0.0.1', port: 0, requireToken: true });
     try {
@@ -180,7 +253,9 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
       expect(readFileSync(file).subarray(0, 8).equals(PNG)).toBe(true);
       await dialog.locator('input').fill(guarded.token!);
       await dialog.getByRole('button', { name: 'Connect' }).click();
-      await expect.poll(() => p.getByTestId('vm-title').textContent()).toBe('ui');
+      // The VMs load (the first by name is selected: the clones and the import came before 'ui').
+      await p.getByTestId('vm-item-ui').waitFor();
+      await expect.poll(() => p.getByTestId('vm-title').textContent()).toBe('restored');
       await expect.poll(() => p.getByTestId('conn').textContent()).toMatch(/live/);
       await p.close();
     } finally {

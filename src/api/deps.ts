@@ -1,5 +1,7 @@
 import { OpenAPIHono, z } from '@hono/zod-openapi';
+import { VmsnapError } from '../errors.js';
 import type { Vmsnap } from '../vmsnap.js';
+import type { Downloads } from './downloads.js';
 import { validationError } from './errors.js';
 import type { EventHub } from './events.js';
 import type { OperationTracker } from './operations.js';
@@ -14,6 +16,8 @@ export interface ApiDeps {
   hub: EventHub;
   watch: VmWatch;
   hostPaths: HostPathPolicy;
+  /** Archives exported for download. */
+  downloads: Downloads;
   version: string;
   tokenRequired: boolean;
 }
@@ -37,7 +41,10 @@ export const errors = {
   403: errorContent('cross-origin write refused, or a host path outside the allowed dirs'),
   404: errorContent('no such VM, snapshot or operation'),
   409: errorContent('wrong state (INVALID_STATE), name taken (ALREADY_EXISTS), or the present state would be lost (WOULD_LOSE_DATA, `details.lost`)'),
+  411: errorContent('an upload without a Content-Length (LENGTH_REQUIRED)'),
+  415: errorContent('an upload of another media type than an archive (UNSUPPORTED_MEDIA_TYPE)'),
   423: errorContent('the VM is busy with another operation (BUSY)'),
+  507: errorContent('not enough free space in the data dir (NO_SPACE); nothing was written'),
 } as const;
 
 export function jsonBody<T extends z.ZodType>(schema: T, required = false) {
@@ -46,4 +53,13 @@ export function jsonBody<T extends z.ZodType>(schema: T, required = false) {
 
 export function jsonResponse<T extends z.ZodType>(schema: T, description: string) {
   return { description, content: { 'application/json': { schema } } };
+}
+
+/**
+ * Refuse a taken VM name at once, before anything is accepted or uploaded
+ * (the library refuses it again under its journal, where it cannot race).
+ */
+export function refuseTakenName(d: ApiDeps, name: string, hint: string): void {
+  if (d.lib.ctx.catalog.findVm(name) === undefined) return;
+  throw new VmsnapError('ALREADY_EXISTS', `a VM named '${name}' already exists`, { hint, details: { vm: name, field: 'name' } });
 }

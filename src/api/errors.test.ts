@@ -15,7 +15,7 @@ describe('API error bodies', () => {
   });
 
   it('answer the API’s own codes with theirs', () => {
-    const expected: Record<ApiOnlyCode, number> = { UNAUTHORIZED: 401, FORBIDDEN: 403, PAYLOAD_TOO_LARGE: 413, UNSUPPORTED_MEDIA_TYPE: 415, NOT_IMPLEMENTED: 501 };
+    const expected: Record<ApiOnlyCode, number> = { UNAUTHORIZED: 401, FORBIDDEN: 403, LENGTH_REQUIRED: 411, PAYLOAD_TOO_LARGE: 413, UNSUPPORTED_MEDIA_TYPE: 415, NOT_IMPLEMENTED: 501 };
     expect(API_ONLY_STATUSES).toEqual(expected);
     for (const code of Object.keys(expected) as ApiOnlyCode[]) {
       expect(errorBody(new ApiError(code, 'no', 'do this', { a: 1 }))).toEqual({ status: expected[code], body: { code, message: 'no', hint: 'do this', details: { a: 1 } } });

@@ -6,13 +6,41 @@ import type { EventHub } from './events.js';
 
 /** A long job the API accepted with 202: what GET /api/operations/:id shows (the contract's Task). */
 export type Operation = Task;
+/** A task of one kind, its result typed. */
+export type TaskOf<K extends TaskKind> = Extract<Task, { kind: K }>;
+
+/** What a task works on, for the per-VM exclusion and for the task's vm/vmId fields. */
+export type TaskScope<K extends TaskKind = TaskKind> =
+  /** One VM: no other task on it meanwhile. */
+  | { vm: { id: string; name: string } }
+  /** A VM the task makes (import): no other task making one of that name meanwhile; its id comes from the result. */
+  | { newVm: string; idOf: (result: TaskResults[K]) => string }
+  /** The whole data dir (recover, verify of every VM): runs alone. */
+  | { dataDir: true }
+  /** Nothing the server keeps (an uploaded archive's check): excludes nothing. */
+  | { none: true };
 
 export interface OperationSpec<K extends TaskKind> {
   /** The library operation (or long read) it runs: the same names as the journal's and the events'. */
   kind: K;
-  vm: { id: string; name: string };
+  scope: TaskScope<K>;
   snapshot?: string;
   title: string;
+}
+
+/** What a running task's function may tell the tracker. */
+export interface TaskHandle {
+  /** Progress the library reports by callback rather than by event (reads that journal nothing). */
+  progress(what: string, done: number, total: number): void;
+}
+
+/** The tracker's busy key of a scope: a VM's id, a new VM's name, everything, or nothing. */
+const DATA_DIR = '*';
+function busyKey<K extends TaskKind>(scope: TaskScope<K>): string | undefined {
+  if ('vm' in scope) return scope.vm.id;
+  if ('newVm' in scope) return `new:${scope.newVm}`;
+  if ('dataDir' in scope) return DATA_DIR;
+  return undefined;
 }
 
 /**
@@ -24,7 +52,7 @@ export interface OperationSpec<K extends TaskKind> {
 export class OperationTracker {
   private readonly ops = new Map<string, Operation>();
   private readonly running = new Map<string, { op: Operation; done: Promise<void>; libraryIds: Set<string> }>();
-  /** VM id → operation id, for the VMs this server is working on. */
+  /** Busy key (VM id, new VM name, or '*' for the whole data dir) → operation id. */
   private readonly busyVms = new Map<string, string>();
 
   constructor(
@@ -50,23 +78,35 @@ export class OperationTracker {
 
   /** Refuse work on a VM this server is already changing (sync endpoints call this too). */
   assertIdle(vm: { id: string; name: string }): void {
-    const opId = this.busyVms.get(vm.id);
+    this.assertFree({ vm });
+  }
+
+  /** Refuse a task whose scope overlaps a running one's; a data-dir task overlaps everything. */
+  private assertFree<K extends TaskKind>(scope: TaskScope<K>): void {
+    const label = 'vm' in scope ? `VM '${scope.vm.name}'` : 'newVm' in scope ? `a new VM named '${scope.newVm}'` : 'the data dir';
+    const key = busyKey(scope);
+    const opId =
+      this.busyVms.get(DATA_DIR) ??
+      ('dataDir' in scope ? this.busyVms.values().next().value : undefined) ??
+      (key === undefined ? undefined : this.busyVms.get(key));
     if (opId === undefined) return;
     const op = this.ops.get(opId)!;
-    throw new VmsnapError('BUSY', `VM '${vm.name}' is busy: ${op.title} (operation ${op.id})`, {
+    throw new VmsnapError('BUSY', `${op.vm === null ? 'the data dir' : label} is busy: ${op.title} (operation ${op.id})`, {
       hint: `wait for it to finish: GET /api/operations/${op.id}`,
-      details: { vm: vm.name, operationId: op.id, kind: op.kind },
+      details: { ...('vm' in scope ? { vm: scope.vm.name } : 'newVm' in scope ? { vm: scope.newVm } : {}), operationId: op.id, kind: op.kind },
     });
   }
 
   /** Run `fn` in the background as a task of kind K: its result is that kind's result type. */
-  start<K extends TaskKind>(spec: OperationSpec<K>, fn: () => Promise<TaskResults[K]>): Operation {
-    this.assertIdle(spec.vm);
+  start<K extends TaskKind>(spec: OperationSpec<K>, fn: (task: TaskHandle) => Promise<TaskResults[K]>): TaskOf<K> {
+    const { scope } = spec;
+    this.assertFree(scope);
+    const key = busyKey(scope);
     const fields = {
       id: `op-${randomBytes(8).toString('hex')}`,
       kind: spec.kind,
-      vm: spec.vm.name,
-      vmId: spec.vm.id,
+      vm: 'vm' in scope ? scope.vm.name : 'newVm' in scope ? scope.newVm : null,
+      vmId: 'vm' in scope ? scope.vm.id : null,
       snapshot: spec.snapshot ?? null,
       title: spec.title,
       status: 'running',
@@ -78,23 +118,29 @@ export class OperationTracker {
       durationMs: null,
     };
     // The compiler cannot see that a generic K picks one member of the Task union; fn's type ties kind and result.
-    const op = fields as Operation;
+    const op = fields as Operation as TaskOf<K>;
     const t0 = performance.now();
     this.ops.set(op.id, op);
-    this.busyVms.set(spec.vm.id, op.id);
+    if (key !== undefined) this.busyVms.set(key, op.id);
     this.trim();
     const finish = (patch: Partial<TaskBase> & { result?: TaskResults[K] }): void => {
       Object.assign(op, patch, { finishedAt: new Date().toISOString(), durationMs: Math.round(performance.now() - t0) });
       this.running.delete(op.id);
-      this.busyVms.delete(spec.vm.id);
+      if (key !== undefined) this.busyVms.delete(key);
       this.publish(op);
       this.onChange(op);
     };
+    const handle: TaskHandle = {
+      progress: (what, done, total) => {
+        op.progress = { what, done, total };
+        this.hub.publish({ type: 'progress', data: { operationId: op.id, libraryOperationId: op.id, vm: op.vm ?? '', what, done, total } });
+      },
+    };
     // Started on the next tick, so the 202 (and the 'running' event) always goes out first.
     const done = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(fn)
+      .then(() => fn(handle))
       .then(
-        (result) => finish({ status: 'succeeded', result }),
+        (result) => finish({ status: 'succeeded', result, ...('newVm' in scope ? { vmId: scope.idOf(result) } : {}) }),
         (e: unknown) => finish({ status: 'failed', error: errorBody(e).body }),
       );
     this.running.set(op.id, { op, done, libraryIds: new Set() });

@@ -1,7 +1,17 @@
 import { z } from '@hono/zod-openapi';
+import { ManifestSchema } from '../contract/archive.js';
 import { VmConfigSchema as LibVmConfigSchema } from '../contract/config.js';
 import { NAME_PATTERN, NAME_RULE } from '../contract/format.js';
-import { API_ONLY_STATUSES, OPERATION_KINDS, READ_TASK_KINDS } from '../contract/operations.js';
+import {
+  API_ONLY_STATUSES,
+  OPERATION_KINDS,
+  READ_TASK_KINDS,
+  type ArchiveCheckResult,
+  type ExportTaskResult,
+  type FingerprintResult,
+  type TaskKind,
+} from '../contract/operations.js';
+import type { CloneResult, DfReport, HealthReport, ImportResult, RecoveryReport, VerifyReport } from '../contract/views.js';
 import { ERROR_CODES } from '../errors.js';
 
 /**
@@ -9,6 +19,17 @@ import { ERROR_CODES } from '../errors.js';
  * the OpenAPI document is generated from them; response schemas mirror the
  * library's types, so the compiler flags a drift between the two.
  */
+
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+
+/**
+ * A response schema that mirrors a contract type: `mirrors<T>()(schema)`
+ * does not compile when the schema's output and T differ either way, so the
+ * OpenAPI document cannot drift from what the library returns.
+ */
+export function mirrors<T>() {
+  return <S extends z.ZodType>(schema: S, ..._drift: Same<z.output<S>, T> extends true ? [] : [never]): S => schema;
+}
 
 // The library's one name rule (validateName in src/contract/config.ts uses it too).
 export { NAME_PATTERN } from '../contract/format.js';
@@ -140,8 +161,8 @@ export const OperationSchema = z
   .object({
     id: z.string(),
     kind: OperationKindSchema,
-    vm: z.string(),
-    vmId: z.string(),
+    vm: z.string().nullable().openapi({ description: 'the VM it works on (for an import, the VM it makes); null for a task over the whole data dir or none' }),
+    vmId: z.string().nullable().openapi({ description: 'null also while the VM an import makes does not exist yet' }),
     snapshot: z.string().nullable(),
     title: z.string().openapi({ description: 'what it does, in words' }),
     status: z.enum(['running', 'succeeded', 'failed']),
@@ -242,7 +263,7 @@ export const RevertBody = z
   .openapi('Revert');
 
 export const VerifyBody = z
-  .object({ deep: z.boolean().optional().openapi({ description: 'also read every layer (qemu-img check)' }) })
+  .object({ deep: z.boolean().optional().openapi({ description: "also recompute each snapshot's content fingerprint and check each memory state file against its sha256" }) })
   .strict()
   .openapi('Verify');
 
@@ -259,3 +280,244 @@ export const HealthSchema = z
     operations: z.array(z.enum(OPERATION_KINDS)).openapi({ description: 'the operations this vmsnap journals and recovers' }),
   })
   .openapi('Health');
+
+// ---- clones ----
+
+export const CloneBody = z
+  .object({
+    name: VmName.openapi({ description: 'the new VM; with count N above 1, the clones are NAME-1 … NAME-N' }),
+    mode: z.enum(['linked', 'full']).optional().openapi({ description: "linked (default): empty overlays on the snapshot's layers, instant, sharing its data; full: flattened, independent disks" }),
+    count: z.number().int().min(1, 'count is at least 1').max(64, 'count is at most 64').optional().openapi({ description: 'how many clones (default 1)' }),
+    start: z.boolean().optional().openapi({ description: "start each clone: from the snapshot's memory when it has some (a fork of the running machine), else a boot" }),
+  })
+  .strict()
+  .openapi('Clone');
+
+export const CloneResultSchema = mirrors<CloneResult>()(
+  z
+    .object({
+      source: z.string(),
+      snapshot: z.string(),
+      clones: z.array(
+        z.object({
+          name: z.string(),
+          id: z.string(),
+          mode: z.enum(['linked', 'full']),
+          mac: z.string(),
+          state: z.enum(['running', 'paused', 'stopped']),
+          forked: z.boolean().openapi({ description: "started from the snapshot's memory state rather than booted" }),
+          identitySet: z.boolean().optional().openapi({ description: 'the guest took its new hostname and MAC through its agent' }),
+        }),
+      ),
+      ms: z.number(),
+    })
+    .openapi('CloneResult'),
+);
+
+// ---- export and import ----
+
+export const ArchiveManifestSchema = z.object(ManifestSchema.shape).openapi('ArchiveManifest');
+const ArchiveSourceSchema = z.object({ vm: z.string(), snapshot: z.string(), exportedAt: z.string(), vmsnapVersion: z.string() });
+
+export const ExportResultSchema = mirrors<ExportTaskResult>()(
+  z
+    .object({
+      bytes: z.number().openapi({ description: 'size of the archive' }),
+      vm: z.string(),
+      snapshot: z.string(),
+      hasMemory: z.boolean(),
+      disks: z.array(z.object({ slot: z.string(), virtualSize: z.number(), bytes: z.number(), sha256: z.string() })),
+      state: z.object({ bytes: z.number(), sha256: z.string() }).nullable(),
+      ms: z.number(),
+      lockedMs: z.number().openapi({ description: "how long the VM's lock was held; the guest never pauses" }),
+      manifest: ArchiveManifestSchema,
+      download: z
+        .object({ url: z.string(), fileName: z.string(), bytes: z.number(), expiresAt: z.string() })
+        .openapi({ description: 'GET url (no token needed: the URL is the secret) before expiresAt; the server removes its copy once fetched whole' }),
+    })
+    .openapi('ExportResult'),
+);
+
+export const ImportResultSchema = mirrors<ImportResult>()(
+  z
+    .object({
+      vm: z.string(),
+      id: z.string(),
+      snapshot: z.string().openapi({ description: "its one snapshot, current: revert to it to resume (memory) or boot it" }),
+      hasMemory: z.boolean(),
+      vmState: z.enum(['running', 'paused', 'off']),
+      mac: z.string(),
+      bytes: z.number(),
+      source: ArchiveSourceSchema,
+      warnings: z.array(z.string()),
+      ms: z.number(),
+    })
+    .openapi('ImportResult'),
+);
+
+export const ArchiveCheckResultSchema = mirrors<ArchiveCheckResult>()(
+  z
+    .object({
+      bytes: z.number(),
+      source: ArchiveSourceSchema,
+      hasMemory: z.boolean(),
+      disks: z.array(z.object({ slot: z.string(), virtualSize: z.number(), bytes: z.number() })),
+      manifest: ArchiveManifestSchema,
+      ms: z.number(),
+    })
+    .openapi('ArchiveCheckResult'),
+);
+
+/** A client's name for an uploaded archive: used in messages and recorded with the imported snapshot, never as a path. */
+const UploadFileName = z
+  .string()
+  .min(1)
+  .max(255)
+  .regex(/^[^/\\\0]+$/, 'a file name, without a folder')
+  .openapi({ param: { name: 'filename', in: 'query' }, description: "the archive's file name on the client, for messages", example: 'web-before.vmsnap' });
+
+export const ImportQuery = z.object({
+  name: VmName.optional().openapi({ param: { name: 'name', in: 'query' }, description: "the new VM's name (default: the exported VM's)" }),
+  filename: UploadFileName.optional(),
+});
+export const ArchiveCheckQuery = z.object({ filename: UploadFileName.optional() });
+
+// ---- storage, health, maintenance ----
+
+export const DfReportSchema = mirrors<DfReport>()(
+  z
+    .object({
+      dataDir: z
+        .object({
+          path: z.string(),
+          usedBytes: z.number().openapi({ description: "bytes vmsnap's layers and state files take" }),
+          freeBytes: z.number(),
+          totalBytes: z.number(),
+        })
+        .openapi('DataDirUsage'),
+      vms: z.array(
+        z
+          .object({
+            vm: z.string(),
+            totalBytes: z.number(),
+            layersBytes: z.number(),
+            statesBytes: z.number(),
+            disks: z.array(z.object({ slot: z.string(), chainDepth: z.number().int(), activeBytes: z.number() })),
+            snapshots: z.array(
+              z.object({
+                name: z.string(),
+                id: z.string(),
+                createdAt: z.string(),
+                deltaBytes: z.number(),
+                stateBytes: z.number(),
+                reclaimableBytes: z.number().openapi({ description: 'what deleting it would free' }),
+              }),
+            ),
+          })
+          .openapi('VmUsage'),
+      ),
+    })
+    .openapi('StorageReport'),
+);
+
+export const HealthReportSchema = mirrors<HealthReport>()(
+  z
+    .object({
+      ok: z.boolean(),
+      settings: z
+        .object({ maxAgeHours: z.number(), maxChainDepth: z.number().int(), maxShareOfFree: z.number(), reserveBytes: z.number().int() })
+        .openapi('HealthSettings'),
+      freeBytes: z.number(),
+      warnings: z.array(
+        z
+          .object({
+            kind: z.enum(['old-snapshot', 'deep-chain', 'large-snapshot', 'low-free-space', 'verify']),
+            vm: z.string().optional(),
+            snapshot: z.string().optional().openapi({ description: 'the snapshot it is about, when it is about one' }),
+            message: z.string(),
+          })
+          .openapi('HealthWarning'),
+      ),
+    })
+    .openapi('DoctorReport'),
+);
+
+const queryNumber = (name: string, description: string) =>
+  z
+    .string()
+    .regex(/^\d+(\.\d+)?$/, 'a number, such as 72 or 0.5')
+    .transform(Number)
+    .refine((n) => n > 0 || name === 'reserveBytes', `${name} is above 0`)
+    .optional()
+    .openapi({ param: { name, in: 'query' }, description });
+
+const queryFlag = (name: string, description: string) =>
+  z.enum(['true', 'false']).optional().openapi({ param: { name, in: 'query' }, description });
+
+export const DoctorQuery = z.object({
+  maxAgeHours: queryNumber('maxAgeHours', 'flag snapshots older than this many hours (default 72; config.json health.maxAgeHours)'),
+  maxChainDepth: queryNumber('maxChainDepth', 'flag chains deeper than this (default 32)'),
+  maxShareOfFree: queryNumber('maxShareOfFree', 'flag snapshots holding more than this share of the free space (default 0.5)'),
+  reserveBytes: queryNumber('reserveBytes', 'free space under which new snapshots are refused (default 1 GiB)'),
+  verify: queryFlag('verify', "also report what verify flags, as the CLI's doctor does (default true)"),
+});
+
+export const DeleteQuery = z.object({
+  detachClones: queryFlag('detachClones', 'when linked clones build on it, copy its data into them first (default: refuse the delete)'),
+});
+
+const VerifyReportShape = z.object({
+  ok: z.boolean(),
+  vm: z.string(),
+  layersChecked: z.number().int(),
+  snapshotsChecked: z.number().int(),
+  fingerprintsVerified: z.number().int(),
+  fingerprintsRecorded: z.number().int(),
+  problems: z.array(
+    z.object({
+      severity: z.enum(['error', 'warning']),
+      kind: z.enum([
+        'missing-file',
+        'backing-mismatch',
+        'image-check',
+        'missing-state-file',
+        'missing-active-layer',
+        'orphan-file',
+        'unfinished-operation',
+        'fingerprint-mismatch',
+        'state-checksum-mismatch',
+      ]),
+      message: z.string(),
+      layer: z.string().optional(),
+      snapshot: z.string().optional(),
+      path: z.string().optional(),
+    }),
+  ),
+});
+export const VerifyReportSchema = mirrors<VerifyReport>()(VerifyReportShape.openapi('VerifyReport'));
+export const VerifyAllSchema = mirrors<VerifyReport[]>()(z.array(VerifyReportSchema));
+
+export const RecoveryReportSchema = mirrors<RecoveryReport>()(
+  z
+    .object({
+      operations: z.array(
+        z.object({ id: z.string(), kind: z.string(), vm: z.string().nullable(), outcome: z.enum(['rolled_back', 'rolled_forward']), note: z.string().optional() }),
+      ),
+      orphansRemoved: z.array(z.string()).openapi({ description: 'files in the data dir that nothing referred to, removed' }),
+    })
+    .openapi('RecoveryReport'),
+);
+
+export const FingerprintResultSchema = mirrors<FingerprintResult>()(
+  z.object({ vm: z.string(), fingerprinted: z.number().int().openapi({ description: 'snapshots fingerprinted now (those that had none yet)' }) }).openapi('FingerprintResult'),
+);
+
+/**
+ * The 202 answer of a route that starts a task of one kind: the operation with
+ * its result typed, so the document says what `result` holds once it succeeded.
+ */
+export function acceptedAs<K extends TaskKind, R extends z.ZodType>(kind: K, result: R, name: string) {
+  return z
+    .object({ operation: OperationSchema.extend({ kind: z.literal(kind), result: result.nullable().openapi({ description: 'null until it succeeded' }) }) })
+    .openapi(`Accepted${name}`);
+}

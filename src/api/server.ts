@@ -8,12 +8,15 @@ import { VmsnapError } from '../errors.js';
 import { Vmsnap } from '../vmsnap.js';
 import { isLoopback, loadOrCreateToken, refuseCrossOrigin, requireBearer, requireLoopbackHost } from './auth.js';
 import type { ApiDeps } from './deps.js';
+import { Downloads } from './downloads.js';
 import { ApiError, sendError } from './errors.js';
 import { EventHub } from './events.js';
 import { OperationTracker } from './operations.js';
 import { HostPathPolicy } from './paths.js';
+import { healthRoutes } from './routes/health.js';
 import { operationRoutes } from './routes/operations.js';
 import { snapshotRoutes } from './routes/snapshots.js';
+import { transferRoutes } from './routes/transfer.js';
 import { vmRoutes } from './routes/vms.js';
 import { WebAssets } from './static.js';
 import { VmWatch } from './watch.js';
@@ -46,6 +49,9 @@ export function packageVersion(): string {
   return pkg.version;
 }
 
+/** Routes whose body is an uploaded archive. */
+const UPLOAD_PATHS = new Set(['/api/imports', '/api/archives/check']);
+
 const CSP = [
   "default-src 'self'",
   "img-src 'self' data:",
@@ -71,7 +77,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
     }
     const how = op.status === 'succeeded' ? `done in ${op.durationMs} ms` : `failed after ${op.durationMs} ms: ${op.error?.code} ${op.error?.message}`;
     opts.log?.(`${op.id} ${op.title}: ${how}`);
-    void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot-') });
+    if (op.vmId !== null) void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot-') || op.kind === 'import' });
   });
   watch = new VmWatch(lib, hub, () => tracker.runningCount === 0, opts.watchIntervalMs);
   const unsubscribe = lib.onEvent((e) => {
@@ -80,12 +86,14 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
   });
   watch.start();
 
+  const downloads = new Downloads(lib.home);
   const deps: ApiDeps = {
     lib,
     tracker,
     hub,
     watch,
     hostPaths: new HostPathPolicy(opts.allowPaths ?? []),
+    downloads,
     version,
     tokenRequired: opts.token !== undefined,
   };
@@ -101,15 +109,20 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
   });
   // Without a token the server trusts "on this machine"; only loopback Host names prove it.
   if (opts.token === undefined) app.use('*', requireLoopbackHost(opts.allowedHosts));
-  if (opts.token !== undefined) app.use('/api/*', requireBearer(opts.token));
+  if (opts.token !== undefined) {
+    const bearer = requireBearer(opts.token);
+    // A download's URL is its own secret (made by an authorized export), so a browser can fetch it as a plain link.
+    app.use('/api/*', (c, next) => (c.req.method === 'GET' && c.req.path.startsWith('/api/downloads/') ? next() : bearer(c, next)));
+  }
   app.use('/api/*', refuseCrossOrigin());
-  app.use(
-    '/api/*',
-    bodyLimit({ maxSize: 1024 * 1024, onError: (c) => sendError(c, new ApiError('PAYLOAD_TOO_LARGE', 'request body over 1 MiB')) }),
-  );
+  const jsonLimit = bodyLimit({ maxSize: 1024 * 1024, onError: (c) => sendError(c, new ApiError('PAYLOAD_TOO_LARGE', 'request body over 1 MiB')) });
+  // Uploaded archives are streamed to disk and limited by the free space instead (src/api/upload.ts).
+  app.use('/api/*', (c, next) => (UPLOAD_PATHS.has(c.req.path) ? next() : jsonLimit(c, next)));
 
   app.route('/api', vmRoutes(deps));
   app.route('/api', snapshotRoutes(deps));
+  app.route('/api', transferRoutes(deps));
+  app.route('/api', healthRoutes(deps));
   app.route('/api', operationRoutes(deps));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', {
@@ -123,7 +136,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
       title: 'vmsnap API',
       version,
       description:
-        'Live snapshots for QEMU VMs. Long operations answer 202 with an Operation; follow it at /api/operations/{id} or on the /api/events stream. Errors are `{ error: { code, message, hint?, details } }` with stable codes.',
+        'Live snapshots for QEMU VMs: everything the vmsnap CLI does. Long operations answer 202 with an Operation; follow it at /api/operations/{id} or on the /api/events stream; `x-vmsnap-kinds` on a route names the operation kinds it starts. Errors are `{ error: { code, message, hint?, details } }` with stable codes.',
     },
     servers: [{ url: '/' }],
     security: opts.token === undefined ? [] : [{ bearer: [] }],
@@ -143,6 +156,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
       unsubscribe();
       hub.closeAll();
       await tracker.settle();
+      downloads.close();
     },
   };
 }
@@ -194,7 +208,8 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningServer> {
     }
     const api = createApp(lib, { ...opts, ...(token !== undefined ? { token } : {}) });
     const server = await new Promise<Server>((resolve, reject) => {
-      const s = serveNode({ fetch: api.app.fetch, hostname: host, port }) as Server;
+      // No limit on a whole request's time (Node's default is 5 min): an upload of a large archive takes longer. Headers still must come within 60 s.
+      const s = serveNode({ fetch: api.app.fetch, hostname: host, port, serverOptions: { requestTimeout: 0 } }) as Server;
       s.once('listening', () => resolve(s));
       s.once('error', (e: NodeJS.ErrnoException) => {
         void api.close();

@@ -63,15 +63,24 @@ export class VmWatch {
     if (this.ticking || this.hub.subscribers === 0 || !this.isQuiet()) return;
     this.ticking = true;
     try {
-      const list = await this.lib.vms.list();
-      if (!this.isQuiet()) return;
-      const seen = new Set(list.map((s) => s.id));
-      for (const s of list) this.publish(s);
-      for (const id of [...this.known.keys()]) if (!seen.has(id)) this.removed(id);
+      await this.look(() => this.isQuiet());
     } catch {
       // A transient failure (catalog busy): the next tick looks again.
     } finally {
       this.ticking = false;
     }
+  }
+
+  /** Publish every VM after the API changed many at once (recover); each VM's tree may have changed. */
+  async refreshAll(): Promise<void> {
+    await this.look(() => true, true);
+  }
+
+  private async look(stillQuiet: () => boolean, trees = false): Promise<void> {
+    const list = await this.lib.vms.list();
+    if (!stillQuiet()) return;
+    const seen = new Set(list.map((s) => s.id));
+    for (const s of list) this.publish(s, trees);
+    for (const id of [...this.known.keys()]) if (!seen.has(id)) this.removed(id);
   }
 }

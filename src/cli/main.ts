@@ -75,6 +75,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   return program;
 }
 
+/** Run the CLI: bin/vmsnap.js calls this with process.argv (this module does not run itself). */
 export async function main(argv: string[]): Promise<void> {
   // `vmsnap list | head`: a closed pipe is the reader's choice, not an error.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -100,5 +101,3 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = reportError(e, argv.includes('--json'));
   }
 }
-
-await main(process.argv);

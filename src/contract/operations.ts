@@ -1,6 +1,7 @@
 import type { ErrorCode } from '../errors.js';
 import type { DiffReport, FilesystemsView, RestoreResult, SearchReport } from './files.js';
 import type {
+  CheckArchiveResult,
   CloneResult,
   DeleteResult,
   ExportResult,
@@ -39,9 +40,40 @@ export const OPERATION_KINDS = [
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
-/** Long jobs that change nothing, so nothing is journaled, but which the API also runs in the background. */
-export const READ_TASK_KINDS = ['verify', 'recover', 'diff', 'search'] as const;
+/**
+ * Long jobs that are not journaled operations but which the API also runs in
+ * the background: checks and reads (verify, fingerprint, an uploaded
+ * archive's check) and recovery, which finishes journaled operations itself.
+ */
+export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'diff', 'search'] as const;
 export type ReadTaskKind = (typeof READ_TASK_KINDS)[number];
+
+/**
+ * An archive the API exported for download: fetch `url` (no token needed: the
+ * URL itself is the secret) before `expiresAt`; the server removes its copy
+ * once it has been fetched whole, or then.
+ */
+export interface ExportDownload {
+  url: string;
+  /** The name a browser saves it under. */
+  fileName: string;
+  bytes: number;
+  expiresAt: string;
+}
+
+/** The API's export: the library's result, with the archive offered for download instead of a path on the server. */
+export interface ExportTaskResult extends Omit<ExportResult, 'file'> {
+  download: ExportDownload;
+}
+
+/** The API's check of an uploaded archive: the library's result, less the server's scratch path. */
+export type ArchiveCheckResult = Omit<CheckArchiveResult, 'file'>;
+
+export interface FingerprintResult {
+  vm: string;
+  /** Snapshots fingerprinted now (those that had none yet). */
+  fingerprinted: number;
+}
 
 /** What the API runs as a 202 job: an operation, or a long read. */
 export type TaskKind = OperationKind | ReadTaskKind;
@@ -61,9 +93,12 @@ export interface TaskResults {
   'clone-detach': { vm: string; layers: string[] };
   consolidate: { merges: MergeReport[] };
   import: ImportResult;
-  export: ExportResult;
+  export: ExportTaskResult;
   verify: VerifyReport;
+  'verify-all': VerifyReport[];
   recover: RecoveryReport;
+  fingerprint: FingerprintResult;
+  'archive-check': ArchiveCheckResult;
   /** Opening a snapshot's files for browsing (the appliance boots): its filesystems. */
   'files-read': FilesystemsView;
   'restore-file': RestoreResult;
@@ -87,6 +122,7 @@ export interface ApiErrorBody {
 export const API_ONLY_STATUSES = {
   UNAUTHORIZED: 401,
   FORBIDDEN: 403,
+  LENGTH_REQUIRED: 411,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   NOT_IMPLEMENTED: 501,
@@ -96,8 +132,10 @@ export type ApiErrorCode = ErrorCode | ApiOnlyErrorCode;
 
 export interface TaskBase {
   id: string;
-  vm: string;
-  vmId: string;
+  /** The VM it works on (for an import, the VM it makes); null for a task over the whole data dir (recover, verify of every VM) or none (an uploaded archive's check). */
+  vm: string | null;
+  /** Null also while the VM an import makes does not exist yet. */
+  vmId: string | null;
   snapshot: string | null;
   /** What it does, in words. */
   title: string;

@@ -29,8 +29,8 @@ export function inFlight(op: JournalRecord): boolean {
 }
 
 /** The definition of a journaled operation and its plan, parsed; a kind or plan this vmsnap does not know is a clear error. */
-export function definitionOf(ctx: Context, rec: JournalRecord): { def: AnyOperationDef; plan: unknown } {
-  const def = ctx.registry.lookup(rec.kind);
+export async function definitionOf(ctx: Context, rec: JournalRecord): Promise<{ def: AnyOperationDef; plan: unknown }> {
+  const def = (await ctx.registry()).lookup(rec.kind);
   if (!def) {
     throw new VmsnapError('CATALOG_ERROR', `unfinished operation ${rec.id} is of kind '${rec.kind}', which this vmsnap does not know`, {
       hint: 'it was written by a newer vmsnap: finish it with that version (vmsnap recover), then come back',
@@ -60,7 +60,7 @@ function innermostFirst(ops: JournalRecord[]): JournalRecord[] {
 }
 
 async function recoverOne(ctx: Context, rec: JournalRecord): Promise<RecoveredOperation> {
-  const { def, plan } = definitionOf(ctx, rec);
+  const { def, plan } = await definitionOf(ctx, rec);
   const vm = rec.vmId ? ctx.catalog.findVm(rec.vmId) : undefined;
   const op = new Op(ctx, rec, def.kind, plan, vm?.name ?? rec.vmId ?? '');
   const r = await def.recover(ctx, op, vm);
@@ -102,10 +102,10 @@ async function repairLeakedClusters(ctx: Context, vmId: string): Promise<void> {
  * operation of a live process may be about to record the file it just made,
  * and an operation this vmsnap cannot read may own any file.
  */
-export function findOrphans(ctx: Context): string[] {
+export async function findOrphans(ctx: Context): Promise<string[]> {
   const known = ctx.catalog.referencedFiles();
   for (const rec of ctx.journal.unfinished()) {
-    const def = ctx.registry.lookup(rec.kind);
+    const def = (await ctx.registry()).lookup(rec.kind);
     const plan = def?.plan.safeParse(rec.plan);
     if (!def || !plan?.success) return [];
     for (const f of def.files(plan.data)) known.add(f);

@@ -54,7 +54,7 @@ describe('the operation runner', () => {
 
   beforeEach(() => {
     home = mkdtempSync(join(tmpdir(), 'vs-op-'));
-    ctx = openContext(home, testRegistry);
+    ctx = openContext(home, async () => testRegistry);
     events = [];
     ctx.events.on('event', (e) => events.push(e));
   });
@@ -135,7 +135,7 @@ describe('the operation runner', () => {
     });
     await runOperation(ctx, makesAFile, { vm, plan: { file } }, async () => {
       writeFileSync(file, '');
-      expect(findOrphans(ctx).map((f) => f.split('/').pop())).toEqual(['stray']);
+      expect((await findOrphans(ctx)).map((f) => f.split('/').pop())).toEqual(['stray']);
     });
   });
 

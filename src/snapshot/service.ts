@@ -1,9 +1,9 @@
 import type { Context } from '../context.js';
 import type { CloneResult, DeleteResult, PresentStateChanges, RevertResult, SnapshotView } from '../contract/views.js';
-import { cloneSnapshot, type CloneOptions } from './clone.js';
-import { takeSnapshot, type TakeSnapshotOptions } from './create.js';
-import { deleteAllSnapshots, deleteSnapshot, type DeleteOptions } from './delete.js';
-import { revertToSnapshot, type RevertOptions } from './revert.js';
+import type { CloneOptions } from './clone.js';
+import type { TakeSnapshotOptions } from './create.js';
+import type { DeleteOptions } from './delete.js';
+import type { RevertOptions } from './revert.js';
 import { drawTree, listSnapshotViews, presentStateChanges, showSnapshot } from './views.js';
 
 export type { TakeSnapshotOptions } from './create.js';
@@ -11,7 +11,11 @@ export type { RevertOptions } from './revert.js';
 export type { DeleteOptions } from './delete.js';
 export type { CloneOptions } from './clone.js';
 
-/** Snapshots as the library offers them: a thin face over create, revert, delete, clone and the views. */
+/**
+ * Snapshots as the library offers them: a thin face over create, revert,
+ * delete, clone and the views. The verbs are loaded when first used, so
+ * listing snapshots loads only what reading needs.
+ */
 export class SnapshotService {
   constructor(private readonly ctx: Context) {}
 
@@ -37,6 +41,7 @@ export class SnapshotService {
    * overlay; with memory, the RAM and device state of that same instant.
    */
   async create(vmName: string, name: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotView> {
+    const { takeSnapshot } = await import('./create.js');
     const vm = this.vm(vmName);
     const s = await takeSnapshot(this.ctx, vm, name, opts);
     return showSnapshot(this.ctx, this.vm(vm.id), s.id);
@@ -49,21 +54,25 @@ export class SnapshotService {
 
   /** Go back to any snapshot of the tree; with memory the guest resumes exactly where it was. */
   async revert(vmName: string, snapName: string, opts: RevertOptions = {}): Promise<RevertResult> {
+    const { revertToSnapshot } = await import('./revert.js');
     return revertToSnapshot(this.ctx, this.vm(vmName), snapName, opts);
   }
 
   /** Delete any snapshot, merging its delta into what depends on it (online while the VM runs). */
   async delete(vmName: string, snapName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    const { deleteSnapshot } = await import('./delete.js');
     return deleteSnapshot(this.ctx, this.vm(vmName), snapName, opts);
   }
 
   /** Delete every snapshot of a VM: all deltas merge into the present disks (VMware's "Delete All"). */
   async deleteAll(vmName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    const { deleteAllSnapshots } = await import('./delete.js');
     return deleteAllSnapshots(this.ctx, this.vm(vmName), opts);
   }
 
   /** Clone new VMs from any snapshot: linked or full; `start` forks them from its memory. */
   async clone(vmName: string, snapName: string, newName: string, opts: CloneOptions = {}): Promise<CloneResult> {
+    const { cloneSnapshot } = await import('./clone.js');
     return cloneSnapshot(this.ctx, this.vm(vmName), snapName, newName, opts);
   }
 }

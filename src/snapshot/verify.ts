@@ -146,7 +146,7 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
   }
   if (!othersAtWork(ctx)) {
     const vmFiles = new Set(layers.map((l) => l.path));
-    for (const f of findOrphans(ctx)) {
+    for (const f of await findOrphans(ctx)) {
       // Orphans are a data-dir matter; report them with every VM's check.
       if (!vmFiles.has(f)) problems.push({ severity: 'warning', kind: 'orphan-file', message: `orphan file (nothing refers to it): ${f}`, path: f });
     }

@@ -42,6 +42,8 @@ export interface ImportOptions {
   onProgress?: (done: number, total: number, what: string) => void;
   /** Abort while reading: nothing is created and INTERRUPTED thrown. */
   signal?: AbortSignal;
+  /** What messages call the archive (default: the path given); the HTTP API names an upload by its client's file name. */
+  label?: string;
 }
 
 /** Small entries are read into memory; anything bigger than this where JSON is expected is refused. */
@@ -61,6 +63,8 @@ const notAnArchive = (file: string, why: string): VmsnapError =>
 
 interface OpenArchive {
   file: string;
+  /** What messages call it. */
+  label: string;
   fh: FileHandle;
   size: number;
   entries: TarEntry[];
@@ -68,19 +72,19 @@ interface OpenArchive {
   head: ArchiveHead;
 }
 
-async function readSmall(a: { fh: FileHandle; file: string }, e: TarEntry): Promise<Buffer> {
-  if (e.size > SMALL_LIMIT) throw damaged(a.file, `${e.name} is ${formatBytes(e.size)}, far too large`);
+async function readSmall(a: { fh: FileHandle; label: string }, e: TarEntry): Promise<Buffer> {
+  if (e.size > SMALL_LIMIT) throw damaged(a.label, `${e.name} is ${formatBytes(e.size)}, far too large`);
   const buf = Buffer.alloc(e.size);
   const { bytesRead } = await a.fh.read(buf, 0, e.size, e.offset);
-  if (bytesRead !== e.size) throw damaged(a.file, `the archive is truncated inside ${e.name}`);
+  if (bytesRead !== e.size) throw damaged(a.label, `the archive is truncated inside ${e.name}`);
   return buf;
 }
 
-function parseJson(a: { file: string }, name: string, buf: Buffer): unknown {
+function parseJson(a: { label: string }, name: string, buf: Buffer): unknown {
   try {
     return JSON.parse(buf.toString('utf8'));
   } catch {
-    throw damaged(a.file, `${name} is not valid JSON`);
+    throw damaged(a.label, `${name} is not valid JSON`);
   }
 }
 
@@ -89,16 +93,16 @@ function parseJson(a: { file: string }, name: string, buf: Buffer): unknown {
  * entry only: enough to refuse a foreign file, a newer format or a taken
  * name before anything is extracted.
  */
-async function openArchive(file: string): Promise<OpenArchive> {
+async function openArchive(file: string, label = file): Promise<OpenArchive> {
   if (file.trim() === '') throw new VmsnapError('INVALID_ARGUMENT', 'file: give the path of a vmsnap archive', { details: { field: 'file' } });
   const path = resolve(file);
   let st;
   try {
     st = statSync(path);
   } catch {
-    throw new VmsnapError('NOT_FOUND', `no such file '${file}'`, { details: { field: 'file', path } });
+    throw new VmsnapError('NOT_FOUND', `no such file '${label}'`, { details: { field: 'file', path } });
   }
-  if (!st.isFile()) throw new VmsnapError('INVALID_ARGUMENT', `'${file}' is not a regular file`, { details: { field: 'file', path } });
+  if (!st.isFile()) throw new VmsnapError('INVALID_ARGUMENT', `'${label}' is not a regular file`, { details: { field: 'file', path } });
   const fh = await open(path, 'r');
   try {
     let listed;
@@ -106,21 +110,21 @@ async function openArchive(file: string): Promise<OpenArchive> {
       listed = await listEntries(fh, st.size);
     } catch (e) {
       if (!(e instanceof TarFormatError)) throw e;
-      throw /at byte 0$/.test(e.message) ? notAnArchive(file, 'it is not a tar file') : damaged(file, e.message);
+      throw /at byte 0$/.test(e.message) ? notAnArchive(label, 'it is not a tar file') : damaged(label, e.message);
     }
     const first = listed.entries[0];
-    if (!first) throw listed.complete ? notAnArchive(file, 'it is an empty tar file') : notAnArchive(file, 'it is not a tar file');
-    if (first.name !== HEAD_ENTRY) throw notAnArchive(file, `a tar file whose first entry is '${first.name}', not ${HEAD_ENTRY}`);
-    const parsed = HeadSchema.safeParse(parseJson({ file }, HEAD_ENTRY, await readSmall({ fh, file }, first)));
-    if (!parsed.success || parsed.data.format !== ARCHIVE_FORMAT) throw notAnArchive(file, `${HEAD_ENTRY} does not name the ${ARCHIVE_FORMAT} format`);
+    if (!first) throw listed.complete ? notAnArchive(label, 'it is an empty tar file') : notAnArchive(label, 'it is not a tar file');
+    if (first.name !== HEAD_ENTRY) throw notAnArchive(label, `a tar file whose first entry is '${first.name}', not ${HEAD_ENTRY}`);
+    const parsed = HeadSchema.safeParse(parseJson({ label }, HEAD_ENTRY, await readSmall({ fh, label }, first)));
+    if (!parsed.success || parsed.data.format !== ARCHIVE_FORMAT) throw notAnArchive(label, `${HEAD_ENTRY} does not name the ${ARCHIVE_FORMAT} format`);
     const head = parsed.data;
     if (head.version > ARCHIVE_VERSION || head.version < 1) {
-      throw new VmsnapError('INVALID_ARGUMENT', `'${file}' is a vmsnap archive of format version ${head.version}; this vmsnap (${ARCHIVE_VERSION}) cannot read it`, {
+      throw new VmsnapError('INVALID_ARGUMENT', `'${label}' is a vmsnap archive of format version ${head.version}; this vmsnap (${ARCHIVE_VERSION}) cannot read it`, {
         hint: head.version > ARCHIVE_VERSION ? `it was written by vmsnap ${head.vmsnapVersion ?? '(newer)'}: import it with that version or newer` : undefined,
         details: { field: 'file', path, version: head.version },
       });
     }
-    return { file: path, fh, size: st.size, entries: listed.entries, complete: listed.complete, head };
+    return { file: path, label, fh, size: st.size, entries: listed.entries, complete: listed.complete, head };
   } catch (e) {
     await fh.close();
     throw e;
@@ -133,18 +137,20 @@ interface Verified {
   extracted: Map<string, string>;
 }
 
+interface Layout {
+  manifest: ArchiveManifest;
+  byName: Map<string, TarEntry>;
+  /** The manifest's file list by entry name. */
+  listed: Map<string, ArchiveManifest['files'][number]>;
+}
+
 /**
- * Check an opened archive completely: its layout, every entry's length and
- * sha256 against the manifest (and the manifest against manifest.sha256), the
- * config, and each disk image (a standalone, sound qcow2 of the size the
- * manifest says). With `extractTo`, the large entries are written there as
- * they are hashed (fsynced), so the archive is read once.
+ * Check an opened archive's layout from its headers and its manifest only
+ * (cheap: no entry's content is read): every entry is there, whole, listed
+ * with its length, and the manifest is sound and matches manifest.sha256.
  */
-async function verifyArchive(
-  a: OpenArchive,
-  opts: { extractTo?: string; onProgress?: ImportOptions['onProgress']; signal?: AbortSignal },
-): Promise<Verified> {
-  const { file, entries } = a;
+async function checkLayout(a: OpenArchive): Promise<Layout> {
+  const { label: file, entries } = a;
   const byName = new Map<string, TarEntry>();
   for (const e of entries) {
     if (!ENTRY_NAME.test(e.name)) throw damaged(file, `it holds an unexpected entry '${e.name}'`);
@@ -202,6 +208,22 @@ async function verifyArchive(
     const f = listed.get(STATE_ENTRY);
     if (!f || f.sha256 !== manifest.state.sha256 || f.bytes !== manifest.state.bytes) throw damaged(file, 'the manifest entry for the memory state does not match its file list');
   }
+  return { manifest, byName, listed };
+}
+
+/**
+ * Check an opened archive completely: its layout, every entry's length and
+ * sha256 against the manifest (and the manifest against manifest.sha256), the
+ * config, and each disk image (a standalone, sound qcow2 of the size the
+ * manifest says). With `extractTo`, the large entries are written there as
+ * they are hashed (fsynced), so the archive is read once.
+ */
+async function verifyArchive(
+  a: OpenArchive,
+  opts: { extractTo?: string; onProgress?: ImportOptions['onProgress']; signal?: AbortSignal },
+): Promise<Verified> {
+  const { label: file, entries } = a;
+  const { manifest, byName, listed } = await checkLayout(a);
 
   // Every entry's content against its sha256, in archive order (one sequential read).
   const extracted = new Map<string, string>();
@@ -273,7 +295,7 @@ const sourceOf = (m: ArchiveManifest): ArchiveSource => ({
 /** Verify an archive completely without importing it (nothing is written). */
 export async function checkArchive(file: string, opts: Omit<ImportOptions, 'name'> = {}): Promise<CheckArchiveResult> {
   const t0 = performance.now();
-  const a = await openArchive(file);
+  const a = await openArchive(file, opts.label);
   try {
     const { manifest } = await verifyArchive(a, opts);
     return {
@@ -340,22 +362,46 @@ export const importArchiveOp = defineOperation({
   },
 });
 
+/** What an archive holds, from its headers, its head and its manifest only. */
+export interface ArchiveProbe {
+  bytes: number;
+  /** The exported VM and snapshot: the VM's name is the import's default. */
+  source: ArchiveSource;
+  hasMemory: boolean;
+}
+
+/**
+ * The checks of import that read no entry's content: a foreign, newer,
+ * truncated or inconsistent archive is refused as import refuses it. For a
+ * caller that must answer at once before the import itself runs (the HTTP
+ * API, after an upload); import and check repeat them.
+ */
+export async function probeArchive(file: string, opts: Pick<ImportOptions, 'label'> = {}): Promise<ArchiveProbe> {
+  const a = await openArchive(file, opts.label);
+  try {
+    const { manifest } = await checkLayout(a);
+    return { bytes: a.size, source: sourceOf(manifest), hasMemory: manifest.state !== null };
+  } finally {
+    await a.fh.close();
+  }
+}
+
 export async function importArchive(ctx: Context, file: string, opts: ImportOptions = {}): Promise<ImportResult> {
   const t0 = performance.now();
   if (opts.name !== undefined) {
     validateName(opts.name, 'VM');
     refuseTaken(ctx, opts.name);
   }
-  const a = await openArchive(file);
+  const a = await openArchive(file, opts.label);
   try {
     const name = opts.name ?? a.head.vm;
-    if (name === undefined) throw damaged(file, `${HEAD_ENTRY} names no VM`);
+    if (name === undefined) throw damaged(a.label, `${HEAD_ENTRY} names no VM`);
     validateName(name, 'VM');
     refuseTaken(ctx, name);
     const fs = statfsSync(ctx.paths.layers);
     const free = fs.bavail * fs.bsize;
     if (a.size > free) {
-      throw new VmsnapError('NO_SPACE', `importing '${file}' needs up to ${formatBytes(a.size)} but only ${formatBytes(free)} is free in ${ctx.paths.home}`, {
+      throw new VmsnapError('NO_SPACE', `importing '${a.label}' needs up to ${formatBytes(a.size)} but only ${formatBytes(free)} is free in ${ctx.paths.home}`, {
         hint: 'free disk space first; nothing was imported',
         details: { needBytes: a.size, freeBytes: free },
       });
@@ -379,7 +425,7 @@ export async function importArchive(ctx: Context, file: string, opts: ImportOpti
             warnings.push(`the VM boots with the ${field} ${path}, which does not exist on this host: put it there before starting or reverting the VM`);
           }
         }
-        const vm = await createImported(ctx, op, vmId, name, manifest, extracted, a.file);
+        const vm = await createImported(ctx, op, vmId, name, manifest, extracted, a.label);
         return {
           vm: vm.name,
           id: vm.id,

@@ -2,15 +2,18 @@ import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { ExecResult, VmInfo, VmSummary } from '../contract/views.js';
 import type { GuestAgentClient } from '../qemu/guest-agent.js';
-import { createVm, removeVm, setVm, type CreateVmOptions, type SetVmOptions } from './define.js';
-import { execInGuest, guestAgent, serialConsole } from './guest.js';
+import type { CreateVmOptions, SetVmOptions } from './define.js';
 import { listVms, vmInfo, vmStatus } from './info.js';
-import { setRunning, startLocked, startVm, stopLocked, stopVm, type StartOptions, type StopOptions } from './power.js';
+import type { StartOptions, StopOptions } from './power.js';
 
 export type { CreateVmOptions, DiskSpec, SetVmOptions } from './define.js';
 export type { StartOptions, StopOptions } from './power.js';
 
-/** VM lifecycle as the library offers it: a thin face over define, power, guest and info. */
+/**
+ * VM lifecycle as the library offers it: a thin face over define, power,
+ * guest and info. The verbs are loaded when first used, so a read such as
+ * `vmsnap list` loads only what reading needs.
+ */
 export class VmService {
   constructor(private readonly ctx: Context) {}
 
@@ -19,48 +22,46 @@ export class VmService {
   }
 
   async create(name: string, opts: CreateVmOptions = {}): Promise<VmInfo> {
+    const { createVm } = await import('./define.js');
     return vmInfo(this.ctx, await createVm(this.ctx, name, opts));
   }
 
   /** Change the hardware config of a stopped VM. */
   async set(nameOrId: string, opts: SetVmOptions): Promise<VmInfo> {
+    const { setVm } = await import('./define.js');
     await setVm(this.ctx, this.get(nameOrId), opts);
     return this.info(nameOrId);
   }
 
   /** Remove a stopped VM with its snapshots, layers and state files (imported images are left alone). */
   async remove(nameOrId: string): Promise<void> {
+    const { removeVm } = await import('./define.js');
     await removeVm(this.ctx, this.get(nameOrId));
   }
 
   async start(nameOrId: string, opts: StartOptions = {}): Promise<VmSummary> {
+    const { startVm } = await import('./power.js');
     const vm = this.get(nameOrId);
     await startVm(this.ctx, vm, opts);
     return this.status(vm.id);
   }
 
-  /** Start QEMU for a VM whose lock the caller holds. */
-  async startLocked(vm: VmRecord, opts: StartOptions & { incomingDefer?: boolean } = {}): Promise<number> {
-    return startLocked(this.ctx, vm, opts);
-  }
-
   /** ACPI power-down, then force after the timeout (60 s); `force` at once. */
   async stop(nameOrId: string, opts: StopOptions = {}): Promise<VmSummary> {
+    const { stopVm } = await import('./power.js');
     const vm = this.get(nameOrId);
     await stopVm(this.ctx, vm, opts);
     return this.status(vm.id);
   }
 
-  async stopLocked(vm: VmRecord, opts: StopOptions = {}): Promise<void> {
-    return stopLocked(this.ctx, vm, opts);
-  }
-
   async pause(nameOrId: string): Promise<VmSummary> {
+    const { setRunning } = await import('./power.js');
     await setRunning(this.ctx, this.get(nameOrId), false);
     return this.status(nameOrId);
   }
 
   async resume(nameOrId: string): Promise<VmSummary> {
+    const { setRunning } = await import('./power.js');
     await setRunning(this.ctx, this.get(nameOrId), true);
     return this.status(nameOrId);
   }
@@ -79,16 +80,19 @@ export class VmService {
 
   /** Run a command in the guest through the guest agent (waits for the agent to come up). */
   async exec(nameOrId: string, argv: string[], opts: { timeoutMs?: number; input?: string; agentWaitMs?: number } = {}): Promise<ExecResult> {
+    const { execInGuest } = await import('./guest.js');
     return execInGuest(this.ctx, this.get(nameOrId), argv, opts);
   }
 
   /** A connected guest-agent client for a running VM. The caller closes it. */
   async agent(vm: VmRecord, waitMs?: number): Promise<GuestAgentClient> {
+    const { guestAgent } = await import('./guest.js');
     return guestAgent(this.ctx, vm, waitMs);
   }
 
   /** The serial console's socket and log, for `vmsnap console`. */
-  console(nameOrId: string): { socket: string; log: string } {
+  async console(nameOrId: string): Promise<{ socket: string; log: string }> {
+    const { serialConsole } = await import('./guest.js');
     return serialConsole(this.ctx, this.get(nameOrId));
   }
 }

@@ -1,7 +1,33 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
-import { api, ApiFailure, setToken, type DeleteResult, type Health, type Operation, type RevertResult, type SnapshotView, type VmInfo, type VmSummary } from './api.js';
+import {
+  api,
+  ApiFailure,
+  setToken,
+  type DeleteResult,
+  type DfReport,
+  type Health,
+  type HealthReport,
+  type HealthWarning,
+  type Operation,
+  type RevertResult,
+  type SnapshotView,
+  type VmInfo,
+  type VmSummary,
+} from './api.js';
 import { DetailsPanel } from './components/DetailsPanel.js';
-import { ConfirmDialog, DeleteAllDialog, DeleteDialog, NewVmDialog, RevertDialog, TakeSnapshotDialog, TokenDialog } from './components/Dialogs.js';
+import {
+  CloneDialog,
+  ConfirmDialog,
+  DeleteAllDialog,
+  DeleteDialog,
+  ExportDialog,
+  ImportDialog,
+  NewVmDialog,
+  RevertDialog,
+  TakeSnapshotDialog,
+  TokenDialog,
+} from './components/Dialogs.js';
+import { HealthPanel, StorageOverview } from './components/Health.js';
 import { CameraIcon, PauseIcon, PlayIcon, PowerIcon, StopIcon } from './components/Icons.js';
 import { Jobs, ProgressBar, progressText } from './components/Jobs.js';
 import { SnapshotTree, type NodeRef } from './components/SnapshotTree.js';
@@ -15,6 +41,9 @@ type Dialog =
   | { kind: 'revert'; snapshot: SnapshotView }
   | { kind: 'delete'; snapshot: SnapshotView }
   | { kind: 'delete-all' }
+  | { kind: 'clone'; snapshot: SnapshotView }
+  | { kind: 'export'; snapshot: SnapshotView }
+  | { kind: 'import' }
   | { kind: 'new-vm' }
   | { kind: 'power-off' }
   | { kind: 'remove-vm' };
@@ -24,6 +53,8 @@ interface Toast {
   kind: 'ok' | 'error';
   text: string;
   hint?: string;
+  /** A link to act on the result (an export's download). */
+  link?: { href: string; label: string; download?: string };
 }
 
 const vmFromHash = (): string | null => {
@@ -54,10 +85,33 @@ function describeResult(op: Operation): string {
       return `${op.vm} started`;
     case 'vm-stop':
       return `${op.vm} is powered off`;
+    case 'clone': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
+      const names = r.clones.map((c) => `'${c.name}'`).join(', ');
+      const how = r.clones.some((c) => c.forked) ? ', running from its memory' : r.clones.some((c) => c.state === 'running') ? ', booted' : '';
+      return `Cloned ${r.source}/${r.snapshot} as ${names}${how}`;
+    }
+    case 'export': {
+      const r = op.result;
+      return r ? `Exported '${r.snapshot}' of ${r.vm}: ${bytes(r.bytes)}` : `${op.title}: done`;
+    }
+    case 'import': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
+      return `Imported VM '${r.vm}' (snapshot '${r.snapshot}' of ${r.source.vm}${r.hasMemory ? ', with memory: revert to it to resume' : ''})`;
+    }
+    case 'recover': {
+      const r = op.result;
+      return r ? `Recovered ${r.operations.length} operation${r.operations.length === 1 ? '' : 's'}, removed ${r.orphansRemoved.length} orphaned file${r.orphansRemoved.length === 1 ? '' : 's'}` : `${op.title}: done`;
+    }
     default:
       return `${op.title}: done`;
   }
 }
+
+/** Check the doctor this often while the page is open: snapshots age with the clock. */
+const HEALTH_EVERY_MS = 5 * 60_000;
 
 export function App() {
   const [health, setHealth] = useState<Health | null>(null);
@@ -71,15 +125,22 @@ export function App() {
   const [dialog, setDialog] = useState<Dialog | null>(null);
   const [toasts, setToasts] = useState<Toast[]>([]);
   const [conn, setConn] = useState<StreamStatus>('connecting');
+  const [doctor, setDoctor] = useState<{ report: HealthReport; at: Date; full: boolean } | null>(null);
+  const [checking, setChecking] = useState(false);
+  const [storage, setStorage] = useState<DfReport | null>(null);
   const selectedRef = useRef(selected);
   selectedRef.current = selected;
+  /** A snapshot to select once its VM's tree has loaded (a health warning names it). */
+  const pendingSnapshot = useRef<string | null>(null);
+  /** Imports started from this page: their VM is selected when they finish. */
+  const ownImports = useRef(new Set<string>());
   // Each operation's last known status, outside React state: toasts are side effects and must fire once.
   const opStatus = useRef(new Map<string, Operation['status']>());
 
-  const toast = useCallback((kind: Toast['kind'], text: string, hint?: string) => {
+  const toast = useCallback((kind: Toast['kind'], text: string, hint?: string, link?: Toast['link']) => {
     const id = Date.now() + Math.random();
-    setToasts((t) => [...t.slice(-3), { id, kind, text, ...(hint ? { hint } : {}) }]);
-    setTimeout(() => setToasts((t) => t.filter((x) => x.id !== id)), kind === 'ok' ? 6000 : 15000);
+    setToasts((t) => [...t.slice(-3), { id, kind, text, ...(hint ? { hint } : {}), ...(link ? { link } : {}) }]);
+    setTimeout(() => setToasts((t) => t.filter((x) => x.id !== id)), link ? 60_000 : kind === 'ok' ? 6000 : 15000);
   }, []);
 
   const fail = useCallback(
@@ -111,6 +172,9 @@ export function App() {
         if (selectedRef.current !== name) return;
         setSnapshots(list);
         setInfo(vmInfo);
+        const wanted = list.find((s) => s.name === pendingSnapshot.current);
+        if (wanted) setNode({ kind: 'snapshot', id: wanted.id });
+        pendingSnapshot.current = null;
         // The info carries the freshest summary too.
         setVms((vs) => vs?.map((v) => (v.id === vmInfo.id ? { ...v, ...summaryOf(vmInfo) } : v)) ?? vs);
       } catch (e) {
@@ -124,9 +188,34 @@ export function App() {
     [fail],
   );
 
+  /** The doctor's findings and the storage report; `full` adds verify's checks (qemu-img check of every layer). */
+  const loadHealth = useCallback(
+    async (full: boolean) => {
+      if (full) setChecking(true);
+      try {
+        const [report, df] = await Promise.all([api.doctor(full), api.storage()]);
+        setDoctor({ report, at: new Date(), full });
+        setStorage(df);
+      } catch (e) {
+        if (full) fail(e);
+      } finally {
+        if (full) setChecking(false);
+      }
+    },
+    [fail],
+  );
+  const healthTimer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
+  const scheduleHealth = useCallback(() => {
+    clearTimeout(healthTimer.current);
+    healthTimer.current = setTimeout(() => void loadHealth(false), 400);
+  }, [loadHealth]);
+
   useEffect(() => {
     void loadAll();
-  }, [loadAll]);
+    void loadHealth(false);
+    const t = setInterval(() => void loadHealth(false), HEALTH_EVERY_MS);
+    return () => clearInterval(t);
+  }, [loadAll, loadHealth]);
 
   // Keep the selection valid and in the URL.
   useEffect(() => {
@@ -160,8 +249,14 @@ export function App() {
       if (before !== undefined && before !== 'running' && op.status === 'running') return;
       opStatus.current.set(op.id, op.status);
       if (before !== op.status && op.status !== 'running') {
-        if (op.status === 'succeeded') toast('ok', describeResult(op));
+        const download = op.kind === 'export' && op.result ? op.result.download : undefined;
+        if (op.status === 'succeeded') toast('ok', describeResult(op), undefined, download ? { href: download.url, label: `Download ${download.fileName}`, download: download.fileName } : undefined);
         else toast('error', `${op.title} failed: ${op.error?.message ?? 'unknown error'}`, op.error?.hint);
+        scheduleHealth();
+        if (op.kind === 'import' && op.status === 'succeeded' && op.result && ownImports.current.delete(op.id)) {
+          const vm = op.result.vm;
+          void loadAll().then(() => setSelected(vm));
+        }
       }
       setOps((prev) => [op, ...prev.filter((o) => o.id !== op.id)].sort((a, b) => b.createdAt.localeCompare(a.createdAt)).slice(0, 50));
       if (op.status !== 'running' && before !== op.status && op.vm === selectedRef.current) {
@@ -170,7 +265,7 @@ export function App() {
         if (op.kind.startsWith('snapshot-delete') && op.status === 'succeeded') setNode((n) => (n.kind === 'snapshot' ? { kind: 'here' } : n));
       }
     },
-    [toast, scheduleReload],
+    [toast, scheduleReload, scheduleHealth, loadAll],
   );
 
   const onEvent = useCallback(
@@ -204,12 +299,13 @@ export function App() {
         case 'resync':
           void loadAll();
           scheduleReload();
+          scheduleHealth();
           break;
         default:
           break;
       }
     },
-    [upsertOp, scheduleReload, loadAll],
+    [upsertOp, scheduleReload, loadAll, scheduleHealth],
   );
 
   useEffect(() => {
@@ -233,6 +329,17 @@ export function App() {
       const op = await api.operation(id);
       if (op.status !== 'running') return op;
       await new Promise((r) => setTimeout(r, 300));
+    }
+  };
+
+  /** Show what a health warning is about: its VM, and its snapshot in the tree. */
+  const openWarning = (w: HealthWarning) => {
+    if (!w.vm) return;
+    const snap = w.snapshot ? snapshots.find((s) => s.name === w.snapshot) : undefined;
+    if (w.vm === selected && snap) setNode({ kind: 'snapshot', id: snap.id });
+    else if (w.vm !== selected) {
+      pendingSnapshot.current = w.snapshot ?? null;
+      setSelected(w.vm);
     }
   };
 
@@ -294,7 +401,13 @@ export function App() {
       </header>
       <div className="body">
         <aside className="sidebar">
-          {vms === null ? <p className="muted pad">Loading…</p> : <VmList vms={vms} selected={selected} busy={busyVms} onSelect={setSelected} onNew={() => setDialog({ kind: 'new-vm' })} />}
+          {vms === null ? (
+            <p className="muted pad">Loading…</p>
+          ) : (
+            <VmList vms={vms} selected={selected} busy={busyVms} onSelect={setSelected} onNew={() => setDialog({ kind: 'new-vm' })} onImport={() => setDialog({ kind: 'import' })} />
+          )}
+          <HealthPanel report={doctor?.report ?? null} checked={doctor} checking={checking} onCheck={() => void loadHealth(true)} onOpen={openWarning} />
+          <StorageOverview report={storage} onSelect={setSelected} />
           <Jobs ops={ops} />
         </aside>
         <main className="main">
@@ -374,6 +487,8 @@ export function App() {
                     take: () => setDialog({ kind: 'take' }),
                     deleteAll: () => setDialog({ kind: 'delete-all' }),
                     removeVm: () => setDialog({ kind: 'remove-vm' }),
+                    clone: (s) => setDialog({ kind: 'clone', snapshot: s }),
+                    exportSnapshot: (s) => setDialog({ kind: 'export', snapshot: s }),
                   }}
                 />
                 <div className="panel chart-panel">
@@ -394,6 +509,11 @@ export function App() {
           <div key={t.id} className={`toast toast-${t.kind}`} data-testid={`toast-${t.kind}`}>
             <span>{t.text}</span>
             {t.hint && <small>{t.hint}</small>}
+            {t.link && (
+              <a className="toast-link" href={t.link.href} {...(t.link.download ? { download: t.link.download } : {})}>
+                {t.link.label}
+              </a>
+            )}
             <button className="toast-x" aria-label="dismiss" onClick={() => setToasts((x) => x.filter((y) => y.id !== t.id))}>
               ×
             </button>
@@ -407,6 +527,20 @@ export function App() {
       )}
       {dialog?.kind === 'delete' && vm && <DeleteDialog vm={vm} snapshot={dialog.snapshot} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
       {dialog?.kind === 'delete-all' && vm && <DeleteAllDialog vm={vm} snapshots={snapshots} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
+      {dialog?.kind === 'clone' && vm && (
+        <CloneDialog vm={vm} snapshot={dialog.snapshot} existing={vms?.map((v) => v.name) ?? []} onClose={() => setDialog(null)} onAccepted={upsertOp} />
+      )}
+      {dialog?.kind === 'export' && vm && <ExportDialog vm={vm} snapshot={dialog.snapshot} ops={ops} onClose={() => setDialog(null)} onAccepted={upsertOp} />}
+      {dialog?.kind === 'import' && (
+        <ImportDialog
+          existing={vms?.map((v) => v.name) ?? []}
+          onClose={() => setDialog(null)}
+          onAccepted={(op) => {
+            ownImports.current.add(op.id);
+            upsertOp(op);
+          }}
+        />
+      )}
       {dialog?.kind === 'new-vm' && (
         <NewVmDialog
           existing={vms?.map((v) => v.name) ?? []}

@@ -4,6 +4,9 @@
 import type {
   ApiErrorBody,
   DeleteResult,
+  DfReport,
+  HealthReport,
+  HealthWarning,
   OperationKind,
   PresentStateChanges,
   RevertResult,
@@ -13,7 +16,7 @@ import type {
   VmSummary,
 } from '../../src/contract/index.js';
 
-export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult };
+export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning };
 /** A 202 job of the API, its result typed by its kind. */
 export type Operation = Task;
 export type PresentState = PresentStateChanges;
@@ -23,6 +26,13 @@ export interface Health {
   version: string;
   tokenRequired: boolean;
   operations: OperationKind[];
+}
+
+export interface CloneRequest {
+  name: string;
+  mode: 'linked' | 'full';
+  count: number;
+  start: boolean;
 }
 
 export interface CreateVmRequest {
@@ -75,24 +85,53 @@ export function authHeaders(): Record<string, string> {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
-async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const res = await fetch(`/api${path}`, {
-    method,
-    headers: { ...authHeaders(), ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await res.text();
+/** An answer's JSON, or its error as an ApiFailure. */
+function answer<T>(status: number, text: string): T {
   let json: unknown;
   try {
     json = text ? JSON.parse(text) : undefined;
   } catch {
     json = undefined;
   }
-  if (!res.ok) {
+  if (status < 200 || status > 299) {
     const err = (json as { error?: ApiErrorBody } | undefined)?.error;
-    throw new ApiFailure(res.status, err ?? { code: 'INTERNAL', message: `HTTP ${res.status}`, details: {} });
+    throw new ApiFailure(status, err ?? { code: 'INTERNAL', message: `HTTP ${status}`, details: {} });
   }
   return json as T;
+}
+
+async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const res = await fetch(`/api${path}`, {
+    method,
+    headers: { ...authHeaders(), ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  return answer<T>(res.status, await res.text());
+}
+
+/**
+ * Send a file as the raw body of a POST, reporting the bytes sent: fetch
+ * cannot tell how far an upload has got, XMLHttpRequest can.
+ */
+function uploadFile<T>(path: string, file: File, onProgress: (sent: number, total: number) => void, signal?: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api${path}`);
+    for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+    xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+    xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+    xhr.onload = () => {
+      try {
+        resolve(answer<T>(xhr.status, xhr.responseText));
+      } catch (e) {
+        reject(e);
+      }
+    };
+    xhr.onerror = () => reject(new Error('the upload failed: the connection to the server broke'));
+    xhr.onabort = () => reject(new Error('upload cancelled'));
+    signal?.addEventListener('abort', () => xhr.abort());
+    xhr.send(file);
+  });
 }
 
 const enc = encodeURIComponent;
@@ -118,4 +157,12 @@ export const api = {
   deleteAll: (vm: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots`),
   operations: () => request<Operation[]>('GET', '/operations'),
   operation: (id: string) => request<Operation>('GET', `/operations/${enc(id)}`),
+  clone: (vm: string, snap: string, body: CloneRequest) => request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/clone`, body),
+  exportSnapshot: (vm: string, snap: string) => request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/export`),
+  /** Upload an archive as a new VM (named `name`, or as the exported VM was). */
+  importArchive: (file: File, name: string | null, onProgress: (sent: number, total: number) => void, signal?: AbortSignal) =>
+    uploadFile<Accepted>(`/imports?${new URLSearchParams({ ...(name ? { name } : {}), filename: file.name })}`, file, onProgress, signal),
+  /** The doctor's findings; `verify` adds verify's checks of every layer (slower). */
+  doctor: (verify: boolean) => request<HealthReport>('GET', `/doctor?verify=${verify}`),
+  storage: () => request<DfReport>('GET', '/storage'),
 };

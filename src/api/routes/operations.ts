@@ -13,6 +13,7 @@ export function operationRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/operations',
+      operationId: 'listOperations',
       tags: ['Operations'],
       summary: 'Recent operations, newest first',
       request: { query: OperationsQuery },
@@ -28,6 +29,7 @@ export function operationRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/operations/{id}',
+      operationId: 'getOperation',
       tags: ['Operations'],
       summary: "An operation's status, progress, result or error",
       request: { params: OperationParams },
@@ -45,6 +47,7 @@ export function operationRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/health',
+      operationId: 'getServerHealth',
       tags: ['Server'],
       summary: 'Server version, whether a token is required, and the operations this build journals',
       responses: { 200: jsonResponse(HealthSchema, 'the server') },
@@ -56,6 +59,7 @@ export function operationRoutes(d: ApiDeps) {
   app.openAPIRegistry.registerPath({
     method: 'get',
     path: '/events',
+    operationId: 'events',
     tags: ['Operations'],
     summary: 'Server-sent events: operation lifecycle and progress, VM state and summary changes',
     description:

@@ -2,8 +2,22 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { VmsnapError } from '../../errors.js';
 import { buildTree, type TreeNode } from '../../snapshot/tree.js';
 import type { SnapshotView } from '../../contract/views.js';
-import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
-import { AcceptedSchema, RevertBody, SnapshotParams, SnapshotSchema, SnapshotTreeSchema, TakeSnapshotBody, VmParams, type TreeNodeJson } from '../schemas.js';
+import { errors, jsonBody, jsonResponse, newRouter, refuseTakenName, type ApiDeps } from '../deps.js';
+import { cloneNames } from '../../snapshot/clone.js';
+import {
+  AcceptedSchema,
+  acceptedAs,
+  CloneBody,
+  CloneResultSchema,
+  DeleteQuery,
+  RevertBody,
+  SnapshotParams,
+  SnapshotSchema,
+  SnapshotTreeSchema,
+  TakeSnapshotBody,
+  VmParams,
+  type TreeNodeJson,
+} from '../schemas.js';
 import { accepted } from './accepted.js';
 import { presentState } from './vms.js';
 
@@ -16,15 +30,16 @@ const toJson = (n: TreeNode<SnapshotView>): TreeNodeJson => ({
   children: n.children.map(toJson),
 });
 
-/** Snapshots: take, list, tree, show, revert, delete, delete all. */
+/** Snapshots: take, list, tree, show, revert, delete, delete all, clone. */
 export function snapshotRoutes(d: ApiDeps) {
-  const { lib, tracker } = d;
+  const { lib, tracker, watch } = d;
   const app = newRouter();
 
   app.openapi(
     createRoute({
       method: 'get',
       path: '/vms/{vm}/snapshots',
+      operationId: 'listSnapshots',
       tags,
       summary: "List a VM's snapshots (oldest first)",
       request: { params: VmParams },
@@ -37,6 +52,7 @@ export function snapshotRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/vms/{vm}/tree',
+      operationId: 'getSnapshotTree',
       tags,
       summary: "A VM's snapshot tree, with where the VM is now",
       request: { params: VmParams },
@@ -61,6 +77,7 @@ export function snapshotRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/vms/{vm}/snapshots/{snap}',
+      operationId: 'getSnapshot',
       tags,
       summary: 'Show one snapshot',
       request: { params: SnapshotParams },
@@ -76,6 +93,8 @@ export function snapshotRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/snapshots',
+      operationId: 'takeSnapshot',
+      'x-vmsnap-kinds': ['snapshot-create'],
       tags,
       summary: 'Take a snapshot: disks, memory (unless memory: false) and config (202: an operation)',
       request: { params: VmParams, body: jsonBody(TakeSnapshotBody, true) },
@@ -92,7 +111,7 @@ export function snapshotRoutes(d: ApiDeps) {
           details: { vm: vm.name, snapshot: b.name, field: 'name' },
         });
       }
-      const op = tracker.start({ kind: 'snapshot-create', vm, snapshot: b.name, title: `take snapshot ${b.name} of ${vm.name}` }, () =>
+      const op = tracker.start({ kind: 'snapshot-create', scope: { vm }, snapshot: b.name, title: `take snapshot ${b.name} of ${vm.name}` }, () =>
         lib.snapshots.create(vm.id, b.name, {
           ...(b.description !== undefined ? { description: b.description } : {}),
           ...(b.memory !== undefined ? { memory: b.memory } : {}),
@@ -106,6 +125,8 @@ export function snapshotRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/snapshots/{snap}/revert',
+      operationId: 'revertSnapshot',
+      'x-vmsnap-kinds': ['snapshot-revert'],
       tags,
       summary: 'Revert to a snapshot (202: an operation)',
       description:
@@ -129,7 +150,7 @@ export function snapshotRoutes(d: ApiDeps) {
           });
         }
       }
-      const op = tracker.start({ kind: 'snapshot-revert', vm, snapshot: snap.name, title: `revert ${vm.name} to ${snap.name}` }, () =>
+      const op = tracker.start({ kind: 'snapshot-revert', scope: { vm }, snapshot: snap.name, title: `revert ${vm.name} to ${snap.name}` }, () =>
         lib.snapshots.revert(vm.id, snap.id, { force: b.force ?? false, start: b.start ?? false }),
       );
       return accepted(c, op);
@@ -140,17 +161,21 @@ export function snapshotRoutes(d: ApiDeps) {
     createRoute({
       method: 'delete',
       path: '/vms/{vm}/snapshots/{snap}',
+      operationId: 'deleteSnapshot',
+      'x-vmsnap-kinds': ['snapshot-delete'],
       tags,
       summary: 'Delete a snapshot, merging its changes into what depends on it (202: an operation)',
-      request: { params: SnapshotParams },
-      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423] },
+      description: 'A snapshot that linked clones build on is refused (409) unless `detachClones=true`, which first copies its data into each clone.',
+      request: { params: SnapshotParams, query: DeleteQuery },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 400: errors[400], 404: errors[404], 423: errors[423] },
     }),
     (c) => {
       const p = c.req.valid('param');
       const vm = lib.vms.get(p.vm);
       const snap = lib.snapshots.show(vm.id, p.snap);
-      const op = tracker.start({ kind: 'snapshot-delete', vm, snapshot: snap.name, title: `delete snapshot ${snap.name} of ${vm.name}` }, () =>
-        lib.snapshots.delete(vm.id, snap.id),
+      const clones = c.req.valid('query').detachClones === 'true' ? ('detach' as const) : ('refuse' as const);
+      const op = tracker.start({ kind: 'snapshot-delete', scope: { vm }, snapshot: snap.name, title: `delete snapshot ${snap.name} of ${vm.name}` }, () =>
+        lib.snapshots.delete(vm.id, snap.id, { clones }),
       );
       return accepted(c, op);
     },
@@ -160,14 +185,52 @@ export function snapshotRoutes(d: ApiDeps) {
     createRoute({
       method: 'delete',
       path: '/vms/{vm}/snapshots',
+      operationId: 'deleteAllSnapshots',
+      'x-vmsnap-kinds': ['snapshot-delete-all'],
       tags,
       summary: "Delete all of a VM's snapshots; the present state is kept (202: an operation)",
-      request: { params: VmParams },
-      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 404: errors[404], 423: errors[423] },
+      request: { params: VmParams, query: DeleteQuery },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 400: errors[400], 404: errors[404], 423: errors[423] },
     }),
     (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
-      const op = tracker.start({ kind: 'snapshot-delete-all', vm, title: `delete all snapshots of ${vm.name}` }, () => lib.snapshots.deleteAll(vm.id));
+      const clones = c.req.valid('query').detachClones === 'true' ? ('detach' as const) : ('refuse' as const);
+      const op = tracker.start({ kind: 'snapshot-delete-all', scope: { vm }, title: `delete all snapshots of ${vm.name}` }, () => lib.snapshots.deleteAll(vm.id, { clones }));
+      return accepted(c, op);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/{vm}/snapshots/{snap}/clone',
+      operationId: 'cloneSnapshot',
+      'x-vmsnap-kinds': ['clone'],
+      tags,
+      summary: 'Make new VMs from a snapshot: linked (instant) or full, optionally started (202: an operation)',
+      description:
+        "With `start`, a clone of a snapshot with memory carries on from that instant (a fork of the running machine) with a MAC address of its own. `count` N makes NAME-1 … NAME-N. A taken name is refused at once (409), before anything is written. The operation's result is a CloneResult.",
+      request: { params: SnapshotParams, body: jsonBody(CloneBody, true) },
+      responses: {
+        202: jsonResponse(acceptedAs('clone', CloneResultSchema, 'Clone'), 'cloning in the background'),
+        400: errors[400],
+        404: errors[404],
+        409: errors[409],
+        423: errors[423],
+      },
+    }),
+    (c) => {
+      const p = c.req.valid('param');
+      const vm = lib.vms.get(p.vm);
+      const snap = lib.snapshots.show(vm.id, p.snap);
+      tracker.assertIdle(vm);
+      const b = c.req.valid('json');
+      for (const name of cloneNames(b.name, b.count ?? 1)) refuseTakenName(d, name, 'choose another clone name');
+      const op = tracker.start({ kind: 'clone', scope: { vm }, snapshot: snap.name, title: `clone ${vm.name}/${snap.name} as ${b.name}${(b.count ?? 1) > 1 ? ` ×${b.count}` : ''}` }, async () => {
+        const r = await lib.snapshots.clone(vm.id, snap.id, b.name, { mode: b.mode ?? 'linked', count: b.count ?? 1, start: b.start ?? false });
+        await Promise.all(r.clones.map((x) => watch.refresh(x.id)));
+        return r;
+      });
       return accepted(c, op);
     },
   );

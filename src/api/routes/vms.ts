@@ -29,6 +29,7 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/vms',
+      operationId: 'listVms',
       tags,
       summary: 'List VMs with their power state',
       responses: { 200: jsonResponse(z.array(VmSummarySchema), 'every VM') },
@@ -40,6 +41,8 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms',
+      operationId: 'createVm',
+      'x-vmsnap-kinds': ['vm-create'],
       tags,
       summary: 'Create a VM',
       description: "Blank disks are created empty; `image: 'demo'` gives the built-in test guest. Host paths (kernel, initrd, importPath) are accepted only under the server's --allow-path dirs.",
@@ -70,6 +73,7 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/vms/{vm}',
+      operationId: 'getVm',
       tags,
       summary: 'Show a VM: state, config, disk chains',
       request: { params: VmParams },
@@ -82,6 +86,8 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'patch',
       path: '/vms/{vm}',
+      operationId: 'setVm',
+      'x-vmsnap-kinds': ['vm-set'],
       tags,
       summary: "Change a stopped VM's hardware (memory, CPUs, added disks)",
       request: { params: VmParams, body: jsonBody(SetVmBody, true) },
@@ -105,6 +111,8 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'delete',
       path: '/vms/{vm}',
+      operationId: 'removeVm',
+      'x-vmsnap-kinds': ['vm-rm'],
       tags,
       summary: 'Remove a stopped VM with all its snapshots and files',
       request: { params: VmParams },
@@ -123,6 +131,8 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/start',
+      operationId: 'startVm',
+      'x-vmsnap-kinds': ['vm-start'],
       tags,
       summary: 'Start a VM (202: an operation)',
       request: { params: VmParams, body: jsonBody(StartBody) },
@@ -139,7 +149,7 @@ export function vmRoutes(d: ApiDeps) {
           details: { vm: vm.name, state: s.state },
         });
       }
-      const op = tracker.start({ kind: 'vm-start', vm, title: `start ${vm.name}` }, () =>
+      const op = tracker.start({ kind: 'vm-start', scope: { vm }, title: `start ${vm.name}` }, () =>
         lib.vms.start(vm.id, { paused: b.paused ?? false, ...(b.accel ? { accel: b.accel } : {}) }),
       );
       return accepted(c, op);
@@ -150,6 +160,8 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/stop',
+      operationId: 'stopVm',
+      'x-vmsnap-kinds': ['vm-stop'],
       tags,
       summary: 'Power a VM off: ACPI shutdown, forced after the timeout (202: an operation)',
       request: { params: VmParams, body: jsonBody(StopBody) },
@@ -163,7 +175,7 @@ export function vmRoutes(d: ApiDeps) {
       if (s.state === 'stopped') {
         throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is not running`, { details: { vm: vm.name, state: 'stopped' } });
       }
-      const op = tracker.start({ kind: 'vm-stop', vm, title: `${b.force ? 'power off' : 'shut down'} ${vm.name}` }, () =>
+      const op = tracker.start({ kind: 'vm-stop', scope: { vm }, title: `${b.force ? 'power off' : 'shut down'} ${vm.name}` }, () =>
         lib.vms.stop(vm.id, { force: b.force ?? false, timeoutMs: (b.timeoutSeconds ?? 60) * 1000 }),
       );
       return accepted(c, op);
@@ -175,6 +187,7 @@ export function vmRoutes(d: ApiDeps) {
       createRoute({
         method: 'post',
         path: `/vms/{vm}/${action}`,
+        operationId: `${action}Vm`,
         tags,
         summary: action === 'pause' ? "Pause a VM's vCPUs" : 'Resume a paused VM',
         request: { params: VmParams },
@@ -194,6 +207,7 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/exec',
+      operationId: 'execInVm',
       tags,
       summary: 'Run a command in the guest through its guest agent',
       description: 'argv goes to the guest agent of the VM, never to a host shell.',
@@ -216,6 +230,7 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'get',
       path: '/vms/{vm}/present-state',
+      operationId: 'getPresentState',
       tags: ['Snapshots'],
       summary: 'What a revert would discard now (for confirmation dialogs)',
       request: { params: VmParams },
@@ -231,6 +246,8 @@ export function vmRoutes(d: ApiDeps) {
     createRoute({
       method: 'post',
       path: '/vms/{vm}/verify',
+      operationId: 'verifyVm',
+      'x-vmsnap-kinds': ['verify'],
       tags,
       summary: "Check a VM's catalog rows, files and backing chains (202: an operation)",
       request: { params: VmParams, body: jsonBody(VerifyBody) },
@@ -239,7 +256,7 @@ export function vmRoutes(d: ApiDeps) {
     async (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
       const b = c.req.valid('json');
-      const op = tracker.start({ kind: 'verify', vm, title: `verify ${vm.name}${b.deep ? ' (deep)' : ''}` }, () =>
+      const op = tracker.start({ kind: 'verify', scope: { vm }, title: `verify ${vm.name}${b.deep ? ' (deep)' : ''}` }, () =>
         lib.verify(vm.id, { deep: b.deep ?? false }),
       );
       return accepted(c, op);

@@ -33,8 +33,8 @@ function printShow(s: SnapshotView): void {
  */
 async function fingerprintInBackground(vm: string): Promise<void> {
   if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
-  // The script this CLI was started as (bin/vmsnap.js, or dist/cli/main.js): this module is
-  // bundled into dist/cli/, so a path relative to it would not find bin/.
+  // The script this CLI was started as (bin/vmsnap.js): this module is bundled into
+  // dist/cli/vmsnap-cli.cjs, so a path relative to it would not find bin/.
   const self = process.argv[1];
   if (self === undefined) return;
   const { spawn } = await import('node:child_process');
@@ -63,7 +63,7 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
         const mem = s.hasMemory ? `memory ${formatBytes(s.stateBytes)}` : 'disk only';
         log(`took snapshot '${s.name}' of VM '${vm}' (${mem}, guest pause ${pause(s)})`);
         if (typeof s.meta.fallbackReason === 'string') log(`note: memory was saved with a live pre-copy: ${s.meta.fallbackReason}`);
-        for (const w of lib.health.warningsFor(vm)) process.stderr.write(`warning: ${w.message}\n`);
+        for (const w of await lib.health.warningsFor(vm)) process.stderr.write(`warning: ${w.message}\n`);
       }),
     );
 

@@ -222,7 +222,7 @@ export function registerVmCommands(program: Command, run: Run): void {
     .argument('<name>')
     .action((name: string) =>
       run({}, async (lib) => {
-        const { socket } = lib.vms.console(name);
+        const { socket } = await lib.vms.console(name);
         const { connect } = await import('node:net');
         return new Promise<number>((resolve, reject) => {
           const sock = connect(socket);

@@ -24,6 +24,8 @@ export interface DetailActions {
   take: () => void;
   deleteAll: () => void;
   removeVm: () => void;
+  clone: (s: SnapshotView) => void;
+  exportSnapshot: (s: SnapshotView) => void;
 }
 
 /** What the selected tree node is, in full, with the actions that apply to it. */
@@ -86,6 +88,14 @@ export function DetailsPanel(props: {
             data-testid="action-delete"
           >
             Delete
+          </button>
+        </div>
+        <div className="details-actions">
+          <button className="btn" disabled={busy} onClick={() => props.actions.clone(s)} title="new VMs from this snapshot: linked or full, optionally started" data-testid="action-clone">
+            Clone…
+          </button>
+          <button className="btn" disabled={busy} onClick={() => props.actions.exportSnapshot(s)} title="one archive of this snapshot, to download" data-testid="action-export">
+            Export…
           </button>
         </div>
       </aside>

@@ -1,6 +1,7 @@
 import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'react';
-import { api, ApiFailure, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
+import { api, ApiFailure, type Operation, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
 import { bytes, NAME_PATTERN, NAME_RULE, nextSnapshotName } from '../format.js';
+import { Bar, ProgressBar, progressText } from './Jobs.js';
 
 function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
   const ref = useRef<HTMLDivElement>(null);
@@ -294,6 +295,196 @@ export function NewVmDialog(props: { existing: string[]; onClose: () => void; on
         <ErrorLine error={error} />
         <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null}>
           {pending ? 'Creating…' : 'Create VM'}
+        </ModalActions>
+      </form>
+    </Modal>
+  );
+}
+
+/** The names `count` clones get, as the library gives them: NAME, or NAME-1 … NAME-N. */
+function cloneNames(name: string, count: number): string[] {
+  return count === 1 ? [name] : Array.from({ length: count }, (_, i) => `${name}-${i + 1}`);
+}
+
+/** A free default VM name: BASE, else BASE-2, BASE-3, … */
+function freeName(base: string, taken: string[]): string {
+  if (!taken.includes(base)) return base;
+  for (let i = 2; ; i++) if (!taken.includes(`${base}-${i}`)) return `${base}-${i}`;
+}
+
+export function CloneDialog(props: { vm: VmSummary; snapshot: SnapshotView; existing: string[]; onClose: () => void; onAccepted: (op: Operation) => void }) {
+  const { vm, snapshot: s } = props;
+  const [name, setName] = useState(() => freeName(`${vm.name}-clone`, props.existing));
+  const [mode, setMode] = useState<'linked' | 'full'>('linked');
+  const [count, setCount] = useState(1);
+  const [start, setStart] = useState(false);
+  const names = Number.isInteger(count) && count >= 1 && count <= 64 ? cloneNames(name, count) : [];
+  const taken = names.find((n) => props.existing.includes(n));
+  const invalid = !name
+    ? 'give the clone a name'
+    : !NAME_PATTERN.test(name) || names.some((n) => !NAME_PATTERN.test(n))
+      ? NAME_RULE
+      : names.length === 0
+        ? 'from 1 to 64 clones'
+        : taken
+          ? `a VM named '${taken}' exists`
+          : null;
+  const { pending, error, submit } = useSubmit(async () => {
+    const r = await api.clone(vm.name, s.id, { name, mode, count, start });
+    props.onAccepted(r.operation);
+  }, props.onClose);
+  return (
+    <Modal title={`Clone '${s.name}' of ${vm.name}`} onClose={props.onClose} testId="dialog-clone" wide>
+      <form onSubmit={submit}>
+        <div className="field-row">
+          <label className="field">
+            <span>Name</span>
+            <input value={name} onChange={(e) => setName(e.target.value)} maxLength={60} aria-invalid={invalid !== null} data-testid="clone-name" autoFocus />
+          </label>
+          <label className="field field-narrow">
+            <span>How many</span>
+            <input type="number" min={1} max={64} value={count} onChange={(e) => setCount(Number(e.target.value))} data-testid="clone-count" />
+          </label>
+        </div>
+        {invalid ? <small className="field-error block">{invalid}</small> : <p className="muted small">{names.length === 1 ? `New VM: ${names[0]}` : `New VMs: ${names[0]} … ${names[names.length - 1]}`}</p>}
+        <div className="choice" role="radiogroup" aria-label="kind of clone">
+          <label className={`choice-item${mode === 'linked' ? ' on' : ''}`}>
+            <input type="radio" name="mode" checked={mode === 'linked'} onChange={() => setMode('linked')} data-testid="clone-linked" />
+            <span>
+              <b>Linked</b>
+              <small>instant: empty delta files on the snapshot's disks, sharing its data. The snapshot can then only be deleted by first copying its data into the clones.</small>
+            </span>
+          </label>
+          <label className={`choice-item${mode === 'full' ? ' on' : ''}`}>
+            <input type="radio" name="mode" checked={mode === 'full'} onChange={() => setMode('full')} data-testid="clone-full" />
+            <span>
+              <b>Full</b>
+              <small>independent, flattened copies of the disks: slower and as large as the data, and it survives the removal of {vm.name}.</small>
+            </span>
+          </label>
+        </div>
+        <label className="check">
+          <input type="checkbox" checked={start} onChange={(e) => setStart(e.target.checked)} data-testid="clone-start" />
+          <span>
+            Start {count === 1 ? 'it' : 'them'}
+            <small>
+              {s.hasMemory
+                ? `from the snapshot's memory: each clone carries on from the instant '${s.name}' was taken — a fork of the running machine, with a MAC address of its own`
+                : 'a boot from the snapshot’s disks (it holds no memory)'}
+            </small>
+          </span>
+        </label>
+        <ErrorLine error={error} />
+        <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null} testId="confirm-clone">
+          {pending ? 'Starting…' : count > 1 ? `Make ${count} clones` : 'Clone'}
+        </ModalActions>
+      </form>
+    </Modal>
+  );
+}
+
+/**
+ * Export a snapshot as one archive and download it: the server writes the
+ * archive (the guest keeps running), then offers it under a one-time link.
+ */
+export function ExportDialog(props: { vm: VmSummary; snapshot: SnapshotView; ops: Operation[]; onClose: () => void; onAccepted: (op: Operation) => void }) {
+  const { vm, snapshot: s } = props;
+  const [opId, setOpId] = useState<string | null>(null);
+  const op = props.ops.find((o) => o.id === opId);
+  const { pending, error, submit } = useSubmit(
+    async () => {
+      const r = await api.exportSnapshot(vm.name, s.id);
+      setOpId(r.operation.id);
+      props.onAccepted(r.operation);
+    },
+    () => {},
+  );
+  const download = op?.kind === 'export' && op.status === 'succeeded' ? op.result?.download : undefined;
+  return (
+    <Modal title={`Export '${s.name}' of ${vm.name}`} onClose={props.onClose} testId="dialog-export" wide>
+      <form onSubmit={submit}>
+        <p>
+          One self-contained archive of the snapshot: every disk flattened, {s.hasMemory ? 'its memory state, ' : ''}its hardware config, and a checksummed manifest — a
+          backup you can import here or on another host. {vm.state === 'running' ? `${vm.name} keeps running; its guest is never paused.` : ''}
+        </p>
+        {op?.status === 'running' && (
+          <div className="export-progress">
+            <ProgressBar op={op} />
+            <span className="muted small">{progressText(op)}</span>
+          </div>
+        )}
+        {op?.status === 'failed' && <div className="form-error">{op.error?.message}</div>}
+        {download && (
+          <div className="lost-box ok" data-testid="export-ready">
+            <p className="ok-title">
+              Ready: {download.fileName}, {bytes(download.bytes)}.{' '}
+              <a href={download.url} download={download.fileName} className="btn btn-primary btn-small" data-testid="export-download">
+                Download
+              </a>
+            </p>
+            <p className="small muted">The link works once and until {new Date(download.expiresAt).toLocaleTimeString()}; the server then removes its copy.</p>
+          </div>
+        )}
+        <ErrorLine error={error} />
+        {download ? (
+          <div className="modal-actions">
+            <button type="button" className="btn" onClick={props.onClose}>
+              Close
+            </button>
+          </div>
+        ) : (
+          <ModalActions onCancel={props.onClose} disabled={pending || op !== undefined} testId="confirm-export">
+            {op?.status === 'running' ? 'Exporting…' : 'Export'}
+          </ModalActions>
+        )}
+      </form>
+    </Modal>
+  );
+}
+
+/** Upload an archive as a new VM: the bytes sent, then the server's check and import as an operation. */
+export function ImportDialog(props: { existing: string[]; onClose: () => void; onAccepted: (op: Operation) => void }) {
+  const [file, setFile] = useState<File | null>(null);
+  const [name, setName] = useState('');
+  const [sent, setSent] = useState<{ sent: number; total: number } | null>(null);
+  const abort = useRef<AbortController | null>(null);
+  useEffect(() => () => abort.current?.abort(), []);
+  const invalid = !file ? 'choose an archive' : name && !NAME_PATTERN.test(name) ? NAME_RULE : name && props.existing.includes(name) ? 'a VM with this name exists' : null;
+  const { pending, error, submit } = useSubmit(async () => {
+    abort.current = new AbortController();
+    setSent({ sent: 0, total: file!.size });
+    try {
+      const r = await api.importArchive(file!, name || null, (done, total) => setSent({ sent: done, total }), abort.current.signal);
+      props.onAccepted(r.operation);
+    } catch (e) {
+      setSent(null);
+      throw e;
+    }
+  }, props.onClose);
+  return (
+    <Modal title="Import a VM from an archive" onClose={props.onClose} testId="dialog-import">
+      <form onSubmit={submit}>
+        <p className="small">An archive written by Export (or by <code>vmsnap export</code>). Every checksum is verified before anything is created; a damaged archive creates nothing.</p>
+        <label className="field">
+          <span>Archive</span>
+          <input type="file" accept=".vmsnap,.tar,application/x-tar" onChange={(e) => setFile(e.target.files?.[0] ?? null)} data-testid="import-file" />
+        </label>
+        <label className="field">
+          <span>Name of the new VM</span>
+          <input value={name} onChange={(e) => setName(e.target.value)} maxLength={63} placeholder="as exported" aria-invalid={Boolean(name) && invalid !== null} data-testid="import-name" />
+          {name && invalid && <small className="field-error">{invalid}</small>}
+        </label>
+        {sent && (
+          <div className="export-progress" data-testid="import-progress">
+            <Bar pct={sent.total > 0 ? Math.round((sent.sent / sent.total) * 100) : null} label="upload" />
+            <span className="muted small">
+              {sent.sent < sent.total ? `uploading: ${bytes(sent.sent)} of ${bytes(sent.total)}` : 'uploaded: the server checks it…'}
+            </span>
+          </div>
+        )}
+        <ErrorLine error={error} />
+        <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null} testId="confirm-import">
+          {pending ? 'Uploading…' : 'Upload and import'}
         </ModalActions>
       </form>
     </Modal>

@@ -1,10 +1,9 @@
 import type { Operation } from '../api.js';
 import { ago } from '../format.js';
 
-/** A progress bar: determinate when the library reports done/total, moving stripes until then. */
-export function ProgressBar(props: { op: Operation }) {
-  const p = props.op.progress;
-  const pct = p && p.total > 0 ? Math.min(100, Math.round((p.done / p.total) * 100)) : null;
+/** A progress bar: determinate at `pct` percent, moving stripes while it is null. */
+export function Bar(props: { pct: number | null; label: string; testId?: string }) {
+  const { pct } = props;
   return (
     <div
       className={`progress${pct === null ? ' indeterminate' : ''}`}
@@ -12,11 +11,18 @@ export function ProgressBar(props: { op: Operation }) {
       aria-valuemin={0}
       aria-valuemax={100}
       {...(pct !== null ? { 'aria-valuenow': pct } : {})}
-      aria-label={props.op.title}
+      aria-label={props.label}
+      data-testid={props.testId}
     >
       <div className="progress-fill" style={pct === null ? undefined : { width: `${pct}%` }} />
     </div>
   );
+}
+
+/** An operation's progress: determinate when the library reports done/total. */
+export function ProgressBar(props: { op: Operation }) {
+  const p = props.op.progress;
+  return <Bar pct={p && p.total > 0 ? Math.min(100, Math.round((p.done / p.total) * 100)) : null} label={props.op.title} />;
 }
 
 export function progressText(op: Operation): string {

@@ -12,14 +12,19 @@ export function StateBadge(props: { state: VmSummary['state']; busy?: boolean })
 }
 
 /** The inventory: every VM with its power state, like the left pane of a hypervisor console. */
-export function VmList(props: { vms: VmSummary[]; selected: string | null; busy: Set<string>; onSelect: (name: string) => void; onNew: () => void }) {
+export function VmList(props: { vms: VmSummary[]; selected: string | null; busy: Set<string | null>; onSelect: (name: string) => void; onNew: () => void; onImport: () => void }) {
   return (
     <nav className="vm-list" aria-label="virtual machines">
       <div className="side-head">
         <h4>Virtual machines</h4>
-        <button className="btn btn-small" onClick={props.onNew} title="create a VM">
-          + New
-        </button>
+        <span className="side-actions">
+          <button className="btn btn-small" onClick={props.onImport} title="make a VM from an exported archive" data-testid="action-import">
+            Import
+          </button>
+          <button className="btn btn-small" onClick={props.onNew} title="create a VM">
+            + New
+          </button>
+        </span>
       </div>
       {props.vms.length === 0 && <p className="muted small pad">No VMs yet. Create one with “+ New”, or run scripts/demo.sh.</p>}
       {props.vms.map((vm) => (
