@@ -254,6 +254,23 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     extra: async () => ({ archive: existsSync(exportTarget()), partial: existsSync(`${exportTarget()}.partial`) }),
     reset: async () => rmSync(exportTarget(), { force: true }),
   },
+  // A diff against the present state freezes it on temporary layers (and merges them back after the read).
+  'files-read': {
+    setup: atS1,
+    args: () => ['diff', 'f', 'S0', '--stat'],
+    after: (b) => clone(b),
+    extra: guestFiles,
+  },
+  // A running VM gets the file through its agent: staged beside the target, then renamed into place.
+  'restore-file': {
+    setup: async () => {
+      await atS1();
+      await sh(lib, 'f', 'rm /data/b && sync');
+    },
+    args: () => ['restore-file', 'f', 'S1', '/dev/vda/b'],
+    after: (b) => ({ ...clone(b), extra: { files: ['a', 'b'] } }),
+    extra: guestFiles,
+  },
 };
 
 /** Every point of an operation a kill -9 is proven at: just begun, after each journal step, and the named points. */
