@@ -3,7 +3,7 @@ import { api, ApiFailure, type Operation, type PresentState, type SnapshotView, 
 import { bytes, NAME_PATTERN, NAME_RULE, nextSnapshotName } from '../format.js';
 import { Bar, ProgressBar, progressText } from './Jobs.js';
 
-function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
+export function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
   const ref = useRef<HTMLDivElement>(null);
   const onClose = useRef(props.onClose);
   onClose.current = props.onClose;
@@ -24,7 +24,7 @@ function Modal(props: { title: string; children: ReactNode; onClose: () => void;
   );
 }
 
-function ErrorLine(props: { error: ApiFailure | Error | null }) {
+export function ErrorLine(props: { error: ApiFailure | Error | null }) {
   if (!props.error) return null;
   return (
     <div className="form-error" role="alert">
