@@ -35,6 +35,9 @@ export interface ExtractResult {
 
 const SEP = Buffer.from('/');
 
+/** A name an earlier member took (a file where a directory goes, or twice the same name): such a member is skipped. */
+const taken = (err: unknown): boolean => ['EEXIST', 'ENOTDIR', 'ELOOP'].includes((err as NodeJS.ErrnoException).code ?? '');
+
 /** A member's name as host path bytes under root, or undefined when it would leave the root. */
 function safeJoin(root: Buffer, e: { path: string; rawPath?: string }): Buffer | undefined {
   const name = e.rawPath !== undefined ? Buffer.from(e.rawPath, 'base64') : Buffer.from(e.path);
@@ -109,8 +112,13 @@ export async function extractTar(source: Readable, rootDir: string, opts: { onBy
             dirs.push({ p, e });
             return;
           case 'file':
-            ensureParent(p);
-            fd = openSync(p, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+            try {
+              ensureParent(p);
+              fd = openSync(p, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+            } catch (err) {
+              if (!taken(err)) throw err;
+              return skip(e, 'its name is taken by an earlier member');
+            }
             current = e;
             return;
           case 'hardlink': {
@@ -148,8 +156,14 @@ export async function extractTar(source: Readable, rootDir: string, opts: { onBy
     }
   }
   for (const { p, e } of symlinks) {
-    ensureParent(p);
-    symlinkSync(e.linkTarget ?? '', p);
+    try {
+      ensureParent(p);
+      symlinkSync(e.linkTarget ?? '', p);
+    } catch (err) {
+      if (!taken(err)) throw err;
+      skip(e, 'its name is taken by an earlier member');
+      continue;
+    }
     if (asRoot) lchownSync(p, e.uid, e.gid);
   }
   // Deepest first: setting a directory's mtime must follow every change inside it.
