@@ -6,6 +6,7 @@
  *
  *   npm run bench -- --runs 5 --json bench/results/latest.json
  *   npm run bench -- --only cli          the CLI round trips alone (no QEMU, about a minute)
+ *   npm run bench -- --only files        guest files alone (libguestfs appliances: minutes)
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -19,6 +20,7 @@ import { launchDisks } from '../src/vm/power.js';
 import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, sh, tempHome } from '../test/helpers.js';
 import { cliRoundTrip } from './cli.js';
+import { filesBenchmarks } from './files.js';
 
 interface Row {
   name: string;
@@ -229,9 +231,12 @@ async function consolidation(lib: Vmsnap, scratch: string, online: boolean, i: n
 async function main(): Promise<void> {
   process.env.VMSNAP_ACCEL ??= 'tcg';
   const rows: Row[] = [];
-  process.stderr.write(`CLI round trip: ${CLI_RUNS} runs\n`);
-  rows.push(...(await cliRoundTrip(CLI_RUNS, median)));
-  if (ONLY !== 'cli') await qemuBenchmarks(rows);
+  if (ONLY !== 'files') {
+    process.stderr.write(`CLI round trip: ${CLI_RUNS} runs\n`);
+    rows.push(...(await cliRoundTrip(CLI_RUNS, median)));
+  }
+  if (ONLY === undefined) await qemuBenchmarks(rows);
+  if (ONLY === undefined || ONLY === 'files') await filesBench(rows);
   report(rows);
 }
 
@@ -427,9 +432,25 @@ async function qemuBenchmarks(rows: Row[]): Promise<void> {
   }
 }
 
+/** Guest files on a demo VM of its own (bench/files.ts); appliance boots are long, so at most 3 runs. */
+async function filesBench(rows: Row[]): Promise<void> {
+  const home = tempHome();
+  const lib = Vmsnap.open({ home });
+  try {
+    await lib.vms.create('files', { image: 'demo', disks: [{ sizeBytes: 256 * 1024 * 1024 }] });
+    await lib.vms.start('files');
+    rows.push(...(await filesBenchmarks(lib, 'files', Math.min(RUNS, 3), median)));
+  } finally {
+    const pid = livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('files').id));
+    if (pid) process.kill(pid, 'SIGKILL');
+    lib.close();
+    cleanupHome(home);
+  }
+}
+
 function report(rows: Row[]): void {
   const fmt = (n: number | undefined, unit: string) => (n === undefined ? '-' : unit === 'ratio' ? n.toFixed(3) : n.toFixed(1));
-  const what = ONLY === 'cli' ? 'CLI round trips' : `demo guest under ${process.env.VMSNAP_ACCEL}`;
+  const what = ONLY === 'cli' ? 'CLI round trips' : ONLY === 'files' ? `guest files on the demo guest under ${process.env.VMSNAP_ACCEL}` : `demo guest under ${process.env.VMSNAP_ACCEL}`;
   process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs (${CLI_RUNS} for the CLI, beside node -e 0), ${what}\n\n`);
   const range = (xs: number[] | undefined, unit: string) => (xs && xs.length > 1 ? `${fmt(Math.min(...xs), unit)}–${fmt(Math.max(...xs), unit)}` : '');
   process.stdout.write('raw: the QEMU operation (or qemu-img) vmsnap builds on; for a CLI round trip, node -e 0\n');

@@ -47,6 +47,8 @@ interface Scenario {
   extra?: () => Promise<Record<string, unknown>>;
   /** Undo what a rolled-forward run did, so the next point starts alike. */
   reset?: () => Promise<void>;
+  /** Per fault point, when the command is slow (one that boots a libguestfs appliance: minutes on a loaded host). */
+  timeoutMs?: number;
 }
 
 let home: string;
@@ -75,6 +77,8 @@ async function stateOf(extra?: () => Promise<Record<string, unknown>>): Promise<
   return out;
 }
 
+/** A libguestfs appliance boots in 10 s idle, in minutes on a loaded 2-core host. */
+const APPLIANCE_MS = 900_000;
 const clone = (s: State): State => JSON.parse(JSON.stringify(s)) as State;
 const withVm = (s: State, name: string, vm: VmState): State => {
   const a = clone(s);
@@ -260,6 +264,7 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     args: () => ['diff', 'f', 'S0', '--stat'],
     after: (b) => clone(b),
     extra: guestFiles,
+    timeoutMs: APPLIANCE_MS,
   },
   // A running VM gets the file through its agent: staged beside the target, then renamed into place.
   'restore-file': {
@@ -270,6 +275,7 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     args: () => ['restore-file', 'f', 'S1', '/dev/vda/b'],
     after: (b) => ({ ...clone(b), extra: { files: ['a', 'b'] } }),
     extra: guestFiles,
+    timeoutMs: APPLIANCE_MS,
   },
 };
 
@@ -324,7 +330,7 @@ describe('every operation survives kill -9 at every fault point', () => {
           outcome === 'rolled_back' ? before : sc.after(before),
         );
         if (outcome === 'rolled_forward') await sc.reset?.();
-      });
+      }, sc.timeoutMs);
     }
   }
 

@@ -50,11 +50,11 @@ export class FilesSession {
     return k;
   }
 
-  filesystems(point: string): Promise<FilesystemsView> {
+  async filesystems(point: string): Promise<FilesystemsView> {
     return describePoint(this.pr.reader, this.index(point), this.vm);
   }
 
-  list(point: string, path: string): Promise<DirectoryListing> {
+  async list(point: string, path: string): Promise<DirectoryListing> {
     return listAt(this.pr, this.index(point), path);
   }
 
@@ -68,15 +68,15 @@ export class FilesSession {
   }
 
   /** A directory as a tar stream (ended). */
-  tarTo(point: string, path: string, dest: Writable): Promise<void> {
+  async tarTo(point: string, path: string, dest: Writable): Promise<void> {
     return this.pr.reader.tarTo(this.index(point), normalizePath(path), dest);
   }
 
-  copyOut(point: string, path: string, dest: string, o: CopyOutOptions = {}): Promise<CopyOutResult> {
+  async copyOut(point: string, path: string, dest: string, o: CopyOutOptions = {}): Promise<CopyOutResult> {
     return copyOutAt(this.pr, this.index(point), path, dest, o);
   }
 
-  diff(from: string, to: string, o: DiffOptions = {}): Promise<DiffReport> {
+  async diff(from: string, to: string, o: DiffOptions = {}): Promise<DiffReport> {
     return diffAt(this.ctx, this.pr, this.index(from), this.index(to), o);
   }
 
@@ -91,7 +91,7 @@ export class FilesSession {
   }
 
   /** Restore from a snapshot of this session into the VM (a running VM's restore reads through this appliance). */
-  restore(point: string, path: string, o: RestoreOptions = {}): Promise<RestoreResult> {
+  async restore(point: string, path: string, o: RestoreOptions = {}): Promise<RestoreResult> {
     const k = this.index(point);
     const snap = this.pr.points[k]!.snapshot;
     if (!snap) throw new VmsnapError('INVALID_ARGUMENT', 'restore from a snapshot, not from the present state', { details: { point } });
