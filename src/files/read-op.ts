@@ -240,23 +240,3 @@ export async function openPinnedReader(ctx: Context, vmName: string, requests: P
   };
   return opened;
 }
-
-/** Run `fn` on a pinned reader and close it, whatever happens. */
-export async function withPinnedReader<T>(
-  ctx: Context,
-  vmName: string,
-  requests: PointRequest[],
-  opts: ReaderOptions & { purpose: string },
-  fn: (r: PinnedReader) => Promise<T>,
-): Promise<T> {
-  const r = await openPinnedReader(ctx, vmName, requests, opts);
-  let result: T;
-  try {
-    result = await fn(r);
-  } catch (e) {
-    await r.close().catch(() => undefined);
-    throw e;
-  }
-  await r.close();
-  return result;
-}
