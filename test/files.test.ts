@@ -20,7 +20,8 @@ import { findOrphans } from '../src/operations/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { catalogDump, cleanupHome, cli, expectRefused, openLib, sh, tempHome } from './helpers.js';
 
-const APPLIANCE = 900_000; // an appliance boot is 10 s idle, up to 2 min on a loaded 2-core host
+const APPLIANCE = 1_500_000; // an appliance boot is 10 s idle, minutes on a loaded 2-core host
+process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT ??= '900'; // the library's and the CLI's (cli() passes the environment on)
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 
 async function codeOf(p: Promise<unknown>): Promise<string> {

@@ -78,7 +78,8 @@ async function stateOf(extra?: () => Promise<Record<string, unknown>>): Promise<
 }
 
 /** A libguestfs appliance boots in 10 s idle, in minutes on a loaded 2-core host. */
-const APPLIANCE_MS = 900_000;
+const APPLIANCE_MS = 1_200_000;
+process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT ??= '900';
 const clone = (s: State): State => JSON.parse(JSON.stringify(s)) as State;
 const withVm = (s: State, name: string, vm: VmState): State => {
   const a = clone(s);

@@ -243,6 +243,12 @@ function toStat<T extends RawStat>(r: T): Omit<T, 'mtime' | 'ctime'> & { mtime: 
   return { ...rest, mtime: secondsToDate(mtime, r.mtimeNsec), ...(ctime !== undefined ? { ctime: secondsToDate(ctime, r.ctimeNsec) } : {}) };
 }
 
+/** VMSNAP_GUESTFS_LAUNCH_TIMEOUT (seconds): how long an appliance may take to boot (a loaded TCG host can need more than the default 300). */
+function launchTimeoutFromEnv(): number | undefined {
+  const s = Number(process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT);
+  return Number.isFinite(s) && s > 0 ? s * 1000 : undefined;
+}
+
 const SESSION_PREFIX = 'vmsnap-guestfs-';
 /** Bytes per 'read' answer (base64 in JSON; libguestfs' message limit is 4 MiB). */
 const READ_CHUNK = 1024 * 1024;
@@ -418,7 +424,7 @@ export class GuestFs {
           ...(opts.memsizeMb ? { memsize: opts.memsizeMb } : {}),
           ...(opts.verbose ? { verbose: true } : {}),
         },
-        { timeoutMs: opts.launchTimeoutMs ?? 300_000 },
+        { timeoutMs: opts.launchTimeoutMs ?? launchTimeoutFromEnv() ?? 300_000 },
       )) as NonNullable<GuestFs['info']>;
       g.info = info;
       g.qemuPid = info.qemuPid;
@@ -543,7 +549,7 @@ export class GuestFs {
         timer = setTimeout(() => {
           this.destroy(
             new VmsnapError('QEMU_FAILED', `libguestfs did not finish '${op}' in ${Math.round(timeoutMs / 1000)} s; its appliance was stopped`, {
-              hint: 'the host may be overloaded (TCG); try again, or raise the timeout',
+              hint: 'the host may be overloaded (TCG); try again, or raise the timeout (VMSNAP_GUESTFS_LAUNCH_TIMEOUT, seconds)',
               details: { op, timeoutMs },
             }),
           );
