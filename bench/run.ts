@@ -6,6 +6,7 @@
  *
  *   npm run bench -- --runs 5 --json bench/results/latest.json
  *   npm run bench -- --only cli          the CLI round trips alone (no QEMU, about a minute)
+ *   npm run bench -- --only boot         the Debian guest's boot to its agent, BIOS and UEFI (--boot-runs N, default 3)
  *   npm run bench -- --only files        guest files alone (libguestfs appliances: minutes)
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -19,6 +20,7 @@ import { livePid, waitForExit } from '../src/qemu/runtime.js';
 import { launchDisks } from '../src/vm/power.js';
 import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, sh, tempHome } from '../test/helpers.js';
+import { debianBoots } from './boot.js';
 import { cliRoundTrip } from './cli.js';
 import { filesBenchmarks } from './files.js';
 
@@ -41,6 +43,8 @@ const args = process.argv.slice(2);
 const RUNS = Number(args[args.indexOf('--runs') + 1] || 5) || 5;
 const JSON_OUT = args.includes('--json') ? args[args.indexOf('--json') + 1] : undefined;
 const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+/** A boot of the Debian guest takes tens of seconds under TCG: fewer runs. */
+const BOOT_RUNS = Number(args[args.indexOf('--boot-runs') + 1] || 3) || 3;
 /** A CLI round trip is short, and a shared machine's noise large beside it: at least 15 runs. */
 const CLI_RUNS = Math.max(15, RUNS);
 
@@ -231,11 +235,17 @@ async function consolidation(lib: Vmsnap, scratch: string, online: boolean, i: n
 async function main(): Promise<void> {
   process.env.VMSNAP_ACCEL ??= 'tcg';
   const rows: Row[] = [];
-  if (ONLY !== 'files') {
-    process.stderr.write(`CLI round trip: ${CLI_RUNS} runs\n`);
+  if (ONLY !== 'boot' && ONLY !== 'files') {
+    process.stderr.write(`CLI round trip: ${CLI_RUNS} runs
+`);
     rows.push(...(await cliRoundTrip(CLI_RUNS, median)));
   }
   if (ONLY === undefined) await qemuBenchmarks(rows);
+  if (ONLY === undefined || ONLY === 'boot') {
+    for (const b of await debianBoots(BOOT_RUNS)) {
+      rows.push({ name: `Debian guest: boot to agent, ${b.firmware.toUpperCase()} (${BOOT_RUNS} runs)`, unit: 'ms', ...ofVmsnap(b.ms) });
+    }
+  }
   if (ONLY === undefined || ONLY === 'files') await filesBench(rows);
   report(rows);
 }
@@ -450,7 +460,9 @@ async function filesBench(rows: Row[]): Promise<void> {
 
 function report(rows: Row[]): void {
   const fmt = (n: number | undefined, unit: string) => (n === undefined ? '-' : unit === 'ratio' ? n.toFixed(3) : n.toFixed(1));
-  const what = ONLY === 'cli' ? 'CLI round trips' : ONLY === 'files' ? `guest files on the demo guest under ${process.env.VMSNAP_ACCEL}` : `demo guest under ${process.env.VMSNAP_ACCEL}`;
+  const accel = process.env.VMSNAP_ACCEL;
+  const what =
+    ONLY === 'cli' ? 'CLI round trips' : ONLY === 'boot' ? `Debian guest under ${accel}` : ONLY === 'files' ? `guest files on the demo guest under ${accel}` : `demo guest under ${accel}`;
   process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs (${CLI_RUNS} for the CLI, beside node -e 0), ${what}\n\n`);
   const range = (xs: number[] | undefined, unit: string) => (xs && xs.length > 1 ? `${fmt(Math.min(...xs), unit)}–${fmt(Math.max(...xs), unit)}` : '');
   process.stdout.write('raw: the QEMU operation (or qemu-img) vmsnap builds on; for a CLI round trip, node -e 0\n');

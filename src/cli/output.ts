@@ -76,3 +76,17 @@ export async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>):
     process.off('SIGTERM', stop);
   }
 }
+
+/**
+ * Fingerprint the new snapshot's disks in a detached process, so the content
+ * can later be proven unchanged (verify --deep) without making the user wait.
+ */
+export async function fingerprintInBackground(vm: string): Promise<void> {
+  if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
+  // The script this CLI was started as (bin/vmsnap.js): this module is bundled into
+  // dist/cli/vmsnap-cli.cjs, so a path relative to it would not find bin/.
+  const self = process.argv[1];
+  if (self === undefined) return;
+  const { spawn } = await import('node:child_process');
+  spawn(process.execPath, [self, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore' }).unref();
+}

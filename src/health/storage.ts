@@ -1,9 +1,11 @@
-import { statfsSync } from 'node:fs';
+import { readdirSync, statfsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
 import { catalogGraph } from '../layers/merge.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
+import { bootStoreBytes } from '../store/boot-files.js';
 import { fileBytes } from '../util/files.js';
 
 /** Storage accounting: what each snapshot costs and would free, per VM and for the data dir. */
@@ -11,8 +13,32 @@ import { fileBytes } from '../util/files.js';
 export function dataDirUsage(ctx: Context): DataDirUsage {
   const fs = statfsSync(ctx.paths.layers);
   const layers = ctx.catalog.listLayers().filter((l) => !l.external);
-  const used = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0);
-  return { path: ctx.paths.home, usedBytes: used, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+  const boot = bootStoreBytes(ctx.paths);
+  const data = layers.reduce((a, l) => a + fileBytes(l.path), 0) + ctx.catalog.stateFiles().reduce((a, f) => a + fileBytes(f), 0) + boot;
+  const catalogBytes = fileBytes(ctx.paths.catalog) + fileBytes(`${ctx.paths.catalog}-wal`);
+  const backupsBytes = treeBytes(ctx.paths.backups);
+  const recordsBytes = treeBytes(ctx.paths.records) + treeBytes(ctx.paths.lostFound);
+  return {
+    path: ctx.paths.home,
+    usedBytes: data + catalogBytes + backupsBytes + recordsBytes,
+    bootFilesBytes: boot,
+    catalogBytes,
+    backupsBytes,
+    recordsBytes,
+    freeBytes: fs.bavail * fs.bsize,
+    totalBytes: fs.blocks * fs.bsize,
+  };
+}
+
+/** Bytes of every file under a folder (0 when it does not exist). */
+function treeBytes(dir: string): number {
+  let total = 0;
+  try {
+    for (const e of readdirSync(dir, { withFileTypes: true })) total += e.isDirectory() ? treeBytes(join(dir, e.name)) : fileBytes(join(dir, e.name));
+  } catch {
+    // gone, or never made
+  }
+  return total;
 }
 
 /** Guest ranges a layer itself holds data for (not its backing chain). */

@@ -15,6 +15,7 @@ import { formatNode, runtimeFiles } from '../qemu/launcher.js';
 import { commitImage } from '../qemu/qemu-img.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import { connectQmp, probeRuntime } from '../qemu/runtime.js';
+import { parseDuration } from '../policy/duration.js';
 import { healthSettings } from '../settings.js';
 import { newId } from '../util/ids.js';
 import { sleep } from '../util/process.js';
@@ -28,6 +29,15 @@ export interface TakeSnapshotOptions {
   memory?: boolean;
   /** Use a live pre-copy save even where background-snapshot works (benchmarks, tests). */
   forcePrecopy?: boolean;
+  /** A duration ('7d', '12h', '1d12h'): a prune deletes the snapshot once it has passed (unless it is protected). */
+  expire?: string;
+}
+
+/** What a policy pass adds: the policy and slot it takes the snapshot for, its id, and the operation it runs inside. */
+export interface TakeForPolicy {
+  id: string;
+  policy: { id: string; slot: string | null };
+  parent: { id: string };
 }
 
 /**
@@ -192,104 +202,119 @@ export async function switchDisksLive(
  * RAM and device state of that same instant goes to a state file.
  */
 export async function takeSnapshot(ctx: Context, vm0: VmRecord, name: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotRecord> {
-  const { catalog } = ctx;
+  checkTakeOptions(name, opts);
+  return withVm(ctx, vm0, `snapshot create ${name}`, () => takeSnapshotLocked(ctx, vm0, name, opts));
+}
+
+/** Refuse bad input before anything is locked or written. Returns the expiry in ms, if any. */
+function checkTakeOptions(name: string, opts: TakeSnapshotOptions): number | undefined {
   validateName(name, 'snapshot');
   if (opts.description !== undefined && opts.description.length > 4096) {
     throw new VmsnapError('INVALID_ARGUMENT', 'description: at most 4096 characters', { details: { field: 'description' } });
   }
-  return withVm(ctx, vm0, `snapshot create ${name}`, async () => {
-    const vm = catalog.getVm(vm0.id);
-    if (catalog.findSnapshot(vm.id, name)) {
-      throw new VmsnapError('ALREADY_EXISTS', `VM '${vm.name}' already has a snapshot named '${name}'`, {
-        hint: 'snapshot names are unique per VM: choose another',
-        details: { vm: vm.name, snapshot: name },
-      });
-    }
-    const rt = await probeRuntime(ctx.paths.run, vm.id);
-    if (rt.state === 'unknown') {
-      throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is in an unknown state: ${rt.detail ?? ''}`, { hint: `vmsnap status ${vm.name}` });
-    }
-    const vmState = rt.state === 'stopped' ? 'off' : rt.state;
-    const withMemory = vmState !== 'off' && (opts.memory ?? true);
-    checkReserve(ctx, vm, withMemory);
-    if (opts.memory === true && vmState === 'off') {
-      throw new VmsnapError('INVALID_ARGUMENT', `VM '${vm.name}' is off: there is no memory state to save`, {
-        hint: 'take a disk-only snapshot (--no-memory), or start the VM first',
-      });
-    }
-    const switches = planOverlays(ctx, catalog.activeLayers(vm.id));
-    const snapshotId = newId();
-    const stateFile = withMemory ? statePath(ctx.paths, snapshotId) : null;
-    const now = new Date().toISOString();
-    const record: SnapshotRecord = {
-      id: snapshotId,
-      vmId: vm.id,
-      name,
-      description: opts.description ?? '',
-      parentId: vm.currentSnapshotId,
-      createdAt: now,
-      config: vm.config,
-      stateFile,
-      vmState,
-      pauseMs: null,
-      status: 'prepare',
-      meta: {},
-      layers: Object.fromEntries(switches.map((s) => [s.slot, s.oldLayerId])),
-    };
-    const plan = { snapshotId, name, vmState, stateFile, switches, createFiles: [...switches.map((s) => s.newPath), ...(stateFile ? [stateFile] : [])] };
-    return runOperation(ctx, snapshotCreate, { vm, plan }, async (op) => {
-      let qmp: QmpClient | undefined;
-      // Disk only, running: reach the guest agent (to quiesce) while the overlay files are made.
-      const agentReady = !withMemory && vmState === 'running' ? agentOrNull(ctx, vm) : Promise.resolve(null);
-      const meta: SnapshotMeta = {};
-      try {
-        await createOverlayFiles(ctx, switches);
-        op.done(1, () => catalog.insertSnapshot(record));
+  return opts.expire === undefined ? undefined : parseDuration(opts.expire, 'expire');
+}
 
-        if (vmState !== 'off') {
-          qmp = await connectQmp(ctx.paths.run, vm);
-          await addOverlayNodes(qmp, switches);
-          if (withMemory) {
-            const r = await snapshotWithMemory(qmp, switches, stateFile!, {
-              sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, 'state-sink.sock'),
-              running: vmState === 'running',
-              ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
-            });
-            record.pauseMs = r.pauseMs;
-            Object.assign(meta, {
-              memoryMode: r.mode,
-              stateSha256: r.stateSha256,
-              saveMs: Math.round(r.totalMs),
-              ...(r.qemuDowntimeMs !== undefined ? { qemuDowntimeMs: r.qemuDowntimeMs } : {}),
-              ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
-            });
-          } else {
-            // Disk only: quiesce the guest's filesystems if its agent answers, then switch.
-            const r = await switchDisksLive(qmp, switches, await agentReady, vmState === 'running');
-            record.pauseMs = r.pauseMs;
-            Object.assign(meta, {
-              quiesced: r.quiesced,
-              pauseSource: 'transaction',
-              ...(r.quiesceMs !== undefined ? { quiesceMs: r.quiesceMs } : {}),
-            });
-          }
-        }
-        op.fault('switched');
-        // QEMU writes to the new overlays: record it all in one transaction and finish.
-        op.finish('done', undefined, () => {
-          for (const l of newLayerRecords(vm, switches, now)) catalog.insertLayer(l);
-          for (const s of switches) {
-            catalog.setLayerFrozen(s.oldLayerId);
-            catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
-          }
-          catalog.updateSnapshot(snapshotId, { status: 'ready', pauseMs: record.pauseMs, meta });
-          catalog.setCurrentSnapshot(vm.id, snapshotId);
-        });
-        return catalog.findSnapshotById(snapshotId)!;
-      } finally {
-        await qmp?.close();
-        await (await agentReady)?.close();
-      }
+/** Take a snapshot of a VM whose lock the caller holds (a policy pass passes its policy, slot and operation). */
+export async function takeSnapshotLocked(ctx: Context, vm0: VmRecord, name: string, opts: TakeSnapshotOptions = {}, forPolicy?: TakeForPolicy): Promise<SnapshotRecord> {
+  const { catalog } = ctx;
+  const expireMs = checkTakeOptions(name, opts);
+  const vm = catalog.getVm(vm0.id);
+  if (catalog.findSnapshot(vm.id, name)) {
+    throw new VmsnapError('ALREADY_EXISTS', `VM '${vm.name}' already has a snapshot named '${name}'`, {
+      hint: 'snapshot names are unique per VM: choose another',
+      details: { vm: vm.name, snapshot: name },
     });
+  }
+  const rt = await probeRuntime(ctx.paths.run, vm.id);
+  if (rt.state === 'unknown') {
+    throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is in an unknown state: ${rt.detail ?? ''}`, { hint: `vmsnap status ${vm.name}` });
+  }
+  const vmState = rt.state === 'stopped' ? 'off' : rt.state;
+  const withMemory = vmState !== 'off' && (opts.memory ?? true);
+  checkReserve(ctx, vm, withMemory);
+  if (opts.memory === true && vmState === 'off') {
+    throw new VmsnapError('INVALID_ARGUMENT', `VM '${vm.name}' is off: there is no memory state to save`, {
+      hint: 'take a disk-only snapshot (--no-memory), or start the VM first',
+    });
+  }
+  const switches = planOverlays(ctx, catalog.activeLayers(vm.id));
+  const snapshotId = forPolicy?.id ?? newId();
+  const stateFile = withMemory ? statePath(ctx.paths, snapshotId) : null;
+  const takenAt = new Date();
+  const now = takenAt.toISOString();
+  const record: SnapshotRecord = {
+    id: snapshotId,
+    vmId: vm.id,
+    name,
+    description: opts.description ?? '',
+    parentId: vm.currentSnapshotId,
+    createdAt: now,
+    config: vm.config,
+    stateFile,
+    vmState,
+    pauseMs: null,
+    status: 'prepare',
+    meta: {},
+    layers: Object.fromEntries(switches.map((s) => [s.slot, s.oldLayerId])),
+    protected: false,
+    expiresAt: expireMs === undefined ? null : new Date(takenAt.getTime() + expireMs).toISOString(),
+    policyId: forPolicy?.policy.id ?? null,
+    policySlot: forPolicy?.policy.slot ?? null,
+  };
+  const plan = { snapshotId, name, vmState, stateFile, switches, createFiles: [...switches.map((s) => s.newPath), ...(stateFile ? [stateFile] : [])] };
+  return runOperation(ctx, snapshotCreate, { vm, plan, ...(forPolicy ? { parent: forPolicy.parent } : {}) }, async (op) => {
+    let qmp: QmpClient | undefined;
+    // Disk only, running: reach the guest agent (to quiesce) while the overlay files are made.
+    const agentReady = !withMemory && vmState === 'running' ? agentOrNull(ctx, vm) : Promise.resolve(null);
+    const meta: SnapshotMeta = {};
+    try {
+      await createOverlayFiles(ctx, switches);
+      op.done(1, () => catalog.insertSnapshot(record));
+
+      if (vmState !== 'off') {
+        qmp = await connectQmp(ctx.paths.run, vm);
+        await addOverlayNodes(qmp, switches);
+        if (withMemory) {
+          const r = await snapshotWithMemory(qmp, switches, stateFile!, {
+            sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, 'state-sink.sock'),
+            running: vmState === 'running',
+            ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
+          });
+          record.pauseMs = r.pauseMs;
+          Object.assign(meta, {
+            memoryMode: r.mode,
+            stateSha256: r.stateSha256,
+            saveMs: Math.round(r.totalMs),
+            ...(r.qemuDowntimeMs !== undefined ? { qemuDowntimeMs: r.qemuDowntimeMs } : {}),
+            ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
+          });
+        } else {
+          // Disk only: quiesce the guest's filesystems if its agent answers, then switch.
+          const r = await switchDisksLive(qmp, switches, await agentReady, vmState === 'running');
+          record.pauseMs = r.pauseMs;
+          Object.assign(meta, {
+            quiesced: r.quiesced,
+            pauseSource: 'transaction',
+            ...(r.quiesceMs !== undefined ? { quiesceMs: r.quiesceMs } : {}),
+          });
+        }
+      }
+      op.fault('switched');
+      // QEMU writes to the new overlays: record it all in one transaction and finish.
+      op.finish('done', undefined, () => {
+        for (const l of newLayerRecords(vm, switches, now)) catalog.insertLayer(l);
+        for (const s of switches) {
+          catalog.setLayerFrozen(s.oldLayerId);
+          catalog.setActiveLayer(vm.id, s.slot, s.newLayerId);
+        }
+        catalog.updateSnapshot(snapshotId, { status: 'ready', pauseMs: record.pauseMs, meta });
+        catalog.setCurrentSnapshot(vm.id, snapshotId);
+      });
+      return catalog.findSnapshotById(snapshotId)!;
+    } finally {
+      await qmp?.close();
+      await (await agentReady)?.close();
+    }
   });
 }

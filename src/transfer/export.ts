@@ -10,12 +10,15 @@ import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { resolveSnapshot } from '../snapshot/views.js';
+import { bootFilesOf } from '../contract/config.js';
+import { requireBootFile } from '../store/boot-files.js';
 import { fsyncPath } from '../util/files.js';
 import { vmsnapVersion } from '../util/version.js';
 import { pump, scratchDir, sha256Of, writeAll } from './io.js';
 import {
   ARCHIVE_FORMAT,
   ARCHIVE_VERSION,
+  bootEntry,
   CONFIG_ENTRY,
   diskEntry,
   HEAD_ENTRY,
@@ -242,6 +245,8 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
       state = { bytes: stateSize, sha256: r.sha256 };
       files.push({ name: STATE_ENTRY, bytes: stateSize, sha256: r.sha256 });
     }
+    // Boot files the config names from the store travel with it (the importing host may not have them).
+    for (const sha of bootFilesOf(snap.config)) await putSmall(bootEntry(sha), readFileSync(requireBootFile(ctx.paths, sha, 'boot file')));
     await putSmall(CONFIG_ENTRY, Buffer.from(`${JSON.stringify(snap.config, null, 2)}\n`));
     const manifest: ArchiveManifest = {
       format: ARCHIVE_FORMAT,

@@ -7,9 +7,14 @@ import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { resolveAccelerator, type Accelerator } from '../qemu/accel.js';
-import { launchQemu, runtimeFiles, type LaunchDisk } from '../qemu/launcher.js';
+import { launchQemu, runtimeFiles, type LaunchDisk, type LaunchSpec } from '../qemu/launcher.js';
+import { NVRAM_SLOT } from '../contract/config.js';
+import { requireBootFile } from '../store/boot-files.js';
+import { isUefi } from './firmware.js';
 import { cleanRuntime, connectQmp, killQemu, livePid, probeRuntime, waitForExit } from '../qemu/runtime.js';
 import { ensureDemoImage } from './demo-image.js';
+import { checkNetwork, recordEndpoints, resolvePorts } from './network.js';
+import { renderSeed } from './seed.js';
 
 export interface StartOptions {
   accel?: Accelerator;
@@ -58,20 +63,36 @@ function emitState(ctx: Context, vm: VmRecord, state: string): void {
 
 /** The disks as QEMU opens them: each slot's chain from its active layer down. */
 export function launchDisks(ctx: Context, vm: VmRecord): LaunchDisk[] {
-  const active = ctx.catalog.activeLayers(vm.id);
-  return vm.config.disks.map((d) => {
-    const top = active[d.slot];
-    if (!top) throw new VmsnapError('CATALOG_ERROR', `VM '${vm.name}' has no active layer for ${d.slot}`, { hint: "run 'vmsnap verify'" });
-    const chain = ctx.catalog.chain(top);
-    for (const l of chain) {
-      if (!existsSync(l.path)) {
-        throw new VmsnapError('NOT_FOUND', `layer file of ${d.slot} is missing: ${l.path}`, {
-          hint: "run 'vmsnap verify' and 'vmsnap recover'",
-        });
-      }
+  return vm.config.disks.map((d) => launchChain(ctx, vm, d.slot));
+}
+
+/** One slot's chain (a disk, or the NVRAM), every file checked. */
+function launchChain(ctx: Context, vm: VmRecord, slot: string): LaunchDisk {
+  const top = ctx.catalog.activeLayers(vm.id)[slot];
+  if (!top) throw new VmsnapError('CATALOG_ERROR', `VM '${vm.name}' has no active layer for ${slot}`, { hint: "run 'vmsnap verify'" });
+  const chain = ctx.catalog.chain(top);
+  for (const l of chain) {
+    if (!existsSync(l.path)) {
+      throw new VmsnapError('NOT_FOUND', `layer file of ${slot} is missing: ${l.path}`, {
+        hint: "run 'vmsnap verify' and 'vmsnap recover'",
+      });
     }
-    return { slot: d.slot, chain: chain.map((l) => ({ id: l.id, path: l.path, format: l.format })) };
-  });
+  }
+  return { slot, chain: chain.map((l) => ({ id: l.id, path: l.path, format: l.format })) };
+}
+
+/** What the launcher needs to boot a VM: stored kernel/initrd and firmware resolved to files in the store. */
+function launchBoot(ctx: Context, vm: VmRecord): Pick<LaunchSpec, 'kernel' | 'initrd' | 'firmware'> {
+  const { boot } = vm.config;
+  const out: Pick<LaunchSpec, 'kernel' | 'initrd' | 'firmware'> = {};
+  const kernel = boot.kernelFile ? requireBootFile(ctx.paths, boot.kernelFile, 'kernel') : boot.kernel;
+  const initrd = boot.initrdFile ? requireBootFile(ctx.paths, boot.initrdFile, 'initrd') : boot.initrd;
+  if (kernel) out.kernel = kernel;
+  if (initrd) out.initrd = initrd;
+  if (isUefi(vm.config)) {
+    out.firmware = { code: requireBootFile(ctx.paths, vm.config.firmware.code, 'UEFI firmware code'), nvram: launchChain(ctx, vm, NVRAM_SLOT) };
+  }
+  return out;
 }
 
 async function assertStopped(ctx: Context, vm: VmRecord): Promise<void> {
@@ -88,8 +109,9 @@ async function assertStopped(ctx: Context, vm: VmRecord): Promise<void> {
 export async function startLocked(ctx: Context, vm: VmRecord, opts: StartOptions & { incomingDefer?: boolean } = {}): Promise<number> {
   await assertStopped(ctx, vm);
   const boot = vm.config.boot;
-  let kernel = boot.kernel;
-  let initrd = boot.initrd;
+  const bootFiles = launchBoot(ctx, vm);
+  let kernel = bootFiles.kernel;
+  let initrd = bootFiles.initrd;
   if (boot.image === 'demo') {
     const img = await ensureDemoImage(ctx.paths.imageCache, opts.log);
     kernel = img.kernel;
@@ -99,18 +121,26 @@ export async function startLocked(ctx: Context, vm: VmRecord, opts: StartOptions
     imageCache: ctx.paths.imageCache,
     cacheFile: join(ctx.paths.home, 'kvm-probe.json'),
   });
+  // Forwards and bridges are checked here, before QEMU, for every way a VM starts (start, revert, clone --start).
+  await checkNetwork(ctx, vm, vm.config, 'INVALID_STATE');
+  const launched = await resolvePorts(vm.config);
+  const seed = vm.config.cloudInit ? await renderSeed(ctx.paths, vm.id, vm.name, vm.config.cloudInit) : undefined;
+  const files = runtimeFiles(ctx.paths.run, vm.id);
   const { pid } = await launchQemu({
     vmId: vm.id,
     vmName: vm.name,
-    config: vm.config,
+    config: launched,
+    ...(seed ? { seed } : {}),
     ...(kernel ? { kernel } : {}),
     ...(initrd ? { initrd } : {}),
     disks: launchDisks(ctx, vm),
+    ...(bootFiles.firmware ? { firmware: bootFiles.firmware } : {}),
     accel,
-    files: runtimeFiles(ctx.paths.run, vm.id),
+    files,
     paused: opts.paused ?? false,
     incomingDefer: opts.incomingDefer ?? false,
   });
+  await recordEndpoints(files, launched);
   emitState(ctx, vm, opts.incomingDefer ? 'restoring' : opts.paused ? 'paused' : 'running');
   return pid;
 }
@@ -119,6 +149,7 @@ export async function startVm(ctx: Context, vm: VmRecord, opts: StartOptions = {
   await withVm(ctx, vm, 'start', async () => {
     // Refused before anything is journaled.
     await assertStopped(ctx, vm);
+    await checkNetwork(ctx, vm, ctx.catalog.getVm(vm.id).config, 'INVALID_STATE');
     await runOperation(ctx, vmStart, { vm, plan: { paused: opts.paused ?? false } }, async () => {
       await startLocked(ctx, ctx.catalog.getVm(vm.id), opts);
     });

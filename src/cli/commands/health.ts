@@ -23,7 +23,8 @@ export function registerHealthCommands(program: Command, run: Run): void {
         const r = await lib.health.df(vm);
         if (o.json) return printJson(r);
         const d = r.dataDir;
-        process.stdout.write(`data dir ${d.path}: vmsnap uses ${formatBytes(d.usedBytes)}, ${formatBytes(d.freeBytes)} free of ${formatBytes(d.totalBytes)}\n`);
+        process.stdout.write(`data dir ${d.path}: vmsnap uses ${formatBytes(d.usedBytes)}${d.bootFilesBytes ? ` (boot files ${formatBytes(d.bootFilesBytes)})` : ''}, ${formatBytes(d.freeBytes)} free of ${formatBytes(d.totalBytes)}\n`);
+        process.stdout.write(`  catalog ${formatBytes(d.catalogBytes)}, its backups ${formatBytes(d.backupsBytes)}, records beside the VMs ${formatBytes(d.recordsBytes)}\n`);
         for (const v of r.vms) {
           const chains = v.disks.map((x) => `${x.slot} depth ${x.chainDepth}`).join(', ');
           process.stdout.write(`\n${v.vm}: ${formatBytes(v.totalBytes)} (layers ${formatBytes(v.layersBytes)}, state files ${formatBytes(v.statesBytes)}); ${chains}\n`);
