@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { z } from 'zod';
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
+import { NVRAM_SLOT } from '../contract/config.js';
 import { VmsnapError } from '../errors.js';
 import { MergePlanFields, mergeCandidates } from '../layers/consolidate.js';
 import { defineOperation } from '../operations/define.js';
@@ -90,10 +91,19 @@ export interface PresentFreeze {
   quiesced: boolean;
 }
 
+/**
+ * The disks among a point's layers, in the guest's disk order. A UEFI VM's
+ * NVRAM is a layered slot too, but firmware variables hold no filesystem: it
+ * is never opened, frozen or pinned for a read.
+ */
+export function diskLayers(disks: readonly { slot: string }[], layers: Record<string, string>): { slots: string[]; layers: Record<string, string> } {
+  const slots = disks.map((d) => d.slot).filter((s) => layers[s] !== undefined);
+  for (const s of Object.keys(layers)) if (s !== NVRAM_SLOT && !slots.includes(s)) slots.push(s);
+  return { slots, layers: Object.fromEntries(slots.map((s) => [s, layers[s]!])) };
+}
+
 export function snapshotPoint(snap: SnapshotRecord): PinnedPoint {
-  const slots = snap.config.disks.map((d) => d.slot).filter((s) => snap.layers[s] !== undefined);
-  for (const s of Object.keys(snap.layers)) if (!slots.includes(s)) slots.push(s);
-  return { label: snap.name, snapshot: snap, layers: snap.layers, slots, createdAt: snap.createdAt };
+  return { label: snap.name, snapshot: snap, ...diskLayers(snap.config.disks, snap.layers), createdAt: snap.createdAt };
 }
 
 /** The drives of a point, for the reader (each disk's top layer opens its whole chain). */
@@ -119,8 +129,8 @@ async function freezePresent(ctx: Context, vm: VmRecord, op: Op<FilesReadPlan, s
     throw new VmsnapError('INVALID_STATE', `VM '${vm.name}' is in an unknown state: ${rt.detail ?? ''}`, { hint: `vmsnap status ${vm.name}` });
   }
   const vmState = rt.state === 'stopped' ? 'off' : rt.state;
-  const active = ctx.catalog.activeLayers(vm.id);
-  const switches = planOverlays(ctx, active);
+  const disks = diskLayers(vm.config.disks, ctx.catalog.activeLayers(vm.id));
+  const switches = planOverlays(ctx, disks.layers);
   Object.assign(op.plan, { vmState, switches, createFiles: switches.map((s) => s.newPath) });
   op.savePlan();
   const frozenAt = new Date().toISOString();
@@ -157,9 +167,7 @@ async function freezePresent(ctx: Context, vm: VmRecord, op: Op<FilesReadPlan, s
     }
     throw e;
   }
-  const slots = vm.config.disks.map((d) => d.slot).filter((s) => active[s] !== undefined);
-  for (const s of Object.keys(active)) if (!slots.includes(s)) slots.push(s);
-  return { point: { label: 'present', snapshot: null, layers: active, slots, createdAt: frozenAt }, info: { frozenAt, pauseMs, quiesced } };
+  return { point: { label: 'present', snapshot: null, ...disks, createdAt: frozenAt }, info: { frozenAt, pauseMs, quiesced } };
 }
 
 export type PointRequest = { snapshot: string } | 'present';

@@ -18,7 +18,7 @@ import { guestAgent } from '../vm/guest.js';
 import type { FilesOptions } from './copy-out.js';
 import type { FindEntry } from './guestfs.js';
 import { baseName, type NamedFilesystem, normalizePath, parentOf, resolvePath } from './namespace.js';
-import { readerPoint, snapshotPoint } from './read-op.js';
+import { diskLayers, readerPoint, snapshotPoint } from './read-op.js';
 import { FilesReader, type Located } from './reader.js';
 
 /**
@@ -305,10 +305,10 @@ async function restoreOnline(ctx: Context, vm: VmRecord, snap: SnapshotRecord, s
 }
 
 async function restoreOffline(ctx: Context, vm: VmRecord, snap: SnapshotRecord, source: string, target: string, o: RestoreOptions): Promise<RestorePlanView> {
-  const switches = planOverlays(ctx, ctx.catalog.activeLayers(vm.id));
+  const { slots, layers } = diskLayers(vm.config.disks, ctx.catalog.activeLayers(vm.id));
+  const switches = planOverlays(ctx, layers);
   const plan: RestorePlan = { via: 'offline', snapshotId: snap.id, source, target, switches, createFiles: switches.map((s) => s.newPath), staging: [] };
   const snapPoint = snapshotPoint(snap);
-  const slots = vm.config.disks.map((d) => d.slot).filter((s) => switches.some((x) => x.slot === s));
   let view: RestorePlanView | undefined;
   await runOperation(ctx, restoreFileOp, { vm, plan }, async (op) => {
     await createOverlayFiles(ctx, switches);
