@@ -19,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmsnapError } from '../src/errors.js';
 import { type Filesystem, GuestFs, type GuestFsDrive } from '../src/files/guestfs.js';
 import { scanTar } from '../src/files/tar-scan.js';
+import { isProcessAlive } from '../src/util/process.js';
 
 const HAVE_LIBGUESTFS =
   existsSync('/usr/lib/python3/dist-packages/guestfs.py') &&
@@ -447,26 +448,18 @@ describeAppliance('reading (one read-only appliance for every image)', () => {
 
   it('when the helper is killed, calls fail with QEMU_FAILED and the appliance is gone', async () => {
     const { helper, qemu } = g.pids;
-    expect(helper && qemu && alive(qemu)).toBeTruthy();
+    expect(helper && qemu && isProcessAlive(qemu)).toBeTruthy();
     process.kill(helper ?? 0, 'SIGKILL');
     expect(await codeOf(g.stat('/etc/hostname'))).toBe('QEMU_FAILED');
     await waitDead(qemu ?? 0, 10_000);
-    expect(alive(qemu ?? 0)).toBe(false);
+    expect(isProcessAlive(qemu ?? 0)).toBe(false);
   });
 });
 
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return false;
-  }
-}
 
 async function waitDead(pid: number, ms: number): Promise<void> {
   const end = Date.now() + ms;
-  while (alive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+  while (isProcessAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
 }
 
 describeAppliance('no orphan appliance', () => {
@@ -497,11 +490,11 @@ setInterval(() => {}, 1000);
       child.on('exit', () => reject(new Error(`the child exited: ${err}`)));
     });
     await new Promise((r) => setTimeout(r, 300)); // into checksumTree
-    expect(alive(pids.helper) && alive(pids.qemu)).toBe(true);
+    expect(isProcessAlive(pids.helper) && isProcessAlive(pids.qemu)).toBe(true);
     child.kill('SIGKILL');
     await waitDead(pids.qemu, 15_000);
     await waitDead(pids.helper, 5_000);
-    expect(alive(pids.qemu)).toBe(false);
-    expect(alive(pids.helper)).toBe(false);
+    expect(isProcessAlive(pids.qemu)).toBe(false);
+    expect(isProcessAlive(pids.helper)).toBe(false);
   }, 300_000);
 });

@@ -518,6 +518,18 @@ def cleanup_fifo(a, f):
             pass
 
 
+
+def tar_opts(a):
+    """The tar options both directions share: xattrs, ACLs, compression."""
+    opts = {}
+    if a.get('xattrs'):
+        opts['xattrs'] = True
+    if a.get('acls'):
+        opts['acls'] = True
+    if a.get('compress'):
+        opts['compress'] = a['compress']
+    return opts
+
 def op_download(a):
     need_handle()
     path = a['path']
@@ -559,15 +571,10 @@ def op_tar_out(a):
     if not statmod.S_ISDIR(g.statns(path)['st_mode']):
         raise OpError('invalid', '%s is not a directory' % path, 'ENOTDIR')
     f = make_fifo(a)
-    opts = {'numericowner': a.get('numericOwner', True)}
+    opts = tar_opts(a)
+    opts['numericowner'] = a.get('numericOwner', True)
     if a.get('excludes'):
         opts['excludes'] = a['excludes']
-    if a.get('xattrs'):
-        opts['xattrs'] = True
-    if a.get('acls'):
-        opts['acls'] = True
-    if a.get('compress'):
-        opts['compress'] = a['compress']
     try:
         g.tar_out(path, f, **opts)
     finally:
@@ -624,15 +631,8 @@ def op_tar_in(a):
     path = a['path']
     need_writable(path)
     f = make_fifo(a)
-    opts = {}
-    if a.get('xattrs'):
-        opts['xattrs'] = True
-    if a.get('acls'):
-        opts['acls'] = True
-    if a.get('compress'):
-        opts['compress'] = a['compress']
     try:
-        g.tar_in(f, path, **opts)
+        g.tar_in(f, path, **tar_opts(a))
     finally:
         cleanup_fifo(a, f)
     return None

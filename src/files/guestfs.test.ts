@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { VmsnapError } from '../errors.js';
+import { isProcessAlive } from '../util/process.js';
 import { findHelper, GuestFs, type GuestFsOpenOptions } from './guestfs.js';
 import { scanTar, type TarEntry } from './tar-scan.js';
 
@@ -84,18 +85,10 @@ async function failure(p: Promise<unknown>): Promise<VmsnapError> {
   throw new Error('expected a failure');
 }
 
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return false;
-  }
-}
 
 async function waitDead(pid: number): Promise<boolean> {
-  for (let i = 0; i < 50 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
-  return !alive(pid);
+  for (let i = 0; i < 50 && isProcessAlive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+  return !isProcessAlive(pid);
 }
 
 describe('GuestFs client (fake helper)', () => {

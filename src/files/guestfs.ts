@@ -34,6 +34,7 @@ import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { type ErrorCode, VmsnapError } from '../errors.js';
+import { isProcessAlive } from '../util/process.js';
 import { scanTar, type TarEntry } from './tar-scan.js';
 
 export type { TarEntry } from './tar-scan.js';
@@ -221,20 +222,8 @@ interface Pending {
   fifo?: string;
 }
 
-interface RawStat {
-  type: FileType;
-  size: number;
-  mode: number;
-  mtime: number;
-  mtimeNsec: number;
-  ctime?: number;
-  ctimeNsec?: number;
-  uid: number;
-  gid: number;
-  ino: number;
-  nlink: number;
-  linkTarget?: string;
-}
+/** A stat as the helper sends it: times in seconds. */
+type RawStat = Omit<FileStat, 'mtime' | 'ctime'> & { mtime: number; ctime?: number };
 
 const secondsToDate = (sec: number, nsec: number | undefined): Date => new Date(sec * 1000 + Math.floor((nsec ?? 0) / 1e6));
 
@@ -279,7 +268,7 @@ function sweepStaleSessions(base: string): void {
     const dir = join(base, n);
     try {
       const owner = Number(readFileSync(join(dir, 'owner'), 'utf8'));
-      if (owner > 0 && processAlive(owner)) continue;
+      if (owner > 0 && isProcessAlive(owner)) continue;
       if (Date.now() - statSync(dir).mtimeMs < 60_000 && !(owner > 0)) continue; // being created
       rmSync(dir, { recursive: true, force: true });
     } catch {
@@ -288,14 +277,6 @@ function sweepStaleSessions(base: string): void {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return false;
-  }
-}
 
 function isQemu(pid: number): boolean {
   try {
@@ -574,7 +555,7 @@ export class GuestFs {
 
   private killAppliance(): void {
     const pid = this.qemuPid;
-    if (pid && processAlive(pid) && isQemu(pid)) {
+    if (pid && isProcessAlive(pid) && isQemu(pid)) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {

@@ -201,11 +201,7 @@ export function FilesDialog(props: { vm: VmSummary; snapshot: SnapshotView; ops:
       {done && <div className="lost-box ok">{done}</div>}
       {pending && <p className="muted small">Working…</p>}
       <ErrorLine error={error} />
-      <div className="modal-actions">
-        <button type="button" className="btn" onClick={props.onClose}>
-          Close
-        </button>
-      </div>
+      <CloseActions onClose={props.onClose} />
     </Modal>
   );
 }
@@ -280,11 +276,17 @@ export function DiffDialog(props: { vm: VmSummary; snapshot: SnapshotView; snaps
         </div>
       )}
       <ErrorLine error={error} />
-      <div className="modal-actions">
-        <button type="button" className="btn" onClick={props.onClose}>
-          Close
-        </button>
-      </div>
+      <CloseActions onClose={props.onClose} />
     </Modal>
+  );
+}
+
+function CloseActions(props: { onClose: () => void }) {
+  return (
+    <div className="modal-actions">
+      <button type="button" className="btn" onClick={props.onClose}>
+        Close
+      </button>
+    </div>
   );
 }
