@@ -3,9 +3,10 @@
  * on the demo guest (its disk is ext2 on the whole of /dev/vda, mounted on
  * /data; no fstab, so the filesystem is named /dev/vda), read in real libguestfs
  * appliances under TCG. One appliance (a library session holding the five
- * snapshots) serves the reading checks; the CLI checks boot one each, so they
- * are few: a cp, a diff against the running and writing present state, an
- * offline restore and a blank disk.
+ * snapshots) serves the reading checks; the API's reader and the CLI checks
+ * boot one each, so they are few: the API's open/list/download, a cp, a diff
+ * against the running and writing present state, an offline restore and a
+ * blank disk.
  */
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -13,12 +14,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DiffReport } from '../src/contract/files.js';
+import { serve } from '../src/api/server.js';
+import type { DiffReport, DirectoryListing, FilesystemsView } from '../src/contract/files.js';
 import { VmsnapError } from '../src/errors.js';
 import type { FilesSession } from '../src/files/service.js';
 import { findOrphans } from '../src/operations/recovery.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { catalogDump, cleanupHome, cli, expectRefused, openLib, sh, tempHome } from './helpers.js';
+import { apiClient, expectError } from './http.js';
 
 const APPLIANCE = 1_500_000; // an appliance boot is 10 s idle, minutes on a loaded 2-core host
 process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT ??= '900'; // the library's and the CLI's (cli() passes the environment on)
@@ -181,6 +184,35 @@ describe('guest files of snapshots', () => {
     expect(await findOrphans(lib.ctx)).toEqual([]);
     const v = await cli(home, ['verify', 'd', '--deep', '--json']);
     expect(JSON.parse(v.stdout).problems, v.stdout).toEqual([]);
+  }, APPLIANCE);
+
+  it('API: a snapshot opened (202) serves its listing and downloads from one reader; a restore dry run says what it would overwrite; bad input refused', async () => {
+    const server = await serve({ lib, host: '127.0.0.1', port: 0 });
+    const api = apiClient(() => server.url);
+    try {
+      const opened = await api.succeed(await api.call('POST', '/api/vms/d/snapshots/S1/files/open'), APPLIANCE);
+      expect(opened.kind).toBe('files-read');
+      expect((opened.result as FilesystemsView).filesystems.map((f) => f.name)).toEqual(['/dev/vda']);
+      const list = await api.call('GET', '/api/vms/d/snapshots/S1/files/list?path=/dev/vda');
+      expect(list.status, JSON.stringify(list.json)).toBe(200);
+      expect((list.json as DirectoryListing).entries.map((e) => e.name)).toEqual(['a', 'b', 'big', 'dir', 'lost+found', 'v']);
+      const a = await fetch(`${server.url}/api/vms/d/snapshots/S1/files/content?path=/dev/vda/a`);
+      expect(a.status).toBe(200);
+      expect(await a.text()).toBe('changed-a\n');
+      expectError(await api.call('GET', '/api/vms/d/snapshots/S1/files/content?path=/dev/vda/nope'), 404, 'NOT_FOUND');
+      await api.refused('GET', '/api/vms/d/snapshots/S1/files/list?path=relative', undefined, 400, 'INVALID_ARGUMENT', 'path');
+      // Through the open reader and the guest agent: nothing written.
+      const dry = await api.succeed(await api.call('POST', '/api/vms/d/snapshots/S1/files/restore', { path: '/dev/vda/a', dryRun: true }), APPLIANCE);
+      expect(dry.result).toMatchObject({ via: 'guest-agent', overwrites: ['/dev/vda/a'], files: 1 });
+      expect(await sh(lib, 'd', 'cat /data/a')).toBe('one\n');
+      await api.refused('POST', '/api/vms/d/diff', {}, 400, 'INVALID_ARGUMENT', 'from');
+      expectError(await api.call('POST', '/api/vms/d/diff', { from: 'nosuch' }), 404, 'NOT_FOUND');
+      await api.refused('POST', '/api/vms/d/search', { glob: '' }, 400, 'INVALID_ARGUMENT', 'glob');
+    } finally {
+      await server.close();
+    }
+    // Closing the server shut the reader and released its pins.
+    expect(lib.ctx.journal.unfinished()).toEqual([]);
   }, APPLIANCE);
 
   it('CLI: cp a file out; bad input refused before an appliance boots', async () => {
