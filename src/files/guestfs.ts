@@ -232,6 +232,23 @@ function toStat<T extends RawStat>(r: T): Omit<T, 'mtime' | 'ctime'> & { mtime: 
   return { ...rest, mtime: secondsToDate(mtime, r.mtimeNsec), ...(ctime !== undefined ? { ctime: secondsToDate(ctime, r.ctimeNsec) } : {}) };
 }
 
+/**
+ * A streaming call's answer once its FIFO's pipe has ended too. On a failure the
+ * pipe is let unwind (or, when the helper never opened the FIFO, `unopened` runs).
+ */
+async function answered(answer: Promise<unknown>, piping: () => Promise<void> | undefined, unopened?: () => void): Promise<unknown> {
+  try {
+    const r = await answer;
+    await piping();
+    return r;
+  } catch (e) {
+    const p = piping();
+    if (p) await p.catch(() => undefined);
+    else unopened?.();
+    throw e;
+  }
+}
+
 /** VMSNAP_GUESTFS_LAUNCH_TIMEOUT (seconds): how long an appliance may take to boot (a loaded TCG host can need more than the default 300). */
 function launchTimeoutFromEnv(): number | undefined {
   const s = Number(process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT);
@@ -838,14 +855,7 @@ export class GuestFs {
         piping = pipeline(src, dest, { end: o.end ?? true });
       },
     });
-    try {
-      const r = await answer;
-      if (piping) await piping;
-      return r;
-    } catch (e) {
-      if (piping) await piping.catch(() => undefined);
-      throw e;
-    }
+    return answered(answer, () => piping);
   }
 
   // --- writing (a stopped VM's active layer only) ----------------------------------
@@ -889,18 +899,10 @@ export class GuestFs {
         piping = pipeline(pass, createWriteStream(fifo));
       },
     });
-    try {
-      const r = await answer;
-      if (piping) await piping;
-      return r;
-    } catch (e) {
-      if (piping) await piping.catch(() => undefined);
-      else {
-        src.unpipe(pass);
-        pass.destroy();
-      }
-      throw e;
-    }
+    return answered(answer, () => piping, () => {
+      src.unpipe(pass);
+      pass.destroy();
+    });
   }
 
   async setMeta(path: string, meta: FileMeta, co?: CallOptions): Promise<FileStat> {
