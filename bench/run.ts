@@ -7,6 +7,7 @@
  *   npm run bench -- --runs 5 --json bench/results/latest.json
  *   npm run bench -- --only cli          the CLI round trips alone (no QEMU, about a minute)
  *   npm run bench -- --only boot         the Debian guest's boot to its agent, BIOS and UEFI (--boot-runs N, default 3)
+ *   npm run bench -- --only files        guest files alone (libguestfs appliances: minutes)
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -21,6 +22,7 @@ import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, sh, tempHome } from '../test/helpers.js';
 import { debianBoots } from './boot.js';
 import { cliRoundTrip } from './cli.js';
+import { filesBenchmarks } from './files.js';
 
 interface Row {
   name: string;
@@ -233,16 +235,18 @@ async function consolidation(lib: Vmsnap, scratch: string, online: boolean, i: n
 async function main(): Promise<void> {
   process.env.VMSNAP_ACCEL ??= 'tcg';
   const rows: Row[] = [];
-  if (ONLY !== 'boot') {
-    process.stderr.write(`CLI round trip: ${CLI_RUNS} runs\n`);
+  if (ONLY !== 'boot' && ONLY !== 'files') {
+    process.stderr.write(`CLI round trip: ${CLI_RUNS} runs
+`);
     rows.push(...(await cliRoundTrip(CLI_RUNS, median)));
   }
-  if (ONLY !== 'cli' && ONLY !== 'boot') await qemuBenchmarks(rows);
-  if (ONLY !== 'cli') {
+  if (ONLY === undefined) await qemuBenchmarks(rows);
+  if (ONLY === undefined || ONLY === 'boot') {
     for (const b of await debianBoots(BOOT_RUNS)) {
       rows.push({ name: `Debian guest: boot to agent, ${b.firmware.toUpperCase()} (${BOOT_RUNS} runs)`, unit: 'ms', ...ofVmsnap(b.ms) });
     }
   }
+  if (ONLY === undefined || ONLY === 'files') await filesBench(rows);
   report(rows);
 }
 
@@ -438,9 +442,27 @@ async function qemuBenchmarks(rows: Row[]): Promise<void> {
   }
 }
 
+/** Guest files on a demo VM of its own (bench/files.ts); appliance boots are long, so at most 3 runs. */
+async function filesBench(rows: Row[]): Promise<void> {
+  const home = tempHome();
+  const lib = Vmsnap.open({ home });
+  try {
+    await lib.vms.create('files', { image: 'demo', disks: [{ sizeBytes: 256 * 1024 * 1024 }] });
+    await lib.vms.start('files');
+    rows.push(...(await filesBenchmarks(lib, 'files', Math.min(RUNS, 3), median)));
+  } finally {
+    const pid = livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('files').id));
+    if (pid) process.kill(pid, 'SIGKILL');
+    lib.close();
+    cleanupHome(home);
+  }
+}
+
 function report(rows: Row[]): void {
   const fmt = (n: number | undefined, unit: string) => (n === undefined ? '-' : unit === 'ratio' ? n.toFixed(3) : n.toFixed(1));
-  const what = ONLY === 'cli' ? 'CLI round trips' : ONLY === 'boot' ? `Debian guest under ${process.env.VMSNAP_ACCEL}` : `demo guest under ${process.env.VMSNAP_ACCEL}`;
+  const accel = process.env.VMSNAP_ACCEL;
+  const what =
+    ONLY === 'cli' ? 'CLI round trips' : ONLY === 'boot' ? `Debian guest under ${accel}` : ONLY === 'files' ? `guest files on the demo guest under ${accel}` : `demo guest under ${accel}`;
   process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs (${CLI_RUNS} for the CLI, beside node -e 0), ${what}\n\n`);
   const range = (xs: number[] | undefined, unit: string) => (xs && xs.length > 1 ? `${fmt(Math.min(...xs), unit)}–${fmt(Math.max(...xs), unit)}` : '');
   process.stdout.write('raw: the QEMU operation (or qemu-img) vmsnap builds on; for a CLI round trip, node -e 0\n');

@@ -1,4 +1,6 @@
 import type { OperationKind } from './contract/operations.js';
+import { filesRead } from './files/read-op.js';
+import { restoreFileOp } from './files/restore.js';
 import { consolidate } from './layers/consolidate.js';
 import { policyRun } from './scheduler/pass.js';
 import { prune } from './scheduler/prune.js';
@@ -39,6 +41,8 @@ export const OPERATIONS: { readonly [K in OperationKind]: OperationDef<K, unknow
   'policy-run': policyRun,
   prune,
   'import-libvirt': importLibvirtOp,
+  'files-read': filesRead,
+  'restore-file': restoreFileOp,
 };
 
 const all: readonly AnyOperationDef[] = Object.values(OPERATIONS);

@@ -3,6 +3,7 @@ import { withVmLock } from './catalog/lock.js';
 import { repairCatalogFiles, type RepairMode } from './catalog-repair.js';
 import { openCatalogParts, openContext, type Context, type VmsnapEvent } from './context.js';
 import type { CatalogRepairReport, RecoveryReport, VerifyReport } from './contract/views.js';
+import { FilesService } from './files/service.js';
 import { HealthService } from './health/index.js';
 import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
 import { defaultHome, pathsFor } from './paths.js';
@@ -35,6 +36,8 @@ export class Vmsnap {
   readonly transfer: TransferService;
   /** Snapshot policies: schedules, retention, expiry; a pass, a prune. */
   readonly policies: PolicyService;
+  /** Guest files of snapshots: browse, copy out, restore, diff, search (libguestfs, never mounted on the host). */
+  readonly files: FilesService;
 
   private constructor(ctx: Context) {
     this.ctx = ctx;
@@ -43,6 +46,7 @@ export class Vmsnap {
     this.health = new HealthService(ctx);
     this.transfer = new TransferService(ctx);
     this.policies = new PolicyService(ctx);
+    this.files = new FilesService(ctx);
   }
 
   static open(opts: OpenOptions = {}): Vmsnap {

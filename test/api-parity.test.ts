@@ -135,6 +135,21 @@ const CLI_TO_API: Record<string, Mapping> = {
   // Without a VM: every VM with a policy or an expired snapshot.
   'policy run': { ops: ['runPolicy', 'runAllPolicies'], args: { vm: 'path.vm' }, options: { now: 'body.now' } },
   prune: { ops: ['pruneVm', 'getPrunePlan'], args: { vm: 'path.vm' }, options: { dryRun: 'op.getPrunePlan' } },
+  // Without a path: the filesystems; the web UI first opens the snapshot (its reader stays up for the listings).
+  files: { ops: ['listSnapshotDirectory', 'listSnapshotFilesystems', 'openSnapshotFiles'], args: { vm: 'path.vm', snapshot: 'path.snap', path: 'query.path' } },
+  cp: {
+    ops: ['downloadSnapshotFile'],
+    // SNAPSHOT:PATH is the route's snap and path.
+    args: { vm: 'path.vm', source: 'path.snap', dest: { none: 'the content is streamed to the client, which saves it where it likes; the server writes no file a request names' } },
+    options: { force: { none: 'replaces DEST on the client; a download never overwrites anything on the server' } },
+  },
+  'restore-file': {
+    ops: ['restoreSnapshotFile'],
+    args: { vm: 'path.vm', snapshot: 'path.snap', path: 'body.path' },
+    options: { to: 'body.to', force: 'body.force', dryRun: 'body.dryRun' },
+  },
+  diff: { ops: ['diffSnapshots'], args: { vm: 'path.vm', from: 'body.from', to: 'body.to' }, options: { stat: 'body.stat', exact: 'body.exact' } },
+  search: { ops: ['searchSnapshots'], args: { vm: 'path.vm', glob: 'body.glob' } },
 };
 
 /** CLI commands that are CLI-only by nature. */

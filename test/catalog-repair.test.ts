@@ -202,6 +202,11 @@ describe('losing the catalog loses nothing', () => {
       ['verify'],
       ['fingerprint', 'w'],
       ['recover'],
+      ['files', 'w', 'S0', '/'],
+      ['cp', 'w', 'S0:/dev/vda/a', join(home, '..', `${basename(home)}-a`)],
+      ['restore-file', 'w', 'S0', '/dev/vda/a'],
+      ['diff', 'w', 'S0'],
+      ['search', 'w', 'a*'],
     ];
     for (const args of everyCommand) {
       await expectCatalogError(args, /the catalog .*catalog\.sqlite (is damaged|fails SQLite's integrity check)/);

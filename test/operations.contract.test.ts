@@ -49,6 +49,8 @@ interface Scenario {
   extra?: () => Promise<Record<string, unknown>>;
   /** Undo what a rolled-forward run did, so the next point starts alike. */
   reset?: () => Promise<void>;
+  /** Per fault point, when the command is slow (one that boots a libguestfs appliance: minutes on a loaded host). */
+  timeoutMs?: number;
 }
 
 let home: string;
@@ -91,6 +93,9 @@ async function stateOf(extra?: () => Promise<Record<string, unknown>>): Promise<
   return out;
 }
 
+/** A libguestfs appliance boots in 10 s idle, in minutes on a loaded 2-core host. */
+const APPLIANCE_MS = 1_200_000;
+process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT ??= '900';
 const clone = (s: State): State => JSON.parse(JSON.stringify(s)) as State;
 const withVm = (s: State, name: string, vm: VmState): State => {
   const a = clone(s);
@@ -310,6 +315,25 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     },
     reset: () => removeVm('pn'),
   },
+  // A diff against the present state freezes it on temporary layers (and merges them back after the read).
+  'files-read': {
+    setup: atS1,
+    args: () => ['diff', 'f', 'S0', '--stat'],
+    after: (b) => clone(b),
+    extra: guestFiles,
+    timeoutMs: APPLIANCE_MS,
+  },
+  // A running VM gets the file through its agent: staged beside the target, then renamed into place.
+  'restore-file': {
+    setup: async () => {
+      await atS1();
+      await sh(lib, 'f', 'rm /data/b && sync');
+    },
+    args: () => ['restore-file', 'f', 'S1', '/dev/vda/b'],
+    after: (b) => ({ ...clone(b), extra: { files: ['a', 'b'] } }),
+    extra: guestFiles,
+    timeoutMs: APPLIANCE_MS,
+  },
 };
 
 /**
@@ -391,7 +415,7 @@ describe('every operation survives kill -9 at every fault point', () => {
         const outcome = outcomeOf(kind, JSON.parse(rec.stdout) as RecoveryReport);
         outcomes.set(`${kind}:${point}`, outcome);
         await expectRecovered(sc, before, outcome);
-      });
+      }, sc.timeoutMs);
       if (!REBUILT_AFTER_KILL.includes(kind)) continue;
       it(`${kind} killed at ${point}, then the catalog lost: rebuilt from the records, recovery ends alike`, async () => {
         await sc.setup?.();
@@ -412,7 +436,7 @@ describe('every operation survives kill -9 at every fault point', () => {
         const outcome = outcomeOf(kind, report.recovery!);
         expect(outcome, 'the same end as recovery with the catalog').toBe(outcomes.get(`${kind}:${point}`));
         await expectRecovered(sc, before, outcome);
-      });
+      }, sc.timeoutMs);
     }
   }
 

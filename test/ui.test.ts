@@ -9,6 +9,10 @@ import type { Vmsnap } from '../src/vmsnap.js';
 import { CHROMIUM, ensureWebBuilt, openBrowser, type BrowserSession } from './browser.js';
 import { cleanupHome, cli, openLib, sh, skipBecause, tempHome, unavailable } from './helpers.js';
 
+/** An appliance boot under TCG: 10 s idle, minutes on a loaded host (the library's own limit is raised to match). */
+const APPLIANCE_MS = 900_000;
+process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT ??= '900';
+
 describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at ${CHROMIUM} (bash scripts/install-deps.sh --test installs it)`))('web UI in a real browser over the demo guest', () => {
   let home: string;
   let lib: Vmsnap;
@@ -96,6 +100,44 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui.test.ts', `no Chromium at 
     await snap('reverted', ["ui reverted to 'first'", 'current snapshot: first']);
     expect((await sh(lib, 'ui', 'ls /data | grep -v lost+found')).trim().split('\n')).toEqual(['base']);
   });
+
+  // A libguestfs appliance boots on the server for the files dialog and another for the diff: 10 s idle, minutes on a loaded 2-core host.
+  it("browses a snapshot's files, restores one into the running VM after asking, and diffs the snapshot against the present", async () => {
+    await sh(lib, 'ui', 'echo mine > /data/base && sync');
+    await page.getByTestId('tree-node-first').click();
+    await page.getByTestId('action-files').click();
+    const dialog = page.getByTestId('dialog-files');
+    const table = dialog.getByTestId('files-table');
+    await table.waitFor({ timeout: APPLIANCE_MS });
+    await expect.poll(() => dialog.getByTestId('files-path').textContent()).toBe('/dev/vda');
+    expect(await dialog.getByTestId('files-filesystems').textContent()).toMatch(/\/dev\/vda.*ext2/);
+    await snap('files-dialog', ["Files of 'first' (ui)", 'base', 'Download', 'Restore']);
+
+    // 'base' is in the present too: the dialog says what the restore would overwrite and writes nothing until told.
+    await table.locator('tr', { hasText: 'base' }).getByTestId('files-restore').click();
+    const confirm = dialog.getByTestId('restore-confirm');
+    await confirm.waitFor({ timeout: APPLIANCE_MS });
+    expect(await confirm.textContent()).toMatch(/overwrites in the VM:.*\/dev\/vda\/base/s);
+    expect(await sh(lib, 'ui', 'cat /data/base')).toBe('mine\n');
+    await snap('files-restore-confirm', ['overwrites in the VM', '/dev/vda/base']);
+    await confirm.getByTestId('restore-force').click();
+    await dialog.getByText(/Restored \/dev\/vda\/base through the guest agent: 1 file/).waitFor({ timeout: APPLIANCE_MS });
+    expect(await sh(lib, 'ui', 'cat /data/base')).toBe('base\n');
+    await dialog.locator('.modal-actions button', { hasText: 'Close' }).click();
+
+    await sh(lib, 'ui', 'echo new > /data/new && sync');
+    await page.getByTestId('action-diff').click();
+    const diff = page.getByTestId('dialog-diff');
+    await diff.getByTestId('diff-run').click();
+    const report = diff.getByTestId('diff-report');
+    await report.waitFor({ timeout: APPLIANCE_MS });
+    expect(await report.textContent()).toMatch(/first.*present: 1 added, 0 removed/s);
+    expect(await report.textContent()).toMatch(/A \/dev\/vda\/new/);
+    await snap('diff-dialog', ["Diff of 'first' (ui)", '/dev/vda/new']);
+    await diff.locator('.modal-actions button', { hasText: 'Close' }).click();
+    expect((await lib.vms.status('ui')).state).toBe('running');
+    await sh(lib, 'ui', 'rm /data/new && sync');
+  }, APPLIANCE_MS * 2);
 
   it('deletes a snapshot, after a confirmation that says what is reclaimed', async (ctx) => {
     if (!('delete' in lib.snapshots)) {

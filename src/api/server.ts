@@ -15,6 +15,7 @@ import { ApiError, sendError } from './errors.js';
 import { EventHub } from './events.js';
 import { OperationTracker } from './operations.js';
 import { HostPathPolicy } from './paths.js';
+import { BrowsedSnapshots, filesRoutes } from './routes/files.js';
 import { healthRoutes } from './routes/health.js';
 import { operationRoutes } from './routes/operations.js';
 import { policyRoutes } from './routes/policies.js';
@@ -157,6 +158,8 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
   app.route('/api', healthRoutes(deps));
   app.route('/api', operationRoutes(deps));
   app.route('/api', policyRoutes(deps));
+  const browsed = new BrowsedSnapshots(lib);
+  app.route('/api', filesRoutes(deps, browsed));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', {
     type: 'http',
@@ -190,6 +193,7 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
       unsubscribe();
       hub.closeAll();
       await tracker.settle();
+      await browsed.closeAll();
       downloads.close();
     },
   };

@@ -663,6 +663,22 @@ export class Catalog {
     ).map((r) => ({ snapshotId: r.snapshot_id, slot: r.slot }));
   }
 
+  /**
+   * Whether an unfinished read of guest files (a 'files-read' operation) pins
+   * this layer: it is being read, so no merge may rewrite, drop or remove it
+   * until the read ends (its release merges what was put off).
+   */
+  isReadPinned(layerId: string): boolean {
+    return (
+      this.db
+        .prepare(
+          `SELECT 1 FROM operations o, json_each(o.plan, '$.pins') p
+           WHERE o.kind = 'files-read' AND o.status IN ('running', 'interrupted') AND p.value = ? LIMIT 1`,
+        )
+        .get(layerId) !== undefined
+    );
+  }
+
   // ---- files ----
 
   /** Every memory state file a snapshot names. */

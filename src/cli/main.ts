@@ -9,6 +9,7 @@ import { registerHealthCommands } from './commands/health.js';
 import { registerServeCommand } from './commands/serve.js';
 import { registerTransferCommands } from './commands/transfer.js';
 import { registerPolicyCommands } from './commands/policy.js';
+import { registerFilesCommands } from './commands/files.js';
 
 /**
  * How every command runs: open the library, do the work, close, and turn a
@@ -74,6 +75,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   registerHealthCommands(program, run);
   registerTransferCommands(program, run);
   registerPolicyCommands(program, run);
+  registerFilesCommands(program, run);
   registerServeCommand(program);
   return program;
 }

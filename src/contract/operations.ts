@@ -1,4 +1,5 @@
 import type { ErrorCode } from '../errors.js';
+import type { DiffReport, FilesystemsView, RestoreResult, SearchReport } from './files.js';
 import type {
   CatalogRepairReport,
   CheckArchiveResult,
@@ -42,6 +43,8 @@ export const OPERATION_KINDS = [
   'policy-run',
   'prune',
   'import-libvirt',
+  'files-read',
+  'restore-file',
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
@@ -52,7 +55,7 @@ export type OperationKind = (typeof OPERATION_KINDS)[number];
  * (catalog-repair: recovery that first replaces a damaged catalog), and a
  * policy pass over every VM, which runs one journaled 'policy-run' per VM.
  */
-export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'policy-run-all', 'catalog-repair'] as const;
+export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'policy-run-all', 'catalog-repair', 'diff', 'search'] as const;
 export type ReadTaskKind = (typeof READ_TASK_KINDS)[number];
 
 /**
@@ -111,6 +114,11 @@ export interface TaskResults {
   'archive-check': ArchiveCheckResult;
   'policy-run-all': PolicyRunResult[];
   'catalog-repair': CatalogRepairReport;
+  /** Opening a snapshot's files for browsing (the appliance boots): its filesystems. */
+  'files-read': FilesystemsView;
+  'restore-file': RestoreResult;
+  diff: DiffReport;
+  search: SearchReport;
 }
 
 export type TaskStatus = 'running' | 'succeeded' | 'failed';

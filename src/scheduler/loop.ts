@@ -45,10 +45,17 @@ export class PolicyScheduler {
   private schedule(delay: number): void {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
-      this.running = this.tick().finally(() => {
-        this.running = undefined;
-        this.schedule(this.intervalMs);
-      });
+      // A tick that cannot even list the VMs (a damaged catalog, which the server stays up through) is logged, never an unhandled rejection.
+      const failed = (e: unknown): void => {
+        const err = toVmsnapError(e);
+        this.log(`policy pass: failed: ${err.code} ${err.message}`);
+      };
+      this.running = this.tick()
+        .catch(failed)
+        .finally(() => {
+          this.running = undefined;
+          this.schedule(this.intervalMs);
+        });
     }, delay);
     this.timer.unref();
   }

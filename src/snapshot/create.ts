@@ -20,7 +20,7 @@ import { healthSettings } from '../settings.js';
 import { newId } from '../util/ids.js';
 import { sleep } from '../util/process.js';
 import { guestAgent } from '../vm/guest.js';
-import { addOverlayNodes, deviceTopNodes, mergeBackOverlays, removeOverlayNodes, snapshotWithMemory, switchToOverlays } from './live.js';
+import { addOverlayNodes, deviceTopNodes, mergeBackOverlays, type OverlaySwitch, removeOverlayNodes, snapshotWithMemory, switchToOverlays } from './live.js';
 import { createOverlayFiles, newLayerRecords, OverlaySwitchSchema, planOverlays } from './overlays.js';
 
 export interface TakeSnapshotOptions {
@@ -64,51 +64,66 @@ export const snapshotCreate = defineOperation({
   files: (p) => p.createFiles,
   async recover(ctx, op, vm) {
     const plan = op.plan;
-    let note: string | undefined;
-    if (vm) {
-      const rt = await probeRuntime(ctx.paths.run, vm.id);
-      if (rt.state !== 'stopped') {
-        // QEMU outlived the snapshot: stop any save under way and move the disks back onto their old layers.
-        const qmp = await connectQmp(ctx.paths.run, vm);
-        try {
-          const mig = await qmp.execute<{ status?: string }>('query-migrate');
-          if (mig.status && ['setup', 'active', 'pre-switchover', 'device', 'cancelling'].includes(mig.status)) {
-            await qmp.execute('migrate_cancel').catch(() => undefined);
-            for (let i = 0; i < 200; i++) {
-              const m = await qmp.execute<{ status?: string }>('query-migrate');
-              if (m.status !== 'cancelling' && m.status !== 'active' && m.status !== 'pre-switchover') break;
-              await sleep(25);
-            }
-          }
-          const tops = await deviceTopNodes(qmp);
-          const switched = plan.switches.filter((s) => tops[s.slot] === formatNode(s.newLayerId));
-          await mergeBackOverlays(qmp, switched);
-          await removeOverlayNodes(
-            qmp,
-            plan.switches.filter((s) => !switched.includes(s)),
-          );
-          const st = await qmp.queryStatus();
-          if (plan.vmState === 'running' && !st.running) await qmp.execute('cont');
-          note = switched.length ? 'merged the writes made since back into the previous layers' : undefined;
-        } finally {
-          await qmp.close();
-        }
-      } else {
-        // QEMU is gone too: the writes it made into a new overlay go back down before the overlay is
-        // removed. A commit that fails (a full disk, an I/O error) throws here and leaves the overlay
-        // and the operation as they are, for the next recovery: never a write lost.
-        for (const s of plan.switches) {
-          if (existsSync(s.newPath)) await commitImage(s.newPath);
-        }
-      }
-    }
-    removeUnreferenced(ctx, plan.createFiles);
+    const note = await undoOverlaySwitch(ctx, vm, plan);
     op.finish('rolled_back', undefined, () => {
       if (ctx.catalog.findSnapshotById(plan.snapshotId)) ctx.catalog.deleteSnapshot(plan.snapshotId);
     });
     return { outcome: 'rolled_back', ...(note ? { note } : {}) };
   },
 });
+
+/**
+ * Undo a switch of a VM's disks onto new overlays that the catalog has not
+ * recorded (a snapshot or a temporary frozen point killed half way): the VM goes
+ * back onto its previous layers with every write made since merged back, and
+ * the files made are removed. Returns a note when writes were merged back.
+ */
+export async function undoOverlaySwitch(
+  ctx: Context,
+  vm: VmRecord | undefined,
+  plan: { vmState: 'running' | 'paused' | 'off'; switches: OverlaySwitch[]; createFiles: string[] },
+): Promise<string | undefined> {
+  let note: string | undefined;
+  if (vm) {
+    const rt = await probeRuntime(ctx.paths.run, vm.id);
+    if (rt.state !== 'stopped') {
+      // QEMU outlived the switch: stop any save under way and move the disks back onto their old layers.
+      const qmp = await connectQmp(ctx.paths.run, vm);
+      try {
+        const mig = await qmp.execute<{ status?: string }>('query-migrate');
+        if (mig.status && ['setup', 'active', 'pre-switchover', 'device', 'cancelling'].includes(mig.status)) {
+          await qmp.execute('migrate_cancel').catch(() => undefined);
+          for (let i = 0; i < 200; i++) {
+            const m = await qmp.execute<{ status?: string }>('query-migrate');
+            if (m.status !== 'cancelling' && m.status !== 'active' && m.status !== 'pre-switchover') break;
+            await sleep(25);
+          }
+        }
+        const tops = await deviceTopNodes(qmp);
+        const switched = plan.switches.filter((s) => tops[s.slot] === formatNode(s.newLayerId));
+        await mergeBackOverlays(qmp, switched);
+        await removeOverlayNodes(
+          qmp,
+          plan.switches.filter((s) => !switched.includes(s)),
+        );
+        const st = await qmp.queryStatus();
+        if (plan.vmState === 'running' && !st.running) await qmp.execute('cont');
+        note = switched.length ? 'merged the writes made since back into the previous layers' : undefined;
+      } finally {
+        await qmp.close();
+      }
+    } else {
+      // QEMU is gone too: the writes it made into a new overlay go back down before the overlay is
+      // removed. A commit that fails (a full disk, an I/O error) throws here and leaves the overlay
+      // and the operation as they are, for the next recovery: never a write lost.
+      for (const s of plan.switches) {
+        if (existsSync(s.newPath)) await commitImage(s.newPath);
+      }
+    }
+  }
+  removeUnreferenced(ctx, plan.createFiles);
+  return note;
+}
 
 /** New snapshots are refused while free space is under the reserve (a full disk would pause the guest). */
 function checkReserve(ctx: Context, vm: VmRecord, withMemory: boolean): void {
@@ -130,7 +145,7 @@ function checkReserve(ctx: Context, vm: VmRecord, withMemory: boolean): void {
 }
 
 /** The guest agent, ready; null if it does not answer soon (the snapshot is then taken unquiesced). */
-async function agentOrNull(ctx: Context, vm: VmRecord): Promise<GuestAgentClient | null> {
+export async function agentOrNull(ctx: Context, vm: VmRecord): Promise<GuestAgentClient | null> {
   try {
     return await guestAgent(ctx, vm, 1500);
   } catch {
@@ -149,6 +164,36 @@ async function freezeGuest(agent: GuestAgentClient | null): Promise<GuestAgentCl
     await agent.fsfreezeThaw().catch(() => undefined);
     return null;
   }
+}
+
+/**
+ * Freeze a live VM's disks at one instant without memory: quiesce the guest's
+ * filesystems when its agent answers (one connection for freeze and thaw, so
+ * the guest's writes wait no longer than they must), then one transaction moves
+ * every disk onto its new overlay (added with addOverlayNodes). The vCPUs never
+ * stop: I/O waits for the transaction at most (pauseMs); with quiescing, the
+ * guest's filesystem writes also wait from freeze to thaw (quiesceMs).
+ */
+export async function switchDisksLive(
+  qmp: QmpClient,
+  switches: OverlaySwitch[],
+  agentReady: GuestAgentClient | null,
+  running: boolean,
+): Promise<{ pauseMs: number; quiesced: boolean; quiesceMs?: number }> {
+  const agent = await freezeGuest(agentReady);
+  const frozenAt = performance.now();
+  let switchMs = 0;
+  try {
+    await switchToOverlays(qmp, switches);
+    switchMs = performance.now() - frozenAt;
+  } finally {
+    if (agent) await agent.fsfreezeThaw();
+  }
+  return {
+    pauseMs: running ? switchMs : 0,
+    quiesced: agent !== null,
+    ...(agent ? { quiesceMs: Math.round((performance.now() - frozenAt) * 10) / 10 } : {}),
+  };
 }
 
 /**
@@ -245,24 +290,13 @@ export async function takeSnapshotLocked(ctx: Context, vm0: VmRecord, name: stri
             ...(r.fallbackReason ? { fallbackReason: r.fallbackReason } : {}),
           });
         } else {
-          // Disk only: quiesce the guest's filesystems if its agent answers (one connection
-          // for freeze and thaw, so the guest's writes wait no longer than they must), then switch.
-          const agent = await freezeGuest(await agentReady);
-          const frozenAt = performance.now();
-          let switchMs = 0;
-          try {
-            await switchToOverlays(qmp, switches);
-            switchMs = performance.now() - frozenAt;
-          } finally {
-            if (agent) await agent.fsfreezeThaw();
-          }
-          // The vCPUs never stop: I/O waits for the transaction at most; with quiescing, the
-          // guest's filesystem writes also wait from freeze to thaw (recorded as quiesceMs).
-          record.pauseMs = vmState === 'running' ? switchMs : 0;
+          // Disk only: quiesce the guest's filesystems if its agent answers, then switch.
+          const r = await switchDisksLive(qmp, switches, await agentReady, vmState === 'running');
+          record.pauseMs = r.pauseMs;
           Object.assign(meta, {
-            quiesced: agent !== null,
+            quiesced: r.quiesced,
             pauseSource: 'transaction',
-            ...(agent ? { quiesceMs: Math.round((performance.now() - frozenAt) * 10) / 10 } : {}),
+            ...(r.quiesceMs !== undefined ? { quiesceMs: r.quiesceMs } : {}),
           });
         }
       }

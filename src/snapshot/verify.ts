@@ -4,7 +4,7 @@ import type { SnapshotMeta, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { VerifyProblem, VerifyReport } from '../contract/views.js';
 import { openLayersOf } from '../layers/consolidate.js';
-import { findOrphans, othersAtWork } from '../operations/recovery.js';
+import { findOrphans, inFlight, othersAtWork } from '../operations/recovery.js';
 import { bootFilesOf, NVRAM_SLOT } from '../contract/config.js';
 import { bootFilePath } from '../store/boot-files.js';
 import { checkImage, imageInfo } from '../qemu/qemu-img.js';
@@ -157,7 +157,8 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
   for (const issue of ctx.catalog.records.check(vm.id)) {
     problems.push({ severity: 'error', kind: 'record-mismatch', message: issue.message, path: issue.path });
   }
-  for (const op of ctx.journal.unfinished().filter((o) => o.vmId === vm.id)) {
+  // An operation a live process is carrying out (a read of guest files holding its pins, say) is not left over.
+  for (const op of ctx.journal.unfinished().filter((o) => o.vmId === vm.id && !inFlight(o))) {
     problems.push({ severity: 'warning', kind: 'unfinished-operation', message: `operation ${op.kind} (${op.id}) is unfinished: run 'vmsnap recover'` });
   }
   if (!othersAtWork(ctx)) {

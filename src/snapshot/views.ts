@@ -81,7 +81,14 @@ export async function presentStateChanges(ctx: Context, vm: VmRecord): Promise<P
   if (running) lost.push(`the ${rt.state} state of the VM (its memory and processes)`);
   for (const [slot, layerId] of Object.entries(catalog.activeLayers(vm.id))) {
     const l = catalog.getLayer(layerId);
-    const bytes = fileBytes(l.path);
+    // Frozen layers below the active one that no snapshot names and nothing else builds on (a
+    // temporary frozen point of a read in progress, a merge put off while a layer was read) hold
+    // present-state writes too: a revert discards them with it.
+    let bytes = fileBytes(l.path);
+    for (const below of catalog.chain(layerId).slice(1)) {
+      if (below.external || catalog.snapshotsUsingLayer(below.id).length > 0 || catalog.childrenOfLayer(below.id).length !== 1) break;
+      bytes += fileBytes(below.path);
+    }
     if (running || bytes > EMPTY_OVERLAY_BYTES) lost.push(`writes to ${slot} ${since} (layer ${l.id}, ${Math.round(bytes / 1024)} KiB on disk)`);
   }
   const current = vm.currentSnapshotId ? catalog.findSnapshotById(vm.currentSnapshotId) : undefined;

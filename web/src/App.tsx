@@ -30,6 +30,7 @@ import {
   TakeSnapshotDialog,
   TokenDialog,
 } from './components/Dialogs.js';
+import { DiffDialog, FilesDialog } from './components/Files.js';
 import { HealthPanel, StorageOverview } from './components/Health.js';
 import { CameraIcon, PauseIcon, PlayIcon, PowerIcon, StopIcon } from './components/Icons.js';
 import { Jobs, ProgressBar, progressText } from './components/Jobs.js';
@@ -47,6 +48,8 @@ type Dialog =
   | { kind: 'delete-all' }
   | { kind: 'clone'; snapshot: SnapshotView }
   | { kind: 'export'; snapshot: SnapshotView }
+  | { kind: 'files'; snapshot: SnapshotView }
+  | { kind: 'diff'; snapshot: SnapshotView }
   | { kind: 'import' }
   | { kind: 'import-libvirt' }
   | { kind: 'new-vm' }
@@ -533,6 +536,8 @@ export function App() {
                     removeVm: () => setDialog({ kind: 'remove-vm' }),
                     clone: (s) => setDialog({ kind: 'clone', snapshot: s }),
                     exportSnapshot: (s) => setDialog({ kind: 'export', snapshot: s }),
+                    files: (s) => setDialog({ kind: 'files', snapshot: s }),
+                    diff: (s) => setDialog({ kind: 'diff', snapshot: s }),
                   }}
                 />
                 <div className="panel chart-panel">
@@ -586,6 +591,8 @@ export function App() {
         <CloneDialog vm={vm} snapshot={dialog.snapshot} existing={vms?.map((v) => v.name) ?? []} onClose={() => setDialog(null)} onAccepted={upsertOp} />
       )}
       {dialog?.kind === 'export' && vm && <ExportDialog vm={vm} snapshot={dialog.snapshot} ops={ops} onClose={() => setDialog(null)} onAccepted={upsertOp} />}
+      {dialog?.kind === 'files' && vm && <FilesDialog vm={vm} snapshot={dialog.snapshot} ops={ops} onClose={() => setDialog(null)} onAccepted={upsertOp} />}
+      {dialog?.kind === 'diff' && vm && <DiffDialog vm={vm} snapshot={dialog.snapshot} snapshots={snapshots} ops={ops} onClose={() => setDialog(null)} onAccepted={upsertOp} />}
       {dialog?.kind === 'import' && (
         <ImportDialog
           existing={vms?.map((v) => v.name) ?? []}

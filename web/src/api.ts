@@ -3,6 +3,10 @@
 // of the server ends up in the browser bundle.
 import type {
   ApiErrorBody,
+  DiffReport,
+  DirectoryListing,
+  FilesystemsView,
+  RestoreResult,
   DeleteResult,
   DfReport,
   HealthReport,
@@ -21,6 +25,7 @@ import type {
 } from '../../src/contract/index.js';
 
 export type { LibvirtImportResult, VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning, PolicyView, PolicyPatch, PruneResult };
+export type { DiffReport, DirectoryListing, FilesystemsView, RestoreResult };
 /** A 202 job of the API, its result typed by its kind. */
 export type Operation = Task;
 export type PresentState = PresentStateChanges;
@@ -178,6 +183,19 @@ export const api = {
   /** The doctor's findings; `verify` adds verify's checks of every layer (slower). */
   doctor: (verify: boolean) => request<HealthReport>('GET', `/doctor?verify=${verify}`),
   storage: () => request<DfReport>('GET', '/storage'),
+  /** Boot a snapshot's file reader (an operation); listings are fast once it is up. */
+  openFiles: (vm: string, snap: string) => request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/files/open`),
+  listFiles: (vm: string, snap: string, path: string) =>
+    request<DirectoryListing>('GET', `/vms/${enc(vm)}/snapshots/${enc(snap)}/files/list?${new URLSearchParams({ path })}`),
+  /** A file's content (a directory: a tar) as a blob: fetched with the token, then saved by the browser. */
+  fileContent: async (vm: string, snap: string, path: string): Promise<Blob> => {
+    const res = await fetch(`/api/vms/${enc(vm)}/snapshots/${enc(snap)}/files/content?${new URLSearchParams({ path })}`, { headers: authHeaders() });
+    if (!res.ok) return answer<Blob>(res.status, await res.text());
+    return res.blob();
+  },
+  restoreFile: (vm: string, snap: string, body: { path: string; to?: string; force?: boolean; dryRun?: boolean }) =>
+    request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/files/restore`, body),
+  diff: (vm: string, body: { from: string; to?: string; stat?: boolean }) => request<Accepted>('POST', `/vms/${enc(vm)}/diff`, body),
 };
 
 /** The WebSocket URL of a VM's serial console or screen, and the subprotocols that carry the token (a browser cannot send headers). */

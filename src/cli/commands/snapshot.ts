@@ -3,7 +3,7 @@ import { VmsnapError } from '../../errors.js';
 import type { SnapshotView } from '../../contract/views.js';
 import { formatBytes } from '../../util/size.js';
 import type { Run } from '../main.js';
-import { ago, fingerprintInBackground, printJson, printTable, usageError } from '../output.js';
+import { ago, confirm, fingerprintInBackground, printJson, printTable, usageError } from '../output.js';
 import { progressBar } from '../progress.js';
 import { parseCount } from '../parse.js';
 
@@ -27,17 +27,6 @@ function printShow(s: SnapshotView): void {
   for (const d of s.disks) out.push(`  ${d.slot.padEnd(11)} layer ${d.layerId}, delta ${formatBytes(d.bytes)}`);
   if (typeof s.meta.fallbackReason === 'string') out.push(`  note        memory saved with pre-copy: ${s.meta.fallbackReason}`);
   process.stdout.write(`${out.join('\n')}\n`);
-}
-
-async function confirm(question: string): Promise<boolean> {
-  if (!process.stdin.isTTY || !process.stderr.isTTY) return false;
-  const { createInterface } = await import('node:readline/promises');
-  const rl = createInterface({ input: process.stdin, output: process.stderr });
-  try {
-    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
-  } finally {
-    rl.close();
-  }
 }
 
 export function registerSnapshotCommands(program: Command, run: Run): void {

@@ -29,6 +29,10 @@ export interface DetailActions {
   removeVm: () => void;
   clone: (s: SnapshotView) => void;
   exportSnapshot: (s: SnapshotView) => void;
+  /** Browse its files: download one, restore one into the VM. */
+  files: (s: SnapshotView) => void;
+  /** What changed between it and another snapshot, or the present state. */
+  diff: (s: SnapshotView) => void;
 }
 
 /** What the selected tree node is, in full, with the actions that apply to it. */
@@ -125,6 +129,14 @@ export function DetailsPanel(props: {
           </button>
           <button className="btn" disabled={busy} onClick={() => props.actions.exportSnapshot(s)} title="one archive of this snapshot, to download" data-testid="action-export">
             Export…
+          </button>
+        </div>
+        <div className="details-actions">
+          <button className="btn" onClick={() => props.actions.files(s)} title="browse its files, download or restore one (the VM may run)" data-testid="action-files">
+            Files…
+          </button>
+          <button className="btn" onClick={() => props.actions.diff(s)} title="files added, removed and changed since this snapshot, or against another one" data-testid="action-diff">
+            Diff…
           </button>
         </div>
       </aside>
