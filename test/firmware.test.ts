@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultImageCache } from '../src/paths.js';
@@ -194,6 +195,37 @@ describe(`a real Debian guest booted from its disk by BIOS and by UEFI (${testAc
     const r = await lib.snapshots.revert('uefi', 'var-disk', { force: true });
     expect(r.state).toBe('stopped');
     expect(await hostVar('uefi')).toBe('disk-only');
+  }, STEP_TIMEOUT);
+
+  it("guest files of the Debian guest (ext4 root in a partition, named / by its fstab): diff, cp, restore-file into the running guest, search", async () => {
+    await bash('bios', 'echo one > /root/vs-a && echo gone > /etc/vs-b && sync');
+    await lib.snapshots.create('bios', 'F0', { memory: false });
+    await bash('bios', 'echo two > /root/vs-a && rm /etc/vs-b && echo new > /root/vs-c && sync');
+    await lib.snapshots.create('bios', 'F1', { memory: false });
+    // One appliance reads both snapshots for all of it.
+    const s = await lib.files.open('bios', ['F0', 'F1']);
+    const out = mkdtempSync(join(tmpdir(), 'vs-fw-files-'));
+    try {
+      const root = (await s.filesystems('F0')).filesystems.find((f) => f.mountpoint === '/');
+      expect(root).toMatchObject({ name: '/', type: 'ext4', slot: 'disk0', device: expect.stringMatching(/^\/dev\/vda[0-9]+$/) });
+      const d = await s.diff('F0', 'F1');
+      const changes = d.filesystems.find((f) => f.name === '/')!.changes!.filter((c) => c.type !== 'dir' && /\/vs-[abc]$/.test(c.path));
+      expect(changes.map((c) => [c.path, c.change])).toEqual([
+        ['/etc/vs-b', 'removed'],
+        ['/root/vs-a', 'changed'],
+        ['/root/vs-c', 'added'],
+      ]);
+      await s.copyOut('F0', '/root/vs-a', join(out, 'vs-a'));
+      expect(readFileSync(join(out, 'vs-a'), 'utf8')).toBe('one\n');
+      const r = await s.restore('F0', '/etc/vs-b');
+      expect(r).toMatchObject({ via: 'guest-agent', guestPath: '/etc/vs-b', files: 1 });
+      expect(await bash('bios', 'cat /etc/vs-b')).toBe('gone\n');
+      const found = await s.search('vs-a');
+      expect(found.matches.map((m) => [m.path, m.distinct])).toEqual([['/root/vs-a', 2]]);
+    } finally {
+      await s.close();
+      rmSync(out, { recursive: true, force: true });
+    }
   }, STEP_TIMEOUT);
 
   it('set --firmware changes a stopped VM only; a first switch to UEFI makes its NVRAM', async () => {
