@@ -6,7 +6,9 @@
  *
  *   npm run bench -- --runs 5 --json bench/results/latest.json
  *   npm run bench -- --only cli          the CLI round trips alone (no QEMU, about a minute)
- *   npm run bench -- --only big,forks    some sections: cli, snapshots, big, forks, clones, merge, export
+ *   npm run bench -- --only big,forks    some sections: cli, snapshots, big, forks, clones, merge, export, boot, files
+ *   npm run bench -- --only boot         the Debian guest's boot to its agent, BIOS and UEFI (--boot-runs N, default 3)
+ *   npm run bench -- --only files        guest files alone (libguestfs appliances: minutes)
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -20,7 +22,9 @@ import { livePid, waitForExit } from '../src/qemu/runtime.js';
 import { launchDisks } from '../src/vm/power.js';
 import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, sh, tempHome } from '../test/helpers.js';
+import { debianBoots } from './boot.js';
 import { cliRoundTrip } from './cli.js';
+import { filesBenchmarks } from './files.js';
 
 interface Row {
   name: string;
@@ -40,9 +44,13 @@ const ofRaw = (xs: number[]): { raw: number; rawRuns: number[] } => ({ raw: medi
 const args = process.argv.slice(2);
 const RUNS = Number(args[args.indexOf('--runs') + 1] || 5) || 5;
 const JSON_OUT = args.includes('--json') ? args[args.indexOf('--json') + 1] : undefined;
-/** `--only cli,snapshots,big,forks,clones,merge,export`: some sections (the whole run takes a while). */
+/** `--only cli,snapshots,big,forks,clones,merge,export,boot,files`: some sections (the whole run takes a while). */
 const ONLY = args.includes('--only') ? (args[args.indexOf('--only') + 1] ?? '').split(',') : undefined;
 const want = (section: string): boolean => !ONLY || ONLY.includes(section);
+/** The sections on the shared demo guest (qemuBenchmarks). */
+const DEMO_SECTIONS = ['snapshots', 'big', 'forks', 'clones', 'merge', 'export'];
+/** A boot of the Debian guest takes tens of seconds under TCG: fewer runs. */
+const BOOT_RUNS = Number(args[args.indexOf('--boot-runs') + 1] || 3) || 3;
 /** A CLI round trip is short, and a shared machine's noise large beside it: at least 15 runs. */
 const CLI_RUNS = Math.max(15, RUNS);
 
@@ -426,7 +434,13 @@ async function main(): Promise<void> {
     process.stderr.write(`CLI round trip: ${CLI_RUNS} runs\n`);
     rows.push(...(await cliRoundTrip(CLI_RUNS, median)));
   }
-  if (!ONLY || ONLY.some((s) => s !== 'cli')) await qemuBenchmarks(rows);
+  if (!ONLY || ONLY.some((s) => DEMO_SECTIONS.includes(s))) await qemuBenchmarks(rows);
+  if (want('boot')) {
+    for (const b of await debianBoots(BOOT_RUNS)) {
+      rows.push({ name: `Debian guest: boot to agent, ${b.firmware.toUpperCase()} (${BOOT_RUNS} runs)`, unit: 'ms', ...ofVmsnap(b.ms) });
+    }
+  }
+  if (want('files')) await filesBench(rows);
   report(rows);
 }
 
@@ -641,9 +655,27 @@ async function qemuBenchmarks(rows: Row[]): Promise<void> {
   }
 }
 
+/** Guest files on a demo VM of its own (bench/files.ts); appliance boots are long, so at most 3 runs. */
+async function filesBench(rows: Row[]): Promise<void> {
+  const home = tempHome();
+  const lib = Vmsnap.open({ home });
+  try {
+    await lib.vms.create('files', { image: 'demo', disks: [{ sizeBytes: 256 * 1024 * 1024 }] });
+    await lib.vms.start('files');
+    rows.push(...(await filesBenchmarks(lib, 'files', Math.min(RUNS, 3), median)));
+  } finally {
+    const pid = livePid(runtimeFiles(lib.ctx.paths.run, lib.vms.get('files').id));
+    if (pid) process.kill(pid, 'SIGKILL');
+    lib.close();
+    cleanupHome(home);
+  }
+}
+
 function report(rows: Row[]): void {
   const fmt = (n: number | undefined, unit: string) => (n === undefined ? '-' : unit === 'ratio' ? n.toFixed(3) : n.toFixed(1));
-  const what = ONLY?.every((s) => s === 'cli') ? 'CLI round trips' : `demo guest under ${process.env.VMSNAP_ACCEL}`;
+  const accel = process.env.VMSNAP_ACCEL;
+  const only = (s: string): boolean => ONLY?.every((x) => x === s) ?? false;
+  const what = only('cli') ? 'CLI round trips' : only('boot') ? `Debian guest under ${accel}` : only('files') ? `guest files on the demo guest under ${accel}` : `demo guest under ${accel}`;
   process.stdout.write(`vmsnap benchmarks — medians of ${RUNS} runs (${CLI_RUNS} for the CLI, beside node -e 0), ${what}\n\n`);
   const range = (xs: number[] | undefined, unit: string) => (xs && xs.length > 1 ? `${fmt(Math.min(...xs), unit)}–${fmt(Math.max(...xs), unit)}` : '');
   process.stdout.write('raw: the QEMU operation (or qemu-img) vmsnap builds on; for a CLI round trip, node -e 0\n');

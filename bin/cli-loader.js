@@ -26,7 +26,9 @@ import vm from 'node:vm';
  * @returns {LoadedCli}
  */
 export function loadCli(file, opts = {}) {
-  const source = readFileSync(file, 'utf8');
+  // Pure ASCII (the build checks it), so read as Latin-1: a one-byte string, which V8 hashes and
+  // compiles faster than the two-byte one UTF-8 decoding gives, and no decoding at all.
+  const source = readFileSync(file, 'latin1');
   const as = opts.as ?? file;
   /** @type {Buffer | undefined} */
   let cachedData;

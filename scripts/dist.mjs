@@ -34,7 +34,7 @@ const LOCK = join(DIST, '.build-lock');
 /** Builds go to ROOT/.dist-tmp-PID first: beside dist/ (same file system, same depth, so source maps point right). */
 const TMP_PREFIX = '.dist-tmp-';
 /** Bump when the build's options change, so every dist/ built before is rebuilt. */
-const BUILD_FORMAT = 3;
+const BUILD_FORMAT = 4;
 /** src/cli is bundled into one file (see build()); the rest of src/ is transpiled file by file. */
 const CLI_DIR = 'cli';
 const CLI_BUNDLE = 'vmsnap-cli.cjs';
@@ -197,6 +197,25 @@ function listTree(dir) {
 }
 
 /**
+ * commander requires node:child_process at load, for subcommands that are executables of
+ * their own (vmsnap has none); loading it pulls in net, streams and dgram, a sixth of the
+ * CLI's start. commander gets a stand-in that requires the module when first used.
+ * @type {import('esbuild').Plugin}
+ */
+const lazyChildProcessForCommander = {
+  name: 'lazy-child-process-for-commander',
+  setup(b) {
+    b.onResolve({ filter: /^node:child_process$/ }, (args) =>
+      /[\\/]node_modules[\\/]commander[\\/]/.test(args.importer) ? { path: 'lazy-child-process', namespace: 'vmsnap-lazy' } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'vmsnap-lazy' }, () => ({
+      contents: "module.exports = new Proxy({}, { get: (_, key) => require('node:child_process')[key] });",
+      loader: 'js',
+    }));
+  },
+};
+
+/**
  * Build dist/ (the caller holds the lock).
  * @param {{ declarations?: boolean, log?: (line: string) => void }} opts
  */
@@ -242,16 +261,26 @@ async function build(opts) {
         format: 'cjs',
         bundle: true,
         metafile: true,
+        // No comments and no indentation: a smaller file to read and hash, and pure ASCII (esbuild
+        // escapes non-ASCII in code; comments carried some), which the loader reads as a one-byte
+        // string instead of decoding UTF-8 into a two-byte one. Names are kept (stack traces, and
+        // the source map maps back under VMSNAP_DEBUG).
+        minifyWhitespace: true,
+        charset: 'ascii',
         // A vm.Script (the code-cache loader) has no loader for import(): what stays outside the
         // bundle (node: built-ins, native addons) is required instead.
         supported: { 'dynamic-import': false },
         // Native addons stay where npm put them.
         external: CLI_EXTERNAL,
+        plugins: [lazyChildProcessForCommander],
         // import.meta does not exist in CommonJS: the bundle's own URL stands in (dist/cli/ is at
         // the depth of src/cli/, so paths relative to a module hold: checked below).
         define: { 'import.meta.url': IMPORT_META_URL },
         banner: { js: `var ${IMPORT_META_URL} = require('node:url').pathToFileURL(__filename).href;` },
-      }).then((r) => checkRelativeUrls(r.metafile, tmp)),
+      }).then((r) => {
+        checkRelativeUrls(r.metafile, tmp);
+        checkAscii(join(tmp, CLI_DIR, CLI_BUNDLE));
+      }),
     ]);
     const cacheStarted = performance.now();
     await makeCodeCache(join(tmp, CLI_DIR, CLI_BUNDLE), tmp);
@@ -318,6 +347,19 @@ async function makeCodeCache(bundle, tmp) {
     if (r.status !== 0) throw new Error(`the new CLI bundle does not run (exit ${r.status ?? r.signal}):\n${r.stderr}`);
   } finally {
     rmSync(home, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The CLI bundle is read as Latin-1 by bin/cli-loader.js: refuse a build that is not pure ASCII.
+ * @param {string} file
+ */
+function checkAscii(file) {
+  const bytes = readFileSync(file);
+  const at = bytes.findIndex((b) => b > 0x7f);
+  if (at >= 0) {
+    const line = bytes.subarray(0, at).toString('latin1').split('\n').length;
+    throw new Error(`${relative(ROOT, file)} has a non-ASCII byte at line ${line}: bin/cli-loader.js reads it as Latin-1 (see charset and minifyWhitespace in build())`);
   }
 }
 

@@ -5,12 +5,15 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio gzip xz-utils zstd kmod e2fsprogs)
+PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio gzip xz-utils zstd kmod e2fsprogs xorriso)
 # --test: also what the test suite needs (Chromium drives the web UI's browser tests).
 # libvirt (domain XML written by a real libvirtd), OVMF (UEFI guests), debootstrap and
 # friends (the Debian test guest), libguestfs (reading guest filesystems).
 if [ "${1:-}" = --test ]; then
-  PACKAGES+=(chromium libvirt-daemon-system libvirt-clients ovmf iproute2 util-linux)
+  PACKAGES+=(chromium libvirt-daemon-system libvirt-clients ovmf iproute2 util-linux openssh-client)
+  # libguestfs reads guest filesystems (vmsnap files/cp/restore-file/diff/search; its appliance
+  # boots Debian's cloud kernel); the rest make the test images without mounting anything.
+  PACKAGES+=(python3-guestfs libguestfs-tools linux-image-cloud-amd64 libguestfs-xfs fdisk dosfstools mtools xfsprogs btrfs-progs lvm2)
 fi
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -16,6 +16,7 @@ export { OPERATION_KINDS } from './contract/operations.js';
 export type { VmConfig, DiskConfig, NicConfig, BootConfig } from './contract/config.js';
 export type { CreateVmOptions, DiskSpec, SetVmOptions, StartOptions, StopOptions } from './vm/service.js';
 export type { TakeSnapshotOptions, RevertOptions, DeleteOptions, CloneOptions } from './snapshot/service.js';
+export type { PassOptions, PruneOptions } from './scheduler/service.js';
 export { parseSize } from './util/size.js';
 export { formatBytes } from './contract/format.js';
 export { buildTree, renderTree, type TreeNode } from './snapshot/tree.js';

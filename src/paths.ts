@@ -14,6 +14,14 @@ export interface VmsnapPaths {
   states: string;
   /** One folder per running VM: QMP and guest-agent sockets, serial log, pid file. */
   run: string;
+  /** Per VM, a record of everything the catalog knows about it and its snapshots (catalog/records.ts). */
+  records: string;
+  /** Backups of the catalog (catalog/backups.ts). */
+  backups: string;
+  /** Files a catalog rebuild found no record of, and records it could not trust: kept here, never deleted. */
+  lostFound: string;
+  /** Boot files (kernels, initrds, firmware, seeds) by content: `boot/<sha256>`, shared between VMs and snapshots. */
+  boot: string;
   /** Built demo guest images; shared across homes (tests make many homes). */
   imageCache: string;
 }
@@ -38,6 +46,10 @@ export function pathsFor(home: string, imageCache = defaultImageCache()): Vmsnap
     layers: join(h, 'layers'),
     states: join(h, 'states'),
     run: join(h, 'run'),
+    records: join(h, 'records'),
+    backups: join(h, 'backups'),
+    lostFound: join(h, 'lost+found'),
+    boot: join(h, 'boot'),
     imageCache,
   };
 }

@@ -1,5 +1,9 @@
 import type { OperationKind } from './contract/operations.js';
+import { filesRead } from './files/read-op.js';
+import { restoreFileOp } from './files/restore.js';
 import { consolidate } from './layers/consolidate.js';
+import { policyRun } from './scheduler/pass.js';
+import { prune } from './scheduler/prune.js';
 import type { AnyOperationDef, OperationDef, OperationRegistry } from './operations/define.js';
 import { clone } from './snapshot/clone.js';
 import { cloneDetach } from './snapshot/clone-detach.js';
@@ -9,6 +13,7 @@ import { snapshotRevert } from './snapshot/revert.js';
 import { exportSnapshotOp } from './transfer/export.js';
 import { importArchiveOp } from './transfer/import.js';
 import { vmCreate, vmRm, vmSet } from './vm/define.js';
+import { importLibvirtOp } from './vm/libvirt-import.js';
 import { vmStart, vmStop } from './vm/power.js';
 
 /**
@@ -33,6 +38,11 @@ export const OPERATIONS: { readonly [K in OperationKind]: OperationDef<K, unknow
   consolidate,
   import: importArchiveOp,
   export: exportSnapshotOp,
+  'policy-run': policyRun,
+  prune,
+  'import-libvirt': importLibvirtOp,
+  'files-read': filesRead,
+  'restore-file': restoreFileOp,
 };
 
 const all: readonly AnyOperationDef[] = Object.values(OPERATIONS);

@@ -15,23 +15,39 @@ export const HealthSettingsSchema = z.object({
 }) satisfies z.ZodType<HealthSettingsView, unknown>;
 export type HealthSettings = HealthSettingsView;
 
-/** Settings from $VMSNAP_HOME/config.json ({"health": {...}}), with defaults; overrides win. */
-export function healthSettings(home: string, overrides: Partial<HealthSettings> = {}): HealthSettings {
+/** One section of $VMSNAP_HOME/config.json ({"health": {...}, "catalog": {...}}), checked with its schema, with defaults; overrides win. */
+function section<T>(home: string, name: string, schema: z.ZodType<T>, overrides: object): T {
   const file = join(home, 'config.json');
   let fromFile: unknown = {};
   if (existsSync(file)) {
     try {
-      fromFile = (JSON.parse(readFileSync(file, 'utf8')) as { health?: unknown }).health ?? {};
+      fromFile = (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>)[name] ?? {};
     } catch (e) {
       throw new VmsnapError('INVALID_ARGUMENT', `${file} is not valid JSON: ${(e as Error).message}`, { details: { field: 'config.json' } });
     }
   }
-  const r = HealthSettingsSchema.safeParse({ ...(fromFile as object), ...overrides });
+  const r = schema.safeParse({ ...(fromFile as object), ...overrides });
   if (!r.success) {
     const i = r.error.issues[0]!;
-    throw new VmsnapError('INVALID_ARGUMENT', `health setting ${i.path.join('.')}: ${i.message}`, { details: { field: i.path.join('.') } });
+    throw new VmsnapError('INVALID_ARGUMENT', `${name} setting ${i.path.join('.')}: ${i.message}`, { details: { field: `${name}.${i.path.join('.')}` } });
   }
   return r.data;
+}
+
+/** Settings from $VMSNAP_HOME/config.json ({"health": {...}}), with defaults; overrides win. */
+export function healthSettings(home: string, overrides: Partial<HealthSettings> = {}): HealthSettings {
+  return section(home, 'health', HealthSettingsSchema, overrides);
+}
+
+/** How often the catalog is backed up and how many backups are kept ({"catalog": {...}} in config.json). */
+export const CatalogSettingsSchema = z.object({
+  backupIntervalSeconds: z.number().nonnegative().default(60),
+  backupsKept: z.number().int().min(1).default(5),
+});
+export type CatalogSettings = z.infer<typeof CatalogSettingsSchema>;
+
+export function catalogSettings(home: string): CatalogSettings {
+  return section(home, 'catalog', CatalogSettingsSchema, {});
 }
 
 /** The time doctor judges ages by; VMSNAP_NOW (ISO 8601) fakes it, for what-ifs and tests. */

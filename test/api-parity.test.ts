@@ -41,7 +41,15 @@ const CLI_TO_API: Record<string, Mapping> = {
   create: {
     ops: ['createVm'],
     args: { name: 'body.name' },
-    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image' },
+    options: {
+      memory: 'body.memoryMiB', cpus: 'body.cpus', disk: 'body.disks', kernel: 'body.kernel', initrd: 'body.initrd', append: 'body.append', image: 'body.image', firmware: 'body.firmware',
+      forward: 'body.forwards', bridge: 'body.bridge', display: 'body.display', cloudInit: 'body.userData', sshKey: 'body.sshKeys', hostname: 'body.hostname',
+    },
+  },
+  'import-libvirt': {
+    ops: ['importLibvirtDomain'],
+    args: { file: 'body.xml', name: 'body.name' },
+    options: { ignoreUnsupported: 'body.ignoreUnsupported' },
   },
   start: { ops: ['startVm'], args: { name: 'path.vm' }, options: { paused: 'body.paused', accel: 'body.accel' } },
   stop: { ops: ['stopVm'], args: { name: 'path.vm' }, options: { force: 'body.force', timeout: 'body.timeoutSeconds' } },
@@ -51,10 +59,19 @@ const CLI_TO_API: Record<string, Mapping> = {
   status: { ops: ['getVm'], args: { name: 'path.vm' } },
   list: { ops: ['listVms'] },
   info: { ops: ['getVm'], args: { name: 'path.vm' } },
-  set: { ops: ['setVm'], args: { name: 'path.vm' }, options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks' } },
+  set: {
+    ops: ['setVm'],
+    args: { name: 'path.vm' },
+    // --no-forward and --no-bridge share their attribute with --forward and --bridge: [] and null in the body.
+    options: { memory: 'body.memoryMiB', cpus: 'body.cpus', addDisk: 'body.addDisks', firmware: 'body.firmware', forward: 'body.forwards', bridge: 'body.bridge', display: 'body.display' },
+  },
   rm: { ops: ['removeVm'], args: { name: 'path.vm' } },
   exec: { ops: ['execInVm'], args: { name: 'path.vm', command: 'body.argv' }, options: { timeout: 'body.timeoutSeconds' } },
-  'snapshot create': { ops: ['takeSnapshot'], args: { vm: 'path.vm', name: 'body.name' }, options: { description: 'body.description', memory: 'body.memory' } },
+  'snapshot create': {
+    ops: ['takeSnapshot'],
+    args: { vm: 'path.vm', name: 'body.name' },
+    options: { description: 'body.description', memory: 'body.memory', expire: 'body.expire' },
+  },
   'snapshot list': { ops: ['listSnapshots'], args: { vm: 'path.vm' } },
   'snapshot tree': { ops: ['getSnapshotTree'], args: { vm: 'path.vm' } },
   'snapshot show': { ops: ['getSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
@@ -71,7 +88,10 @@ const CLI_TO_API: Record<string, Mapping> = {
   },
   // Without a VM: every VM.
   verify: { ops: ['verifyVm', 'verifyAll'], args: { vm: 'path.vm' }, options: { deep: 'body.deep' } },
-  recover: { ops: ['recover'] },
+  recover: {
+    ops: ['recover', 'repairCatalog'],
+    options: { rebuildCatalog: 'body.mode', fromBackup: 'body.mode', dryRun: 'body.dryRun' },
+  },
   fingerprint: { ops: ['fingerprintVm'], args: { vm: 'path.vm' }, options: { quiet: { none: 'output only: the API prints nothing anyway' } } },
   df: { ops: ['getStorage', 'getVmStorage'], args: { vm: 'path.vm' } },
   doctor: {
@@ -87,13 +107,53 @@ const CLI_TO_API: Record<string, Mapping> = {
     },
     options: { force: { none: 'replaces FILE on the client; a download never overwrites anything on the server' } },
   },
+  // The serial console as a WebSocket (documented in the OpenAPI document; the web UI's console uses it).
+  console: { ops: ['openConsole'], args: { name: 'path.vm' } },
   import: { ops: ['importArchive', 'checkArchive'], args: { file: 'body', name: 'query.name' }, options: { check: 'op.checkArchive' } },
+  'snapshot protect': { ops: ['protectSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
+  'snapshot unprotect': { ops: ['unprotectSnapshot'], args: { vm: 'path.vm', snapshot: 'path.snap' } },
+  'policy set': {
+    ops: ['setPolicy'],
+    args: { vm: 'path.vm' },
+    options: {
+      schedule: 'body.schedule',
+      tz: 'body.timeZone',
+      memory: 'body.memory',
+      namePattern: 'body.namePattern',
+      keepLast: 'body.keepLast',
+      keepHourly: 'body.keepHourly',
+      keepDaily: 'body.keepDaily',
+      keepWeekly: 'body.keepWeekly',
+      keepMonthly: 'body.keepMonthly',
+      keepYearly: 'body.keepYearly',
+      maxBytes: 'body.maxBytes',
+    },
+  },
+  'policy show': { ops: ['getPolicy'], args: { vm: 'path.vm' } },
+  'policy list': { ops: ['listPolicies'] },
+  'policy rm': { ops: ['removePolicy'], args: { vm: 'path.vm' } },
+  // Without a VM: every VM with a policy or an expired snapshot.
+  'policy run': { ops: ['runPolicy', 'runAllPolicies'], args: { vm: 'path.vm' }, options: { now: 'body.now' } },
+  prune: { ops: ['pruneVm', 'getPrunePlan'], args: { vm: 'path.vm' }, options: { dryRun: 'op.getPrunePlan' } },
+  // Without a path: the filesystems; the web UI first opens the snapshot (its reader stays up for the listings).
+  files: { ops: ['listSnapshotDirectory', 'listSnapshotFilesystems', 'openSnapshotFiles'], args: { vm: 'path.vm', snapshot: 'path.snap', path: 'query.path' } },
+  cp: {
+    ops: ['downloadSnapshotFile'],
+    // SNAPSHOT:PATH is the route's snap and path.
+    args: { vm: 'path.vm', source: 'path.snap', dest: { none: 'the content is streamed to the client, which saves it where it likes; the server writes no file a request names' } },
+    options: { force: { none: 'replaces DEST on the client; a download never overwrites anything on the server' } },
+  },
+  'restore-file': {
+    ops: ['restoreSnapshotFile'],
+    args: { vm: 'path.vm', snapshot: 'path.snap', path: 'body.path' },
+    options: { to: 'body.to', force: 'body.force', dryRun: 'body.dryRun' },
+  },
+  diff: { ops: ['diffSnapshots'], args: { vm: 'path.vm', from: 'body.from', to: 'body.to' }, options: { stat: 'body.stat', exact: 'body.exact' } },
+  search: { ops: ['searchSnapshots'], args: { vm: 'path.vm', glob: 'body.glob' } },
 };
 
 /** CLI commands that are CLI-only by nature. */
 const CLI_ONLY: Record<string, string> = {
-  // Allow-listed until the web UI has a console (a websocket to the VM's serial socket).
-  console: 'an interactive serial console on the terminal (raw mode, Ctrl-] to detach): there is no web console yet',
   serve: 'starts this very server',
 };
 
@@ -109,6 +169,7 @@ const API_ONLY: Record<string, string> = {
   listOperations: "the API's own 202 jobs: the CLI runs every operation in the foreground",
   getOperation: "the API's own 202 jobs: the CLI runs every operation in the foreground",
   events: 'the live event stream: the CLI prints progress itself',
+  openVnc: "the VM's VNC screen as a WebSocket for the web UI's noVNC; the CLI's info shows the loopback VNC port for any VNC viewer",
   getServerHealth: "the server's version, token policy and journaled kinds (`vmsnap --version` prints the version)",
 };
 

@@ -8,8 +8,9 @@ import { NAME_PATTERN } from '../src/api/schemas.js';
 import { serve, type RunningServer } from '../src/api/server.js';
 import { acquireVmLock } from '../src/catalog/lock.js';
 import { validateName } from '../src/contract/config.js';
+import type { PolicyRunResult } from '../src/contract/views.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { cleanupHome, openLib, tempHome } from './helpers.js';
+import { cleanupHome, openLib, tempHome, waitFor } from './helpers.js';
 import { apiClient } from './http.js';
 
 interface SseEvent {
@@ -97,7 +98,14 @@ describe('HTTP API over the demo guest', () => {
 
   const { call, refused, finish } = apiClient(() => base);
   const exec = async (script: string) => {
-    const r = await call('POST', '/api/vms/api/exec', { argv: ['/bin/sh', '-c', script] });
+    // The guest's agent answers once it has booted: on a loaded machine that can take longer than one exec waits (30 s).
+    const r = await waitFor(
+      async () => {
+        const res = await call('POST', '/api/vms/api/exec', { argv: ['/bin/sh', '-c', script] });
+        return res.status === 503 && res.json.error?.code === 'GUEST_AGENT_UNAVAILABLE' ? undefined : res;
+      },
+      { what: 'the guest agent of VM api', timeoutMs: 100_000, intervalMs: 1000 },
+    ).then((res) => res!);
     expect(r.status, JSON.stringify(r.json)).toBe(200);
     expect(r.json.exitCode, r.json.stderr).toBe(0);
     return r.json.stdout as string;
@@ -106,7 +114,8 @@ describe('HTTP API over the demo guest', () => {
   beforeAll(async () => {
     home = tempHome();
     lib = openLib(home);
-    server = await serve({ lib, host: '127.0.0.1', port: 0, watchIntervalMs: 500 });
+    // The server runs the VMs' policies; here it looks every second rather than every 30 s.
+    server = await serve({ lib, host: '127.0.0.1', port: 0, watchIntervalMs: 500, policies: { intervalMs: 1000 } });
     base = server.url;
     sse = openEvents(`${base}/api/events`);
     await sse.ready;
@@ -216,7 +225,7 @@ describe('HTTP API over the demo guest', () => {
     expect(tree).toMatchObject({ vm: 'api', current: 's1', roots: [{ name: 's1', current: true, children: [] }] });
     expect(tree.text).toMatch(/s1[^\n]*\n\s+└─ ● you are here/);
     await sse.waitFor((e) => e.event === 'snapshots' && (e.data as { vm: string }).vm === 'api');
-  });
+  }, 240_000); // its first exec waits for the guest to boot: slow on a loaded machine
 
   it('refuses a revert that would lose data unless forced, then reverts', async () => {
     await exec('echo B > /data/B && sync');
@@ -337,6 +346,75 @@ describe('HTTP API over the demo guest', () => {
     expect(second.token).toBe(readFileSync(join(home, 'api-token'), 'utf8').trim());
     expect(again.join('\n')).not.toContain(second.token!);
     await second.close();
+  });
+
+  it('sets, shows, runs and removes a policy; prunes with a dry run; protects; and runs the policies itself (expiry)', async () => {
+    await refused('GET', '/api/vms/api/policy', undefined, 404, 'NOT_FOUND');
+    await refused('PUT', '/api/vms/api/policy', { keepLast: 3 }, 400, 'INVALID_ARGUMENT', 'schedule');
+    await refused('PUT', '/api/vms/api/policy', { schedule: '@daily', keepLast: -1 }, 400, 'INVALID_ARGUMENT', 'keepLast');
+    await refused('PUT', '/api/vms/api/policy', { schedule: '@daily', keep: 1 }, 400, 'INVALID_ARGUMENT', 'keep');
+    expect((await refused('PUT', '/api/vms/api/policy', { schedule: '61 3 * * *' }, 400, 'INVALID_ARGUMENT')).message).toMatch(/the minute field \(1st\) '61' is not valid/);
+    await refused('POST', '/api/vms/api/policy/run', { now: true }, 404, 'NOT_FOUND');
+
+    const set = await call('PUT', '/api/vms/api/policy', { schedule: '@daily', timeZone: 'UTC', keepLast: 1, memory: false, namePattern: 'web-{HH}{mm}{ss}' });
+    expect(set.status, JSON.stringify(set.json)).toBe(200);
+    expect(set.json).toMatchObject({ vm: 'api', timeZone: 'UTC', rulesText: 'keep-last 1', spec: { schedule: '@daily', memory: false }, lastRun: null, snapshots: 0 });
+    expect(set.json.nextRuns[0]).toMatch(/T00:00:00\.000Z$/);
+    expect((await call('GET', '/api/policies')).json.map((p: { vm: string }) => p.vm)).toEqual(['api']);
+    expect((await call('GET', '/api/vms')).json[0]).toMatchObject({ name: 'api', policy: '@daily', protectedSnapshots: 0 });
+
+    // Two passes at once: the policy's snapshots, the second pass prunes the first (keep-last 1).
+    const runs: Operation[] = [];
+    for (let i = 0; i < 2; i++) runs.push(await finish(await call('POST', '/api/vms/api/policy/run', { now: true })));
+    for (const r of runs) expect(r, JSON.stringify(r.error)).toMatchObject({ kind: 'policy-run', status: 'succeeded', result: { status: 'ok', trigger: 'now' } });
+    const [first, second] = runs.map((r) => (r.result as PolicyRunResult).snapshot!) as [string, string];
+    expect((runs[1]!.result as PolicyRunResult).prune!.deleted.map((d) => [d.name, d.reason])).toEqual([[first, 'no rule keeps it (keep-last 1)']]);
+    expect((await call('GET', `/api/vms/api/snapshots/${second}`)).json).toMatchObject({ protected: false, expiresAt: null, policy: { slot: null, owned: true }, hasMemory: false });
+    expect((await call('GET', '/api/vms/api/policy')).json.lastRun).toMatchObject({ status: 'ok', trigger: 'now', snapshot: second, deleted: [first] });
+
+    // Protection: refused deletes (409, at once), and delete-all refuses as a whole.
+    expect((await finish(await call('POST', '/api/vms/api/snapshots', { name: 'kept', memory: false }))).status).toBe('succeeded');
+    const prot = await call('POST', '/api/vms/api/snapshots/kept/protect', {});
+    expect(prot.status, JSON.stringify(prot.json)).toBe(200);
+    expect(prot.json).toMatchObject({ name: 'kept', protected: true, policy: null });
+    const e = await refused('DELETE', '/api/vms/api/snapshots/kept', undefined, 409, 'INVALID_STATE');
+    expect(e).toMatchObject({ message: expect.stringMatching(/snapshot 'kept' of VM 'api' is protected/), hint: 'vmsnap snapshot unprotect api kept' });
+    await refused('DELETE', '/api/vms/api/snapshots', undefined, 409, 'INVALID_STATE');
+    await refused('POST', '/api/vms/api/snapshots/nope/protect', {}, 404, 'NOT_FOUND');
+    await refused('POST', '/api/vms/api/snapshots', { name: 'x', expire: '1mo' }, 400, 'INVALID_ARGUMENT', 'expire');
+    expect((await call('GET', '/api/vms/api/snapshots')).json.map((x: { name: string }) => x.name)).toEqual([second, 'kept']);
+
+    // A snapshot that expires in a second: the dry run names the rule, and the server's own scheduler prunes it.
+    const brief = await finish(await call('POST', '/api/vms/api/snapshots', { name: 'brief', memory: false, expire: '1s' }));
+    expect(brief.result).toMatchObject({ name: 'brief', expiresAt: expect.any(String), protected: false });
+    const pass = await sse.waitFor((ev) => {
+      const op = (ev.data as { operation?: Operation }).operation;
+      // The server's own pass (not one of the two above, which the API ran with now: true).
+      return ev.event === 'operation' && op?.kind === 'policy-run' && op.status === 'succeeded' && (op.result as PolicyRunResult).trigger === 'schedule';
+    }, 60_000);
+    const pruned = ((pass.data as { operation: Operation }).operation.result as PolicyRunResult).prune!;
+    expect(pruned.deleted.map((d) => [d.name, d.cause])).toEqual([['brief', 'expired']]);
+    const dry = (await call('GET', '/api/vms/api/prune')).json;
+    expect(dry).toMatchObject({ dryRun: true, rules: 'keep-last 1', deleted: [] });
+    expect(dry.kept.map((k: { name: string; reasons: string[] }) => [k.name, k.reasons])).toEqual([
+      ['kept', ['protected']],
+      [second, ['last 1 of 1']],
+    ]);
+    const prune = await finish(await call('POST', '/api/vms/api/prune'));
+    expect(prune).toMatchObject({ kind: 'prune', status: 'succeeded', result: { dryRun: false, deleted: [] } });
+    // A pass over every VM (`policy run` without a VM): a task over the whole data dir, one result per VM.
+    const all = await finish(await call('POST', '/api/policies/run', {}));
+    expect(all, JSON.stringify(all.error)).toMatchObject({ kind: 'policy-run-all', vm: null, status: 'succeeded' });
+    expect((all.result as PolicyRunResult[]).map((r) => [r.vm, r.status, r.snapshot])).toEqual([['api', 'ok', null]]);
+
+    // Removing the policy leaves its snapshot, which no policy prunes any more.
+    expect((await call('DELETE', '/api/vms/api/policy')).json).toEqual({ vm: 'api', snapshotsLeft: 1 });
+    expect((await call('GET', `/api/vms/api/snapshots/${second}`)).json.policy).toEqual({ slot: null, owned: false });
+    expect((await call('POST', '/api/vms/api/snapshots/kept/unprotect', {})).json.protected).toBe(false);
+    const doc = (await call('GET', '/openapi.json')).json;
+    for (const p of ['/api/policies', '/api/policies/run', '/api/vms/{vm}/policy', '/api/vms/{vm}/policy/run', '/api/vms/{vm}/prune', '/api/vms/{vm}/snapshots/{snap}/protect', '/api/vms/{vm}/snapshots/{snap}/unprotect']) {
+      expect(doc.paths[p], p).toBeDefined();
+    }
   });
 
   it('stops the VM through an operation; the stream reports it', async () => {

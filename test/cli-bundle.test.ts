@@ -8,6 +8,8 @@ describe('the CLI bundle', () => {
   it('has no dynamic import left: the code-cache loader (a vm.Script) cannot run one', () => {
     execFileSync(process.execPath, [BIN, '--version']); // builds dist/ if src/ changed
     const bundle = readFileSync(fileURLToPath(new URL('../dist/cli/vmsnap-cli.cjs', import.meta.url)), 'utf8');
-    expect(bundle.match(/\bimport\(\s*["'`][^"'`]+["'`]\s*\)/g) ?? []).toEqual([]);
+    // JSDoc types of bundled packages (`@param {import('./x.js').default}`) are comments, not code.
+    const code = bundle.split('\n').filter((line) => !/^\s*(\*|\/\/)/.test(line));
+    expect(code.flatMap((line) => line.match(/\bimport\(\s*["'`][^"'`]+["'`]\s*\)/g) ?? [])).toEqual([]);
   });
 });

@@ -22,7 +22,7 @@ export function tempHome(): string {
 export function cli(home: string, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
-      env: { ...process.env, VMSNAP_HOME: home, VMSNAP_ACCEL: 'tcg', ...env },
+      env: { ...process.env, VMSNAP_HOME: home, VMSNAP_ACCEL: testAccel(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -51,9 +51,18 @@ export function cleanupHome(home: string): void {
   rmSync(home, { recursive: true, force: true });
 }
 
-/** The library on a home, with TCG (guests stall under KVM on these machines). */
+/**
+ * The accelerator the tests run under: KVM where vmsnap's probe saw a Linux
+ * kernel boot under it on this machine, TCG otherwise (global-setup.ts probes
+ * once, says which on stderr, and passes it on in VMSNAP_TEST_ACCEL).
+ */
+export function testAccel(): 'kvm' | 'tcg' {
+  return process.env.VMSNAP_TEST_ACCEL === 'kvm' ? 'kvm' : 'tcg';
+}
+
+/** The library on a home, with the tests' accelerator (see testAccel). */
 export function openLib(home: string): Vmsnap {
-  process.env.VMSNAP_ACCEL = 'tcg';
+  process.env.VMSNAP_ACCEL = testAccel();
   return Vmsnap.open({ home });
 }
 

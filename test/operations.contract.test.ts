@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OperationKind } from '../src/contract/operations.js';
+import type { CatalogRepairReport, RecoveryReport } from '../src/contract/views.js';
 import { findOrphans } from '../src/operations/recovery.js';
 import { runtimeFiles } from '../src/qemu/launcher.js';
 import { livePid } from '../src/qemu/runtime.js';
@@ -16,9 +17,10 @@ import { cleanupHome, cli, files, mountTmpfs, openLib, sh, tempHome, write } fro
  * point), run it from the CLI with VMSNAP_FAULT so the process dies there
  * (SIGKILL, like kill -9), run `vmsnap recover`, and check that the data dir
  * is sound (verify --deep clean over every VM, no orphan file, nothing
- * unfinished) and that the VMs are exactly as before the command (rolled
- * back) or as after it (rolled forward). A scenario per kind is required by
- * the compiler: registering an operation without one does not build.
+ * unfinished, the records beside the VMs in agreement with the catalog) and
+ * that the VMs are exactly as before the command (rolled back) or as after it
+ * (rolled forward). A scenario per kind is required by the compiler:
+ * registering an operation without one does not build.
  */
 
 /** What a VM looks like from the outside: enough to tell "as before" from "as after". */
@@ -47,12 +49,28 @@ interface Scenario {
   extra?: () => Promise<Record<string, unknown>>;
   /** Undo what a rolled-forward run did, so the next point starts alike. */
   reset?: () => Promise<void>;
+  /** Per fault point, when the command is slow (one that boots a libguestfs appliance: minutes on a loaded host). */
+  timeoutMs?: number;
 }
 
 let home: string;
 let lib: Vmsnap;
 const archive = () => join(home, '..', `${home.split('/').pop()}-e1.vmsnap`);
 const exportTarget = () => join(home, '..', `${home.split('/').pop()}-out.vmsnap`);
+/** A libvirt domain's files: its XML and a qcow2 disk on a raw backing file (adopted, never written). */
+const libvirtDir = () => join(home, '..', `${home.split('/').pop()}-libvirt`);
+const libvirtDomain = (): void => {
+  const dir = libvirtDir();
+  if (existsSync(join(dir, 'domain.xml'))) return;
+  mkdirSync(dir, { recursive: true });
+  execFileSync('qemu-img', ['create', '-q', '-f', 'raw', join(dir, 'base.raw'), '16M']);
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', join(dir, 'top.qcow2')]);
+  writeFileSync(
+    join(dir, 'domain.xml'),
+    `<domain type='qemu'><name>lv</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+    <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${join(dir, 'top.qcow2')}'/><target dev='vda' bus='virtio'/></disk></devices></domain>`,
+  );
+};
 
 async function stateOf(extra?: () => Promise<Record<string, unknown>>): Promise<State> {
   const out: State = { vms: {} };
@@ -75,6 +93,9 @@ async function stateOf(extra?: () => Promise<Record<string, unknown>>): Promise<
   return out;
 }
 
+/** A libguestfs appliance boots in 10 s idle, in minutes on a loaded 2-core host. */
+const APPLIANCE_MS = 1_200_000;
+process.env.VMSNAP_GUESTFS_LAUNCH_TIMEOUT ??= '900';
 const clone = (s: State): State => JSON.parse(JSON.stringify(s)) as State;
 const withVm = (s: State, name: string, vm: VmState): State => {
   const a = clone(s);
@@ -101,13 +122,14 @@ const guestFiles = async () => ({ files: (await lib.vms.status('f')).state === '
 
 const scenarios: { [K in OperationKind]: Scenario } = {
   'vm-create': {
-    args: () => ['create', 'nv', '--disk', '16M'],
+    // UEFI: the NVRAM layer and the stored firmware files are made and undone with the disk.
+    args: () => ['create', 'nv', '--disk', '16M', '--firmware', 'uefi'],
     after: (b) => withVm(b, 'nv', { disks: 1, power: 'stopped', current: null, snapshots: {}, buildsOn: [] }),
     reset: () => removeVm('nv'),
   },
   'vm-set': {
     setup: () => blank('sv'),
-    args: () => ['set', 'sv', '--add-disk', '16M'],
+    args: () => ['set', 'sv', '--add-disk', '16M', '--firmware', 'uefi'],
     after: (b) => {
       const a = clone(b);
       a.vms.sv!.disks = 2;
@@ -247,6 +269,12 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     after: (b) => withVm(b, 'imp', { disks: 1, power: 'stopped', current: 'E1', snapshots: { E1: null }, buildsOn: [] }),
     reset: () => removeVm('imp'),
   },
+  'import-libvirt': {
+    setup: async () => libvirtDomain(),
+    args: () => ['import-libvirt', join(libvirtDir(), 'domain.xml')],
+    after: (b) => withVm(b, 'lv', { disks: 1, power: 'stopped', current: null, snapshots: {}, buildsOn: [] }),
+    reset: () => removeVm('lv'),
+  },
   export: {
     setup: () => blank('ex', ['E1']),
     args: () => ['export', 'ex', 'E1', exportTarget()],
@@ -254,7 +282,97 @@ const scenarios: { [K in OperationKind]: Scenario } = {
     extra: async () => ({ archive: existsSync(exportTarget()), partial: existsSync(`${exportTarget()}.partial`) }),
     reset: async () => rmSync(exportTarget(), { force: true }),
   },
+  'policy-run': {
+    // A blank VM whose policy keeps one snapshot, named p (or p-2 while p is taken): a pass with --now takes one, then prunes the other.
+    setup: async () => {
+      await blank('pr');
+      if (!lib.policies.find('pr')) lib.policies.set('pr', { schedule: '@daily', keepLast: 1, namePattern: 'p' });
+      if (lib.snapshots.list('pr').length === 0) await lib.policies.run('pr', { now: true });
+    },
+    args: () => ['policy', 'run', 'pr', '--now'],
+    after: (b) => {
+      const a = clone(b);
+      const taken = Object.keys(b.vms.pr!.snapshots)[0] === 'p' ? 'p-2' : 'p';
+      a.vms.pr!.snapshots = { [taken]: null };
+      a.vms.pr!.current = taken;
+      return a;
+    },
+  },
+  prune: {
+    // Three policy snapshots of a policy that keeps them all, then told to keep the last one: a prune deletes two.
+    setup: async () => {
+      await blank('pn');
+      if (lib.snapshots.list('pn').length === 3) return;
+      lib.policies.set('pn', { schedule: '@daily', keepLast: null, namePattern: 'n' });
+      for (let i = 0; i < 3; i++) await lib.policies.run('pn', { now: true });
+      lib.policies.set('pn', { keepLast: 1 });
+    },
+    args: () => ['prune', 'pn'],
+    after: (b) => {
+      const a = clone(b);
+      a.vms.pn!.snapshots = { 'n-3': null };
+      return a;
+    },
+    reset: () => removeVm('pn'),
+  },
+  // A diff against the present state freezes it on temporary layers (and merges them back after the read).
+  'files-read': {
+    setup: atS1,
+    args: () => ['diff', 'f', 'S0', '--stat'],
+    after: (b) => clone(b),
+    extra: guestFiles,
+    timeoutMs: APPLIANCE_MS,
+  },
+  // A running VM gets the file through its agent: staged beside the target, then renamed into place.
+  'restore-file': {
+    setup: async () => {
+      await atS1();
+      await sh(lib, 'f', 'rm /data/b && sync');
+    },
+    args: () => ['restore-file', 'f', 'S1', '/dev/vda/b'],
+    after: (b) => ({ ...clone(b), extra: { files: ['a', 'b'] } }),
+    extra: guestFiles,
+    timeoutMs: APPLIANCE_MS,
+  },
 };
+
+/**
+ * Operations whose every fault point is proven a second time with the catalog
+ * deleted right after the kill: `recover --rebuild-catalog` must restore the
+ * journal from the records beside the VMs, and recovery must end the
+ * operation as it does with the catalog. (The others share these mechanics:
+ * every change reaches the records in the commit's wake, journal rows too.)
+ */
+const REBUILT_AFTER_KILL: readonly OperationKind[] = ['vm-rm', 'snapshot-create', 'snapshot-revert', 'snapshot-delete', 'import'];
+
+type Outcome = 'rolled_back' | 'rolled_forward';
+
+/** Run the scenario's command from the CLI with a kill -9 at the point. */
+async function killAt(kind: OperationKind, point: string, sc: Scenario): Promise<void> {
+  const r = await cli(home, sc.args(), { VMSNAP_FAULT: `${kind}:${point}`, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' });
+  expect(r.code, `the fault point ${kind}:${point} must be reached (exit ${r.code}): ${r.stderr}`).toBe(128);
+}
+
+function outcomeOf(kind: OperationKind, report: RecoveryReport): Outcome {
+  const mine = report.operations.filter((o) => o.kind === kind);
+  expect(mine, JSON.stringify(report)).toHaveLength(1);
+  return mine[0]!.outcome;
+}
+
+/** The data dir is sound (verify --deep clean, no orphan, nothing unfinished, the records agree with the catalog) and the VMs are as before or as after. */
+async function expectRecovered(sc: Scenario, before: State, outcome: Outcome): Promise<void> {
+  const verify = await cli(home, ['verify', '--deep', '--json']);
+  const reports = JSON.parse(verify.stdout) as { vm: string; problems: unknown[] }[];
+  expect(reports.flatMap((v) => v.problems), verify.stdout).toEqual([]);
+  expect(verify.code).toBe(0);
+  expect(await findOrphans(lib.ctx)).toEqual([]);
+  expect(lib.ctx.journal.unfinished()).toEqual([]);
+  expect(lib.ctx.catalog.records.check()).toEqual([]);
+  expect(await stateOf(sc.extra), `${outcome}: the VMs as ${outcome === 'rolled_back' ? 'before' : 'after'}`).toEqual(
+    outcome === 'rolled_back' ? before : sc.after(before),
+  );
+  if (outcome === 'rolled_forward') await sc.reset?.();
+}
 
 /** Every point of an operation a kill -9 is proven at: just begun, after each journal step, and the named points. */
 const pointsOf = (kind: OperationKind): string[] => {
@@ -279,7 +397,11 @@ describe('every operation survives kill -9 at every fault point', () => {
     cleanupHome(home);
     rmSync(archive(), { force: true });
     rmSync(exportTarget(), { force: true });
+    rmSync(libvirtDir(), { recursive: true, force: true });
   });
+
+  /** How plain recovery ended each kind:point, for the same point with the catalog lost. */
+  const outcomes = new Map<string, Outcome>();
 
   for (const kind of Object.keys(OPERATIONS) as OperationKind[]) {
     const sc = scenarios[kind];
@@ -287,27 +409,34 @@ describe('every operation survives kill -9 at every fault point', () => {
       it(`${kind} killed at ${point}: recovered to as before or as after, nothing lost`, async () => {
         await sc.setup?.();
         const before = await stateOf(sc.extra);
-        const r = await cli(home, sc.args(), { VMSNAP_FAULT: `${kind}:${point}`, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' });
-        expect(r.code, `the fault point ${kind}:${point} must be reached (exit ${r.code}): ${r.stderr}`).toBe(128);
-
+        await killAt(kind, point, sc);
         const rec = await cli(home, ['recover', '--json']);
         expect(rec.code, rec.stderr).toBe(0);
-        const report = JSON.parse(rec.stdout) as { operations: { kind: string; outcome: 'rolled_back' | 'rolled_forward' }[] };
-        const mine = report.operations.filter((o) => o.kind === kind);
-        expect(mine, JSON.stringify(report)).toHaveLength(1);
-        const outcome = mine[0]!.outcome;
-
-        const verify = await cli(home, ['verify', '--deep', '--json']);
-        const reports = JSON.parse(verify.stdout) as { vm: string; problems: unknown[] }[];
-        expect(reports.flatMap((v) => v.problems), verify.stdout).toEqual([]);
-        expect(verify.code).toBe(0);
-        expect(await findOrphans(lib.ctx)).toEqual([]);
-        expect(lib.ctx.journal.unfinished()).toEqual([]);
-        expect(await stateOf(sc.extra), `${outcome}: the VMs as ${outcome === 'rolled_back' ? 'before' : 'after'}`).toEqual(
-          outcome === 'rolled_back' ? before : sc.after(before),
-        );
-        if (outcome === 'rolled_forward') await sc.reset?.();
-      });
+        const outcome = outcomeOf(kind, JSON.parse(rec.stdout) as RecoveryReport);
+        outcomes.set(`${kind}:${point}`, outcome);
+        await expectRecovered(sc, before, outcome);
+      }, sc.timeoutMs);
+      if (!REBUILT_AFTER_KILL.includes(kind)) continue;
+      it(`${kind} killed at ${point}, then the catalog lost: rebuilt from the records, recovery ends alike`, async () => {
+        await sc.setup?.();
+        const before = await stateOf(sc.extra);
+        await killAt(kind, point, sc);
+        lib.close();
+        for (const f of ['', '-wal', '-shm']) rmSync(`${join(home, 'catalog.sqlite')}${f}`, { force: true });
+        const rebuilt = await cli(home, ['recover', '--rebuild-catalog', '--json']);
+        lib = openLib(home);
+        expect(rebuilt.code, rebuilt.stdout + rebuilt.stderr).toBe(0);
+        const report = JSON.parse(rebuilt.stdout) as CatalogRepairReport;
+        expect({ bad: report.badRecords, missing: report.missingFiles, leftOut: report.leftOut, unrecorded: report.unrecordedFiles }).toEqual({
+          bad: [],
+          missing: [],
+          leftOut: [],
+          unrecorded: [],
+        });
+        const outcome = outcomeOf(kind, report.recovery!);
+        expect(outcome, 'the same end as recovery with the catalog').toBe(outcomes.get(`${kind}:${point}`));
+        await expectRecovered(sc, before, outcome);
+      }, sc.timeoutMs);
     }
   }
 
@@ -372,5 +501,5 @@ describe('a rollback whose merge fails loses no write', () => {
     } finally {
       l.close();
     }
-  });
+  }, 300_000); // two boots under TCG and five CLI runs: 140 s on a loaded 2-core machine
 });

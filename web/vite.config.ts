@@ -10,7 +10,8 @@ const api = process.env.VMSNAP_API ?? 'http://127.0.0.1:8080';
 export default defineConfig({
   root: fileURLToPath(new URL('.', import.meta.url)),
   plugins: [react()],
-  build: { outDir: 'dist', emptyOutDir: true, chunkSizeWarningLimit: 800 },
+  // es2022: noVNC uses top-level await.
+  build: { outDir: 'dist', emptyOutDir: true, chunkSizeWarningLimit: 800, target: 'es2022' },
   server: {
     proxy: {
       '/api': {

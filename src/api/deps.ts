@@ -32,7 +32,7 @@ export function newRouter(): OpenAPIHono {
   });
 }
 
-const errorContent = (description: string) => ({ description, content: { 'application/json': { schema: ErrorSchema } } });
+export const errorContent = (description: string) => ({ description, content: { 'application/json': { schema: ErrorSchema } } });
 
 /** The error answers a route may give, for the OpenAPI document (the one error handler produces them). */
 export const errors = {

@@ -11,7 +11,7 @@ import {
   type FingerprintResult,
   type TaskKind,
 } from '../contract/operations.js';
-import type { CloneResult, DfReport, HealthReport, ImportResult, RecoveryReport, VerifyReport } from '../contract/views.js';
+import type { CatalogRepairReport, CloneResult, DfReport, HealthReport, ImportResult, LibvirtImportResult, PolicyRunResult, PolicyView, PruneResult, RecoveryReport, VerifyReport } from '../contract/views.js';
 import { ERROR_CODES } from '../errors.js';
 
 /**
@@ -81,6 +81,8 @@ export const VmSummarySchema = z
     currentSnapshot: z.string().nullable(),
     createdAt: z.string(),
     staleCleaned: z.boolean().optional(),
+    policy: z.string().nullable().openapi({ description: "the schedule of the VM's snapshot policy, if it has one" }),
+    protectedSnapshots: z.number().int(),
   })
   .openapi('VmSummary');
 
@@ -93,9 +95,29 @@ export const LayerInfoSchema = z.object({
   bytes: z.number(),
 });
 
+const ForwardBody = z
+  .object({
+    proto: z.enum(['tcp', 'udp']).optional().openapi({ description: 'default tcp' }),
+    hostAddr: z.string().optional().openapi({ description: 'an IPv4 address of this host; default 127.0.0.1', example: '127.0.0.1' }),
+    hostPort: z.number().int().min(0).max(65535).openapi({ description: '0: a free port picked at each start', example: 2222 }),
+    guestPort: z.number().int().min(1).max(65535).openapi({ example: 22 }),
+  })
+  .strict()
+  .openapi('Forward');
+
+export const VmEndpointsSchema = z
+  .object({
+    forwards: z.array(ForwardBody.required()).openapi({ description: 'the forwards with the host ports they listen on now' }),
+    vnc: z.object({ host: z.string(), port: z.number().int() }).optional().openapi({ description: 'the VNC screen (loopback); the web UI shows it through GET /api/vms/{vm}/vnc' }),
+  })
+  .openapi('VmEndpoints');
+
 export const VmInfoSchema = VmSummarySchema.extend({
   config: VmConfigSchema,
+  diskUsageBytes: z.number().openapi({ description: "bytes this VM's own layers and state files take (imported images not counted)" }),
+  endpoints: VmEndpointsSchema.optional().openapi({ description: 'while the VM runs: where it can be reached on this host' }),
   diskChains: z.array(z.object({ slot: z.string(), sizeBytes: z.number(), chain: z.array(LayerInfoSchema) })),
+  nvramChain: z.array(LayerInfoSchema).optional().openapi({ description: "a UEFI VM's NVRAM layer chain, active layer first" }),
   runtimeDir: z.string(),
 }).openapi('VmInfo');
 
@@ -117,6 +139,12 @@ export const SnapshotSchema = z
     stateBytes: z.number(),
     config: VmConfigSchema,
     meta: z.record(z.string(), z.unknown()),
+    protected: z.boolean().openapi({ description: 'nothing deletes it (delete, delete all, prune, expiry) until it is unprotected' }),
+    expiresAt: z.string().nullable().openapi({ description: 'a prune deletes it after this time (unless protected)' }),
+    policy: z
+      .object({ slot: z.string().nullable(), owned: z.boolean() })
+      .nullable()
+      .openapi({ description: "set when a policy took it: its slot, and whether the VM's present policy took it (only then may it prune it)" }),
   })
   .openapi('Snapshot');
 
@@ -203,15 +231,51 @@ export const CreateVmBody = z
     kernel: hostPath.optional(),
     initrd: hostPath.optional(),
     append: z.string().max(4096).optional(),
+    firmware: z.enum(['bios', 'uefi']).optional().openapi({ description: 'bios (SeaBIOS, the default) or uefi (OVMF, with an NVRAM of its own)' }),
+    forwards: z.array(ForwardBody).max(32).optional().openapi({ description: 'host ports forwarded into the user-mode NIC' }),
+    bridge: z.string().optional().openapi({ description: 'a NIC on this existing host bridge (qemu-bridge-helper); alone, instead of the user-mode NIC' }),
+    display: z.enum(['none', 'vnc']).optional().openapi({ description: 'vnc: a screen served on loopback at a free port' }),
+    userData: z.string().max(65536).optional().openapi({ description: 'cloud-init user-data (the text of the file), for a NoCloud seed' }),
+    sshKeys: z.array(z.string().max(16384)).max(64).optional().openapi({ description: "SSH public keys for the image's default user (NoCloud seed)" }),
+    hostname: z.string().max(253).optional().openapi({ description: 'the host name cloud-init sets (default: the VM name)' }),
   })
   .strict()
   .openapi('CreateVm');
+
+export const ImportLibvirtBody = z
+  .object({
+    xml: z.string().min(1).max(4 * MiB).openapi({ description: "the domain XML as `virsh dumpxml DOMAIN` writes it; every file it names (disk images and their backing files, kernel, initrd) must be under one of the server's --allow-path dirs" }),
+    name: VmName.optional().openapi({ description: "the new VM's name (default: the domain's)" }),
+    ignoreUnsupported: z.boolean().optional().openapi({ description: 'drop what vmsnap cannot carry over (returned in `dropped`) instead of refusing' }),
+  })
+  .strict()
+  .openapi('ImportLibvirt');
+
+const LibvirtImportItemSchema = z.object({ element: z.string(), what: z.string(), why: z.string() });
+
+export const LibvirtImportResultSchema = mirrors<LibvirtImportResult>()(
+  z
+    .object({
+      vm: VmInfoSchema,
+      domain: z.string(),
+      disks: z.array(z.object({ slot: z.string(), target: z.string(), source: z.string(), adopted: z.array(z.string()) })),
+      uefi: z.object({ nvramFrom: z.string().optional() }).optional().openapi({ description: "UEFI: the domain's NVRAM file copied as the VM's NVRAM (absent: fresh variables)" }),
+      dropped: z.array(LibvirtImportItemSchema),
+      ignored: z.array(LibvirtImportItemSchema),
+      notes: z.array(z.string()),
+    })
+    .openapi('LibvirtImportResult'),
+);
 
 export const SetVmBody = z
   .object({
     memoryMiB: z.number().int().min(16).max(1024 * 1024).optional(),
     cpus: z.number().int().min(1).max(256).optional(),
     addDisks: z.array(z.number().int().min(MiB, 'a blank disk is at least 1 MiB')).max(16).optional().openapi({ description: 'sizes in bytes of blank disks to add' }),
+    firmware: z.enum(['bios', 'uefi']).optional().openapi({ description: 'change the boot firmware (a first switch to uefi makes the NVRAM)' }),
+    forwards: z.array(ForwardBody).max(32).optional().openapi({ description: 'replace the forwards; [] removes them' }),
+    bridge: z.string().nullable().optional().openapi({ description: 'put a NIC on this host bridge; null removes the bridged NIC' }),
+    display: z.enum(['none', 'vnc']).optional(),
   })
   .strict()
   .openapi('SetVm');
@@ -250,6 +314,7 @@ export const TakeSnapshotBody = z
     name: SnapshotName,
     description: z.string().max(4096).optional(),
     memory: z.boolean().optional().openapi({ description: 'save RAM and device state (default: yes when the VM runs)' }),
+    expire: z.string().max(64).optional().openapi({ description: "a prune deletes it after this long: '12h', '7d', '2w', '1d12h' (units s, m, h, d, w, y)", example: '7d' }),
   })
   .strict()
   .openapi('TakeSnapshot');
@@ -280,6 +345,124 @@ export const HealthSchema = z
     operations: z.array(z.enum(OPERATION_KINDS)).openapi({ description: 'the operations this vmsnap journals and recovers' }),
   })
   .openapi('Health');
+
+// ---- policies ----
+
+const count = (what: string) => z.number().int().min(0).nullable().optional().openapi({ description: `${what}; 0 or null removes the rule` });
+
+export const PolicyBody = z
+  .object({
+    schedule: z.string().min(1).max(200).optional().openapi({ description: "5 cron fields or @hourly, @daily, @weekly, @monthly, @yearly; required for a new policy", example: '@daily' }),
+    timeZone: z.string().max(100).nullable().optional().openapi({ description: "an IANA zone; null or 'host': the host's", example: 'Europe/Berlin' }),
+    memory: z.boolean().nullable().optional().openapi({ description: 'memory in its snapshots (when the VM runs); null: the default (yes)' }),
+    namePattern: z.string().min(1).max(200).optional().openapi({ example: 'auto-{yyyy}{MM}{dd}-{HH}{mm}' }),
+    keepLast: count('keep the n newest policy snapshots'),
+    keepHourly: count('keep the newest of each of the n latest hours with one'),
+    keepDaily: count('keep the newest of each of the n latest days with one'),
+    keepWeekly: count('keep the newest of each of the n latest ISO weeks with one'),
+    keepMonthly: count('keep the newest of each of the n latest months with one'),
+    keepYearly: count('keep the newest of each of the n latest years with one'),
+    maxBytes: z.number().int().min(0).nullable().optional().openapi({ description: 'then prune the oldest policy snapshots while the snapshots would free more; 0 or null: no limit' }),
+  })
+  .strict()
+  .openapi('SetPolicy');
+
+const ErrorSummarySchema = z.object({ code: z.enum(ERROR_CODES), message: z.string(), hint: z.string().optional() });
+
+export const PolicyRunRecordSchema = z
+  .object({
+    at: z.string(),
+    trigger: z.enum(['schedule', 'now', 'recovery']),
+    status: z.enum(['ok', 'failed']),
+    slot: z.string().nullable(),
+    missed: z.number().int(),
+    snapshot: z.string().nullable(),
+    deleted: z.array(z.string()),
+    error: ErrorSummarySchema.nullable(),
+  })
+  .openapi('PolicyRunRecord');
+
+const nullableCount = z.number().int().nullable();
+export const PolicySchema = mirrors<PolicyView>()(
+  z
+    .object({
+      vm: z.string(),
+      vmId: z.string(),
+      spec: z.object({
+        schedule: z.string(),
+        timeZone: z.string().nullable(),
+        memory: z.boolean().nullable(),
+        namePattern: z.string(),
+        rules: z.object({
+          keepLast: nullableCount,
+          keepHourly: nullableCount,
+          keepDaily: nullableCount,
+          keepWeekly: nullableCount,
+          keepMonthly: nullableCount,
+          keepYearly: nullableCount,
+          maxBytes: nullableCount,
+        }),
+      }),
+      timeZone: z.string().openapi({ description: "the zone it runs in now (the host's when spec.timeZone is null)" }),
+      rulesText: z.string(),
+      since: z.string(),
+      createdAt: z.string(),
+      updatedAt: z.string(),
+      nextRuns: z.array(z.string()),
+      lastSlot: z.string().nullable(),
+      lastRun: PolicyRunRecordSchema.nullable(),
+      snapshots: z.number().int().openapi({ description: 'snapshots it took that are still there' }),
+    })
+    .openapi('Policy'),
+);
+
+export const PruneSchema = mirrors<PruneResult>()(
+  z
+    .object({
+      vm: z.string(),
+      dryRun: z.boolean(),
+      rules: z.string(),
+      timeZone: z.string(),
+      kept: z.array(z.object({ id: z.string(), name: z.string(), createdAt: z.string(), reasons: z.array(z.string()) })),
+      deleted: z.array(
+        z.object({
+          id: z.string(),
+          name: z.string(),
+          createdAt: z.string(),
+          cause: z.enum(['expired', 'retention', 'max-bytes']),
+          reason: z.string(),
+          bytes: z.number().openapi({ description: 'what deleting it frees: an estimate in a dry run, measured otherwise' }),
+        }),
+      ),
+      skipped: z.array(z.object({ name: z.string(), reason: z.string() })),
+      freedBytes: z.number(),
+      warnings: z.array(z.string()),
+    })
+    .openapi('Prune'),
+);
+
+export const PolicyRunResultSchema = mirrors<PolicyRunResult>()(
+  z
+    .object({
+      vm: z.string(),
+      status: z.enum(['ok', 'busy', 'failed']).openapi({ description: 'busy: the VM was busy, the next pass tries again' }),
+      trigger: z.enum(['schedule', 'now']),
+      slot: z.string().nullable(),
+      missed: z.number().int().openapi({ description: 'slots passed over (the host was off): caught up once' }),
+      snapshot: z.string().nullable().openapi({ description: 'the snapshot taken, if any' }),
+      note: z.string().nullable().openapi({ description: 'why none was taken: none due, or another scheduler claimed the slot' }),
+      prune: PruneSchema.nullable(),
+      nextRun: z.string().nullable(),
+      error: ErrorSummarySchema.nullable(),
+    })
+    .openapi('PolicyRunResult'),
+);
+export const PolicyRunAllSchema = mirrors<PolicyRunResult[]>()(z.array(PolicyRunResultSchema));
+
+export const RunPolicyBody = z
+  .object({ now: z.boolean().optional().openapi({ description: 'take a policy snapshot at once, whatever the schedule, then prune' }) })
+  .strict()
+  .openapi('RunPolicy');
 
 // ---- clones ----
 
@@ -390,7 +573,11 @@ export const DfReportSchema = mirrors<DfReport>()(
       dataDir: z
         .object({
           path: z.string(),
-          usedBytes: z.number().openapi({ description: "bytes vmsnap's layers and state files take" }),
+          usedBytes: z.number().openapi({ description: 'bytes vmsnap takes: layers, state files and stored boot files, plus the catalog, its backups, the records beside the VMs and lost+found' }),
+          bootFilesBytes: z.number().optional().openapi({ description: 'of usedBytes: the boot-file store (kernels, initrds, firmware, seeds)' }),
+          catalogBytes: z.number().openapi({ description: 'the catalog, with its write-ahead log' }),
+          backupsBytes: z.number().openapi({ description: "the catalog's backups (backups/)" }),
+          recordsBytes: z.number().openapi({ description: 'the records beside the VMs (records/) and what a catalog repair set aside (lost+found/)' }),
           freeBytes: z.number(),
           totalBytes: z.number(),
           heldByRunningVms: z
@@ -438,7 +625,7 @@ export const HealthReportSchema = mirrors<HealthReport>()(
       warnings: z.array(
         z
           .object({
-            kind: z.enum(['old-snapshot', 'deep-chain', 'large-snapshot', 'low-free-space', 'verify']),
+            kind: z.enum(['old-snapshot', 'deep-chain', 'large-snapshot', 'low-free-space', 'verify', 'policy', 'records']).openapi({ description: 'records: the records beside the VMs disagree with the catalog' }),
             vm: z.string().optional(),
             snapshot: z.string().optional().openapi({ description: 'the snapshot it is about, when it is about one' }),
             message: z.string(),
@@ -493,6 +680,7 @@ const VerifyReportShape = z.object({
         'unfinished-operation',
         'fingerprint-mismatch',
         'state-checksum-mismatch',
+        'record-mismatch',
         'state-invalid',
       ]),
       message: z.string(),
@@ -512,8 +700,50 @@ export const RecoveryReportSchema = mirrors<RecoveryReport>()(
         z.object({ id: z.string(), kind: z.string(), vm: z.string().nullable(), outcome: z.enum(['rolled_back', 'rolled_forward']), note: z.string().optional() }),
       ),
       orphansRemoved: z.array(z.string()).openapi({ description: 'files in the data dir that nothing referred to, removed' }),
+      recordsRewritten: z.number().int().optional().openapi({ description: 'VMs whose records (beside their files) were behind the catalog and were rewritten' }),
     })
     .openapi('RecoveryReport'),
+);
+
+export const CatalogRepairBody = z
+  .object({
+    mode: z.enum(['rebuild', 'from-backup']).openapi({
+      description: 'rebuild: from the records beside the VMs and the layer files (`--rebuild-catalog`); from-backup: the newest sound backup, reconciled with those records (`--from-backup`)',
+    }),
+    dryRun: z.boolean().optional().openapi({ description: 'only report what would be done (`--dry-run`)' }),
+  })
+  .strict()
+  .openapi('CatalogRepair');
+
+export const CatalogRepairReportSchema = mirrors<CatalogRepairReport>()(
+  z
+    .object({
+      mode: z.enum(['rebuild', 'from-backup']),
+      dryRun: z.boolean(),
+      backup: z.object({ path: z.string(), takenAt: z.string() }).nullable().openapi({ description: 'the backup restored (from-backup)' }),
+      oldCatalog: z.string().nullable().openapi({ description: 'where the replaced catalog was kept (never deleted)' }),
+      vms: z.array(
+        z.object({
+          name: z.string(),
+          id: z.string(),
+          source: z.enum(['records', 'backup']),
+          snapshots: z.array(z.string()),
+          current: z.string().nullable(),
+          layers: z.number().int(),
+          unfinishedOperations: z.number().int(),
+        }),
+      ),
+      badRecords: z.array(z.object({ path: z.string(), problem: z.string() })).openapi({ description: 'records that failed a check: reported, never used' }),
+      missingFiles: z.array(z.object({ vm: z.string(), what: z.string(), path: z.string() })).openapi({ description: 'files rows name that are missing: listed, never invented' }),
+      leftOut: z.array(z.object({ vm: z.string(), what: z.string(), reason: z.string() })),
+      backingMismatches: z.array(z.object({ layer: z.string(), path: z.string(), recorded: z.string().nullable(), file: z.string().nullable() })),
+      unrecordedFiles: z
+        .array(z.object({ path: z.string(), backing: z.string().nullable(), movedTo: z.string().nullable() }))
+        .openapi({ description: 'files no record names: kept, moved to lost+found' }),
+      lostFound: z.string().nullable(),
+      recovery: RecoveryReportSchema.nullable().openapi({ description: 'the recovery run on the new catalog; null on a dry run' }),
+    })
+    .openapi('CatalogRepairReport'),
 );
 
 export const FingerprintResultSchema = mirrors<FingerprintResult>()(

@@ -5,7 +5,9 @@ import { serve as serveNode } from '@hono/node-server';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { bodyLimit } from 'hono/body-limit';
 import { VmsnapError } from '../errors.js';
+import { PolicyScheduler } from '../scheduler/loop.js';
 import { Vmsnap } from '../vmsnap.js';
+import { attachConsoles } from './consoles.js';
 import { isLoopback, loadOrCreateToken, refuseCrossOrigin, requireBearer, requireLoopbackHost } from './auth.js';
 import type { ApiDeps } from './deps.js';
 import { Downloads } from './downloads.js';
@@ -13,8 +15,10 @@ import { ApiError, sendError } from './errors.js';
 import { EventHub } from './events.js';
 import { OperationTracker } from './operations.js';
 import { HostPathPolicy } from './paths.js';
+import { BrowsedSnapshots, filesRoutes } from './routes/files.js';
 import { healthRoutes } from './routes/health.js';
 import { operationRoutes } from './routes/operations.js';
+import { policyRoutes } from './routes/policies.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { transferRoutes } from './routes/transfer.js';
 import { vmRoutes } from './routes/vms.js';
@@ -34,6 +38,8 @@ export interface AppOptions {
   watchIntervalMs?: number;
   /** Where to say what the server does (operations started and ended). */
   log?: (line: string) => void;
+  /** Run the VMs' snapshot policies: how often to look for due slots and expired snapshots (default 30 s); false: not at all. */
+  policies?: { intervalMs?: number } | false;
 }
 
 export interface ApiApp {
@@ -77,14 +83,41 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
     }
     const how = op.status === 'succeeded' ? `done in ${op.durationMs} ms` : `failed after ${op.durationMs} ms: ${op.error?.code} ${op.error?.message}`;
     opts.log?.(`${op.id} ${op.title}: ${how}`);
-    if (op.vmId !== null) void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot-') || op.kind === 'import' });
+    if (op.vmId !== null) void watch?.refresh(op.vmId, { snapshots: op.kind.startsWith('snapshot-') || op.kind === 'import' || op.kind === 'policy-run' || op.kind === 'prune' });
   });
   watch = new VmWatch(lib, hub, () => tracker.runningCount === 0, opts.watchIntervalMs);
   const unsubscribe = lib.onEvent((e) => {
     if (e.type === 'vm-state') hub.publish({ type: 'vm-state', data: { vm: e.vm, vmId: e.vmId, state: e.state } });
+    else if (e.type === 'policy') hub.publish({ type: 'policy', data: { vm: e.vm, vmId: e.vmId, status: e.status, record: e.record } });
+    else if (e.type === 'snapshots-changed') void watch?.refresh(e.vmId, { snapshots: true });
     else tracker.onLibraryEvent(e);
   });
   watch.start();
+  // The policies run in the server as its own jobs: the UI shows them, and other work on that VM is refused meanwhile.
+  const scheduler =
+    opts.policies === false
+      ? undefined
+      : new PolicyScheduler(lib.ctx, {
+          ...(opts.policies?.intervalMs !== undefined ? { intervalMs: opts.policies.intervalMs } : {}),
+          log: (line) => opts.log?.(line),
+          run: (vm, title, pass) =>
+            new Promise((resolve, reject) => {
+              try {
+                tracker.start({ kind: 'policy-run', scope: { vm }, title }, () =>
+                  pass().then(
+                    (r) => (resolve(r), r),
+                    (e: unknown) => {
+                      reject(e);
+                      throw e;
+                    },
+                  ),
+                );
+              } catch (e) {
+                reject(e);
+              }
+            }),
+        });
+  scheduler?.start();
 
   const downloads = new Downloads(lib.home);
   const deps: ApiDeps = {
@@ -124,6 +157,9 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
   app.route('/api', transferRoutes(deps));
   app.route('/api', healthRoutes(deps));
   app.route('/api', operationRoutes(deps));
+  app.route('/api', policyRoutes(deps));
+  const browsed = new BrowsedSnapshots(lib);
+  app.route('/api', filesRoutes(deps, browsed));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', {
     type: 'http',
@@ -152,10 +188,12 @@ export function createApp(lib: Vmsnap, opts: AppOptions = {}): ApiApp {
     tracker,
     hub,
     async close() {
+      await scheduler?.stop();
       watch?.stop();
       unsubscribe();
       hub.closeAll();
       await tracker.settle();
+      await browsed.closeAll();
       downloads.close();
     },
   };
@@ -220,6 +258,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningServer> {
         } else reject(e);
       });
     });
+    const closeConsoles = attachConsoles(server, lib, { ...(token !== undefined ? { token } : {}), ...(opts.allowedHosts ? { allowedHosts: opts.allowedHosts } : {}) });
     const addr = server.address() as AddressInfo;
     const shown = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const url = `http://${shown}:${addr.port}`;
@@ -234,13 +273,17 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningServer> {
       close() {
         closing ??= (async () => {
           const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+          closeConsoles();
           await api.close();
           server.closeIdleConnections();
           // Event streams were ended above; anything still open after a grace period is cut.
           const grace = setTimeout(() => server.closeAllConnections(), 2000);
           await stopped;
           clearTimeout(grace);
-          if (ownLib) lib.close();
+          if (ownLib) {
+            await lib.settle();
+            lib.close();
+          }
         })();
         return closing;
       },

@@ -4,7 +4,8 @@ import type { Vmsnap } from '../vmsnap.js';
 import type { EventHub } from './events.js';
 
 const fingerprint = (s: VmSummary) => JSON.stringify([s.state, s.qemuStatus, s.pid, s.memoryMiB, s.cpus, s.disks]);
-const treeFingerprint = (s: VmSummary) => JSON.stringify([s.snapshots, s.currentSnapshot]);
+// Protection and the policy show as badges in the tree: a change to either (from the CLI too) redraws it.
+const treeFingerprint = (s: VmSummary) => JSON.stringify([s.snapshots, s.currentSnapshot, s.protectedSnapshots, s.policy]);
 
 /**
  * Keeps event-stream clients up to date with VM summaries. After each change

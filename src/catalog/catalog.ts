@@ -1,10 +1,12 @@
 import { z } from 'zod';
 import { VmConfigSchema, type VmConfig } from '../contract/config.js';
-import type { VmRunState } from '../contract/views.js';
-import { VmsnapError } from '../errors.js';
-import { memoryStateFiles, stateFileOwners } from '../paths.js';
+import type { PolicyRunRecord, PolicySpec, VmRunState } from '../contract/views.js';
+import { ERROR_CODES, VmsnapError } from '../errors.js';
+import { memoryStateFiles, stateFileOwners, type VmsnapPaths } from '../paths.js';
+import { isProcessAlive, processStartTime } from '../util/process.js';
 import type { Db } from './db.js';
-import { openCatalog } from './db.js';
+import { damagedCatalog, openCatalog } from './db.js';
+import { Records } from './records.js';
 
 export type { VmRunState } from '../contract/views.js';
 
@@ -72,6 +74,66 @@ export interface SnapshotRecord {
   meta: SnapshotMeta;
   /** slot -> frozen layer id */
   layers: Record<string, string>;
+  /** Nothing deletes it until unprotected. */
+  protected: boolean;
+  /** When a prune deletes it; null: never. */
+  expiresAt: string | null;
+  /** The policy that took it (null: taken by hand) and the slot it was taken for (null for `policy run --now`). */
+  policyId: string | null;
+  policySlot: string | null;
+}
+
+/** The schedule and rules of a VM's policy, as kept in the catalog (checked on read). */
+export const PolicySpecSchema = z.object({
+  schedule: z.string(),
+  timeZone: z.string().nullable(),
+  memory: z.boolean().nullable(),
+  namePattern: z.string(),
+  rules: z.object({
+    keepLast: z.number().int().positive().nullable(),
+    keepHourly: z.number().int().positive().nullable(),
+    keepDaily: z.number().int().positive().nullable(),
+    keepWeekly: z.number().int().positive().nullable(),
+    keepMonthly: z.number().int().positive().nullable(),
+    keepYearly: z.number().int().positive().nullable(),
+    maxBytes: z.number().int().positive().nullable(),
+  }),
+}) satisfies z.ZodType<PolicySpec>;
+
+export const PolicyRunRecordSchema = z.object({
+  at: z.string(),
+  trigger: z.enum(['schedule', 'now', 'recovery']),
+  status: z.enum(['ok', 'failed']),
+  slot: z.string().nullable(),
+  missed: z.number().int().nonnegative(),
+  snapshot: z.string().nullable(),
+  deleted: z.array(z.string()),
+  error: z.object({ code: z.enum(ERROR_CODES), message: z.string(), hint: z.string().optional() }).nullable(),
+}) satisfies z.ZodType<PolicyRunRecord>;
+
+export interface PolicyRecord {
+  id: string;
+  vmId: string;
+  spec: PolicySpec;
+  /** When its schedule was set: no slot before it is taken. */
+  since: string;
+  lastSlot: string | null;
+  lastRun: PolicyRunRecord | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** A schedule slot claimed before its snapshot is taken. */
+export interface SlotClaim {
+  vmId: string;
+  slot: string;
+  policyId: string;
+  state: 'claimed' | 'taken' | 'failed';
+  holder: string;
+  pid: number;
+  claimedAt: string;
+  snapshotId: string | null;
+  error: string | null;
 }
 
 interface VmRow {
@@ -105,6 +167,32 @@ interface SnapshotRow {
   pause_ms: number | null;
   status: SnapshotStatus;
   meta: string;
+  protected: number;
+  expires_at: string | null;
+  policy_id: string | null;
+  policy_slot: string | null;
+}
+interface PolicyRow {
+  id: string;
+  vm_id: string;
+  spec: string;
+  since: string;
+  last_slot: string | null;
+  last_run: string | null;
+  created_at: string;
+  updated_at: string;
+}
+interface SlotRow {
+  vm_id: string;
+  slot: string;
+  policy_id: string;
+  state: SlotClaim['state'];
+  holder: string;
+  pid: number;
+  pid_start: string;
+  claimed_at: string;
+  snapshot_id: string | null;
+  error: string | null;
 }
 
 /**
@@ -153,22 +241,53 @@ const toLayer = (r: LayerRow): LayerRecord => ({
 /** Typed access to the catalog tables: all of vmsnap's SQL lives in this folder. Multi-row changes go through `tx`. */
 export class Catalog {
   readonly db: Db;
+  /** The records beside the VMs, rewritten after each commit that changed a VM's rows. */
+  readonly records: Records;
+  /** Called after a commit that changed rows (the backups count it). */
+  onChange: (() => void) | undefined;
 
-  constructor(db: Db) {
+  constructor(db: Db, recordsDir: string) {
     this.db = db;
+    this.records = new Records(db, recordsDir);
+    db.afterCommit = () => {
+      if (this.records.flush() > 0) this.onChange?.();
+    };
   }
 
-  static open(path: string): Catalog {
-    return new Catalog(openCatalog(path));
+  /** Open a home's catalog; one that is missing or empty while the home has layers or records is refused (see openCatalog). */
+  static open(paths: Pick<VmsnapPaths, 'catalog' | 'records' | 'layers' | 'states'>): Catalog {
+    return new Catalog(openCatalog(paths.catalog, { dataDirs: [paths.records, paths.layers, paths.states] }), paths.records);
   }
 
   close(): void {
+    this.db.afterCommit = undefined;
     this.db.close();
   }
 
   /** Run fn in one IMMEDIATE transaction (writers queue up instead of failing midway). */
   tx<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    return this.db.transaction(fn);
+  }
+
+  /** SQLite's integrity check of the catalog (`quick`: without index contents, O(size)): 'ok', or what is wrong. */
+  integrityCheck(opts: { quick?: boolean } = {}): string {
+    try {
+      const rows = this.db.pragma(opts.quick ? 'quick_check' : 'integrity_check') as Record<string, string>[];
+      return rows.map((r) => Object.values(r)[0]).join('; ');
+    } catch (e) {
+      // Damage bad enough stops the check itself.
+      if (e instanceof VmsnapError && e.code === 'CATALOG_ERROR' && e.cause instanceof Error) return e.cause.message;
+      throw e;
+    }
+  }
+
+  /**
+   * The damaged-catalog error unless SQLite's check passes: recover and verify
+   * look at the whole catalog first (the quick check), doctor with the full one.
+   */
+  assertSound(opts: { full?: boolean } = {}): void {
+    const r = this.integrityCheck({ quick: !opts.full });
+    if (r !== 'ok') throw damagedCatalog(this.db.path, new Error(r));
   }
 
   // ---- VMs ----
@@ -346,6 +465,10 @@ export class Catalog {
       status: r.status,
       meta: parseJsonColumn(SnapshotMetaSchema, r.meta, `details of snapshot '${r.name}'`),
       layers: Object.fromEntries(layers.map((l) => [l.slot, l.layer_id])),
+      protected: r.protected === 1,
+      expiresAt: r.expires_at,
+      policyId: r.policy_id,
+      policySlot: r.policy_slot,
     };
   }
 
@@ -369,8 +492,9 @@ export class Catalog {
   insertSnapshot(s: SnapshotRecord): void {
     this.db
       .prepare(
-        `INSERT INTO snapshots (id, vm_id, name, description, parent_id, created_at, config, state_file, vm_state, pause_ms, status, meta)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO snapshots (id, vm_id, name, description, parent_id, created_at, config, state_file, vm_state, pause_ms, status, meta,
+                                protected, expires_at, policy_id, policy_slot)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         s.id,
@@ -385,6 +509,10 @@ export class Catalog {
         s.pauseMs,
         s.status,
         JSON.stringify(s.meta),
+        s.protected ? 1 : 0,
+        s.expiresAt,
+        s.policyId,
+        s.policySlot,
       );
     const ins = this.db.prepare('INSERT INTO snapshot_layers (snapshot_id, slot, layer_id) VALUES (?, ?, ?)');
     for (const [slot, layerId] of Object.entries(s.layers)) ins.run(s.id, slot, layerId);
@@ -419,6 +547,124 @@ export class Catalog {
     this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
   }
 
+  /**
+   * Protect or unprotect a ready snapshot (one being deleted can no longer be
+   * protected). One row, one statement: no lock is needed, and a delete checks
+   * the flag in the same transaction that marks the snapshot 'deleting'.
+   * Returns whether a ready snapshot was found.
+   */
+  setSnapshotProtected(id: string, protect: boolean): boolean {
+    return this.db.prepare("UPDATE snapshots SET protected = ? WHERE id = ? AND status = 'ready'").run(protect ? 1 : 0, id).changes === 1;
+  }
+
+  // ---- policies ----
+  private toPolicy(r: PolicyRow, vmName: string): PolicyRecord {
+    return {
+      id: r.id,
+      vmId: r.vm_id,
+      spec: parseJsonColumn(PolicySpecSchema, r.spec, `policy of VM '${vmName}'`),
+      since: r.since,
+      lastSlot: r.last_slot,
+      lastRun: r.last_run === null ? null : parseJsonColumn(PolicyRunRecordSchema, r.last_run, `last run of the policy of VM '${vmName}'`),
+      createdAt: r.created_at,
+      updatedAt: r.updated_at,
+    };
+  }
+
+  findPolicy(vmId: string): PolicyRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM policies WHERE vm_id = ?').get(vmId) as PolicyRow | undefined;
+    return r && this.toPolicy(r, this.findVm(vmId)?.name ?? vmId);
+  }
+
+  listPolicies(): PolicyRecord[] {
+    const rows = this.db.prepare('SELECT p.*, v.name AS vm_name FROM policies p JOIN vms v ON v.id = p.vm_id ORDER BY v.name').all() as (PolicyRow & { vm_name: string })[];
+    return rows.map((r) => this.toPolicy(r, r.vm_name));
+  }
+
+  /** Insert or replace a VM's policy (a VM has at most one). */
+  savePolicy(p: PolicyRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO policies (id, vm_id, spec, since, last_slot, last_run, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (vm_id) DO UPDATE SET id = excluded.id, spec = excluded.spec, since = excluded.since, last_slot = excluded.last_slot,
+           last_run = excluded.last_run, created_at = excluded.created_at, updated_at = excluded.updated_at`,
+      )
+      .run(p.id, p.vmId, JSON.stringify(p.spec), p.since, p.lastSlot, p.lastRun === null ? null : JSON.stringify(p.lastRun), p.createdAt, p.updatedAt);
+  }
+
+  deletePolicy(vmId: string): void {
+    this.db.prepare('DELETE FROM policies WHERE vm_id = ?').run(vmId);
+    this.db.prepare('DELETE FROM policy_slots WHERE vm_id = ?').run(vmId);
+  }
+
+  /** What a pass of this policy did (shown by `policy show` and doctor). */
+  recordPolicyRun(policyId: string, run: PolicyRunRecord): void {
+    this.db.prepare('UPDATE policies SET last_run = ? WHERE id = ?').run(JSON.stringify(run), policyId);
+  }
+
+  /** A slot was taken or tried: no later pass takes it, or one before it, again. */
+  advancePolicySlot(policyId: string, slot: string): void {
+    this.db.prepare('UPDATE policies SET last_slot = ? WHERE id = ? AND (last_slot IS NULL OR last_slot < ?)').run(slot, policyId, slot);
+  }
+
+  /** Whether a VM has a snapshot whose expiry has passed (cheap: a pass with no slot due prunes only then). */
+  hasExpiredSnapshots(vmId: string, at: Date): boolean {
+    return this.db.prepare("SELECT 1 FROM snapshots WHERE vm_id = ? AND status = 'ready' AND expires_at IS NOT NULL AND expires_at <= ? AND protected = 0").get(vmId, at.toISOString()) !== undefined;
+  }
+
+  /** How many snapshots of a VM this policy took (that are still there). */
+  countPolicySnapshots(vmId: string, policyId: string): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM snapshots WHERE vm_id = ? AND policy_id = ? AND status = 'ready'").get(vmId, policyId) as { n: number }).n;
+  }
+
+  // ---- slot claims ----
+  private toClaim(r: SlotRow): SlotClaim {
+    return { vmId: r.vm_id, slot: r.slot, policyId: r.policy_id, state: r.state, holder: r.holder, pid: r.pid, claimedAt: r.claimed_at, snapshotId: r.snapshot_id, error: r.error };
+  }
+
+  findClaim(vmId: string, slot: string): SlotClaim | undefined {
+    const r = this.db.prepare('SELECT * FROM policy_slots WHERE vm_id = ? AND slot = ?').get(vmId, slot) as SlotRow | undefined;
+    return r && this.toClaim(r);
+  }
+
+  /**
+   * Claim a slot for `holder` before taking its snapshot: the (VM, slot) key is
+   * unique, so of two schedulers only one gets it. A claim left 'claimed' by a
+   * process that died is taken over (its snapshot was never taken, or recovery
+   * marks it taken first). Returns undefined when claimed, else the claim that
+   * stands in the way.
+   */
+  claimSlot(vmId: string, slot: string, policyId: string, holder: string): SlotClaim | undefined {
+    return this.tx(() => {
+      const row = this.db.prepare('SELECT * FROM policy_slots WHERE vm_id = ? AND slot = ?').get(vmId, slot) as SlotRow | undefined;
+      if (row && (row.state !== 'claimed' || isProcessAlive(row.pid, row.pid_start))) return this.toClaim(row);
+      this.db
+        .prepare(
+          `INSERT OR REPLACE INTO policy_slots (vm_id, slot, policy_id, state, holder, pid, pid_start, claimed_at, snapshot_id, error)
+           VALUES (?, ?, ?, 'claimed', ?, ?, ?, ?, NULL, NULL)`,
+        )
+        .run(vmId, slot, policyId, holder, process.pid, processStartTime(process.pid) ?? '0', new Date().toISOString());
+      return undefined;
+    });
+  }
+
+  /** The slot was taken (or failed: it is not tried again). Older finished claims of the VM beyond the last 100 go. */
+  finishClaim(vmId: string, slot: string, state: 'taken' | 'failed', snapshotId: string | null, error: string | null = null): void {
+    this.db.prepare('UPDATE policy_slots SET state = ?, snapshot_id = ?, error = ? WHERE vm_id = ? AND slot = ?').run(state, snapshotId, error, vmId, slot);
+    this.db
+      .prepare(
+        `DELETE FROM policy_slots WHERE vm_id = ? AND state != 'claimed' AND slot NOT IN
+           (SELECT slot FROM policy_slots WHERE vm_id = ? ORDER BY slot DESC LIMIT 100)`,
+      )
+      .run(vmId, vmId);
+  }
+
+  /** Give a claim up (the VM was busy, or the pass died before its snapshot): a later pass tries the slot again. */
+  releaseClaim(vmId: string, slot: string, holder?: string): void {
+    if (holder === undefined) this.db.prepare("DELETE FROM policy_slots WHERE vm_id = ? AND slot = ? AND state = 'claimed'").run(vmId, slot);
+    else this.db.prepare("DELETE FROM policy_slots WHERE vm_id = ? AND slot = ? AND state = 'claimed' AND holder = ?").run(vmId, slot, holder);
+  }
+
   /** Snapshots (of any VM) whose frozen layer for some slot is this layer. */
   snapshotsUsingLayer(layerId: string): { snapshotId: string; slot: string }[] {
     return (
@@ -427,6 +673,22 @@ export class Catalog {
         slot: string;
       }[]
     ).map((r) => ({ snapshotId: r.snapshot_id, slot: r.slot }));
+  }
+
+  /**
+   * Whether an unfinished read of guest files (a 'files-read' operation) pins
+   * this layer: it is being read, so no merge may rewrite, drop or remove it
+   * until the read ends (its release merges what was put off).
+   */
+  isReadPinned(layerId: string): boolean {
+    return (
+      this.db
+        .prepare(
+          `SELECT 1 FROM operations o, json_each(o.plan, '$.pins') p
+           WHERE o.kind = 'files-read' AND o.status IN ('running', 'interrupted') AND p.value = ? LIMIT 1`,
+        )
+        .get(layerId) !== undefined
+    );
   }
 
   // ---- files ----
@@ -442,6 +704,16 @@ export class Catalog {
   refersToFile(path: string): boolean {
     const byState = this.db.prepare('SELECT 1 FROM snapshots WHERE state_file = ?');
     return this.db.prepare('SELECT 1 FROM layers WHERE path = ?').get(path) !== undefined || stateFileOwners(path).some((f) => byState.get(f) !== undefined);
+  }
+
+  /** The hardware config of every VM and every snapshot: what names the stored boot files. */
+  allConfigs(): VmConfig[] {
+    const vms = this.db.prepare('SELECT name, config FROM vms').all() as { name: string; config: string }[];
+    const snaps = this.db.prepare('SELECT name, config FROM snapshots').all() as { name: string; config: string }[];
+    return [
+      ...vms.map((r) => parseJsonColumn(VmConfigSchema, r.config, `config of VM '${r.name}'`)),
+      ...snaps.map((r) => parseJsonColumn(VmConfigSchema, r.config, `config of snapshot '${r.name}'`)),
+    ];
   }
 
   /** Every file the catalog names: layers (imported images too) and state files. */

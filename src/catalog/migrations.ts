@@ -90,4 +90,71 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE operations ADD COLUMN parent_id TEXT REFERENCES operations(id);
   CREATE INDEX operations_vm ON operations(vm_id, started_at);
   `,
+  // 3: snapshot policies. A snapshot may be protected (nothing deletes it), expire (pruned after
+  // expires_at), and record the policy that took it and for which slot (only that policy prunes it).
+  // A VM has at most one policy; each slot a scheduler takes is claimed first by its unique key.
+  `
+  ALTER TABLE snapshots ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE snapshots ADD COLUMN expires_at TEXT;
+  ALTER TABLE snapshots ADD COLUMN policy_id TEXT;     -- the policy that took it; NULL: taken by hand
+  ALTER TABLE snapshots ADD COLUMN policy_slot TEXT;   -- the schedule slot (ISO, UTC) it was taken for; NULL for 'policy run --now'
+
+  CREATE TABLE policies (
+    id          TEXT PRIMARY KEY,
+    vm_id       TEXT NOT NULL UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
+    spec        TEXT NOT NULL,              -- PolicySpec JSON: schedule, zone, names, memory, keep rules
+    since       TEXT NOT NULL,              -- when the schedule was set: no slot before it is taken
+    last_slot   TEXT,                       -- the last slot a pass took (or tried)
+    last_run    TEXT,                       -- PolicyRunRecord JSON: what the last pass did
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+  );
+
+  -- A slot is claimed here before its snapshot is taken, so two schedulers never take it twice.
+  CREATE TABLE policy_slots (
+    vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    slot        TEXT NOT NULL,
+    policy_id   TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('claimed', 'taken', 'failed')),
+    holder      TEXT NOT NULL,              -- the claim's own id: who may take it
+    pid         INTEGER NOT NULL,
+    pid_start   TEXT NOT NULL,
+    claimed_at  TEXT NOT NULL,
+    snapshot_id TEXT,
+    error       TEXT,
+    PRIMARY KEY (vm_id, slot)
+  );
+  `,
+  // 4: the VMs whose records beside their files (records.ts) are behind the catalog. Triggers mark a VM
+  // in the same transaction as any change to its rows, so a crash before its records are rewritten
+  // leaves the mark, and the next writer rewrites them.
+  `
+  CREATE TABLE stale_records (vm_id TEXT PRIMARY KEY);
+  ${staleTriggers('vms', 'id')}
+  ${staleTriggers('layers', 'vm_id')}
+  ${staleTriggers('active_layers', 'vm_id')}
+  ${staleTriggers('snapshots', 'vm_id')}
+  ${staleTriggers('snapshot_layers', '(SELECT vm_id FROM snapshots WHERE id = $.snapshot_id)')}
+  ${staleTriggers('operations', 'vm_id')}
+  ${staleTriggers('policies', 'vm_id')}
+  INSERT INTO stale_records (vm_id) SELECT id FROM vms
+    UNION SELECT vm_id FROM operations WHERE status IN ('running', 'interrupted') AND vm_id IS NOT NULL;
+  `,
 ];
+
+/**
+ * Triggers that mark the VM a row belongs to (`vm`: a column, or an expression
+ * over the row written as `$`) after each insert, update and delete. Written
+ * without ON CONFLICT: inside a trigger, the outer statement's conflict clause
+ * (an upsert's) would replace it.
+ */
+function staleTriggers(table: string, vm: string): string {
+  const of = (row: 'NEW' | 'OLD') => (vm.includes('$') ? vm.replaceAll('$', row) : `${row}.${vm}`);
+  const mark = (rows: ('NEW' | 'OLD')[]) =>
+    `INSERT INTO stale_records (vm_id) SELECT v FROM (${rows.map((r) => `SELECT ${of(r)} AS v`).join(' UNION ')})
+       WHERE v IS NOT NULL AND v NOT IN (SELECT vm_id FROM stale_records);`;
+  return `
+  CREATE TRIGGER ${table}_ins_stale AFTER INSERT ON ${table} BEGIN ${mark(['NEW'])} END;
+  CREATE TRIGGER ${table}_upd_stale AFTER UPDATE ON ${table} BEGIN ${mark(['NEW', 'OLD'])} END;
+  CREATE TRIGGER ${table}_del_stale AFTER DELETE ON ${table} BEGIN ${mark(['OLD'])} END;`;
+}

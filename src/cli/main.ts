@@ -8,6 +8,8 @@ import { registerMaintenanceCommands } from './commands/maintenance.js';
 import { registerHealthCommands } from './commands/health.js';
 import { registerServeCommand } from './commands/serve.js';
 import { registerTransferCommands } from './commands/transfer.js';
+import { registerPolicyCommands } from './commands/policy.js';
+import { registerFilesCommands } from './commands/files.js';
 
 /**
  * How every command runs: open the library, do the work, close, and turn a
@@ -39,6 +41,8 @@ const run: Run = async (opts, action) => {
   } catch (e) {
     process.exitCode = reportError(e, opts.json ?? false);
   } finally {
+    // The catalog backup owed for what this command changed (see catalog/backups.ts).
+    await lib?.settle();
     lib?.close();
   }
 };
@@ -62,13 +66,16 @@ Environment:
   VMSNAP_IMAGE_CACHE  where the demo guest is built; default ~/.cache/vmsnap/images
 
 Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
-6 busy, 7 would lose data, 10-15 QEMU/guest agent errors, 16 no space.`,
+6 busy, 7 would lose data, 10-15 QEMU/guest agent errors, 16 no space,
+17 catalog damaged or lost (see vmsnap recover --help).`,
     );
   registerVmCommands(program, run);
   registerSnapshotCommands(program, run);
   registerMaintenanceCommands(program, run);
   registerHealthCommands(program, run);
   registerTransferCommands(program, run);
+  registerPolicyCommands(program, run);
+  registerFilesCommands(program, run);
   registerServeCommand(program);
   return program;
 }

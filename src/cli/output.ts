@@ -50,3 +50,43 @@ export function ago(iso: string, now = Date.now()): string {
   if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
   return `${Math.floor(s / 86400)}d ago`;
 }
+
+/** Ask a yes/no question on the terminal; false when there is none to ask (scripts, pipes). */
+export async function confirm(question: string): Promise<boolean> {
+  if (!process.stdin.isTTY || !process.stderr.isTTY) return false;
+  const { createInterface } = await import('node:readline/promises');
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+/** Ctrl-C (or a TERM) aborts the work cleanly (an export leaves no partial archive, a copy no partial file). */
+export async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  const stop = (): void => ac.abort(new Error('interrupted by a signal'));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    return await fn(ac.signal);
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+}
+
+/**
+ * Fingerprint the new snapshot's disks in a detached process, so the content
+ * can later be proven unchanged (verify --deep) without making the user wait.
+ */
+export async function fingerprintInBackground(vm: string): Promise<void> {
+  if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
+  // The script this CLI was started as (bin/vmsnap.js): this module is bundled into
+  // dist/cli/vmsnap-cli.cjs, so a path relative to it would not find bin/.
+  const self = process.argv[1];
+  if (self === undefined) return;
+  const { spawn } = await import('node:child_process');
+  spawn(process.execPath, [self, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore' }).unref();
+}

@@ -9,7 +9,10 @@ import { VmConfigSchema } from './config.js';
  *                         so an import refuses a foreign file or a taken name before it
  *                         extracts anything)
  *   disks/diskN.qcow2     each disk of the snapshot flattened into one standalone qcow2
+ *   disks/nvram.qcow2     a UEFI VM's NVRAM (firmware variables), flattened like a disk
  *   memory.state          the memory and device state, when the snapshot has one
+ *   boot/SHA256           each boot file the config names from the store (kernel, initrd,
+ *                         firmware code and NVRAM template), named by its sha256
  *   config.json           the snapshot's hardware config
  *   manifest.json         everything about the snapshot, and the length and sha256 of
  *                         every entry above (written last: the sums are taken while the
@@ -29,8 +32,10 @@ export const MANIFEST_ENTRY = 'manifest.json';
 export const MANIFEST_SUM_ENTRY = 'manifest.sha256';
 export const STATE_ENTRY = 'memory.state';
 export const diskEntry = (slot: string): string => `disks/${slot}.qcow2`;
+export const bootEntry = (sha256: string): string => `boot/${sha256}`;
+export const BOOT_ENTRY = /^boot\/([0-9a-f]{64})$/;
 /** Every name an archive may hold; anything else is refused. */
-export const ENTRY_NAME = /^(vmsnap-archive\.json|config\.json|manifest\.json|manifest\.sha256|memory\.state|disks\/disk[0-9]{1,2}\.qcow2)$/;
+export const ENTRY_NAME = /^(vmsnap-archive\.json|config\.json|manifest\.json|manifest\.sha256|memory\.state|disks\/(disk[0-9]{1,2}|nvram)\.qcow2|boot\/[0-9a-f]{64})$/;
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a sha256 is 64 lowercase hex digits');
 const bytes = z.number().int().nonnegative();
@@ -68,10 +73,10 @@ export const ManifestSchema = z.object({
   config: VmConfigSchema,
   disks: z
     .array(z.object({ slot: z.string(), file: z.string(), format: z.literal('qcow2'), virtualSize: bytes, bytes, sha256 }))
-    .max(16),
+    .max(17),
   state: z.object({ file: z.literal(STATE_ENTRY), bytes, sha256 }).nullable(),
   /** Every entry but manifest.json and manifest.sha256, in archive order. */
-  files: z.array(FileSumSchema).max(32),
+  files: z.array(FileSumSchema).max(48),
 });
 export type ArchiveManifest = z.infer<typeof ManifestSchema>;
 

@@ -8,4 +8,5 @@ export * from './operations.js';
 export * from './config.js';
 export * from './format.js';
 export * from './archive.js';
+export * from './files.js';
 export { ERROR_CODES, EXIT_CODES, HTTP_STATUSES, type ErrorCode } from '../errors.js';

@@ -1,10 +1,16 @@
 import type { ErrorCode } from '../errors.js';
+import type { DiffReport, FilesystemsView, RestoreResult, SearchReport } from './files.js';
 import type {
+  CatalogRepairReport,
   CheckArchiveResult,
   CloneResult,
   DeleteResult,
   ExportResult,
+  PolicyRunRecord,
+  PolicyRunResult,
+  PruneResult,
   ImportResult,
+  LibvirtImportResult,
   MergeReport,
   RecoveryReport,
   RevertResult,
@@ -34,15 +40,22 @@ export const OPERATION_KINDS = [
   'consolidate',
   'import',
   'export',
+  'policy-run',
+  'prune',
+  'import-libvirt',
+  'files-read',
+  'restore-file',
 ] as const;
 export type OperationKind = (typeof OPERATION_KINDS)[number];
 
 /**
  * Long jobs that are not journaled operations but which the API also runs in
  * the background: checks and reads (verify, fingerprint, an uploaded
- * archive's check) and recovery, which finishes journaled operations itself.
+ * archive's check), recovery, which finishes journaled operations itself
+ * (catalog-repair: recovery that first replaces a damaged catalog), and a
+ * policy pass over every VM, which runs one journaled 'policy-run' per VM.
  */
-export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check'] as const;
+export const READ_TASK_KINDS = ['verify', 'verify-all', 'recover', 'fingerprint', 'archive-check', 'policy-run-all', 'catalog-repair', 'diff', 'search'] as const;
 export type ReadTaskKind = (typeof READ_TASK_KINDS)[number];
 
 /**
@@ -91,11 +104,21 @@ export interface TaskResults {
   consolidate: { merges: MergeReport[] };
   import: ImportResult;
   export: ExportTaskResult;
+  'policy-run': PolicyRunResult;
+  prune: PruneResult;
+  'import-libvirt': LibvirtImportResult;
   verify: VerifyReport;
   'verify-all': VerifyReport[];
   recover: RecoveryReport;
   fingerprint: FingerprintResult;
   'archive-check': ArchiveCheckResult;
+  'policy-run-all': PolicyRunResult[];
+  'catalog-repair': CatalogRepairReport;
+  /** Opening a snapshot's files for browsing (the appliance boots): its filesystems. */
+  'files-read': FilesystemsView;
+  'restore-file': RestoreResult;
+  diff: DiffReport;
+  search: SearchReport;
 }
 
 export type TaskStatus = 'running' | 'succeeded' | 'failed';
@@ -147,7 +170,11 @@ export type Task = { [K in TaskKind]: TaskBase & { kind: K; result: TaskResults[
 export type VmsnapEvent =
   | { type: 'vm-state'; vm: string; vmId: string; state: string }
   | { type: 'progress'; operationId: string; vm: string; what: string; done: number; total: number }
-  | { type: 'operation'; operationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string };
+  | { type: 'operation'; operationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string }
+  /** A policy pass ended for a VM (or found it busy: it is tried again on the next pass). */
+  | { type: 'policy'; vm: string; vmId: string; status: 'ok' | 'busy' | 'failed'; record: PolicyRunRecord | null }
+  /** A policy was set, changed or removed, or a snapshot protected, unprotected: the tree's badges changed. */
+  | { type: 'snapshots-changed'; vm: string; vmId: string };
 
 /**
  * What the API's event stream carries: the library's own events (vm-state,
@@ -163,4 +190,5 @@ export type ApiEvent =
   | { type: 'snapshots'; data: { vm: string; vmId: string } }
   | { type: 'progress'; data: { operationId: string | null; libraryOperationId: string; vm: string; what: string; done: number; total: number } }
   | { type: 'operation'; data: { operation: Task } }
-  | { type: 'journal'; data: { libraryOperationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string } };
+  | { type: 'journal'; data: { libraryOperationId: string; vm: string; kind: OperationKind; status: 'started' | 'done' | 'failed'; error?: string } }
+  | { type: 'policy'; data: { vm: string; vmId: string; status: 'ok' | 'busy' | 'failed'; record: PolicyRunRecord | null } };

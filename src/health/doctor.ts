@@ -2,6 +2,8 @@ import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import { formatBytes } from '../contract/format.js';
 import type { HealthReport, HealthSettings, HealthWarning } from '../contract/views.js';
+import { nextRun } from '../policy/schedule.js';
+import { zoneOf } from '../policy/timezone.js';
 import { healthSettings, now } from '../settings.js';
 import { verifyVm } from '../snapshot/verify.js';
 import { memoryStateFiles } from '../paths.js';
@@ -45,6 +47,36 @@ export function vmWarnings(ctx: Context, vm: VmRecord, settings: HealthSettings,
   return out;
 }
 
+/** A slot due longer than this means nothing runs the policy (no `vmsnap serve`, no timer). */
+const OVERDUE_MS = 15 * 60_000;
+
+/** A VM's policy: its last pass failed, or its schedule is overdue (nothing runs it). */
+export function policyWarnings(ctx: Context, vm: VmRecord): HealthWarning[] {
+  const p = ctx.catalog.findPolicy(vm.id);
+  if (!p) return [];
+  const out: HealthWarning[] = [];
+  const run = p.lastRun;
+  if (run?.status === 'failed') {
+    out.push({
+      kind: 'policy',
+      vm: vm.name,
+      message: `the policy of '${vm.name}' failed at ${run.at}${run.slot ? ` (slot ${run.slot})` : ''}: ${run.error?.code ?? ''} ${run.error?.message ?? ''}`.trimEnd(),
+    });
+  }
+  // The first slot no pass has taken yet: overdue once it is older than a quarter of an hour.
+  const t = now();
+  const after = Math.max(p.lastSlot === null ? -Infinity : Date.parse(p.lastSlot), Date.parse(p.since) - 1);
+  const first = nextRun(p.spec.schedule, zoneOf(p.spec), new Date(after));
+  if (first && t - first.getTime() > OVERDUE_MS) {
+    out.push({
+      kind: 'policy',
+      vm: vm.name,
+      message: `the policy of '${vm.name}' has taken no snapshot since its slot ${first.toISOString()} was due: is 'vmsnap serve' or a 'vmsnap policy run' timer running?`,
+    });
+  }
+  return out;
+}
+
 export function freeSpaceWarning(freeBytes: number, settings: HealthSettings): HealthWarning | undefined {
   if (freeBytes >= settings.reserveBytes) return undefined;
   return {
@@ -55,15 +87,19 @@ export function freeSpaceWarning(freeBytes: number, settings: HealthSettings): H
 
 export async function doctor(ctx: Context, overrides: Partial<HealthSettings> = {}, opts: { verify?: boolean } = {}): Promise<HealthReport> {
   const settings = healthSettings(ctx.paths.home, overrides);
+  // A catalog that fails SQLite's integrity check is an error, as for every command: nothing it says can be trusted.
+  ctx.catalog.assertSound({ full: true });
   const { freeBytes } = dataDirUsage(ctx);
   const warnings: HealthWarning[] = [];
+  for (const issue of ctx.catalog.records.check()) warnings.push({ kind: 'records', message: issue.message });
   const low = freeSpaceWarning(freeBytes, settings);
   if (low) warnings.push(low);
   for (const vm of ctx.catalog.listVms()) {
-    warnings.push(...vmWarnings(ctx, vm, settings, freeBytes));
+    warnings.push(...vmWarnings(ctx, vm, settings, freeBytes), ...policyWarnings(ctx, vm));
     if (opts.verify !== false) {
       const v = await verifyVm(ctx, vm);
-      for (const p of v.problems) warnings.push({ kind: 'verify', vm: vm.name, ...(p.snapshot ? { snapshot: p.snapshot } : {}), message: `${p.severity}: ${p.message}` });
+      // Records are checked above, for the whole home.
+      for (const p of v.problems.filter((x) => x.kind !== 'record-mismatch')) warnings.push({ kind: 'verify', vm: vm.name, ...(p.snapshot ? { snapshot: p.snapshot } : {}), message: `${p.severity}: ${p.message}` });
     }
   }
   // Orphans and unfinished operations are data-dir wide: report each once.

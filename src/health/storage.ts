@@ -1,4 +1,5 @@
-import { readFileSync, statSync, statfsSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, statfsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { DataDirUsage, SnapshotUsage, VmUsage } from '../contract/views.js';
@@ -7,6 +8,7 @@ import { runtimeFiles } from '../qemu/launcher.js';
 import { mapImage, type MapExtent } from '../qemu/qemu-img.js';
 import { livePid } from '../qemu/runtime.js';
 import { memoryStateFiles } from '../paths.js';
+import { bootStoreBytes } from '../store/boot-files.js';
 import { fileExtents, supportsReflinks, unionBytes, uniqueBytes, type Extent } from '../util/extents.js';
 import { fileBytes, filesBytes } from '../util/files.js';
 
@@ -18,17 +20,39 @@ export function dataDirUsage(ctx: Context, mapped = mappedStateFiles(ctx), ramEx
   const states = ctx.catalog.stateFiles();
   // Reflinked RAM images share extents: counted once, by their union on disk.
   const shared = ramExtents ? states.filter((f) => ramExtents.has(f)) : [];
-  const used =
-    layers.reduce((a, l) => a + fileBytes(l.path), 0) + filesBytes(states.filter((f) => !shared.includes(f))) + unionBytes(shared.flatMap((f) => ramExtents!.get(f)!));
+  const boot = bootStoreBytes(ctx.paths);
+  const data =
+    layers.reduce((a, l) => a + fileBytes(l.path), 0) +
+    filesBytes(states.filter((f) => !shared.includes(f))) +
+    unionBytes(shared.flatMap((f) => ramExtents!.get(f)!)) +
+    boot;
   const held = mapped.filter((m) => m.deleted).map((m) => ({ vms: m.vms, bytes: m.bytes }));
+  const catalogBytes = fileBytes(ctx.paths.catalog) + fileBytes(`${ctx.paths.catalog}-wal`);
+  const backupsBytes = treeBytes(ctx.paths.backups);
+  const recordsBytes = treeBytes(ctx.paths.records) + treeBytes(ctx.paths.lostFound);
   return {
     path: ctx.paths.home,
-    usedBytes: used,
+    usedBytes: data + catalogBytes + backupsBytes + recordsBytes,
+    bootFilesBytes: boot,
+    catalogBytes,
+    backupsBytes,
+    recordsBytes,
     freeBytes: fs.bavail * fs.bsize,
     totalBytes: fs.blocks * fs.bsize,
     heldByRunningVms: held,
     reflinks: supportsReflinks(ctx.paths.states),
   };
+}
+
+/** Bytes of every file under a folder (0 when it does not exist). */
+function treeBytes(dir: string): number {
+  let total = 0;
+  try {
+    for (const e of readdirSync(dir, { withFileTypes: true })) total += e.isDirectory() ? treeBytes(join(dir, e.name)) : fileBytes(join(dir, e.name));
+  } catch {
+    // gone, or never made
+  }
+  return total;
 }
 
 /** RAM image → its extents, where RAM images can share them (reflinks). */

@@ -63,9 +63,10 @@ export function catalogGraph(catalog: Catalog): LayerGraph {
   return {
     layer: (id) => catalog.findLayer(id),
     children: (id) => catalog.childrenOfLayer(id),
-    // Layers that linked clones build on are never merged: another QEMU may be reading them.
+    // Layers that linked clones build on are never merged: another QEMU may be reading them;
+    // nor layers a read of guest files has open (its release merges them).
     pinned: (id) =>
-      catalog.snapshotsUsingLayer(id).length > 0 || catalog.isActiveLayer(id) || catalog.foreignDependents(id).length > 0,
+      catalog.snapshotsUsingLayer(id).length > 0 || catalog.isActiveLayer(id) || catalog.foreignDependents(id).length > 0 || catalog.isReadPinned(id),
     bytes: (id) => {
       const l = catalog.findLayer(id);
       return l ? fileBytes(l.path) : 0;

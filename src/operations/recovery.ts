@@ -1,11 +1,13 @@
 import { existsSync, readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { VmRecord } from '../catalog/catalog.js';
 import type { JournalRecord } from '../catalog/journal.js';
+import { recordedFiles } from '../catalog/records.js';
 import type { Context } from '../context.js';
 import type { RecoveredOperation } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { checkImage, repairLeaks } from '../qemu/qemu-img.js';
+import { referencedBootFiles, storedBootFiles } from '../store/boot-files.js';
 import { probeRuntime } from '../qemu/runtime.js';
 import { isProcessAlive } from '../util/process.js';
 import type { AnyOperationDef, Recovered } from './define.js';
@@ -118,7 +120,12 @@ export async function findOrphans(ctx: Context): Promise<string[]> {
       if (!known.has(p)) out.push(p);
     }
   }
-  return out;
+  const boot = referencedBootFiles(ctx.paths, ctx.catalog);
+  for (const p of storedBootFiles(ctx.paths)) if (!known.has(p) && !boot.has(p)) out.push(p);
+  if (out.length === 0) return out;
+  // Never a file a record beside the VMs names: a catalog that lost rows (restored by hand from an old copy) must not cost their files.
+  const recorded = recordedFiles(ctx.paths.records);
+  return out.filter((f) => !recorded.has(f));
 }
 
 /** True while a live process other than this one has an operation under way. */
@@ -128,7 +135,8 @@ export function othersAtWork(ctx: Context): boolean {
 
 /** Remove the files an undone operation made, unless the catalog has come to name them. */
 export function removeUnreferenced(ctx: Context, files: string[]): void {
-  for (const f of files) if (!ctx.catalog.refersToFile(f)) rmSync(f, { force: true });
+  const boot = files.some((f) => dirname(f) === ctx.paths.boot) ? referencedBootFiles(ctx.paths, ctx.catalog) : new Set<string>();
+  for (const f of files) if (!ctx.catalog.refersToFile(f) && !boot.has(f)) rmSync(f, { force: true });
 }
 
 /** Recovery of an operation that only rolls forward: carry it on while its VM is still there. */

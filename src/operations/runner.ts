@@ -31,6 +31,8 @@ export async function runOperation<K extends OperationKind, P, F extends string,
   if (!checked.success) {
     throw new VmsnapError('INTERNAL', `${def.kind}: its plan does not match its schema: ${checked.error.issues[0]?.message ?? ''}`);
   }
+  // Writing into a damaged catalog spreads the damage (SQLite may notice only later, or never): look first.
+  if (!spec.parent) ctx.catalog.assertSound();
   const rec = ctx.journal.begin(def.kind, spec.vm.id, checked.data, spec.parent?.id ?? null);
   const op = new Op<P, F>(ctx, rec, def.kind, checked.data, spec.vm.name);
   runningHere.add(op.id);
@@ -71,6 +73,8 @@ export async function runOperation<K extends OperationKind, P, F extends string,
     throw e;
   } finally {
     runningHere.delete(op.id);
+    // The catalog changed: a backup when the last is old enough (an inner operation leaves it to its parent).
+    if (!spec.parent) await ctx.backups.maybe();
   }
 }
 

@@ -256,21 +256,41 @@ export class GuestAgentClient {
   }
 
   async writeFile(path: string, data: Buffer | string): Promise<void> {
-    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+    await this.writeStream(path, [typeof data === 'string' ? Buffer.from(data) : data]);
+  }
+
+  /**
+   * Writes a stream to a file in the guest (created or truncated), 1 MiB per
+   * guest-file-write; resolves with the bytes written. The file is closed (and
+   * flushed) before it resolves; on a failure it is closed and left as it is.
+   */
+  async writeStream(path: string, source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, onBytes?: (n: number) => void): Promise<number> {
     const handle = await this.execute<number>('guest-file-open', { path, mode: 'w' });
     let closed = false;
+    let total = 0;
     try {
-      for (let off = 0; off < buf.length; ) {
-        const chunk = buf.subarray(off, off + FILE_CHUNK);
-        const r = await this.execute<{ count: number }>('guest-file-write', { handle, 'buf-b64': chunk.toString('base64') });
-        if (r.count <= 0) throw new VmsnapError('GUEST_AGENT_ERROR', `writing ${path} in the guest made no progress at byte ${off}`);
-        off += r.count;
+      let pending = Buffer.alloc(0);
+      const flush = async (all: boolean): Promise<void> => {
+        while (pending.length >= FILE_CHUNK || (all && pending.length > 0)) {
+          const chunk = pending.subarray(0, FILE_CHUNK);
+          const r = await this.execute<{ count: number }>('guest-file-write', { handle, 'buf-b64': chunk.toString('base64') });
+          if (r.count <= 0) throw new VmsnapError('GUEST_AGENT_ERROR', `writing ${path} in the guest made no progress at byte ${total}`);
+          pending = pending.subarray(r.count);
+          total += r.count;
+          onBytes?.(r.count);
+        }
+      };
+      for await (const c of source) {
+        pending = Buffer.concat([pending, typeof c === 'string' ? Buffer.from(c) : c]);
+        await flush(false);
       }
+      await flush(true);
       closed = true;
-      await this.execute('guest-file-close', { handle }); // close flushes: its error matters
+      await this.execute('guest-file-close', { handle });
     } finally {
       if (!closed) await this.execute('guest-file-close', { handle }).catch(noop);
     }
+    return total;
   }
 
   /** Freezes the guest's filesystems; resolves with how many were frozen. */

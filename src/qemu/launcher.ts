@@ -72,6 +72,8 @@ export interface LaunchSpec {
   kernel?: string;
   initrd?: string;
   disks: LaunchDisk[];
+  /** UEFI: OVMF code (read-only pflash 0) and the NVRAM's layer chain (pflash 1). */
+  firmware?: { code: string; nvram: LaunchDisk };
   accel: Exclude<Accelerator, 'auto'>;
   files: RuntimeFiles;
   /** Start with vCPUs stopped (-S). */
@@ -85,6 +87,8 @@ export interface LaunchSpec {
   ramImage?: string;
   /** The exact machine type to emulate (e.g. pc-q35-7.2, from a memory state), instead of the config's alias. */
   machineType?: string;
+  /** A NoCloud seed image (cloud-init) attached read-only after the disks. */
+  seed?: string;
 }
 
 /** QEMU node names: the format node of a layer, and the protocol (file) node under it. */
@@ -128,14 +132,30 @@ export function ramImageArgs(path: string, ramBytes: number): { args: string[]; 
   };
 }
 
+/** Node name of the OVMF code (read-only, raw). */
+const FIRMWARE_CODE_NODE = 'fwcode';
+
+/** UEFI: the code as a read-only raw node, the NVRAM as a layer chain like a disk's; the machine's pflash0/1 take them. */
+function firmwareArgs(fw: NonNullable<LaunchSpec['firmware']>): { blockdevs: string[]; machine: string } {
+  const top = fw.nvram.chain[0];
+  if (!top) throw new VmsnapError('INTERNAL', 'the NVRAM has no layers');
+  const file = { driver: 'file', filename: fw.code, 'node-name': `${FIRMWARE_CODE_NODE}-file`, 'read-only': true };
+  const code = { driver: 'raw', file: `${FIRMWARE_CODE_NODE}-file`, 'node-name': FIRMWARE_CODE_NODE, 'read-only': true };
+  return {
+    blockdevs: ['-blockdev', JSON.stringify(file), '-blockdev', JSON.stringify(code), ...blockdevArgs(fw.nvram)],
+    machine: `,pflash0=${FIRMWARE_CODE_NODE},pflash1=${formatNode(top.id)}`,
+  };
+}
+
 export function buildQemuArgs(spec: LaunchSpec): string[] {
   const { config, files } = spec;
   const ram = spec.ramImage ? ramImageArgs(spec.ramImage, config.memoryMiB * 1024 * 1024) : undefined;
+  const fw = spec.firmware ? firmwareArgs(spec.firmware) : undefined;
   const args = [
     '-name',
     `guest=${spec.vmName},debug-threads=on`,
     '-machine',
-    `${q(spec.machineType ?? config.machine)},accel=${spec.accel}${ram ? `,${ram.machineProperty}` : ''}`,
+    `${q(spec.machineType ?? config.machine)},accel=${spec.accel}${ram ? `,${ram.machineProperty}` : ''}${fw?.machine ?? ''}`,
     ...(ram ? ram.args : []),
     ...(spec.accel === 'kvm' ? ['-cpu', 'host'] : []),
     '-m',
@@ -147,7 +167,7 @@ export function buildQemuArgs(spec: LaunchSpec): string[] {
     '-display',
     'none',
     '-vga',
-    'none',
+    config.display === 'vnc' ? 'std' : 'none',
     '-qmp',
     `unix:${q(files.qmpSocket)},server=on,wait=off`,
     '-chardev',
@@ -175,19 +195,36 @@ export function buildQemuArgs(spec: LaunchSpec): string[] {
   if (spec.kernel) args.push('-kernel', spec.kernel);
   if (spec.initrd) args.push('-initrd', spec.initrd);
   if (config.boot.append) args.push('-append', config.boot.append);
-  for (const disk of spec.disks) {
+  if (fw) args.push(...fw.blockdevs);
+  for (const [i, disk] of spec.disks.entries()) {
     args.push(...blockdevArgs(disk));
     const top = disk.chain[0];
     if (!top) throw new VmsnapError('INTERNAL', `disk ${disk.slot} has no layers`);
     // The device keeps its id (the slot) while snapshots move the node under it.
-    args.push('-device', `virtio-blk-pci,drive=${formatNode(top.id)},id=${disk.slot},serial=${disk.slot}`);
+    // Without a kernel the firmware boots from the first disk.
+    const bootindex = !spec.kernel && i === 0 ? ',bootindex=0' : '';
+    args.push('-device', `virtio-blk-pci,drive=${formatNode(top.id)},id=${disk.slot},serial=${disk.slot}${bootindex}`);
   }
-  for (const nic of config.nics) {
-    args.push('-netdev', `user,id=${nic.id}`, '-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac},id=${nic.id}-dev`);
+  if (spec.seed) {
+    args.push('-blockdev', JSON.stringify({ driver: 'file', filename: spec.seed, 'node-name': 'seed-file', 'read-only': true }));
+    args.push('-blockdev', JSON.stringify({ driver: 'raw', file: 'seed-file', 'node-name': 'seed', 'read-only': true }));
+    args.push('-device', 'virtio-blk-pci,drive=seed,id=seed,serial=cidata');
   }
+  for (const nic of config.nics) args.push('-netdev', netdevArg(nic), '-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac},id=${nic.id}-dev`);
+  // Loopback only, the first free display from :0 (QEMU picks it; query-vnc tells which).
+  if (config.display === 'vnc') args.push('-vnc', '127.0.0.1:0,to=99');
   if (spec.paused) args.push('-S');
   if (spec.incomingDefer) args.push('-incoming', 'defer');
   return args;
+}
+
+export const BRIDGE_HELPER = '/usr/lib/qemu/qemu-bridge-helper';
+
+/** A user-mode NIC with its forwards (hostPort 0 is resolved by the caller before launch), or a tap on a host bridge. */
+export function netdevArg(nic: VmConfig['nics'][number]): string {
+  if (nic.bridge) return `bridge,id=${nic.id},br=${nic.bridge},helper=${BRIDGE_HELPER}`;
+  const fwd = (nic.forwards ?? []).map((f) => `,hostfwd=${f.proto}:${f.hostAddr}:${f.hostPort}-:${f.guestPort}`);
+  return `user,id=${nic.id}${fwd.join('')}`;
 }
 
 export function qemuBinary(): string {

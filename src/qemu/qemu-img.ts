@@ -262,9 +262,10 @@ export async function rebaseUnsafe(path: string, backing: string, backingFormat:
 }
 
 /** Flatten a chain into one independent image. */
-export async function convertImage(src: string, dst: string, opts: { format?: ImageFormat; forceShare?: boolean } = {}): Promise<void> {
+export async function convertImage(src: string, dst: string, opts: { format?: ImageFormat; sourceFormat?: ImageFormat; forceShare?: boolean } = {}): Promise<void> {
   await qemuImg(
-    ['convert', ...(opts.forceShare ? ['-U'] : []), '-O', opts.format ?? 'qcow2', src, dst],
+    // A raw source is named raw: a probed format would let the file's bytes decide.
+    ['convert', ...(opts.forceShare ? ['-U'] : []), ...(opts.sourceFormat ? ['-f', opts.sourceFormat] : []), '-O', opts.format ?? 'qcow2', src, dst],
     `cannot convert ${src}`,
   );
 }

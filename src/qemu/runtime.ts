@@ -90,6 +90,8 @@ export async function waitForExit(pid: number, timeoutMs: number): Promise<boole
  * `untilExiting`: return as soon as none of its threads can run again (a revert resumes
  * the new QEMU then), not once the kernel has freed its memory (about 25 ms more for a
  * QEMU with 2 GiB resident here, which made the down time grow with the old guest's RAM).
+ * Its file descriptors (a forward's listening socket, image locks) may still be open then:
+ * without it, the wait lasts until its last thread is gone and they are closed (isProcessAlive).
  */
 export async function killQemu(files: RuntimeFiles, opts: { untilExiting?: boolean } = {}): Promise<void> {
   const pid = livePid(files);

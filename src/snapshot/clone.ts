@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { LayerRecord, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
-import { validateConfig, validateName } from '../contract/config.js';
+import { validateName } from '../contract/config.js';
 import type { CloneInfo, CloneResult } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { backingRef } from '../layers/merge.js';
@@ -12,8 +12,8 @@ import { runtimeFiles } from '../qemu/launcher.js';
 import { convertImage, createImage } from '../qemu/qemu-img.js';
 import { connectQmp, killQemu } from '../qemu/runtime.js';
 import { fsyncFileAndDir } from '../util/files.js';
-import { newId, newLayerId, newMacAddress } from '../util/ids.js';
-import { rollBackNewFiles } from '../vm/define.js';
+import { newId, newLayerId } from '../util/ids.js';
+import { newIdentity, rollBackNewFiles } from '../vm/define.js';
 import { guestAgent } from '../vm/guest.js';
 import { startLocked } from '../vm/power.js';
 import { checkMemoryState, launchFor, loadMemoryState, type CheckedMemory } from './memory-state.js';
@@ -61,8 +61,8 @@ interface NewClone {
 }
 
 function planClone(ctx: Context, snap: SnapshotRecord, name: string, now: string): NewClone {
-  // Each clone is its own machine on the network: a MAC of its own.
-  const config = validateConfig({ ...snap.config, nics: snap.config.nics.map((n) => ({ ...n, mac: newMacAddress() })) });
+  // Each clone is its own machine: MACs, cloud-init instance, host ports of its own.
+  const config = newIdentity(snap.config);
   const vm: VmRecord = { id: newId(), name, config, createdAt: now, currentSnapshotId: null };
   const layers: LayerRecord[] = Object.keys(snap.layers).map((slot) => {
     const id = newLayerId();

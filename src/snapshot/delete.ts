@@ -14,6 +14,7 @@ import { runOperation, withVm } from '../operations/runner.js';
 import { memoryStateFiles } from '../paths.js';
 import { vmDiskUsage } from '../vm/info.js';
 import { detachClone, directClones } from './clone-detach.js';
+import { assertDeletable, isProtectedRefusal, protectedError } from './protect.js';
 import { resolveSnapshot } from './views.js';
 
 export interface DeleteOptions {
@@ -49,7 +50,15 @@ export const snapshotDelete = defineOperation({
   faults: ['merging'],
   onFailure: 'leave',
   files: (p) => memoryStateFiles(p.stateFile),
-  recover: (ctx, op, vm) => rollForward(op, vm, (v) => rollDeleteForward(ctx, v, op)),
+  async recover(ctx, op, vm) {
+    try {
+      return await rollForward(op, vm, (v) => rollDeleteForward(ctx, v, op));
+    } catch (e) {
+      // Protected before its first step: nothing was touched, and nothing is.
+      if (op.status === 'rolled_back') return { outcome: 'rolled_back', note: 'the snapshot was protected before its delete began' };
+      throw e;
+    }
+  },
 });
 
 /** Carry a snapshot delete to its end from wherever it stopped: the delete itself and its recovery. */
@@ -62,7 +71,19 @@ async function rollDeleteForward(
   const { catalog } = ctx;
   const plan = op.plan;
   const snap = catalog.findSnapshotById(plan.snapshotId);
-  if (snap && op.step < 1) op.done(1, () => catalog.updateSnapshot(snap.id, { status: 'deleting' }));
+  if (snap && op.step < 1) {
+    try {
+      // Checked in the transaction that marks it 'deleting': a protect from another process cannot slip in between.
+      op.done(1, () => {
+        const s = catalog.findSnapshotById(snap.id);
+        if (s?.protected) throw protectedError(vm, [s]);
+        catalog.updateSnapshot(snap.id, { status: 'deleting' });
+      });
+    } catch (e) {
+      if (isProtectedRefusal(e)) op.finish('rolled_back', e);
+      throw e;
+    }
+  }
   if (op.step < 2) {
     op.done(2, () => {
       const s = catalog.findSnapshotById(plan.snapshotId);
@@ -97,7 +118,7 @@ export function estimateMergeBytes(ctx: Context, snap: SnapshotRecord): number {
 }
 
 /** Refuse a delete whose merge cannot fit, before anything is touched (a merge that runs out of space midway is still recoverable). */
-function checkSpaceForMerge(ctx: Context, snap: SnapshotRecord): void {
+export function checkSpaceForMerge(ctx: Context, snap: SnapshotRecord): void {
   const need = estimateMergeBytes(ctx, snap);
   const fs = statfsSync(ctx.paths.layers);
   const free = fs.bavail * fs.bsize;
@@ -109,8 +130,9 @@ function checkSpaceForMerge(ctx: Context, snap: SnapshotRecord): void {
   }
 }
 
-/** Delete one snapshot whose VM lock the caller holds (inside a delete --all, `parent` is that operation). */
-async function deleteLocked(ctx: Context, vm: VmRecord, snap: SnapshotRecord, opts: DeleteOptions, parent?: { id: string }): Promise<MergeReport[]> {
+/** Delete one snapshot whose VM lock the caller holds (inside a delete --all or a prune, `parent` is that operation). */
+export async function deleteLocked(ctx: Context, vm: VmRecord, snap: SnapshotRecord, opts: DeleteOptions, parent?: { id: string }): Promise<MergeReport[]> {
+  assertDeletable(vm, snap);
   const plan: DeletePlan = { snapshotId: snap.id, name: snap.name, stateFile: snap.stateFile, candidates: Object.values(snap.layers) };
   return runOperation(ctx, snapshotDelete, { vm, plan, ...(parent ? { parent } : {}) }, (op) => rollDeleteForward(ctx, vm, op, opts.onProgress));
 }
@@ -141,6 +163,7 @@ export async function deleteSnapshot(ctx: Context, vm: VmRecord, snapName: strin
   const snap = resolveSnapshot(ctx, vm, snapName);
   return withVm(ctx, vm, `snapshot delete ${snap.name}`, async () => {
     const target = resolveSnapshot(ctx, vm, snap.id);
+    assertDeletable(vm, target);
     await handleClones(ctx, vm, [target], opts);
     checkSpaceForMerge(ctx, target);
     const before = vmDiskUsage(ctx, vm.id);
@@ -170,8 +193,14 @@ async function deleteRemaining(ctx: Context, vm: VmRecord, op: Op<{ snapshotIds:
   const merges: MergeReport[] = [];
   for (const id of op.plan.snapshotIds) {
     const s = ctx.catalog.findSnapshotById(id);
-    if (!s || s.status !== 'ready') continue;
-    merges.push(...(await deleteLocked(ctx, ctx.catalog.getVm(vm.id), s, opts, op)));
+    // One protected after the delete --all began is left alone.
+    if (!s || s.status !== 'ready' || s.protected) continue;
+    try {
+      merges.push(...(await deleteLocked(ctx, ctx.catalog.getVm(vm.id), s, opts, op)));
+    } catch (e) {
+      if (isProtectedRefusal(e)) continue;
+      throw e;
+    }
     deleted.push(s.name);
   }
   return { deleted, merges };
@@ -180,6 +209,9 @@ async function deleteRemaining(ctx: Context, vm: VmRecord, op: Op<{ snapshotIds:
 export async function deleteAllSnapshots(ctx: Context, vm: VmRecord, opts: DeleteOptions = {}): Promise<DeleteResult> {
   return withVm(ctx, vm, 'snapshot delete --all', async () => {
     const all = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
+    // All or nothing: a delete --all that would have to skip protected snapshots deletes none.
+    const guarded = all.filter((s) => s.protected);
+    if (guarded.length > 0) throw protectedError(vm, guarded, true);
     await handleClones(ctx, vm, all, opts);
     const before = vmDiskUsage(ctx, vm.id);
     const snapshotIds = ctx.catalog

@@ -1,3 +1,4 @@
+import { NVRAM_SLOT } from '../contract/config.js';
 import { VmsnapError, QmpCommandError } from '../errors.js';
 import { sha256File } from '../memory/ram-image.js';
 import { loadDeviceState } from '../memory/revert.js';
@@ -93,8 +94,8 @@ export async function deviceTopNodes(qmp: QmpClient): Promise<Record<string, str
   const out: Record<string, string> = {};
   for (const b of blocks) {
     const dev = b.qdev ?? b.device;
-    // qdev paths look like /machine/peripheral/disk0/virtio-backend
-    const slot = /peripheral\/([^/]+)/.exec(dev)?.[1] ?? dev;
+    // qdev paths look like /machine/peripheral/disk0/virtio-backend; the UEFI NVRAM is the machine's flash 1.
+    const slot = /system\.flash1$/.test(dev) ? NVRAM_SLOT : (/peripheral\/([^/]+)/.exec(dev)?.[1] ?? dev);
     if (b.inserted) out[slot] = b.inserted['node-name'];
   }
   return out;

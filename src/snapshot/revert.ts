@@ -9,7 +9,8 @@ import { removeUnreferenced } from '../operations/recovery.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { runtimeFiles, stagingFiles } from '../qemu/launcher.js';
 import { QmpClient } from '../qemu/qmp.js';
-import { killQemu, probeRuntime } from '../qemu/runtime.js';
+import { killQemu, livePid, probeRuntime } from '../qemu/runtime.js';
+import { holdsForwardsOf } from '../vm/network.js';
 import { promoteStaged, startLocked, startStaged } from '../vm/power.js';
 import type { OverlaySwitch } from './live.js';
 import { checkMemoryState, launchFor, loadMemoryState, type CheckedMemory } from './memory-state.js';
@@ -134,8 +135,10 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
       // With memory, the new QEMU starts first, beside the present one (stopped, on the new
       // overlays and the RAM image), and loads the memory state while the old guest still
       // runs: a state QEMU refuses leaves the VM as it was, and the VM is down only from
-      // the kill of the old QEMU to the resume of the new one.
-      const staged = mem ? await startMemoryQemu(ctx, vm, snap, switches, mem) : undefined;
+      // the kill of the old QEMU to the resume of the new one. Not when the reverted VM
+      // forwards a host port the present QEMU listens on: it starts after the kill then.
+      const afterKill = mem !== undefined && livePid(files) !== undefined && holdsForwardsOf(files, vm.config, snap.config);
+      let staged = mem && !afterKill ? await startMemoryQemu(ctx, vm, snap, switches, mem) : undefined;
       op.fault('loading');
 
       // Past the kill the present state is discarded: the operation only rolls forward.
@@ -143,11 +146,13 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
       let state: RevertResult['state'] = 'stopped';
       let reverted = vm;
       try {
-        // The down time starts here: wait only until the old QEMU can run no more, not for its memory to be freed.
+        // The down time starts here: wait only until the old QEMU can run no more, not for its memory to be freed
+        // (a QEMU that needs its host ports waits until the old one is gone and its sockets closed).
         await killQemu(files, { untilExiting: Boolean(staged) });
         const killedAt = performance.now();
         op.done(2, () => applyRevertToCatalog(catalog, vm, snap, switches, plan.removeLayers, new Date().toISOString()));
         reverted = catalog.getVm(vm.id);
+        if (mem && !staged) staged = await startMemoryQemu(ctx, vm, snap, switches, mem);
         if (staged) {
           promoteStaged(ctx, reverted);
           if (snap.vmState === 'running') await staged.execute('cont');
@@ -201,14 +206,12 @@ export async function revertToSnapshot(ctx: Context, vm0: VmRecord, snapName: st
  * failure it is stopped again.
  */
 async function startMemoryQemu(ctx: Context, vm: VmRecord, snap: SnapshotRecord, switches: OverlaySwitch[], mem: CheckedMemory): Promise<QmpClient> {
-  const order = snap.config.disks.map((d) => d.slot);
-  const disks = switches
-    .map((s) => ({
-      slot: s.slot,
-      chain: [{ id: s.newLayerId, path: s.newPath, format: 'qcow2' as const }, ...ctx.catalog.chain(s.oldLayerId).map((l) => ({ id: l.id, path: l.path, format: l.format }))],
-    }))
-    .sort((a, b) => order.indexOf(a.slot) - order.indexOf(b.slot));
-  const { pid, files } = await startStaged(ctx, vm, snap.config, disks, launchFor(mem));
+  // Every slot's new chain, the disks' and a UEFI VM's NVRAM: the launcher takes each by slot, as a start does.
+  const chains = switches.map((s) => ({
+    slot: s.slot,
+    chain: [{ id: s.newLayerId, path: s.newPath, format: 'qcow2' as const }, ...ctx.catalog.chain(s.oldLayerId).map((l) => ({ id: l.id, path: l.path, format: l.format }))],
+  }));
+  const { pid, files } = await startStaged(ctx, vm, snap.config, chains, launchFor(mem));
   let qmp: QmpClient | undefined;
   try {
     qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs: 10_000, retryUntilMs: 5000 });

@@ -4,7 +4,8 @@ import type { CloneOptions } from './clone.js';
 import type { TakeSnapshotOptions } from './create.js';
 import type { DeleteOptions } from './delete.js';
 import type { RevertOptions } from './revert.js';
-import { drawTree, listSnapshotViews, presentStateChanges, showSnapshot } from './views.js';
+import { assertDeletable, setProtected } from './protect.js';
+import { drawTree, listSnapshotViews, presentStateChanges, resolveSnapshot, showSnapshot } from './views.js';
 
 export type { TakeSnapshotOptions } from './create.js';
 export type { RevertOptions } from './revert.js';
@@ -68,6 +69,21 @@ export class SnapshotService {
   async deleteAll(vmName: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
     const { deleteAllSnapshots } = await import('./delete.js');
     return deleteAllSnapshots(this.ctx, this.vm(vmName), opts);
+  }
+
+  /** Refuse at once what a delete would refuse because the snapshot is protected (the API answers before it accepts a job). */
+  assertDeletable(vmName: string, snapName: string): void {
+    const vm = this.vm(vmName);
+    assertDeletable(vm, resolveSnapshot(this.ctx, vm, snapName));
+  }
+
+  /** Nothing deletes a protected snapshot (delete, delete --all, prune, expiry) until it is unprotected. */
+  protect(vmName: string, snapName: string): SnapshotView {
+    return setProtected(this.ctx, this.vm(vmName), snapName, true);
+  }
+
+  unprotect(vmName: string, snapName: string): SnapshotView {
+    return setProtected(this.ctx, this.vm(vmName), snapName, false);
   }
 
   /** Clone new VMs from any snapshot: linked or full; `start` forks them from its memory. */

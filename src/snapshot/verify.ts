@@ -4,7 +4,9 @@ import type { SnapshotMeta, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import type { VerifyProblem, VerifyReport } from '../contract/views.js';
 import { openLayersOf } from '../layers/consolidate.js';
-import { findOrphans, othersAtWork } from '../operations/recovery.js';
+import { findOrphans, inFlight, othersAtWork } from '../operations/recovery.js';
+import { bootFilesOf, NVRAM_SLOT } from '../contract/config.js';
+import { bootFilePath } from '../store/boot-files.js';
 import { checkImage, imageInfo } from '../qemu/qemu-img.js';
 import { probeRuntime } from '../qemu/runtime.js';
 import { fingerprintDisk } from './fingerprint.js';
@@ -97,6 +99,18 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
       problems.push({ severity: 'error', kind: 'missing-active-layer', message: `disk ${d.slot} has no active layer` });
     }
   }
+  if (vm.config.firmware?.type === 'uefi' && !catalog.activeLayers(vm.id)[NVRAM_SLOT]) {
+    problems.push({ severity: 'error', kind: 'missing-active-layer', message: 'the UEFI NVRAM has no active layer' });
+  }
+  // Every boot file a config of this VM names must be in the store.
+  for (const c of [vm.config, ...catalog.listSnapshots(vm.id).map((s) => s.config)]) {
+    for (const sha of bootFilesOf(c)) {
+      const p = bootFilePath(ctx.paths, sha);
+      if (!existsSync(p) && !problems.some((x) => x.path === p)) {
+        problems.push({ severity: 'error', kind: 'missing-file', message: `boot file ${sha} is missing from the store (${p})`, path: p });
+      }
+    }
+  }
 
   // Deep: RAM images not hashed yet are hashed first (and not read twice).
   const hashedNow = opts.deep ? await recordRamHashes(ctx, vm) : new Set<string>();
@@ -129,7 +143,11 @@ export async function verifyVm(ctx: Context, vm: VmRecord, opts: { deep?: boolea
     recorded = await recordFingerprints(ctx, vm);
   }
 
-  for (const op of ctx.journal.unfinished().filter((o) => o.vmId === vm.id)) {
+  for (const issue of ctx.catalog.records.check(vm.id)) {
+    problems.push({ severity: 'error', kind: 'record-mismatch', message: issue.message, path: issue.path });
+  }
+  // An operation a live process is carrying out (a read of guest files holding its pins, say) is not left over.
+  for (const op of ctx.journal.unfinished().filter((o) => o.vmId === vm.id && !inFlight(o))) {
     problems.push({ severity: 'warning', kind: 'unfinished-operation', message: `operation ${op.kind} (${op.id}) is unfinished: run 'vmsnap recover'` });
   }
   if (!othersAtWork(ctx)) {

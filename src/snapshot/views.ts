@@ -1,5 +1,6 @@
 import type { SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
+import { snapshotFlags } from '../contract/format.js';
 import type { PresentStateChanges, SnapshotView } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
 import { probeRuntime } from '../qemu/runtime.js';
@@ -21,7 +22,7 @@ export function resolveSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): S
   return s;
 }
 
-export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all: SnapshotRecord[]): SnapshotView {
+export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all: SnapshotRecord[], policyId = ctx.catalog.findPolicy(vm.id)?.id): SnapshotView {
   const disks = Object.entries(s.layers).map(([slot, layerId]) => {
     const l = ctx.catalog.findLayer(layerId);
     return { slot, layerId, path: l?.path ?? '', bytes: l ? fileBytes(l.path) : 0 };
@@ -44,12 +45,16 @@ export function snapshotView(ctx: Context, vm: VmRecord, s: SnapshotRecord, all:
     stateBytes: filesBytes(memoryStateFiles(s.stateFile)),
     config: s.config,
     meta: s.meta,
+    protected: s.protected,
+    expiresAt: s.expiresAt,
+    policy: s.policyId === null ? null : { slot: s.policySlot, owned: s.policyId === policyId },
   };
 }
 
 export function listSnapshotViews(ctx: Context, vm: VmRecord): SnapshotView[] {
   const all = ctx.catalog.listSnapshots(vm.id).filter((s) => s.status === 'ready');
-  return all.map((s) => snapshotView(ctx, vm, s, all));
+  const policyId = ctx.catalog.findPolicy(vm.id)?.id;
+  return all.map((s) => snapshotView(ctx, vm, s, all, policyId));
 }
 
 export function showSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): SnapshotView {
@@ -59,7 +64,7 @@ export function showSnapshot(ctx: Context, vm: VmRecord, nameOrId: string): Snap
 /** The tree drawn for a terminal, with "you are here" under the current snapshot. */
 export function drawTree(ctx: Context, vm: VmRecord): string {
   return renderTree(listSnapshotViews(ctx, vm), vm.currentSnapshotId, (s) => {
-    const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString()];
+    const bits = [s.hasMemory ? 'memory' : 'disk only', new Date(s.createdAt).toLocaleString(), ...snapshotFlags(s).map((f) => f.text)];
     return `${s.name}  (${bits.join(', ')})${s.description ? ` — ${s.description}` : ''}`;
   });
 }
@@ -77,7 +82,14 @@ export async function presentStateChanges(ctx: Context, vm: VmRecord): Promise<P
   if (running) lost.push(`the ${rt.state} state of the VM (its memory and processes)`);
   for (const [slot, layerId] of Object.entries(catalog.activeLayers(vm.id))) {
     const l = catalog.getLayer(layerId);
-    const bytes = fileBytes(l.path);
+    // Frozen layers below the active one that no snapshot names and nothing else builds on (a
+    // temporary frozen point of a read in progress, a merge put off while a layer was read) hold
+    // present-state writes too: a revert discards them with it.
+    let bytes = fileBytes(l.path);
+    for (const below of catalog.chain(layerId).slice(1)) {
+      if (below.external || catalog.snapshotsUsingLayer(below.id).length > 0 || catalog.childrenOfLayer(below.id).length !== 1) break;
+      bytes += fileBytes(below.path);
+    }
     if (running || bytes > EMPTY_OVERLAY_BYTES) lost.push(`writes to ${slot} ${since} (layer ${l.id}, ${Math.round(bytes / 1024)} KiB on disk)`);
   }
   const current = vm.currentSnapshotId ? catalog.findSnapshotById(vm.currentSnapshotId) : undefined;

@@ -15,12 +15,15 @@ import { joinStream, type JoinResult } from '../memory/stream-join.js';
 import { isSplitState, memoryStateFiles } from '../paths.js';
 import { RAM_BACKEND_ID } from '../qemu/launcher.js';
 import { resolveSnapshot } from '../snapshot/views.js';
+import { bootFilesOf } from '../contract/config.js';
+import { requireBootFile } from '../store/boot-files.js';
 import { fileBytes, fsyncPath } from '../util/files.js';
 import { vmsnapVersion } from '../util/version.js';
 import { pump, scratchDir, sha256Of, writeAll } from './io.js';
 import {
   ARCHIVE_FORMAT,
   ARCHIVE_VERSION,
+  bootEntry,
   CONFIG_ENTRY,
   diskEntry,
   HEAD_ENTRY,
@@ -283,6 +286,8 @@ export async function exportSnapshot(ctx: Context, vmName: string, snapName: str
       state = { bytes, sha256 };
       files.push({ name: STATE_ENTRY, bytes, sha256 });
     }
+    // Boot files the config names from the store travel with it (the importing host may not have them).
+    for (const sha of bootFilesOf(snap.config)) await putSmall(bootEntry(sha), readFileSync(requireBootFile(ctx.paths, sha, 'boot file')));
     await putSmall(CONFIG_ENTRY, Buffer.from(`${JSON.stringify(snap.config, null, 2)}\n`));
     const manifest: ArchiveManifest = {
       format: ARCHIVE_FORMAT,

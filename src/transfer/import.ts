@@ -1,10 +1,10 @@
-import { copyFileSync, createReadStream, existsSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, renameSync, rmSync, statSync, statfsSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { LayerRecord, SnapshotRecord, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
-import { NAME_PATTERN, validateConfig, validateName } from '../contract/config.js';
+import { bootFilesOf, NAME_PATTERN, NVRAM_SLOT, validateConfig, validateName } from '../contract/config.js';
 import { formatBytes } from '../contract/format.js';
 import type { ArchiveSource, CheckArchiveResult, ImportResult } from '../contract/views.js';
 import { VmsnapError } from '../errors.js';
@@ -18,12 +18,15 @@ import { RAM_BACKEND_ID } from '../qemu/launcher.js';
 import { recordSplitState } from '../snapshot/memory-state.js';
 import { createImage } from '../qemu/qemu-img.js';
 import { fsyncFileAndDir } from '../util/files.js';
-import { newId, newLayerId, newMacAddress } from '../util/ids.js';
-import { rollBackNewFiles } from '../vm/define.js';
+import { newId, newLayerId } from '../util/ids.js';
+import { newIdentity, rollBackNewFiles } from '../vm/define.js';
+import { bootFilePath } from '../store/boot-files.js';
 import { pump, scratchDir, sha256Of } from './io.js';
 import {
   ARCHIVE_FORMAT,
   ARCHIVE_VERSION,
+  BOOT_ENTRY,
+  bootEntry,
   CONFIG_ENTRY,
   diskEntry,
   ENTRY_NAME,
@@ -197,13 +200,21 @@ async function checkLayout(a: OpenArchive): Promise<Layout> {
     if (f.bytes !== e.size) throw damaged(file, `${e.name} is ${e.size} bytes but the manifest says ${f.bytes}`, { entry: e.name });
   }
   for (const f of manifest.files) if (!byName.has(f.name)) throw damaged(file, `${f.name} is missing`, { entry: f.name });
-  const slots = manifest.config.disks.map((d) => d.slot);
+  const slots = [...manifest.config.disks.map((d) => d.slot), ...(manifest.config.firmware?.type === 'uefi' ? [NVRAM_SLOT] : [])];
   if (manifest.disks.length !== slots.length || manifest.disks.some((d) => !slots.includes(d.slot))) {
     throw damaged(file, `the manifest's disks (${manifest.disks.map((d) => d.slot).join(', ')}) are not the config's (${slots.join(', ')})`);
   }
   for (const d of manifest.disks) {
     const f = listed.get(d.file);
     if (d.file !== diskEntry(d.slot) || !f || f.sha256 !== d.sha256 || f.bytes !== d.bytes) throw damaged(file, `the manifest's entry for ${d.slot} does not match its file list`);
+  }
+  // Boot files are named by their content, and every one the config names is there.
+  for (const f of manifest.files) {
+    const m = BOOT_ENTRY.exec(f.name);
+    if (m && m[1] !== f.sha256) throw damaged(file, `${f.name} is not named by its sha256`, { entry: f.name });
+  }
+  for (const sha of bootFilesOf(manifest.config)) {
+    if (!listed.has(bootEntry(sha))) throw damaged(file, `the config names the boot file ${sha}, which the archive does not hold`, { entry: bootEntry(sha) });
   }
   if (manifest.snapshot.hasMemory !== (manifest.state !== null) || (manifest.state && manifest.snapshot.vmState === 'off')) {
     throw damaged(file, 'the manifest contradicts itself about the memory state');
@@ -462,8 +473,8 @@ async function createImported(
 ): Promise<VmRecord> {
   const { catalog, paths } = ctx;
   const now = new Date().toISOString();
-  // A machine of its own on the network: fresh MAC addresses.
-  const config = validateConfig({ ...manifest.config, nics: manifest.config.nics.map((n) => ({ ...n, mac: newMacAddress() })) });
+  // A machine of its own: fresh MACs, cloud-init instance and host ports.
+  const config = newIdentity(manifest.config);
   const vm: VmRecord = { id: vmId, name, config, createdAt: now, currentSnapshotId: null };
   const snapshotId = newId();
   const bases: LayerRecord[] = [];
@@ -495,10 +506,21 @@ async function createImported(
       imported: { archive: basename(file), exportedAt: manifest.exportedAt, vm: manifest.vm.name, snapshotId: manifest.snapshot.id },
     },
     layers: Object.fromEntries(bases.map((b) => [b.slot, b.id])),
+    // A new VM's snapshot: no policy of its own took it, and it starts unprotected, without expiry.
+    protected: false,
+    expiresAt: null,
+    policyId: null,
+    policySlot: null,
   };
-  op.plan.createFiles = [...bases, ...overlays].map((l) => l.path).concat(memFiles ? [...memoryStateFiles(memFiles.manifest), legacyFile] : []);
+  // Boot files the store does not have yet move in from the archive.
+  const boot = bootFilesOf(config).filter((sha) => !existsSync(bootFilePath(paths, sha)));
+  op.plan.createFiles = [...bases, ...overlays]
+    .map((l) => l.path)
+    .concat(memFiles ? [...memoryStateFiles(memFiles.manifest), legacyFile] : [], boot.map((sha) => bootFilePath(paths, sha)));
   op.savePlan();
   try {
+    if (boot.length > 0) mkdirSync(paths.boot, { recursive: true, mode: 0o700 });
+    for (const sha of boot) moveFile(extracted.get(bootEntry(sha))!, bootFilePath(paths, sha));
     for (const [i, base] of bases.entries()) {
       moveFile(extracted.get(manifest.disks[i]!.file)!, base.path);
       const top = overlays[i]!;

@@ -15,10 +15,12 @@ export function processStartTime(pid: number): string | undefined {
 export function isProcessAlive(pid: number, startTime?: string): boolean {
   const now = processStartTime(pid);
   if (now === undefined) return false;
-  // A zombie is dead for our purposes.
+  // A zombie is dead for our purposes, once its last thread is gone: a killed QEMU's main thread
+  // turns zombie while its other threads still tear down guest RAM, and the file descriptors they
+  // share (a forward's listening socket, an image's lock) are closed only when the last one exits.
   try {
     const state = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    if (state.slice(state.lastIndexOf(')') + 2).startsWith('Z')) return false;
+    if (state.slice(state.lastIndexOf(')') + 2).startsWith('Z') && readdirSync(`/proc/${pid}/task`).length <= 1) return false;
   } catch {
     return false;
   }

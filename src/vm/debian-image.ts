@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VmsnapError } from '../errors.js';
+import { sha256OfFile } from '../store/boot-files.js';
 
 /**
  * The real Debian 12 test guest (guest/debian/build.sh): two GPT qcow2 disks made from
@@ -117,15 +117,7 @@ export function debianImageBuilt(imageCache: string): boolean {
  */
 export async function verifyDebianImage(imageCache: string, firmware: DebianFirmware): Promise<boolean> {
   const manifest = readDebianManifest(imageCache);
-  const path = debianImagePaths(imageCache)[firmware];
-  const hash = createHash('sha256');
-  await new Promise<void>((resolve, reject) => {
-    createReadStream(path)
-      .on('data', (d) => hash.update(d))
-      .on('end', () => resolve())
-      .on('error', reject);
-  });
-  return hash.digest('hex') === manifest.images[firmware].sha256;
+  return (await sha256OfFile(debianImagePaths(imageCache)[firmware])) === manifest.images[firmware].sha256;
 }
 
 /** The build script ships with the package: src/vm and dist/vm are both two levels below it. */

@@ -1,10 +1,12 @@
 import type { VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
-import type { VmInfo, VmSummary } from '../contract/views.js';
+import { NVRAM_SLOT } from '../contract/config.js';
+import type { LayerInfo, VmInfo, VmSummary } from '../contract/views.js';
 import { runtimeFiles } from '../qemu/launcher.js';
 import { probeRuntime, type RuntimeStatus } from '../qemu/runtime.js';
 import { memoryStateFiles } from '../paths.js';
 import { fileBytes } from '../util/files.js';
+import { readEndpoints } from './network.js';
 
 /** How the CLI, the API and the UI see VMs: summaries, and the full picture of one. */
 
@@ -24,6 +26,8 @@ export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSumm
     currentSnapshot: current,
     createdAt: vm.createdAt,
     ...(rt.staleCleaned ? { staleCleaned: true } : {}),
+    policy: ctx.catalog.findPolicy(vm.id)?.spec.schedule ?? null,
+    protectedSnapshots: snaps.filter((s) => s.protected).length,
   };
 }
 
@@ -45,11 +49,9 @@ export function vmDiskUsage(ctx: Context, vmId: string): number {
 export async function vmInfo(ctx: Context, vm: VmRecord): Promise<VmInfo> {
   const summary = await vmStatus(ctx, vm);
   const active = ctx.catalog.activeLayers(vm.id);
-  const diskChains = vm.config.disks.map((d) => ({
-    slot: d.slot,
-    sizeBytes: d.sizeBytes,
-    chain: active[d.slot]
-      ? ctx.catalog.chain(active[d.slot]!).map((l) => ({
+  const chainOf = (slot: string): LayerInfo[] =>
+    active[slot]
+      ? ctx.catalog.chain(active[slot]!).map((l) => ({
           id: l.id,
           path: l.path,
           format: l.format,
@@ -57,7 +59,17 @@ export async function vmInfo(ctx: Context, vm: VmRecord): Promise<VmInfo> {
           external: l.external,
           bytes: fileBytes(l.path),
         }))
-      : [],
-  }));
-  return { ...summary, config: vm.config, diskUsageBytes: vmDiskUsage(ctx, vm.id), diskChains, runtimeDir: runtimeFiles(ctx.paths.run, vm.id).dir };
+      : [];
+  const diskChains = vm.config.disks.map((d) => ({ slot: d.slot, sizeBytes: d.sizeBytes, chain: chainOf(d.slot) }));
+  const files = runtimeFiles(ctx.paths.run, vm.id);
+  const endpoints = summary.state !== 'stopped' ? readEndpoints(files) : undefined;
+  return {
+    ...summary,
+    config: vm.config,
+    ...(endpoints ? { endpoints } : {}),
+    diskUsageBytes: vmDiskUsage(ctx, vm.id),
+    diskChains,
+    ...(vm.config.firmware?.type === 'uefi' ? { nvramChain: chainOf(NVRAM_SLOT) } : {}),
+    runtimeDir: files.dir,
+  };
 }

@@ -7,10 +7,14 @@ import { VmsnapError } from '../errors.js';
 import { defineOperation } from '../operations/define.js';
 import { runOperation, withVm } from '../operations/runner.js';
 import { resolveAccelerator, type Accelerator } from '../qemu/accel.js';
-import type { VmConfig } from '../contract/config.js';
-import { launchQemu, runtimeFiles, stagingFiles, type LaunchDisk, type RuntimeFiles } from '../qemu/launcher.js';
+import { NVRAM_SLOT, type VmConfig } from '../contract/config.js';
+import { launchQemu, runtimeFiles, stagingFiles, type LaunchDisk, type LaunchSpec, type RuntimeFiles } from '../qemu/launcher.js';
+import { requireBootFile } from '../store/boot-files.js';
+import { isUefi } from './firmware.js';
 import { cleanRuntime, connectQmp, killQemu, livePid, probeRuntime, waitForExit } from '../qemu/runtime.js';
 import { ensureDemoImage } from './demo-image.js';
+import { checkNetwork, recordEndpoints, resolvePorts } from './network.js';
+import { renderSeed } from './seed.js';
 
 export interface StartOptions {
   accel?: Accelerator;
@@ -59,20 +63,40 @@ function emitState(ctx: Context, vm: VmRecord, state: string): void {
 
 /** The disks as QEMU opens them: each slot's chain from its active layer down. */
 export function launchDisks(ctx: Context, vm: VmRecord): LaunchDisk[] {
-  const active = ctx.catalog.activeLayers(vm.id);
-  return vm.config.disks.map((d) => {
-    const top = active[d.slot];
-    if (!top) throw new VmsnapError('CATALOG_ERROR', `VM '${vm.name}' has no active layer for ${d.slot}`, { hint: "run 'vmsnap verify'" });
-    const chain = ctx.catalog.chain(top);
-    for (const l of chain) {
-      if (!existsSync(l.path)) {
-        throw new VmsnapError('NOT_FOUND', `layer file of ${d.slot} is missing: ${l.path}`, {
-          hint: "run 'vmsnap verify' and 'vmsnap recover'",
-        });
-      }
+  return vm.config.disks.map((d) => launchChain(ctx, vm, d.slot));
+}
+
+/** One slot's chain (a disk, or the NVRAM), every file checked. */
+function launchChain(ctx: Context, vm: VmRecord, slot: string): LaunchDisk {
+  const top = ctx.catalog.activeLayers(vm.id)[slot];
+  if (!top) throw new VmsnapError('CATALOG_ERROR', `VM '${vm.name}' has no active layer for ${slot}`, { hint: "run 'vmsnap verify'" });
+  const chain = ctx.catalog.chain(top);
+  for (const l of chain) {
+    if (!existsSync(l.path)) {
+      throw new VmsnapError('NOT_FOUND', `layer file of ${slot} is missing: ${l.path}`, {
+        hint: "run 'vmsnap verify' and 'vmsnap recover'",
+      });
     }
-    return { slot: d.slot, chain: chain.map((l) => ({ id: l.id, path: l.path, format: l.format })) };
-  });
+  }
+  return { slot, chain: chain.map((l) => ({ id: l.id, path: l.path, format: l.format })) };
+}
+
+/**
+ * What the launcher needs to boot a config: stored kernel/initrd and firmware resolved to
+ * files in the store, the NVRAM's chain from `chainOf` (the VM's active one, or a revert's
+ * new overlay).
+ */
+function launchBoot(ctx: Context, config: VmConfig, chainOf: (slot: string) => LaunchDisk): Pick<LaunchSpec, 'kernel' | 'initrd' | 'firmware'> {
+  const { boot } = config;
+  const out: Pick<LaunchSpec, 'kernel' | 'initrd' | 'firmware'> = {};
+  const kernel = boot.kernelFile ? requireBootFile(ctx.paths, boot.kernelFile, 'kernel') : boot.kernel;
+  const initrd = boot.initrdFile ? requireBootFile(ctx.paths, boot.initrdFile, 'initrd') : boot.initrd;
+  if (kernel) out.kernel = kernel;
+  if (initrd) out.initrd = initrd;
+  if (isUefi(config)) {
+    out.firmware = { code: requireBootFile(ctx.paths, config.firmware.code, 'UEFI firmware code'), nvram: chainOf(NVRAM_SLOT) };
+  }
+  return out;
 }
 
 async function assertStopped(ctx: Context, vm: VmRecord): Promise<void> {
@@ -90,21 +114,27 @@ type LaunchOptions = StartOptions & { incomingDefer?: boolean; ramImage?: string
 /** Start QEMU for a VM whose lock the caller holds (start, revert, a fork of a clone). Returns its pid. */
 export async function startLocked(ctx: Context, vm: VmRecord, opts: LaunchOptions = {}): Promise<number> {
   await assertStopped(ctx, vm);
-  const pid = await launch(ctx, vm, vm.config, launchDisks(ctx, vm), runtimeFiles(ctx.paths.run, vm.id), opts);
+  const pid = await launch(ctx, vm, vm.config, (slot) => launchChain(ctx, vm, slot), runtimeFiles(ctx.paths.run, vm.id), opts);
   emitState(ctx, vm, opts.incomingDefer ? 'restoring' : opts.paused ? 'paused' : 'running');
   return pid;
 }
 
 /**
  * Start the QEMU a VM is about to have (a revert's: the snapshot's config, the new
- * overlays) beside the one it has now, in a staging runtime folder, so that its start
- * overlaps the rest of the revert; promoteStaged() makes it the VM's once the present
- * one is gone. Frozen layers may be open in both (read-only); the writable layers differ.
+ * overlays of its disks and NVRAM in `chains`) beside the one it has now, in a staging
+ * runtime folder, so that its start overlaps the rest of the revert; promoteStaged() makes
+ * it the VM's once the present one is gone. Frozen layers may be open in both (read-only);
+ * the writable layers differ.
  */
-export async function startStaged(ctx: Context, vm: VmRecord, config: VmConfig, disks: LaunchDisk[], opts: LaunchOptions = {}): Promise<{ pid: number; files: RuntimeFiles }> {
+export async function startStaged(ctx: Context, vm: VmRecord, config: VmConfig, chains: LaunchDisk[], opts: LaunchOptions = {}): Promise<{ pid: number; files: RuntimeFiles }> {
   const files = stagingFiles(ctx.paths.run, vm.id);
   await killQemu(files); // one left by a killed vmsnap
-  return { pid: await launch(ctx, vm, config, disks, files, opts), files };
+  const chainOf = (slot: string): LaunchDisk => {
+    const c = chains.find((x) => x.slot === slot);
+    if (!c) throw new VmsnapError('INTERNAL', `no layers for ${slot} of VM '${vm.name}'`);
+    return c;
+  };
+  return { pid: await launch(ctx, vm, config, chainOf, files, opts), files };
 }
 
 /** The staged QEMU becomes the VM's (its sockets move with its folder); the present one must be gone. */
@@ -115,10 +145,12 @@ export function promoteStaged(ctx: Context, vm: VmRecord): void {
   renameSync(stagingFiles(ctx.paths.run, vm.id).dir, files.dir);
 }
 
-async function launch(ctx: Context, vm: VmRecord, config: VmConfig, disks: LaunchDisk[], files: RuntimeFiles, opts: LaunchOptions): Promise<number> {
+/** QEMU for `config` on the chains `chainOf` gives (disks in the config's order, the NVRAM of a UEFI VM), in `files`. */
+async function launch(ctx: Context, vm: VmRecord, config: VmConfig, chainOf: (slot: string) => LaunchDisk, files: RuntimeFiles, opts: LaunchOptions): Promise<number> {
   const boot = config.boot;
-  let kernel = boot.kernel;
-  let initrd = boot.initrd;
+  const bootFiles = launchBoot(ctx, config, chainOf);
+  let kernel = bootFiles.kernel;
+  let initrd = bootFiles.initrd;
   if (boot.image === 'demo') {
     const img = await ensureDemoImage(ctx.paths.imageCache, opts.log);
     kernel = img.kernel;
@@ -128,13 +160,19 @@ async function launch(ctx: Context, vm: VmRecord, config: VmConfig, disks: Launc
     imageCache: ctx.paths.imageCache,
     cacheFile: join(ctx.paths.home, 'kvm-probe.json'),
   });
+  // Forwards and bridges are checked here, before QEMU, for every way a VM starts (start, revert, clone --start).
+  await checkNetwork(ctx, vm, config, 'INVALID_STATE');
+  const launched = await resolvePorts(config);
+  const seed = config.cloudInit ? await renderSeed(ctx.paths, vm.id, vm.name, config.cloudInit) : undefined;
   const { pid } = await launchQemu({
     vmId: vm.id,
     vmName: vm.name,
-    config,
+    config: launched,
+    ...(seed ? { seed } : {}),
     ...(kernel ? { kernel } : {}),
     ...(initrd ? { initrd } : {}),
-    disks,
+    disks: config.disks.map((d) => chainOf(d.slot)),
+    ...(bootFiles.firmware ? { firmware: bootFiles.firmware } : {}),
     accel,
     files,
     paused: opts.paused ?? false,
@@ -142,6 +180,7 @@ async function launch(ctx: Context, vm: VmRecord, config: VmConfig, disks: Launc
     ...(opts.ramImage ? { ramImage: opts.ramImage } : {}),
     ...(opts.machineType ? { machineType: opts.machineType } : {}),
   });
+  await recordEndpoints(files, launched);
   return pid;
 }
 
@@ -149,6 +188,7 @@ export async function startVm(ctx: Context, vm: VmRecord, opts: StartOptions = {
   await withVm(ctx, vm, 'start', async () => {
     // Refused before anything is journaled.
     await assertStopped(ctx, vm);
+    await checkNetwork(ctx, vm, ctx.catalog.getVm(vm.id).config, 'INVALID_STATE');
     await runOperation(ctx, vmStart, { vm, plan: { paused: opts.paused ?? false } }, async () => {
       await startLocked(ctx, ctx.catalog.getVm(vm.id), opts);
     });

@@ -3,11 +3,14 @@ import type { Context } from '../context.js';
 import type { ExecResult, VmInfo, VmSummary } from '../contract/views.js';
 import type { GuestAgentClient } from '../qemu/guest-agent.js';
 import type { CreateVmOptions, SetVmOptions } from './define.js';
+import type { LibvirtImportResult } from '../contract/views.js';
+import type { ImportLibvirtOptions } from './libvirt-import.js';
 import { listVms, vmInfo, vmStatus } from './info.js';
 import type { StartOptions, StopOptions } from './power.js';
 
 export type { CreateVmOptions, DiskSpec, SetVmOptions } from './define.js';
 export type { StartOptions, StopOptions } from './power.js';
+export type { ImportLibvirtOptions } from './libvirt-import.js';
 
 /**
  * VM lifecycle as the library offers it: a thin face over define, power,
@@ -24,6 +27,17 @@ export class VmService {
   async create(name: string, opts: CreateVmOptions = {}): Promise<VmInfo> {
     const { createVm } = await import('./define.js');
     return vmInfo(this.ctx, await createVm(this.ctx, name, opts));
+  }
+
+  /**
+   * Make a VM of a libvirt domain (its XML as `virsh dumpxml` writes it): its
+   * disk images and their backing chains are adopted read-only as base layers.
+   * Refused while anything cannot be carried over, unless `ignoreUnsupported`.
+   */
+  async importLibvirt(xml: string, opts: ImportLibvirtOptions = {}): Promise<LibvirtImportResult> {
+    const { importLibvirtDomain } = await import('./libvirt-import.js');
+    const r = await importLibvirtDomain(this.ctx, xml, opts);
+    return { ...r, vm: await vmInfo(this.ctx, r.vm) };
   }
 
   /** Change the hardware config of a stopped VM. */

@@ -9,11 +9,13 @@ import {
   type HealthReport,
   type HealthWarning,
   type Operation,
+  type PolicyView,
   type RevertResult,
   type SnapshotView,
   type VmInfo,
   type VmSummary,
 } from './api.js';
+import { ConsolePanel } from './components/Console.js';
 import { DetailsPanel } from './components/DetailsPanel.js';
 import {
   CloneDialog,
@@ -22,14 +24,17 @@ import {
   DeleteDialog,
   ExportDialog,
   ImportDialog,
+  LibvirtImportDialog,
   NewVmDialog,
   RevertDialog,
   TakeSnapshotDialog,
   TokenDialog,
 } from './components/Dialogs.js';
+import { DiffDialog, FilesDialog } from './components/Files.js';
 import { HealthPanel, StorageOverview } from './components/Health.js';
 import { CameraIcon, PauseIcon, PlayIcon, PowerIcon, StopIcon } from './components/Icons.js';
 import { Jobs, ProgressBar, progressText } from './components/Jobs.js';
+import { PolicyDialog, PruneDialog } from './components/PolicyDialogs.js';
 import { SnapshotTree, type NodeRef } from './components/SnapshotTree.js';
 import { StorageChart } from './components/StorageChart.js';
 import { StateBadge, VmList } from './components/VmList.js';
@@ -43,10 +48,15 @@ type Dialog =
   | { kind: 'delete-all' }
   | { kind: 'clone'; snapshot: SnapshotView }
   | { kind: 'export'; snapshot: SnapshotView }
+  | { kind: 'files'; snapshot: SnapshotView }
+  | { kind: 'diff'; snapshot: SnapshotView }
   | { kind: 'import' }
+  | { kind: 'import-libvirt' }
   | { kind: 'new-vm' }
   | { kind: 'power-off' }
-  | { kind: 'remove-vm' };
+  | { kind: 'remove-vm' }
+  | { kind: 'policy' }
+  | { kind: 'prune' };
 
 interface Toast {
   id: number;
@@ -80,6 +90,18 @@ function describeResult(op: Operation): string {
       const r = op.result;
       if (!r) return `${op.title}: done`;
       return `Deleted ${r.deleted.length === 1 ? `snapshot '${r.deleted[0]}'` : `${r.deleted.length} snapshots`} — ${bytes(r.reclaimedBytes)} reclaimed`;
+    }
+    case 'policy-run': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
+      const pruned = r.prune?.deleted.length ?? 0;
+      if (r.status === 'busy') return `Policy of ${op.vm}: the VM was busy, tried again on the next pass`;
+      return `Policy of ${op.vm}: ${r.snapshot ? `took '${r.snapshot}'` : (r.note ?? 'nothing to take')}${pruned ? `, pruned ${pruned}` : ''}`;
+    }
+    case 'prune': {
+      const r = op.result;
+      if (!r) return `${op.title}: done`;
+      return `Pruned ${r.deleted.length} snapshot${r.deleted.length === 1 ? '' : 's'} of ${op.vm} — ${bytes(r.freedBytes)} freed`;
     }
     case 'vm-start':
       return `${op.vm} started`;
@@ -120,6 +142,8 @@ export function App() {
   const [selected, setSelected] = useState<string | null>(vmFromHash);
   const [snapshots, setSnapshots] = useState<SnapshotView[]>([]);
   const [info, setInfo] = useState<VmInfo | null>(null);
+  const [policy, setPolicy] = useState<PolicyView | null | undefined>(undefined);
+  const [consoleOpen, setConsoleOpen] = useState(false);
   const [node, setNode] = useState<NodeRef>({ kind: 'here' });
   const [ops, setOps] = useState<Operation[]>([]);
   const [dialog, setDialog] = useState<Dialog | null>(null);
@@ -168,10 +192,11 @@ export function App() {
   const loadVm = useCallback(
     async (name: string) => {
       try {
-        const [list, vmInfo] = await Promise.all([api.snapshots(name), api.vm(name)]);
+        const [list, vmInfo, vmPolicy] = await Promise.all([api.snapshots(name), api.vm(name), api.policy(name)]);
         if (selectedRef.current !== name) return;
         setSnapshots(list);
         setInfo(vmInfo);
+        setPolicy(vmPolicy);
         const wanted = list.find((s) => s.name === pendingSnapshot.current);
         if (wanted) setNode({ kind: 'snapshot', id: wanted.id });
         pendingSnapshot.current = null;
@@ -231,6 +256,7 @@ export function App() {
   useEffect(() => {
     setSnapshots([]);
     setInfo(null);
+    setPolicy(undefined);
     setNode({ kind: 'here' });
     if (selected) void loadVm(selected);
   }, [selected, loadVm]);
@@ -288,6 +314,11 @@ export function App() {
         case 'snapshots':
           if (e.data.vm === selectedRef.current) scheduleReload();
           break;
+        case 'policy':
+          // A pass of the server's scheduler: its failures are worth a toast wherever one looks.
+          if (e.data.status === 'failed' && e.data.record?.error) toast('error', `The policy of ${e.data.vm} failed: ${e.data.record.error.message}`, e.data.record.error.hint);
+          if (e.data.vm === selectedRef.current) scheduleReload();
+          break;
         case 'operation':
           upsertOp(e.data.operation);
           break;
@@ -305,7 +336,7 @@ export function App() {
           break;
       }
     },
-    [upsertOp, scheduleReload, loadAll, scheduleHealth],
+    [upsertOp, scheduleReload, loadAll, scheduleHealth, toast],
   );
 
   useEffect(() => {
@@ -404,7 +435,7 @@ export function App() {
           {vms === null ? (
             <p className="muted pad">Loading…</p>
           ) : (
-            <VmList vms={vms} selected={selected} busy={busyVms} onSelect={setSelected} onNew={() => setDialog({ kind: 'new-vm' })} onImport={() => setDialog({ kind: 'import' })} />
+            <VmList vms={vms} selected={selected} busy={busyVms} onSelect={setSelected} onNew={() => setDialog({ kind: 'new-vm' })} onImport={() => setDialog({ kind: 'import' })} onImportLibvirt={() => setDialog({ kind: 'import-libvirt' })} />
           )}
           <HealthPanel report={doctor?.report ?? null} checked={doctor} checking={checking} onCheck={() => void loadHealth(true)} onOpen={openWarning} />
           <StorageOverview report={storage} onSelect={setSelected} />
@@ -430,6 +461,7 @@ export function App() {
                   <span className="muted small">
                     {vm.memoryMiB} MiB · {vm.cpus} vCPU · {vm.disks} disk{vm.disks === 1 ? '' : 's'}
                     {vm.currentSnapshot ? ` · current snapshot: ${vm.currentSnapshot}` : ' · no snapshots yet'}
+                    {vm.policy ? ` · policy ${vm.policy}` : ''}
                   </span>
                 </div>
                 <div className="toolbar" role="toolbar" aria-label="VM actions">
@@ -451,7 +483,13 @@ export function App() {
                   <button className="btn" disabled={busy || st === 'stopped'} onClick={() => setDialog({ kind: 'power-off' })} title="power off at once" data-testid="action-poweroff">
                     <StopIcon /> Power off
                   </button>
+                  <button className="btn" disabled={st === 'stopped'} onClick={() => setConsoleOpen((o) => !o)} title="serial console, and the screen when the VM has one" data-testid="action-console">
+                    Console
+                  </button>
                   <span className="sep" />
+                  <button className="btn" onClick={() => setDialog({ kind: 'policy' })} title="schedule and retention rules" data-testid="action-policy">
+                    Policy
+                  </button>
                   <button className="btn btn-primary" disabled={busy || st === 'unknown'} onClick={() => setDialog({ kind: 'take' })} data-testid="action-take">
                     <CameraIcon /> Take snapshot
                   </button>
@@ -464,6 +502,7 @@ export function App() {
                   <span className="muted small">{progressText(op)}</span>
                 </div>
               ))}
+              {consoleOpen && info && info.name === vm.name && <ConsolePanel info={info} onClose={() => setConsoleOpen(false)} />}
               <section className="content">
                 <div className="panel tree-panel">
                   <div className="panel-head">
@@ -481,14 +520,24 @@ export function App() {
                   selected={node}
                   busy={busy}
                   canDelete={canDelete}
+                  policy={policy}
                   actions={{
                     revert: (s) => setDialog({ kind: 'revert', snapshot: s }),
                     remove: (s) => setDialog({ kind: 'delete', snapshot: s }),
+                    protect: (s, on) =>
+                      void api.protect(vm.name, s.id, on).then(() => {
+                        toast('ok', `Snapshot '${s.name}' ${on ? 'protected: nothing deletes it until it is unprotected' : 'no longer protected'}`);
+                        scheduleReload();
+                      }, fail),
+                    editPolicy: () => setDialog({ kind: 'policy' }),
+                    prune: () => setDialog({ kind: 'prune' }),
                     take: () => setDialog({ kind: 'take' }),
                     deleteAll: () => setDialog({ kind: 'delete-all' }),
                     removeVm: () => setDialog({ kind: 'remove-vm' }),
                     clone: (s) => setDialog({ kind: 'clone', snapshot: s }),
                     exportSnapshot: (s) => setDialog({ kind: 'export', snapshot: s }),
+                    files: (s) => setDialog({ kind: 'files', snapshot: s }),
+                    diff: (s) => setDialog({ kind: 'diff', snapshot: s }),
                   }}
                 />
                 <div className="panel chart-panel">
@@ -527,10 +576,23 @@ export function App() {
       )}
       {dialog?.kind === 'delete' && vm && <DeleteDialog vm={vm} snapshot={dialog.snapshot} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
       {dialog?.kind === 'delete-all' && vm && <DeleteAllDialog vm={vm} snapshots={snapshots} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
+      {dialog?.kind === 'policy' && vm && (
+        <PolicyDialog
+          vm={vm}
+          policy={policy ?? null}
+          onClose={() => setDialog(null)}
+          onChanged={() => scheduleReload()}
+          onAccepted={() => scheduleReload()}
+          onPrune={() => setDialog({ kind: 'prune' })}
+        />
+      )}
+      {dialog?.kind === 'prune' && vm && <PruneDialog vm={vm} onClose={() => setDialog(null)} onAccepted={() => scheduleReload()} />}
       {dialog?.kind === 'clone' && vm && (
         <CloneDialog vm={vm} snapshot={dialog.snapshot} existing={vms?.map((v) => v.name) ?? []} onClose={() => setDialog(null)} onAccepted={upsertOp} />
       )}
       {dialog?.kind === 'export' && vm && <ExportDialog vm={vm} snapshot={dialog.snapshot} ops={ops} onClose={() => setDialog(null)} onAccepted={upsertOp} />}
+      {dialog?.kind === 'files' && vm && <FilesDialog vm={vm} snapshot={dialog.snapshot} ops={ops} onClose={() => setDialog(null)} onAccepted={upsertOp} />}
+      {dialog?.kind === 'diff' && vm && <DiffDialog vm={vm} snapshot={dialog.snapshot} snapshots={snapshots} ops={ops} onClose={() => setDialog(null)} onAccepted={upsertOp} />}
       {dialog?.kind === 'import' && (
         <ImportDialog
           existing={vms?.map((v) => v.name) ?? []}
@@ -538,6 +600,17 @@ export function App() {
           onAccepted={(op) => {
             ownImports.current.add(op.id);
             upsertOp(op);
+          }}
+        />
+      )}
+      {dialog?.kind === 'import-libvirt' && (
+        <LibvirtImportDialog
+          existing={vms?.map((v) => v.name) ?? []}
+          onClose={() => setDialog(null)}
+          onImported={(r) => {
+            toast('ok', `imported libvirt domain '${r.domain}' as VM '${r.vm.name}'`);
+            for (const d of r.dropped) toast('error', `${r.vm.name}: dropped ${d.what}`, d.why);
+            void loadAll().then(() => setSelected(r.vm.name));
           }}
         />
       )}

@@ -3,12 +3,20 @@
 // of the server ends up in the browser bundle.
 import type {
   ApiErrorBody,
+  DiffReport,
+  DirectoryListing,
+  FilesystemsView,
+  RestoreResult,
   DeleteResult,
   DfReport,
   HealthReport,
   HealthWarning,
+  LibvirtImportResult,
   OperationKind,
+  PolicyPatch,
+  PolicyView,
   PresentStateChanges,
+  PruneResult,
   RevertResult,
   SnapshotView,
   Task,
@@ -16,7 +24,8 @@ import type {
   VmSummary,
 } from '../../src/contract/index.js';
 
-export type { VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning };
+export type { LibvirtImportResult, VmInfo, VmSummary, SnapshotView, RevertResult, ApiErrorBody, DeleteResult, DfReport, HealthReport, HealthWarning, PolicyView, PolicyPatch, PruneResult };
+export type { DiffReport, DirectoryListing, FilesystemsView, RestoreResult };
 /** A 202 job of the API, its result typed by its kind. */
 export type Operation = Task;
 export type PresentState = PresentStateChanges;
@@ -142,6 +151,7 @@ export const api = {
   vms: () => request<VmSummary[]>('GET', '/vms'),
   vm: (vm: string) => request<VmInfo>('GET', `/vms/${enc(vm)}`),
   createVm: (body: CreateVmRequest) => request<VmInfo>('POST', '/vms', body),
+  importLibvirt: (body: { xml: string; name?: string; ignoreUnsupported?: boolean }) => request<LibvirtImportResult>('POST', '/vms/import-libvirt', body),
   removeVm: (vm: string) => request<{ removed: string }>('DELETE', `/vms/${enc(vm)}`),
   start: (vm: string) => request<Accepted>('POST', `/vms/${enc(vm)}/start`, {}),
   stop: (vm: string, force: boolean) => request<Accepted>('POST', `/vms/${enc(vm)}/stop`, { force }),
@@ -149,12 +159,20 @@ export const api = {
   resume: (vm: string) => request<VmSummary>('POST', `/vms/${enc(vm)}/resume`, {}),
   snapshots: (vm: string) => request<SnapshotView[]>('GET', `/vms/${enc(vm)}/snapshots`),
   presentState: (vm: string) => request<PresentState>('GET', `/vms/${enc(vm)}/present-state`),
-  takeSnapshot: (vm: string, body: { name: string; description?: string; memory?: boolean }) =>
+  takeSnapshot: (vm: string, body: { name: string; description?: string; memory?: boolean; expire?: string }) =>
     request<Accepted>('POST', `/vms/${enc(vm)}/snapshots`, body),
   revert: (vm: string, snap: string, body: { force: boolean; start?: boolean }) =>
     request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/revert`, body),
   deleteSnapshot: (vm: string, snap: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots/${enc(snap)}`),
   deleteAll: (vm: string) => request<Accepted>('DELETE', `/vms/${enc(vm)}/snapshots`),
+  protect: (vm: string, snap: string, on: boolean) => request<SnapshotView>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/${on ? 'protect' : 'unprotect'}`, {}),
+  /** The VM's policy, or null when it has none (from the list: a VM without one is no error, so no 404 in the console). */
+  policy: (vm: string) => request<PolicyView[]>('GET', '/policies').then((all) => all.find((p) => p.vm === vm) ?? null),
+  setPolicy: (vm: string, body: PolicyPatch) => request<PolicyView>('PUT', `/vms/${enc(vm)}/policy`, body),
+  removePolicy: (vm: string) => request<{ vm: string; snapshotsLeft: number }>('DELETE', `/vms/${enc(vm)}/policy`),
+  runPolicy: (vm: string, now: boolean) => request<Accepted>('POST', `/vms/${enc(vm)}/policy/run`, { now }),
+  prunePlan: (vm: string) => request<PruneResult>('GET', `/vms/${enc(vm)}/prune`),
+  prune: (vm: string) => request<Accepted>('POST', `/vms/${enc(vm)}/prune`, {}),
   operations: () => request<Operation[]>('GET', '/operations'),
   operation: (id: string) => request<Operation>('GET', `/operations/${enc(id)}`),
   clone: (vm: string, snap: string, body: CloneRequest) => request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/clone`, body),
@@ -165,4 +183,23 @@ export const api = {
   /** The doctor's findings; `verify` adds verify's checks of every layer (slower). */
   doctor: (verify: boolean) => request<HealthReport>('GET', `/doctor?verify=${verify}`),
   storage: () => request<DfReport>('GET', '/storage'),
+  /** Boot a snapshot's file reader (an operation); listings are fast once it is up. */
+  openFiles: (vm: string, snap: string) => request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/files/open`),
+  listFiles: (vm: string, snap: string, path: string) =>
+    request<DirectoryListing>('GET', `/vms/${enc(vm)}/snapshots/${enc(snap)}/files/list?${new URLSearchParams({ path })}`),
+  /** A file's content (a directory: a tar) as a blob: fetched with the token, then saved by the browser. */
+  fileContent: async (vm: string, snap: string, path: string): Promise<Blob> => {
+    const res = await fetch(`/api/vms/${enc(vm)}/snapshots/${enc(snap)}/files/content?${new URLSearchParams({ path })}`, { headers: authHeaders() });
+    if (!res.ok) return answer<Blob>(res.status, await res.text());
+    return res.blob();
+  },
+  restoreFile: (vm: string, snap: string, body: { path: string; to?: string; force?: boolean; dryRun?: boolean }) =>
+    request<Accepted>('POST', `/vms/${enc(vm)}/snapshots/${enc(snap)}/files/restore`, body),
+  diff: (vm: string, body: { from: string; to?: string; stat?: boolean }) => request<Accepted>('POST', `/vms/${enc(vm)}/diff`, body),
 };
+
+/** The WebSocket URL of a VM's serial console or screen, and the subprotocols that carry the token (a browser cannot send headers). */
+export function consoleSocket(vm: string, kind: 'console' | 'vnc'): { url: string; protocols: string[] } {
+  const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return { url: `${scheme}//${window.location.host}/api/vms/${encodeURIComponent(vm)}/${kind}`, protocols: token ? ['vmsnap', `vmsnap.token.${token}`] : [] };
+}

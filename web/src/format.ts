@@ -1,5 +1,6 @@
 // Shared with the library and the CLI, so sizes and name rules read the same everywhere.
-export { formatBytes as bytes, NAME_PATTERN, NAME_RULE } from '../../src/contract/format.js';
+import { snapshotFlags, type SnapshotFlag } from '../../src/contract/format.js';
+export { formatBytes as bytes, NAME_PATTERN, NAME_RULE, timeLeft } from '../../src/contract/format.js';
 
 export function ago(iso: string, now = Date.now()): string {
   const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
@@ -32,4 +33,26 @@ export function ms(n: number | null): string {
 export function nextSnapshotName(taken: string[]): string {
   const used = new Set(taken);
   for (let i = 1; ; i++) if (!used.has(`snap-${i}`)) return `snap-${i}`;
+}
+
+/** The small flags of a snapshot, as the tree and the details show them, with what each means. */
+export function snapshotBadges(s: Parameters<typeof snapshotFlags>[0]): (SnapshotFlag & { title: string })[] {
+  return snapshotFlags(s).map((f) => ({
+    ...f,
+    title:
+      f.kind === 'protected'
+        ? 'nothing deletes it until it is unprotected'
+        : f.kind === 'policy'
+          ? 'taken by the VM’s policy: its rules may prune it'
+          : `a prune deletes it after ${longTime(s.expiresAt!)}${s.protected ? ' (once unprotected)' : ''}`,
+  }));
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** "20G", "512M", "1.5T" → bytes (binary units, as the CLI); null when not a size. */
+export function parseSizeText(text: string): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgtb]?)(?:i?b)?\s*$/i.exec(text);
+  if (!m) return null;
+  return Math.round(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
 }

@@ -3,6 +3,8 @@ import type { HealthSettings } from '../../contract/views.js';
 import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
 import {
   acceptedAs,
+  CatalogRepairBody,
+  CatalogRepairReportSchema,
   DfReportSchema,
   DoctorQuery,
   FingerprintResultSchema,
@@ -109,6 +111,33 @@ export function healthRoutes(d: ApiDeps) {
           return r;
         }),
       ),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/catalog/repair',
+      operationId: 'repairCatalog',
+      'x-vmsnap-kinds': ['catalog-repair'],
+      tags,
+      summary: 'Replace a damaged catalog: rebuild it from the records beside the VMs, or restore the newest sound backup (202: an operation over the whole data dir)',
+      description:
+        "What `vmsnap recover --rebuild-catalog` and `--from-backup` do: the old catalog is kept aside, never deleted; then recovery finishes what the records carried. `dryRun` only reports. The server stays up through a damaged catalog (every other route answers CATALOG_ERROR) and reopens the new one; a missing catalog stops the server from starting, so that case is the CLI's. Runs alone: refused (423) while the server runs another operation. The operation's result is a CatalogRepairReport.",
+      request: { body: jsonBody(CatalogRepairBody) },
+      responses: { 202: jsonResponse(acceptedAs('catalog-repair', CatalogRepairReportSchema, 'CatalogRepair'), 'repairing in the background'), 400: errors[400], 423: errors[423] },
+    }),
+    (c) => {
+      const { mode, dryRun = false } = c.req.valid('json');
+      const title = `${dryRun ? 'dry run: ' : ''}${mode === 'rebuild' ? 'rebuild the catalog from the records' : 'restore the catalog from its newest backup'}`;
+      return accepted(
+        c,
+        tracker.start({ kind: 'catalog-repair', scope: { dataDir: true }, title }, async () => {
+          const r = await lib.repairOwnCatalog({ mode, dryRun });
+          if (!dryRun) await watch.refreshAll();
+          return r;
+        }),
+      );
+    },
   );
 
   app.openapi(

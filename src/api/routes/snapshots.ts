@@ -1,5 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { VmsnapError } from '../../errors.js';
+import { parseDuration } from '../../policy/duration.js';
+import { protectedError } from '../../snapshot/protect.js';
 import { buildTree, type TreeNode } from '../../snapshot/tree.js';
 import type { SnapshotView } from '../../contract/views.js';
 import { errors, jsonBody, jsonResponse, newRouter, refuseTakenName, type ApiDeps } from '../deps.js';
@@ -111,10 +113,13 @@ export function snapshotRoutes(d: ApiDeps) {
           details: { vm: vm.name, snapshot: b.name, field: 'name' },
         });
       }
+      // A bad duration is the caller's to fix at once too (a 400), not a failed job.
+      if (b.expire !== undefined) parseDuration(b.expire, 'expire');
       const op = tracker.start({ kind: 'snapshot-create', scope: { vm }, snapshot: b.name, title: `take snapshot ${b.name} of ${vm.name}` }, () =>
         lib.snapshots.create(vm.id, b.name, {
           ...(b.description !== undefined ? { description: b.description } : {}),
           ...(b.memory !== undefined ? { memory: b.memory } : {}),
+          ...(b.expire !== undefined ? { expire: b.expire } : {}),
         }),
       );
       return accepted(c, op);
@@ -165,14 +170,17 @@ export function snapshotRoutes(d: ApiDeps) {
       'x-vmsnap-kinds': ['snapshot-delete'],
       tags,
       summary: 'Delete a snapshot, merging its changes into what depends on it (202: an operation)',
-      description: 'A snapshot that linked clones build on is refused (409) unless `detachClones=true`, which first copies its data into each clone.',
+      description:
+        'A protected snapshot is refused (409) until unprotected. A snapshot that linked clones build on is refused (409) unless `detachClones=true`, which first copies its data into each clone.',
       request: { params: SnapshotParams, query: DeleteQuery },
-      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 400: errors[400], 404: errors[404], 423: errors[423] },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 400: errors[400], 404: errors[404], 409: errors[409], 423: errors[423] },
     }),
     (c) => {
       const p = c.req.valid('param');
       const vm = lib.vms.get(p.vm);
       const snap = lib.snapshots.show(vm.id, p.snap);
+      // A protected snapshot is refused at once (409), with the message every delete path gives.
+      lib.snapshots.assertDeletable(vm.id, snap.id);
       const clones = c.req.valid('query').detachClones === 'true' ? ('detach' as const) : ('refuse' as const);
       const op = tracker.start({ kind: 'snapshot-delete', scope: { vm }, snapshot: snap.name, title: `delete snapshot ${snap.name} of ${vm.name}` }, () =>
         lib.snapshots.delete(vm.id, snap.id, { clones }),
@@ -189,11 +197,14 @@ export function snapshotRoutes(d: ApiDeps) {
       'x-vmsnap-kinds': ['snapshot-delete-all'],
       tags,
       summary: "Delete all of a VM's snapshots; the present state is kept (202: an operation)",
+      description: 'Refused (409) while any snapshot is protected.',
       request: { params: VmParams, query: DeleteQuery },
-      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 400: errors[400], 404: errors[404], 423: errors[423] },
+      responses: { 202: jsonResponse(AcceptedSchema, 'deleting in the background'), 400: errors[400], 404: errors[404], 409: errors[409], 423: errors[423] },
     }),
     (c) => {
       const vm = lib.vms.get(c.req.valid('param').vm);
+      const guarded = lib.snapshots.list(vm.id).filter((s) => s.protected);
+      if (guarded.length > 0) throw protectedError(vm, guarded, true);
       const clones = c.req.valid('query').detachClones === 'true' ? ('detach' as const) : ('refuse' as const);
       const op = tracker.start({ kind: 'snapshot-delete-all', scope: { vm }, title: `delete all snapshots of ${vm.name}` }, () => lib.snapshots.deleteAll(vm.id, { clones }));
       return accepted(c, op);

@@ -1,12 +1,16 @@
 import { createRoute, z } from '@hono/zod-openapi';
+import type { ForwardConfig } from '../../contract/config.js';
 import { VmsnapError } from '../../errors.js';
+import { parseSshKeys } from '../../vm/seed.js';
 import type { CreateVmOptions, DiskSpec } from '../../vm/service.js';
-import { errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
+import { errorContent, errors, jsonBody, jsonResponse, newRouter, type ApiDeps } from '../deps.js';
 import {
   AcceptedSchema,
   CreateVmBody,
   ExecBody,
   ExecResultSchema,
+  ImportLibvirtBody,
+  LibvirtImportResultSchema,
   PresentStateSchema,
   SetVmBody,
   StartBody,
@@ -62,10 +66,44 @@ export function vmRoutes(d: ApiDeps) {
         ...(b.kernel !== undefined ? { kernel: d.hostPaths.check(b.kernel, 'kernel') } : {}),
         ...(b.initrd !== undefined ? { initrd: d.hostPaths.check(b.initrd, 'initrd') } : {}),
         ...(b.append !== undefined ? { append: b.append } : {}),
+        ...(b.firmware !== undefined ? { firmware: b.firmware } : {}),
+        ...(b.forwards !== undefined ? { forwards: b.forwards.map(forwardOf) } : {}),
+        ...(b.bridge !== undefined ? { bridge: b.bridge } : {}),
+        ...(b.display !== undefined ? { display: b.display } : {}),
+        ...(b.userData !== undefined ? { userData: b.userData } : {}),
+        ...(b.sshKeys !== undefined ? { sshKeys: parseSshKeys(b.sshKeys.join('\n'), 'sshKeys') } : {}),
+        ...(b.hostname !== undefined ? { hostname: b.hostname } : {}),
       };
       const info = await lib.vms.create(b.name, opts);
       void watch.refresh(info.id, { snapshots: true });
       return c.json(info, 201, { Location: `/api/vms/${encodeURIComponent(info.name)}` });
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/vms/import-libvirt',
+      operationId: 'importLibvirtDomain',
+      'x-vmsnap-kinds': ['import-libvirt'],
+      tags,
+      summary: 'Make a VM of a libvirt domain (its virsh dumpxml)',
+      description:
+        "Memory, vCPUs, kernel boot, disks (their images and backing chains adopted read-only as base layers, never written) and NICs with their MACs. Refused (400, each item in `details.unsupported`) while anything cannot be carried over, unless `ignoreUnsupported`. Every file the XML names must be under one of the server's --allow-path dirs.",
+      request: { body: jsonBody(ImportLibvirtBody, true) },
+      responses: { 201: jsonResponse(LibvirtImportResultSchema, 'the new VM and what was not carried over'), 400: errors[400], 403: errors[403], 409: errors[409] },
+    }),
+    async (c) => {
+      const b = c.req.valid('json');
+      const r = await lib.vms.importLibvirt(b.xml, {
+        ...(b.name !== undefined ? { name: b.name } : {}),
+        ...(b.ignoreUnsupported !== undefined ? { ignoreUnsupported: b.ignoreUnsupported } : {}),
+        checkPath: (path, field) => {
+          d.hostPaths.check(path, field);
+        },
+      });
+      void watch.refresh(r.vm.id, { snapshots: true });
+      return c.json(r, 201, { Location: `/api/vms/${encodeURIComponent(r.vm.name)}` });
     },
   );
 
@@ -101,6 +139,10 @@ export function vmRoutes(d: ApiDeps) {
         ...(b.memoryMiB !== undefined ? { memoryMiB: b.memoryMiB } : {}),
         ...(b.cpus !== undefined ? { cpus: b.cpus } : {}),
         ...(b.addDisks !== undefined ? { addDisks: b.addDisks } : {}),
+        ...(b.firmware !== undefined ? { firmware: b.firmware } : {}),
+        ...(b.forwards !== undefined ? { forwards: b.forwards.map(forwardOf) } : {}),
+        ...(b.bridge !== undefined ? { bridge: b.bridge } : {}),
+        ...(b.display !== undefined ? { display: b.display } : {}),
       });
       void watch.refresh(vm.id);
       return c.json(info, 200);
@@ -263,7 +305,52 @@ export function vmRoutes(d: ApiDeps) {
     },
   );
 
+  const wsRoutes = [
+    {
+      kind: 'console',
+      operationId: 'openConsole',
+      summary: "The VM's serial console as a WebSocket",
+      description:
+        "Upgrade to a WebSocket (binary frames both ways): the bytes of the VM's serial console, starting with up to 8 KiB of its recent output, and keystrokes to it. Same rules as the rest of the API: without a token only loopback Host names; with one, `Authorization: Bearer` or, from a browser, the WebSocket subprotocol `vmsnap.token.<token>` offered beside `vmsnap` (the server chooses `vmsnap`). A browser's Origin must be this server's. QEMU serves one console client at a time: a second waits until the first leaves. 409 when the VM is not running.",
+    },
+    {
+      kind: 'vnc',
+      operationId: 'openVnc',
+      summary: "The VM's screen (VNC/RFB) as a WebSocket",
+      description:
+        "Upgrade to a WebSocket carrying the RFB protocol of the VM's VNC screen (what noVNC speaks), for a VM created or set with `display: vnc`; the same token and Origin rules as /console. 409 when the VM has no screen or is not running.",
+    },
+  ] as const;
+  for (const w of wsRoutes) {
+    app.openapi(
+      createRoute({
+        method: 'get',
+        path: `/vms/{vm}/${w.kind}`,
+        operationId: w.operationId,
+        tags,
+        summary: w.summary,
+        description: w.description,
+        request: { params: VmParams },
+        responses: {
+          101: { description: 'switching to the WebSocket protocol' },
+          401: errors[401],
+          403: errors[403],
+          404: errors[404],
+          409: errors[409],
+          426: errorContent('a plain HTTP request: this endpoint is a WebSocket (send Upgrade: websocket)'),
+        },
+      }),
+      // Upgrades are taken by the HTTP server before they get here (src/api/consoles.ts).
+      (c) => c.json({ error: { code: 'UPGRADE_REQUIRED', message: `${c.req.path} is a WebSocket: connect with Upgrade: websocket`, details: {} } }, 426),
+    );
+  }
+
   return app;
+}
+
+/** A forward as the API takes it, with the CLI's defaults (tcp, 127.0.0.1); the config schema checks the rest. */
+function forwardOf(f: { proto?: 'tcp' | 'udp' | undefined; hostAddr?: string | undefined; hostPort: number; guestPort: number }): ForwardConfig {
+  return { proto: f.proto ?? 'tcp', hostAddr: f.hostAddr ?? '127.0.0.1', hostPort: f.hostPort, guestPort: f.guestPort };
 }
 
 /** What a revert would discard now, and whether a revert without force is refused. */

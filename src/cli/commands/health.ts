@@ -23,7 +23,8 @@ export function registerHealthCommands(program: Command, run: Run): void {
         const r = await lib.health.df(vm);
         if (o.json) return printJson(r);
         const d = r.dataDir;
-        process.stdout.write(`data dir ${d.path}: vmsnap uses ${formatBytes(d.usedBytes)}, ${formatBytes(d.freeBytes)} free of ${formatBytes(d.totalBytes)}\n`);
+        process.stdout.write(`data dir ${d.path}: vmsnap uses ${formatBytes(d.usedBytes)}${d.bootFilesBytes ? ` (boot files ${formatBytes(d.bootFilesBytes)})` : ''}, ${formatBytes(d.freeBytes)} free of ${formatBytes(d.totalBytes)}\n`);
+        process.stdout.write(`  catalog ${formatBytes(d.catalogBytes)}, its backups ${formatBytes(d.backupsBytes)}, records beside the VMs ${formatBytes(d.recordsBytes)}\n`);
         process.stdout.write(
           d.reflinks
             ? '  memory states share the pages a snapshot did not change with its parent (reflinks)\n'

@@ -21,7 +21,8 @@ export function registerServeCommand(program: Command): void {
     .option('--require-token', 'require the API token even on loopback')
     .option('--allow-path <dir>', 'let requests name host files (kernels, images to import) in DIR (repeatable)', collect)
     .option('--allow-host <name>', 'accept this Host header without a token, e.g. behind a local reverse proxy (repeatable)', collect)
-    .action(async (o: { host: string; port: string; requireToken?: boolean; allowPath?: string[]; allowHost?: string[] }) => {
+    .option('--no-policies', "do not run the VMs' snapshot policies (e.g. when a systemd timer runs them)")
+    .action(async (o: { host: string; port: string; requireToken?: boolean; allowPath?: string[]; allowHost?: string[]; policies: boolean }) => {
       const log = (line: string): void => void process.stdout.write(`${line}\n`);
       const stamped = (line: string): void => log(`${new Date().toISOString()} ${line}`);
       let server: RunningServer | undefined;
@@ -34,6 +35,7 @@ export function registerServeCommand(program: Command): void {
           ...(o.requireToken ? { requireToken: true } : {}),
           ...(o.allowPath ? { allowPaths: o.allowPath } : {}),
           ...(o.allowHost ? { allowedHosts: o.allowHost } : {}),
+          ...(o.policies ? {} : { policies: false as const }),
           // Startup lines (the token) plain; operations later with a time stamp.
           log: (line) => (server === undefined ? log(line) : stamped(line)),
         });

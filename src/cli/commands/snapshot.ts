@@ -3,7 +3,7 @@ import { VmsnapError } from '../../errors.js';
 import type { SnapshotView } from '../../contract/views.js';
 import { formatBytes } from '../../util/size.js';
 import type { Run } from '../main.js';
-import { ago, printJson, printTable, usageError } from '../output.js';
+import { ago, confirm, fingerprintInBackground, printJson, printTable, usageError } from '../output.js';
 import { progressBar } from '../progress.js';
 import { parseCount } from '../parse.js';
 
@@ -21,34 +21,12 @@ function printShow(s: SnapshotView): void {
     `  config      ${s.config.memoryMiB} MiB, ${s.config.cpus} CPU, ${s.config.disks.length} disk(s)`,
   ];
   if (s.description) out.push(`  description ${s.description}`);
+  out.push(`  protected   ${s.protected ? `yes: nothing deletes it until 'vmsnap snapshot unprotect'` : 'no'}`);
+  if (s.expiresAt) out.push(`  expires     ${s.expiresAt} (${Date.parse(s.expiresAt) <= Date.now() ? 'expired: the next prune deletes it' : `a prune deletes it after that`}${s.protected ? ', once unprotected' : ''})`);
+  if (s.policy) out.push(`  taken by    ${s.policy.owned ? 'the policy' : 'a removed policy (no policy prunes it)'}${s.policy.slot ? `, for slot ${s.policy.slot}` : ' (policy run --now)'}`);
   for (const d of s.disks) out.push(`  ${d.slot.padEnd(11)} layer ${d.layerId}, delta ${formatBytes(d.bytes)}`);
   if (typeof s.meta.fallbackReason === 'string') out.push(`  note        memory saved with pre-copy: ${s.meta.fallbackReason}`);
   process.stdout.write(`${out.join('\n')}\n`);
-}
-
-async function confirm(question: string): Promise<boolean> {
-  if (!process.stdin.isTTY || !process.stderr.isTTY) return false;
-  const { createInterface } = await import('node:readline/promises');
-  const rl = createInterface({ input: process.stdin, output: process.stderr });
-  try {
-    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
-  } finally {
-    rl.close();
-  }
-}
-
-/**
- * Fingerprint the new snapshot's disks in a detached process, so the content
- * can later be proven unchanged (verify --deep) without making the user wait.
- */
-async function fingerprintInBackground(vm: string): Promise<void> {
-  if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
-  // The script this CLI was started as (bin/vmsnap.js): this module is bundled into
-  // dist/cli/vmsnap-cli.cjs, so a path relative to it would not find bin/.
-  const self = process.argv[1];
-  if (self === undefined) return;
-  const { spawn } = await import('node:child_process');
-  spawn(process.execPath, [self, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore' }).unref();
 }
 
 export function registerSnapshotCommands(program: Command, run: Run): void {
@@ -61,17 +39,19 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
     .argument('<name>', 'snapshot name, unique per VM')
     .option('--description <text>', 'what this snapshot is for')
     .option('--no-memory', 'disks only (the VM reverts powered off)')
+    .option('--expire <duration>', "delete it in the first prune after this long, e.g. 12h, 7d, 2w, 1d12h (unless protected)")
     .option('--json', 'print the snapshot as JSON')
-    .action((vm: string, name: string, o: { description?: string; memory: boolean; json?: boolean }) =>
+    .action((vm: string, name: string, o: { description?: string; memory: boolean; expire?: string; json?: boolean }) =>
       run(o, async (lib, log) => {
         const s = await lib.snapshots.create(vm, name, {
           ...(o.description !== undefined ? { description: o.description } : {}),
           ...(o.memory === false ? { memory: false } : {}),
+          ...(o.expire !== undefined ? { expire: o.expire } : {}),
         });
         await fingerprintInBackground(vm);
         if (o.json) return printJson(s);
         const mem = s.hasMemory ? `memory ${formatBytes(s.stateBytes)}` : 'disk only';
-        log(`took snapshot '${s.name}' of VM '${vm}' (${mem}, guest pause ${pause(s)})`);
+        log(`took snapshot '${s.name}' of VM '${vm}' (${mem}, guest pause ${pause(s)})${s.expiresAt ? `; expires ${s.expiresAt}` : ''}`);
         if (typeof s.meta.fallbackReason === 'string') log(`note: memory was saved with a live pre-copy: ${s.meta.fallbackReason}`);
         for (const w of await lib.health.warningsFor(vm)) process.stderr.write(`warning: ${w.message}\n`);
       }),
@@ -91,8 +71,9 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
           process.stdout.write(`VM '${vm}' has no snapshots: take one with 'vmsnap snapshot create ${vm} NAME'\n`);
           return;
         }
+        const { snapshotFlags } = await import('../../contract/format.js');
         printTable(
-          ['', 'NAME', 'PARENT', 'TAKEN', 'MEMORY', 'PAUSE', 'DELTA', 'STATE FILE'],
+          ['', 'NAME', 'PARENT', 'TAKEN', 'MEMORY', 'PAUSE', 'DELTA', 'STATE FILE', 'FLAGS'],
           list.map((s) => [
             s.current ? '*' : '',
             s.name,
@@ -102,6 +83,7 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
             pause(s),
             formatBytes(s.deltaBytes),
             s.hasMemory ? formatBytes(s.stateBytes) : '-',
+            snapshotFlags(s).map((f) => f.text).join(', ') || '-',
           ]),
         );
       }),
@@ -187,6 +169,26 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
         log(`deleted ${what} of VM '${vm}': reclaimed ${formatBytes(r.reclaimedBytes)}${merged ? `, ${merged} layer merge${merged === 1 ? '' : 's'}` : ''}`);
       }),
     );
+
+  for (const protect of [true, false]) {
+    snap
+      .command(protect ? 'protect' : 'unprotect')
+      .description(
+        protect
+          ? 'protect a snapshot: nothing deletes it (delete, delete --all, prune, expiry, vmsnap rm) until it is unprotected'
+          : 'unprotect a snapshot: it can be deleted again (and a passed expiry applies at the next prune)',
+      )
+      .argument('<vm>')
+      .argument('<snapshot>')
+      .option('--json', 'print the snapshot as JSON')
+      .action((vm: string, name: string, o: { json?: boolean }) =>
+        run(o, async (lib, log) => {
+          const s = protect ? lib.snapshots.protect(vm, name) : lib.snapshots.unprotect(vm, name);
+          if (o.json) return printJson(s);
+          log(`snapshot '${s.name}' of VM '${vm}' is ${protect ? 'protected: nothing deletes it until it is unprotected' : 'no longer protected'}`);
+        }),
+      );
+  }
 
   program
     .command('clone')

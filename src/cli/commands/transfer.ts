@@ -1,22 +1,9 @@
 import type { Command } from 'commander';
 import { formatBytes } from '../../util/size.js';
 import type { Run } from '../main.js';
-import { printJson } from '../output.js';
+import { interruptible, printJson } from '../output.js';
 import { progressBar } from '../progress.js';
 
-/** Ctrl-C (or a TERM) stops the transfer cleanly: no partial archive, nothing imported. */
-async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const ac = new AbortController();
-  const stop = (): void => ac.abort(new Error('interrupted by a signal'));
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  try {
-    return await fn(ac.signal);
-  } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
-  }
-}
 
 const rate = (bytes: number, ms: number): string => `${formatBytes(bytes / Math.max(ms / 1000, 0.001))}/s`;
 

@@ -1,6 +1,6 @@
 import { useEffect, useState, type ReactNode } from 'react';
-import { api, type PresentState, type SnapshotView, type VmInfo, type VmSummary } from '../api.js';
-import { ago, bytes, longTime, ms } from '../format.js';
+import { api, type PolicyView, type PresentState, type SnapshotView, type VmInfo, type VmSummary } from '../api.js';
+import { ago, bytes, longTime, ms, snapshotBadges, timeLeft } from '../format.js';
 import type { NodeRef } from './SnapshotTree.js';
 
 function Row(props: { label: string; children: ReactNode; testId?: string }) {
@@ -21,11 +21,18 @@ function configText(c: { memoryMiB: number; cpus: number; machine: string; disks
 export interface DetailActions {
   revert: (s: SnapshotView) => void;
   remove: (s: SnapshotView) => void;
+  protect: (s: SnapshotView, on: boolean) => void;
+  editPolicy: () => void;
+  prune: () => void;
   take: () => void;
   deleteAll: () => void;
   removeVm: () => void;
   clone: (s: SnapshotView) => void;
   exportSnapshot: (s: SnapshotView) => void;
+  /** Browse its files: download one, restore one into the VM. */
+  files: (s: SnapshotView) => void;
+  /** What changed between it and another snapshot, or the present state. */
+  diff: (s: SnapshotView) => void;
 }
 
 /** What the selected tree node is, in full, with the actions that apply to it. */
@@ -36,6 +43,8 @@ export function DetailsPanel(props: {
   selected: NodeRef;
   busy: boolean;
   canDelete: boolean;
+  /** The VM's policy (null: none; undefined: not loaded). */
+  policy: PolicyView | null | undefined;
   actions: DetailActions;
 }) {
   const { vm, selected, busy } = props;
@@ -50,6 +59,11 @@ export function DetailsPanel(props: {
           <div className="badges">
             {s.current && <span className="badge badge-current">current</span>}
             <span className={s.hasMemory ? 'badge badge-mem' : 'badge badge-disk'}>{s.hasMemory ? 'with memory' : 'disk only'}</span>
+            {snapshotBadges(s).map((f) => (
+              <span key={f.kind} className={`badge badge-${f.kind}`} title={f.title} data-testid={`detail-badge-${f.kind}`}>
+                {f.text}
+              </span>
+            ))}
           </div>
         </div>
         <p className={s.description ? 'desc' : 'desc muted'}>{s.description || 'No description.'}</p>
@@ -72,6 +86,22 @@ export function DetailsPanel(props: {
           </Row>
           <Row label="Parent">{s.parent ?? <span className="muted">none (first snapshot)</span>}</Row>
           <Row label="Children">{s.children.length ? s.children.join(', ') : <span className="muted">none</span>}</Row>
+          <Row label="Taken by" testId="detail-taken-by">
+            {s.policy ? (s.policy.owned ? 'the policy' : 'a removed policy (no policy prunes it)') : 'hand'}
+            {s.policy ? <span className="muted">{s.policy.slot ? ` — slot ${longTime(s.policy.slot)}` : ' — run now'}</span> : null}
+          </Row>
+          <Row label="Protected" testId="detail-protected">
+            {s.protected ? 'yes — nothing deletes it until it is unprotected' : 'no'}
+          </Row>
+          <Row label="Expires" testId="detail-expires">
+            {s.expiresAt ? (
+              <>
+                {longTime(s.expiresAt)} <span className="muted">({timeLeft(s.expiresAt) ? `in ${timeLeft(s.expiresAt)}` : 'passed: the next prune deletes it'}{s.protected ? ', once unprotected' : ''})</span>
+              </>
+            ) : (
+              <span className="muted">never</span>
+            )}
+          </Row>
           <Row label="Id">
             <code>{s.id}</code>
           </Row>
@@ -80,10 +110,13 @@ export function DetailsPanel(props: {
           <button className="btn btn-primary" disabled={busy} onClick={() => props.actions.revert(s)} data-testid="action-revert">
             Revert to this snapshot
           </button>
+          <button className="btn" onClick={() => props.actions.protect(s, !s.protected)} data-testid={s.protected ? 'action-unprotect' : 'action-protect'}>
+            {s.protected ? 'Unprotect' : 'Protect'}
+          </button>
           <button
             className="btn btn-danger-outline"
-            disabled={busy || !props.canDelete}
-            title={props.canDelete ? undefined : 'this server’s library has no snapshot delete'}
+            disabled={busy || !props.canDelete || s.protected}
+            title={s.protected ? 'protected: unprotect it first' : props.canDelete ? undefined : 'this server’s library has no snapshot delete'}
             onClick={() => props.actions.remove(s)}
             data-testid="action-delete"
           >
@@ -96,6 +129,14 @@ export function DetailsPanel(props: {
           </button>
           <button className="btn" disabled={busy} onClick={() => props.actions.exportSnapshot(s)} title="one archive of this snapshot, to download" data-testid="action-export">
             Export…
+          </button>
+        </div>
+        <div className="details-actions">
+          <button className="btn" onClick={() => props.actions.files(s)} title="browse its files, download or restore one (the VM may run)" data-testid="action-files">
+            Files…
+          </button>
+          <button className="btn" onClick={() => props.actions.diff(s)} title="files added, removed and changed since this snapshot, or against another one" data-testid="action-diff">
+            Diff…
           </button>
         </div>
       </aside>
@@ -134,6 +175,7 @@ export function DetailsPanel(props: {
           </Row>
         </div>
       )}
+      <PolicySummary policy={props.policy} busy={busy} onEdit={props.actions.editPolicy} onPrune={props.actions.prune} />
       <div className="details-actions">
         <button className="btn btn-danger-outline" disabled={busy || vm.snapshots === 0 || !props.canDelete} onClick={props.actions.deleteAll} data-testid="action-delete-all">
           Delete all snapshots
@@ -148,6 +190,49 @@ export function DetailsPanel(props: {
         </button>
       </div>
     </aside>
+  );
+}
+
+/** The VM's snapshot policy in short: schedule, rules, next run, last result. */
+export function PolicySummary(props: { policy: PolicyView | null | undefined; busy: boolean; onEdit: () => void; onPrune: () => void }) {
+  const p = props.policy;
+  if (p === undefined) return null;
+  const last = p?.lastRun;
+  return (
+    <>
+      <h4>Snapshot policy</h4>
+      {p === null ? (
+        <p className="muted small" data-testid="policy-summary">
+          No policy: snapshots are taken and deleted only by hand (and snapshots with an expiry are deleted after it).
+        </p>
+      ) : (
+        <div className="kvs" data-testid="policy-summary">
+          <Row label="Schedule">
+            <code>{p.spec.schedule}</code> <span className="muted">({p.timeZone})</span>
+          </Row>
+          <Row label="Keeps">{p.rulesText}</Row>
+          <Row label="Next run">{p.nextRuns[0] ? longTime(p.nextRuns[0]) : <span className="muted">none</span>}</Row>
+          <Row label="Last run" testId="policy-last-run">
+            {last ? (
+              <span className={last.status === 'failed' ? 'error-text' : undefined}>
+                {last.status === 'failed' ? `failed ${ago(last.at)}: ${last.error?.message ?? ''}` : `ok ${ago(last.at)}${last.snapshot ? `: took '${last.snapshot}'` : ''}${last.deleted.length ? `, pruned ${last.deleted.length}` : ''}`}
+              </span>
+            ) : (
+              <span className="muted">never</span>
+            )}
+          </Row>
+          <Row label="Its snapshots">{p.snapshots}</Row>
+        </div>
+      )}
+      <div className="details-actions">
+        <button className="btn" onClick={props.onEdit} data-testid="action-edit-policy">
+          {p ? 'Edit policy…' : 'Set a policy…'}
+        </button>
+        <button className="btn" disabled={props.busy} onClick={props.onPrune} data-testid="action-prune">
+          Prune…
+        </button>
+      </div>
+    </>
   );
 }
 

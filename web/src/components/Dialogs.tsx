@@ -1,9 +1,9 @@
 import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'react';
-import { api, ApiFailure, type Operation, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
+import { api, ApiFailure, type LibvirtImportResult, type Operation, type PresentState, type SnapshotView, type VmSummary } from '../api.js';
 import { bytes, NAME_PATTERN, NAME_RULE, nextSnapshotName } from '../format.js';
 import { Bar, ProgressBar, progressText } from './Jobs.js';
 
-function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
+export function Modal(props: { title: string; children: ReactNode; onClose: () => void; testId: string; wide?: boolean }) {
   const ref = useRef<HTMLDivElement>(null);
   const onClose = useRef(props.onClose);
   onClose.current = props.onClose;
@@ -24,7 +24,7 @@ function Modal(props: { title: string; children: ReactNode; onClose: () => void;
   );
 }
 
-function ErrorLine(props: { error: ApiFailure | Error | null }) {
+export function ErrorLine(props: { error: ApiFailure | Error | null }) {
   if (!props.error) return null;
   return (
     <div className="form-error" role="alert">
@@ -35,7 +35,7 @@ function ErrorLine(props: { error: ApiFailure | Error | null }) {
 }
 
 /** Run the dialog's action; keep the dialog open with the error if the server refuses. */
-function useSubmit(action: () => Promise<void>, onDone: () => void) {
+export function useSubmit(action: () => Promise<void>, onDone: () => void) {
   const [pending, setPending] = useState(false);
   const [error, setError] = useState<Error | null>(null);
   const submit = async (e?: FormEvent) => {
@@ -60,10 +60,11 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
   const [description, setDescription] = useState('');
   const canMemory = vm.state === 'running' || vm.state === 'paused';
   const [memory, setMemory] = useState(canMemory);
+  const [expire, setExpire] = useState('');
   const taken = props.snapshots.some((s) => s.name === name);
   const invalid = !NAME_PATTERN.test(name) ? NAME_RULE : taken ? 'a snapshot of this VM already has this name' : null;
   const { pending, error, submit } = useSubmit(async () => {
-    const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory });
+    const r = await api.takeSnapshot(vm.name, { name, ...(description ? { description } : {}), memory: canMemory && memory, ...(expire.trim() ? { expire: expire.trim() } : {}) });
     props.onAccepted(r.operation.id);
   }, props.onClose);
   return (
@@ -88,6 +89,10 @@ export function TakeSnapshotDialog(props: { vm: VmSummary; snapshots: SnapshotVi
                 : 'the VM is powered off: the snapshot holds its disks and config'}
             </small>
           </span>
+        </label>
+        <label className="field">
+          <span>Expires after (optional)</span>
+          <input value={expire} onChange={(e) => setExpire(e.target.value)} maxLength={32} placeholder="e.g. 12h, 7d, 2w — the next prune after it deletes the snapshot" data-testid="snapshot-expire" />
         </label>
         <p className="muted small">The guest keeps running; it pauses only for milliseconds while the disks switch to new delta files.</p>
         <ErrorLine error={error} />
@@ -491,6 +496,70 @@ export function ImportDialog(props: { existing: string[]; onClose: () => void; o
   );
 }
 
+/**
+ * Make a VM of a libvirt domain: its `virsh dumpxml`, pasted or read from a file.
+ * The server reads the disk images it names (they must be under its --allow-path
+ * dirs); what vmsnap cannot carry over is listed, and dropped only when asked.
+ */
+export function LibvirtImportDialog(props: { existing: string[]; onClose: () => void; onImported: (result: LibvirtImportResult) => void }) {
+  const [xml, setXml] = useState('');
+  const [name, setName] = useState('');
+  const [ignoreUnsupported, setIgnore] = useState(false);
+  const invalid = !xml.trim() ? 'paste the domain XML or choose its file' : name && !NAME_PATTERN.test(name) ? NAME_RULE : name && props.existing.includes(name) ? 'a VM with this name exists' : null;
+  const { pending, error, submit } = useSubmit(async () => {
+    props.onImported(await api.importLibvirt({ xml, ...(name ? { name } : {}), ...(ignoreUnsupported ? { ignoreUnsupported } : {}) }));
+  }, props.onClose);
+  const unsupported = error instanceof ApiFailure && Array.isArray(error.body.details.unsupported) ? (error.body.details.unsupported as { element: string; what: string; why: string }[]) : null;
+  return (
+    <Modal title="Import a libvirt domain" onClose={props.onClose} testId="dialog-import-libvirt" wide>
+      <form onSubmit={submit}>
+        <p className="small">
+          The domain as <code>virsh dumpxml DOMAIN</code> writes it, shut off. Its disk images and their backing files are adopted read-only (never written); the VM writes to
+          its own overlays. The files must be under one of the server&apos;s <code>--allow-path</code> dirs.
+        </p>
+        <label className="field">
+          <span>Domain XML file</span>
+          <input type="file" accept=".xml,text/xml,application/xml" onChange={(e) => void e.target.files?.[0]?.text().then(setXml)} data-testid="libvirt-file" />
+        </label>
+        <label className="field">
+          <span>or the XML itself</span>
+          <textarea value={xml} onChange={(e) => setXml(e.target.value)} rows={6} spellCheck={false} placeholder="<domain type='kvm'>…" data-testid="libvirt-xml" />
+        </label>
+        <label className="field">
+          <span>Name of the new VM</span>
+          <input value={name} onChange={(e) => setName(e.target.value)} maxLength={63} placeholder="the domain's" aria-invalid={Boolean(name) && invalid !== null} data-testid="libvirt-name" />
+          {name && invalid && <small className="field-error">{invalid}</small>}
+        </label>
+        <label className="check">
+          <input type="checkbox" checked={ignoreUnsupported} onChange={(e) => setIgnore(e.target.checked)} data-testid="libvirt-ignore" />
+          <span>
+            Drop what vmsnap cannot carry over
+            <small>otherwise the import is refused and lists each such device or setting</small>
+          </span>
+        </label>
+        {unsupported ? (
+          <div className="form-error" role="alert" data-testid="libvirt-unsupported">
+            vmsnap cannot carry over:
+            <ul>
+              {unsupported.map((u) => (
+                <li key={`${u.element}:${u.what}`}>
+                  {u.what} <span className="muted">— {u.why}</span>
+                </li>
+              ))}
+            </ul>
+            <div className="hint">Remove them from the domain, or tick “Drop what vmsnap cannot carry over”.</div>
+          </div>
+        ) : (
+          <ErrorLine error={error} />
+        )}
+        <ModalActions onCancel={props.onClose} disabled={pending || invalid !== null} testId="confirm-import-libvirt">
+          {pending ? 'Importing…' : 'Import'}
+        </ModalActions>
+      </form>
+    </Modal>
+  );
+}
+
 export function ConfirmDialog(props: { title: string; body: ReactNode; confirm: string; danger?: boolean; onClose: () => void; onConfirm: () => Promise<void> }) {
   const { pending, error, submit } = useSubmit(props.onConfirm, props.onClose);
   return (
@@ -535,7 +604,7 @@ export function TokenDialog(props: { onSubmit: (token: string) => Promise<void> 
 }
 
 /** Cancel and the dialog's submit button, the same in every dialog. */
-function ModalActions(props: { onCancel: () => void; danger?: boolean; disabled: boolean; testId?: string; children: ReactNode }) {
+export function ModalActions(props: { onCancel: () => void; danger?: boolean; disabled: boolean; testId?: string; children: ReactNode }) {
   return (
     <div className="modal-actions">
       <button type="button" className="btn" onClick={props.onCancel}>

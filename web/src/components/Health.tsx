@@ -7,6 +7,8 @@ const KIND_LABEL: Record<HealthWarning['kind'], string> = {
   'large-snapshot': 'large snapshot',
   'low-free-space': 'low space',
   verify: 'verify',
+  policy: 'policy',
+  records: 'records',
 };
 
 /**

@@ -1,7 +1,7 @@
 import { hierarchy, tree, type HierarchyPointNode } from 'd3-hierarchy';
 import { useEffect, useMemo, useRef } from 'react';
 import type { SnapshotView, VmSummary } from '../api.js';
-import { shortTime } from '../format.js';
+import { shortTime, snapshotBadges } from '../format.js';
 
 /** What a node of the drawn tree stands for: the VM's base disks, a snapshot, or the present state. */
 export type NodeRef = { kind: 'root' } | { kind: 'snapshot'; id: string } | { kind: 'here' };
@@ -15,8 +15,10 @@ interface Datum {
 
 const NODE_W = 176;
 const NODE_H = 48;
+/** A snapshot with flags (protected, policy, expiry) gets a row of small badges under its box's text. */
+const FLAGS_H = 16;
 const COL = NODE_W + 22;
-const ROW = 78;
+const ROW = 78 + FLAGS_H;
 const PAD = 16;
 
 function buildData(snaps: SnapshotView[]): Datum {
@@ -34,6 +36,9 @@ function buildData(snaps: SnapshotView[]): Datum {
   ((current && byId.get(current.id)) || root).children.push(here);
   return root;
 }
+
+/** A node's box height: taller for a snapshot with flags. */
+const heightOf = (d: Datum): number => (d.snapshot && snapshotBadges(d.snapshot).length > 0 ? NODE_H + FLAGS_H : NODE_H);
 
 const same = (a: NodeRef, b: NodeRef) => a.kind === b.kind && (a.kind !== 'snapshot' || (b.kind === 'snapshot' && a.id === b.id));
 
@@ -67,7 +72,7 @@ export function SnapshotTree(props: {
       nodes,
       links: laid.links(),
       width: maxX - minX + NODE_W + PAD * 2,
-      height: depth + NODE_H + PAD * 2,
+      height: depth + NODE_H + FLAGS_H + PAD * 2,
       /** Top-left corner of a node's box. */
       pos: (n: HierarchyPointNode<Datum>) => ({ x: n.x - minX + PAD, y: n.y + PAD }),
     };
@@ -93,7 +98,7 @@ export function SnapshotTree(props: {
             const a = layout.pos(l.source);
             const b = layout.pos(l.target);
             const x0 = a.x + NODE_W / 2;
-            const y0 = a.y + NODE_H;
+            const y0 = a.y + heightOf(l.source.data);
             const x1 = b.x + NODE_W / 2;
             const y1 = b.y;
             const my = (y0 + y1) / 2;
@@ -153,6 +158,9 @@ export function SnapshotTree(props: {
             );
           }
           const s = d.snapshot!;
+          const flags = snapshotBadges(s);
+          const h = heightOf(d);
+          let fx = 12;
           return (
             <g
               key={s.id}
@@ -164,8 +172,8 @@ export function SnapshotTree(props: {
               aria-selected={isSel}
               data-testid={`tree-node-${s.name}`}
             >
-              <title>{`${s.name}${s.description ? ` — ${s.description}` : ''}\n${new Date(s.createdAt).toLocaleString()}\n${s.hasMemory ? 'with memory' : 'disk only'}${s.current ? '\ncurrent snapshot' : ''}\n(double-click to revert)`}</title>
-              <rect width={NODE_W} height={NODE_H} rx={8} />
+              <title>{`${s.name}${s.description ? ` — ${s.description}` : ''}\n${new Date(s.createdAt).toLocaleString()}\n${s.hasMemory ? 'with memory' : 'disk only'}${s.current ? '\ncurrent snapshot' : ''}${flags.map((f) => `\n${f.text}: ${f.title}`).join('')}\n(double-click to revert)`}</title>
+              <rect width={NODE_W} height={h} rx={8} />
               <circle cx={16} cy={NODE_H / 2} r={6} className={s.hasMemory ? 'snap-dot mem' : 'snap-dot'} />
               <text x={30} y={20} className="node-name">
                 {truncate(s.name, 15)}
@@ -179,6 +187,19 @@ export function SnapshotTree(props: {
                   {s.hasMemory ? 'memory' : 'disk only'}
                 </text>
               </g>
+              {flags.map((f) => {
+                const w = f.text.length * 5.4 + 12;
+                const x = fx;
+                fx += w + 4;
+                return (
+                  <g key={f.kind} transform={`translate(${x},${NODE_H - 4})`} data-testid={`badge-${f.kind}-${s.name}`}>
+                    <rect width={w} height={14} rx={7} className={`flag flag-${f.kind}`} />
+                    <text x={w / 2} y={10.5} textAnchor="middle" className={`flag-text flag-text-${f.kind}`}>
+                      {f.text}
+                    </text>
+                  </g>
+                );
+              })}
             </g>
           );
         })}

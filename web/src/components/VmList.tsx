@@ -12,7 +12,7 @@ export function StateBadge(props: { state: VmSummary['state']; busy?: boolean })
 }
 
 /** The inventory: every VM with its power state, like the left pane of a hypervisor console. */
-export function VmList(props: { vms: VmSummary[]; selected: string | null; busy: Set<string | null>; onSelect: (name: string) => void; onNew: () => void; onImport: () => void }) {
+export function VmList(props: { vms: VmSummary[]; selected: string | null; busy: Set<string | null>; onSelect: (name: string) => void; onNew: () => void; onImport: () => void; onImportLibvirt: () => void }) {
   return (
     <nav className="vm-list" aria-label="virtual machines">
       <div className="side-head">
@@ -20,6 +20,9 @@ export function VmList(props: { vms: VmSummary[]; selected: string | null; busy:
         <span className="side-actions">
           <button className="btn btn-small" onClick={props.onImport} title="make a VM from an exported archive" data-testid="action-import">
             Import
+          </button>
+          <button className="btn btn-small" onClick={props.onImportLibvirt} title="make a VM of a libvirt domain (virsh dumpxml)" data-testid="action-import-libvirt">
+            libvirt
           </button>
           <button className="btn btn-small" onClick={props.onNew} title="create a VM">
             + New
