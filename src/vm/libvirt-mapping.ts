@@ -5,7 +5,7 @@
  * the images, calls this, refuses while `unsupported` is not empty (unless told
  * to drop them) and then adopts the disks.
  */
-import { validateConfig, type ForwardConfig, type VmConfig } from '../contract/config.js';
+import { ForwardSchema, validateConfig, type ForwardConfig, type VmConfig } from '../contract/config.js';
 import { VmsnapError } from '../errors.js';
 import type { OvmfBuild } from './firmware.js';
 import type { ChainLayer, LibvirtDisk, LibvirtDomain, LibvirtIssue, LibvirtNic } from './libvirt-domain.js';
@@ -133,7 +133,7 @@ export function mapLibvirtDomain(input: LibvirtMappingInput): LibvirtMapping {
     for (const f of nic.forwards ?? []) {
       // passt listens on every address when none is given; QEMU's user-mode network forwards from IPv4 addresses only.
       const hostAddr = f.address ?? '0.0.0.0';
-      if (!/^(\d{1,3})(\.\d{1,3}){3}$/.test(hostAddr)) {
+      if (!ForwardSchema.shape.hostAddr.safeParse(hostAddr).success) {
         unsupported.push({ element: nic.element, what: `${nicLabel(nic)}: port forward ${hostAddr}:${f.hostPort} -> ${f.guestPort}/${f.proto}`, why: "QEMU's user-mode network forwards from IPv4 addresses only" });
         continue;
       }
