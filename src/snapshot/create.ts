@@ -20,7 +20,7 @@ import { healthSettings } from '../settings.js';
 import { newId } from '../util/ids.js';
 import { sleep } from '../util/process.js';
 import { guestAgent } from '../vm/guest.js';
-import { addOverlayNodes, deviceTopNodes, mergeBackOverlays, type OverlaySwitch, removeOverlayNodes, snapshotWithMemory, switchToOverlays } from './live.js';
+import { addOverlayNodes, deviceTopNodes, mergeBackOverlays, type OverlaySwitch, removeOverlayNodes, openMemorySink, snapshotWithMemory, switchToOverlays } from './live.js';
 import { parentRamImage, recordSplitState } from './memory-state.js';
 import { createOverlayFiles, newLayerRecords, OverlaySwitchSchema, planOverlays } from './overlays.js';
 
@@ -93,8 +93,9 @@ export async function undoOverlaySwitch(
       // QEMU outlived the switch: stop any save under way and move the disks back onto their old layers.
       const qmp = await connectQmp(ctx.paths.run, vm);
       try {
+        await letBackgroundSnapshotEnd(qmp);
         const mig = await qmp.execute<{ status?: string }>('query-migrate');
-        if (mig.status && ['setup', 'active', 'pre-switchover', 'device', 'cancelling'].includes(mig.status)) {
+        if (mig.status && MIGRATING.includes(mig.status)) {
           await qmp.execute('migrate_cancel').catch(() => undefined);
           for (let i = 0; i < 200; i++) {
             const m = await qmp.execute<{ status?: string }>('query-migrate');
@@ -126,6 +127,26 @@ export async function undoOverlaySwitch(
   }
   removeUnreferenced(ctx, plan.createFiles);
   return note;
+}
+
+const MIGRATING = ['setup', 'active', 'pre-switchover', 'device', 'cancelling'];
+
+/**
+ * A background snapshot still under way is left to finish (its split process reads the
+ * stream to the end), not cancelled: QEMU 7.2 write-protects guest RAM for it, and a
+ * cancel can leave a thread that writes a protected page asleep for good (src/memory/README.md).
+ * A pre-copy save (no write protection) is cancelled by the caller.
+ */
+async function letBackgroundSnapshotEnd(qmp: QmpClient): Promise<void> {
+  const caps = await qmp.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities');
+  if (!caps.some((c) => c.capability === 'background-snapshot' && c.state)) return;
+  // RAM goes out at well over 100 MiB/s even under TCG: 10 minutes is far more than a save takes.
+  const until = Date.now() + 600_000;
+  while (Date.now() < until) {
+    const m = await qmp.execute<{ status?: string }>('query-migrate');
+    if (!m.status || !['setup', 'active'].includes(m.status)) return;
+    await sleep(50);
+  }
 }
 
 /** New snapshots are refused while free space is under the reserve (a full disk would pause the guest). */
@@ -273,6 +294,18 @@ export async function takeSnapshotLocked(ctx: Context, vm0: VmRecord, name: stri
     // Disk only, running: reach the guest agent (to quiesce) while the overlay files are made.
     const agentReady = !withMemory && vmState === 'running' ? agentOrNull(ctx, vm) : Promise.resolve(null);
     const meta: SnapshotMeta = {};
+    // The memory sink's process starts while the overlay files are made.
+    const sinkReady =
+      memFiles && vmState !== 'off'
+        ? openMemorySink(memFiles, {
+            sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, 'state-sink.sock'),
+            snapshotId,
+            onSplitStarted: () => op.fault('splitting'),
+            // On XFS or btrfs the new image shares the parent's unchanged pages (reflinks).
+            ...(parentImage ? { baseImage: parentImage } : {}),
+          })
+        : undefined;
+    sinkReady?.catch(() => undefined); // awaited below, or closed on failure
     try {
       await createOverlayFiles(ctx, switches);
       op.done(1, () => catalog.insertSnapshot(record));
@@ -280,14 +313,9 @@ export async function takeSnapshotLocked(ctx: Context, vm0: VmRecord, name: stri
       if (vmState !== 'off') {
         qmp = await connectQmp(ctx.paths.run, vm);
         await addOverlayNodes(qmp, switches);
-        if (memFiles) {
-          const r = await snapshotWithMemory(qmp, switches, memFiles, {
-            sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, 'state-sink.sock'),
-            snapshotId,
+        if (memFiles && sinkReady) {
+          const r = await snapshotWithMemory(qmp, switches, await sinkReady, {
             running: vmState === 'running',
-            onSplitStarted: () => op.fault('splitting'),
-            // On XFS or btrfs the new image shares the parent's unchanged pages (reflinks).
-            ...(parentImage ? { baseImage: parentImage } : {}),
             ...(opts.forcePrecopy ? { forcePrecopy: true } : {}),
           });
           record.pauseMs = r.pauseMs;
@@ -323,6 +351,8 @@ export async function takeSnapshotLocked(ctx: Context, vm0: VmRecord, name: stri
       });
       return catalog.findSnapshotById(snapshotId)!;
     } finally {
+      // A sink no save reached gives up (one that took a stream reads it to the end).
+      void sinkReady?.then((sink) => sink.close(), () => undefined);
       await qmp?.close();
       await (await agentReady)?.close();
     }

@@ -2,7 +2,8 @@ import { NVRAM_SLOT } from '../contract/config.js';
 import { VmsnapError, QmpCommandError } from '../errors.js';
 import { sha256File } from '../memory/ram-image.js';
 import { loadDeviceState } from '../memory/revert.js';
-import { openSplitSink, type SplitFilesResult } from '../memory/split-files.js';
+import type { SplitFilesResult, SplitSink } from '../memory/split-files.js';
+import { spawnSplitSink } from '../memory/split-sink-process.js';
 import { runBlockJob } from '../qemu/block-jobs.js';
 import { fileNode, formatNode, RAM_BACKEND_ID } from '../qemu/launcher.js';
 import type { QmpClient, QmpEvent } from '../qemu/qmp.js';
@@ -192,19 +193,9 @@ async function setCapability(qmp: QmpClient, capability: string, state: boolean)
 export async function snapshotWithMemory(
   qmp: QmpClient,
   switches: OverlaySwitch[],
-  files: { ram: string; dev: string },
-  opts: SaveOptions & { sinkSocket: string; snapshotId: string; onSplitStarted?: () => void; baseImage?: string },
+  sink: SplitSink,
+  opts: SaveOptions,
 ): Promise<MemorySaveResult & { split: SplitFilesResult }> {
-  // The stream is split as it arrives: guest RAM into a sparse RAM image, the rest into
-  // a small device-state stream (src/memory). The RAM image is hashed later, in the
-  // background: reading it back here would add seconds per GiB to every snapshot.
-  const sink = await openSplitSink(opts.sinkSocket, files.ram, files.dev, {
-    snapshotId: opts.snapshotId,
-    ramBlock: RAM_BACKEND_ID,
-    hashRamImage: false,
-    ...(opts.onSplitStarted ? { onStarted: opts.onSplitStarted } : {}),
-    ...(opts.baseImage ? { baseImage: opts.baseImage } : {}),
-  });
   try {
     const r = await saveToUri(qmp, switches, sink.uri, opts);
     return { ...r, split: await sink.done };
@@ -217,6 +208,27 @@ export async function snapshotWithMemory(
   } finally {
     sink.close();
   }
+}
+
+/**
+ * Where a memory save's stream goes: split as it arrives, guest RAM into a sparse RAM
+ * image, the rest into a small device-state stream (src/memory). The RAM image is hashed
+ * later, in the background: reading it back here would add seconds per GiB to every
+ * snapshot. The split runs in a process of its own that reads the stream to its end even
+ * if this one is killed: a background snapshot whose reader vanishes can hang the guest
+ * for good. Its start (a Node process, ~0.1–0.3 s) overlaps the overlays' creation.
+ */
+export function openMemorySink(
+  files: { ram: string; dev: string },
+  opts: { sinkSocket: string; snapshotId: string; onSplitStarted?: () => void; baseImage?: string },
+): Promise<SplitSink> {
+  return spawnSplitSink(opts.sinkSocket, files.ram, files.dev, {
+    snapshotId: opts.snapshotId,
+    ramBlock: RAM_BACKEND_ID,
+    hashRamImage: false,
+    ...(opts.onSplitStarted ? { onStarted: opts.onSplitStarted } : {}),
+    ...(opts.baseImage ? { baseImage: opts.baseImage } : {}),
+  });
 }
 
 interface SaveOptions {
