@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serve } from '../src/api/server.js';
 import { RECORD_VERSION, recordText, snapshotRecordPath, SNAPSHOT_RECORD, vmRecordPath } from '../src/catalog/records.js';
 import type { CatalogRepairReport } from '../src/contract/views.js';
+import { memoryStateFiles } from '../src/paths.js';
 import type { Vmsnap } from '../src/vmsnap.js';
 import { overwrite } from './damage.js';
 import { cleanupHome, cli, files, openLib, tempHome, write } from './helpers.js';
@@ -276,8 +277,8 @@ describe('losing the catalog loses nothing', () => {
     expect(r.vms.map((v) => v.name)).toEqual(['imp', 'w']);
     expect(r.vms.find((v) => v.name === 'imp')).toMatchObject({ snapshots: [], current: null });
     expect(r.leftOut.map((l) => l.what)).toEqual([`snapshot ${s2.id}`, 'its current snapshot']);
-    // The clone's own layers and the skipped snapshot's memory state are named by no usable record: kept, listed, never removed.
-    const unnamed = [...lib.ctx.catalog.listLayers(cl.id).map((l) => l.path), s2.stateFile!];
+    // The clone's own layers and the skipped snapshot's memory state (manifest, RAM image, device state) are named by no usable record: kept, listed, never removed.
+    const unnamed = [...lib.ctx.catalog.listLayers(cl.id).map((l) => l.path), ...memoryStateFiles(s2.stateFile)];
     expect(r.unrecordedFiles.map((u) => u.path).sort()).toEqual([...unnamed].sort());
     expect(unnamed.every((p) => existsSync(p))).toBe(true);
     expect(dump()).toEqual(before);
