@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 if (process.env.VMSNAP_DEBUG) process.setSourceMapsEnabled(true);
 
 const bundle = fileURLToPath(new URL('../dist/cli/vmsnap-cli.cjs', import.meta.url));
-if (!process.env.VMSNAP_USE_DIST && existsSync(new URL('../src/cli/main.ts', import.meta.url))) {
+if (!process.env.VMSNAP_USE_DIST && existsSync(new URL('../src/cli/main.ts', import.meta.url)) && !(await import('../scripts/dist-check.mjs')).isFresh()) {
+  // The build (esbuild) is loaded only when it has something to do.
   const { ensureDist } = await import('../scripts/dist.mjs');
   try {
     await ensureDist(process.env.VMSNAP_DEBUG ? { log: (line) => process.stderr.write(`${line}\n`) } : {});

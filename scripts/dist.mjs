@@ -26,98 +26,26 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync,
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SRC = join(ROOT, 'src');
-const DIST = join(ROOT, 'dist');
-const STAMP = join(DIST, '.source-signature');
+import { DIST, isFresh, ROOT, SRC, sourceFiles, sourceSignature, STAMP } from './dist-check.mjs';
+
+export { isFresh, sourceSignature };
+
 const LOCK = join(DIST, '.build-lock');
 /** Builds go to ROOT/.dist-tmp-PID first: beside dist/ (same file system, same depth, so source maps point right). */
 const TMP_PREFIX = '.dist-tmp-';
-/** Bump when the build's options change, so every dist/ built before is rebuilt. */
-const BUILD_FORMAT = 4;
 /** src/cli is bundled into one file (see build()); the rest of src/ is transpiled file by file. */
 const CLI_DIR = 'cli';
 const CLI_BUNDLE = 'vmsnap-cli.cjs';
 /** What stands for import.meta.url in the CommonJS bundle. */
 const IMPORT_META_URL = '__vmsnapImportMetaUrl';
 const URL_RELATIVE_TO_MODULE = new RegExp(`new URL\\(\\s*["'](\\.\\.?/[^"']*)["']\\s*,\\s*(?:import\\.meta\\.url|${IMPORT_META_URL})\\s*\\)`, 'g');
-/** Packages the CLI bundle loads from node_modules rather than containing them. */
-const CLI_EXTERNAL = ['better-sqlite3'];
-/** Files beside the sources that change how they are built. */
-// This script is part of the build: a change to it (new esbuild options, say) rebuilds too.
-const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs'];
-
-/** @param {string} name */
-const isTest = (name) => name.endsWith('.test.ts');
-
-/** Every file under src/ that goes into dist/ (tests do not), relative to src/, sorted. */
-function sourceFiles() {
-  /** @type {string[]} */
-  const out = [];
-  /** @param {string} dir @param {string} rel */
-  const walk = (dir, rel) => {
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(dir, e.name), `${rel}${e.name}/`);
-      else if (!isTest(e.name)) out.push(`${rel}${e.name}`);
-    }
-  };
-  walk(SRC, '');
-  return out.sort();
-}
-
 /**
- * What the build depends on, as one short string: each source's path, size and mtime
- * (so an edit, an added, removed or renamed file, or a file put back with an older time
- * all change it), the build configuration and this script's format.
- * @param {string[]} [files]
+ * Packages the CLI bundle loads from node_modules rather than containing them: none. The one
+ * native addon (better-sqlite3's) is found by src/catalog/sqlite.ts and required by path, so
+ * better-sqlite3's JavaScript is bundled (and code-cached) like the rest.
+ * @type {string[]}
  */
-export function sourceSignature(files = sourceFiles()) {
-  // FNV-1a over the listing: cheap, and a collision would need a crafted file tree.
-  let h = 0x811c9dc5;
-  let n = 0;
-  /** @param {string} s */
-  const add = (s) => {
-    for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
-  };
-  for (const f of files) {
-    const st = statSync(join(SRC, f));
-    add(`${f}\0${st.size}\0${st.mtimeMs}\n`);
-    n++;
-  }
-  for (const f of CONFIG_FILES) {
-    try {
-      const st = statSync(join(ROOT, f));
-      add(`${f}\0${st.size}\0${st.mtimeMs}\n`);
-    } catch {
-      add(`${f}\0-\n`);
-    }
-  }
-  // The code cache beside the CLI bundle is only good for the Node (V8) that made it.
-  add(`${process.version}\0${process.arch}\n`);
-  return `v${BUILD_FORMAT}-${n}-${(h >>> 0).toString(16)}`;
-}
-
-/** @returns {{ signature: string, declarations: boolean } | undefined} */
-function readStamp() {
-  try {
-    const [signature = '', flags = ''] = readFileSync(STAMP, 'utf8').split('\n');
-    return { signature, declarations: flags.includes('declarations') };
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Whether dist/ was built from src/ as it is now.
- * @param {{ declarations?: boolean, signature?: string }} [opts]
- */
-export function isFresh(opts = {}) {
-  const stamp = readStamp();
-  if (!stamp) return false;
-  if (opts.declarations && !stamp.declarations) return false;
-  return stamp.signature === (opts.signature ?? sourceSignature());
-}
-
+const CLI_EXTERNAL = [];
 /** @param {number} pid */
 function alive(pid) {
   try {
@@ -270,7 +198,6 @@ async function build(opts) {
         // A vm.Script (the code-cache loader) has no loader for import(): what stays outside the
         // bundle (node: built-ins, native addons) is required instead.
         supported: { 'dynamic-import': false },
-        // Native addons stay where npm put them.
         external: CLI_EXTERNAL,
         plugins: [lazyChildProcessForCommander],
         // import.meta does not exist in CommonJS: the bundle's own URL stands in (dist/cli/ is at

@@ -1,4 +1,7 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -11,5 +14,27 @@ describe('the CLI bundle', () => {
     // JSDoc types of bundled packages (`@param {import('./x.js').default}`) are comments, not code.
     const code = bundle.split('\n').filter((line) => !/^\s*(\*|\/\/)/.test(line));
     expect(code.flatMap((line) => line.match(/\bimport\(\s*["'`][^"'`]+["'`]\s*\)/g) ?? [])).toEqual([]);
+  });
+
+  it('prints --help and list --json whole to a pipe, and exits 0 when the reader closes it early (EPIPE)', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'vs-pipe-'));
+    try {
+      const env = { ...process.env, VMSNAP_HOME: home };
+      const help = execFileSync(process.execPath, [BIN, '--help'], { env, encoding: 'utf8' });
+      expect(help).toMatch(/^Usage: vmsnap \[options\] \[command\]/);
+      expect(help).toMatch(/Exit codes: 0 ok/);
+      expect(JSON.parse(execFileSync(process.execPath, [BIN, 'list', '--json'], { env, encoding: 'utf8' }))).toEqual([]);
+      // `vmsnap --help | true`: the pipe is closed before the CLI writes.
+      for (const args of [['--help'], ['list', '--json']]) {
+        const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+        child.stdout.destroy();
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+        expect({ args, code, stderr }).toEqual({ args, code: 0, stderr: '' });
+      }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });

@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3';
+import { openSqlite, type SqliteDatabase } from './sqlite.js';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fsyncPath } from '../util/files.js';
@@ -40,9 +40,9 @@ export function listBackups(dir: string): CatalogBackup[] {
 
 /** Why a catalog file cannot be used (SQLite's integrity check, or a schema newer than this vmsnap), or undefined when it is sound. */
 export function checkCatalogFile(path: string, opts: { quick?: boolean } = {}): string | undefined {
-  let db: Database.Database | undefined;
+  let db: SqliteDatabase | undefined;
   try {
-    db = new Database(path, { readonly: true, fileMustExist: true });
+    db = openSqlite(path, { readonly: true, fileMustExist: true });
     const rows = db.pragma(opts.quick ? 'quick_check' : 'integrity_check') as Record<string, string>[];
     const result = rows.map((r) => Object.values(r)[0]).join('; ');
     if (result !== 'ok') return result;
@@ -101,7 +101,7 @@ export class CatalogBackups {
     try {
       await this.db.backup(tmp);
       // The copy is in WAL mode like its source: make it one self-contained file.
-      const copy = new Database(tmp);
+      const copy = openSqlite(tmp);
       try {
         copy.pragma('journal_mode = DELETE');
       } finally {

@@ -1,4 +1,5 @@
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite, type SqliteDatabase } from './sqlite.js';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { VmsnapError } from '../errors.js';
@@ -46,7 +47,7 @@ export class CatalogDb {
   afterCommit: (() => void) | undefined;
 
   constructor(
-    private readonly raw: Database.Database,
+    private readonly raw: SqliteDatabase,
     readonly path: string,
   ) {}
 
@@ -141,9 +142,9 @@ export function openCatalog(path: string, guard?: CatalogGuard): Db {
   mkdirSync(dirname(path), { recursive: true });
   const populated = () => guard?.dataDirs.some(hasContent) ?? false;
   if (!existsSync(path) && populated()) throw lostCatalog(path, 'is missing');
-  let raw: Database.Database;
+  let raw: SqliteDatabase;
   try {
-    raw = new Database(path);
+    raw = openSqlite(path);
   } catch (e) {
     if (isDamage(e)) throw damagedCatalog(path, e);
     throw new VmsnapError('CATALOG_ERROR', `cannot open the catalog at ${path}: ${(e as Error).message}`, { cause: e });

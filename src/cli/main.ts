@@ -1,7 +1,9 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import type { Vmsnap } from '../vmsnap.js';
 import { reportError } from './output.js';
+import { handleStdoutErrors, writeOut } from './stdout.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerMaintenanceCommands } from './commands/maintenance.js';
@@ -31,7 +33,8 @@ const run: Run = async (opts, action) => {
   let lib: Vmsnap | undefined;
   // Human progress goes to stderr with --json, so stdout stays parseable.
   const log = (line: string): void => {
-    (opts.json ? process.stderr : process.stdout).write(`${line}\n`);
+    if (opts.json) process.stderr.write(`${line}\n`);
+    else writeOut(`${line}\n`);
   };
   try {
     const { Vmsnap } = await import('../vmsnap.js');
@@ -82,16 +85,19 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
 
 /** Run the CLI: bin/vmsnap.js calls this with process.argv (this module does not run itself). */
 export async function main(argv: string[]): Promise<void> {
-  // `vmsnap list | head`: a closed pipe is the reader's choice, not an error.
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-    throw e;
-  });
+  handleStdoutErrors();
   const program = buildProgram();
-  program.exitOverride();
-  program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  const output = {
+    writeOut,
+    writeErr: (s: string) => process.stderr.write(s),
+    // Commander's defaults read process.stdout.isTTY, which makes the stream (see stdout.ts); 80 is its width for a pipe.
+    getOutHelpWidth: () => (isatty(1) ? process.stdout.columns : 80),
+    getOutHasColors: () => isatty(1) && (process.stdout.hasColors?.() ?? false),
+  };
+  // Every command, not only the program: subcommands copied their settings when they were made.
   const override = (c: Command): void => {
     c.exitOverride();
+    c.configureOutput(output);
     c.commands.forEach(override);
   };
   override(program);

@@ -1,11 +1,13 @@
 import { createRequire } from 'node:module';
+import { isatty } from 'node:tty';
 import { VmsnapError, toVmsnapError } from '../errors.js';
+import { writeOut } from './stdout.js';
 
 /** CommonJS packages loaded only when used, so that starting the CLI does not pay for them. */
 export const requireLazily = createRequire(import.meta.url);
 
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  writeOut(`${JSON.stringify(value, null, 2)}\n`);
 }
 
 /** A plain table in the style of `docker ps`: no borders, aligned columns. */
@@ -18,10 +20,10 @@ export function printTable(head: string[], rows: (string | number)[][]): void {
       bottom: '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '',
       left: '', 'left-mid': '', mid: '', 'mid-mid': '', right: '', 'right-mid': '', middle: '  ',
     },
-    style: { head: process.stdout.isTTY ? ['bold'] : [], border: [], 'padding-left': 0, 'padding-right': 0 },
+    style: { head: isatty(1) ? ['bold'] : [], border: [], 'padding-left': 0, 'padding-right': 0 },
   });
   t.push(...rows.map((r) => r.map(String)));
-  process.stdout.write(`${t.toString()}\n`);
+  writeOut(`${t.toString()}\n`);
 }
 
 /** Report an error the way the user can act on it; returns the exit code. */

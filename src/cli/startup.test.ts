@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
  * by a command's action when it runs (`await import(...)`), never at a module's top.
  */
 const CLI = fileURLToPath(new URL('.', import.meta.url));
-const LIGHT = [/^commander$/, /^node:/, /(^|\/)errors\.js$/, /(^|\/)util\/(size|format)\.js$/, /^\.\.?\/(main|output|parse|progress)\.js$/, /^\.\/commands\/[a-z]+\.js$/];
+const LIGHT = [/^commander$/, /^node:/, /(^|\/)errors\.js$/, /(^|\/)util\/(size|format)\.js$/, /^\.\.?\/(main|output|parse|progress|stdout)\.js$/, /^\.\/commands\/[a-z]+\.js$/];
 
 function cliModules(dir = CLI): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
