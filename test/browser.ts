@@ -1,37 +1,15 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { expect } from 'vitest';
 
 /** What the browser tests share: Debian's chromium, a built web UI, and checked screenshots. */
 
 export const CHROMIUM = '/usr/bin/chromium';
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const WEB = join(ROOT, 'web');
 const PNG = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
-/** Newest modification time under the UI's sources. */
-function newestSource(): number {
-  let newest = 0;
-  const walk = (p: string): void => {
-    const st = statSync(p);
-    if (st.isDirectory()) for (const f of readdirSync(p)) walk(join(p, f));
-    else newest = Math.max(newest, st.mtimeMs);
-  };
-  for (const p of ['src', 'public', 'index.html', 'vite.config.ts']) if (existsSync(join(WEB, p))) walk(join(WEB, p));
-  return newest;
-}
-
-/** `npm test` builds the UI first (pretest); a lone run of a browser test builds it when web/dist is missing or stale. */
-export function ensureWebBuilt(): void {
-  const index = join(WEB, 'dist', 'index.html');
-  if (existsSync(index) && statSync(index).mtimeMs >= newestSource()) return;
-  const r = spawnSync('npm', ['run', 'build:web'], { cwd: ROOT, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`npm run build:web failed:\n${r.stdout}\n${r.stderr}`);
-}
+export { ensureWebBuilt } from './web-build.js';
 
 export interface BrowserSession {
   browser: BrowserContext;

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { defaultImageCache } from '../src/paths.js';
 import { probeKvm } from '../src/qemu/accel.js';
 import { ensureDemoImage } from '../src/vm/demo-image.js';
+import { ensureWebBuilt } from './web-build.js';
 
 /** Build the demo guest once before any test that boots it (cached across runs). */
 export default async function setup(): Promise<void> {
@@ -11,6 +12,7 @@ export default async function setup(): Promise<void> {
   const s = Math.round((Date.now() - started) / 1000);
   if (s > 1) process.stderr.write(`[demo image] ready after ${s}s\n`);
   await chooseAccel();
+  ensureWebBuilt();
 }
 
 /**

@@ -1,16 +1,14 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { WebSocket } from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serve, type RunningServer } from '../src/api/server.js';
 import type { Vmsnap } from '../src/vmsnap.js';
+import { ensureWebBuilt } from './browser.js';
 import { cleanupHome, openLib, sh, tempHome, unavailable, waitFor } from './helpers.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CHROMIUM = '/usr/bin/chromium';
 
 /** How a WebSocket upgrade ends: opened (with the subprotocol the server chose) or refused with an HTTP status. */
@@ -40,8 +38,7 @@ describe.skipIf(unavailable(existsSync(CHROMIUM), 'ui-console.test.ts', `no Chro
   let profile: string;
 
   beforeAll(async () => {
-    const r = spawnSync('npm', ['run', 'build:web'], { cwd: ROOT, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`npm run build:web failed:\n${r.stdout}\n${r.stderr}`);
+    ensureWebBuilt();
     home = tempHome();
     lib = openLib(home);
     await lib.vms.create('con', { image: 'demo', memoryMiB: 128, display: 'vnc' });
