@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, tempHome } from '../test/helpers.js';
 
-const BIN = fileURLToPath(new URL('../bin/vmsnap.js', import.meta.url));
+const BIN = fileURLToPath(new URL('../bin/vmsnap.cjs', import.meta.url));
 
 export interface CliRow {
   name: string;

@@ -1,6 +1,6 @@
 // @ts-check
 /**
- * dist/ from src/: the JavaScript that the CLI (bin/vmsnap.js) and the package run.
+ * dist/ from src/: the JavaScript that the CLI (bin/vmsnap.cjs) and the package run.
  *
  *   node scripts/dist.mjs                  rebuild the JavaScript if src/ changed since the last build
  *   node scripts/dist.mjs --declarations   also type-check and write the .d.ts files with tsc (npm run build)
@@ -10,9 +10,9 @@
  * esbuild transpiles the library file by file (dist/ mirrors src/, so a path relative to a
  * module, like ../../package.json, means the same in both) and bundles the CLI into one file in
  * dist/cli/ (at the same depth, so those paths hold there too: checked at each build), with a
- * V8 code cache made by running it once (bin/cli-loader.js). That takes about a second of CPU; tsc only type-checks and writes declarations, for `npm run build`.
+ * V8 code cache made by running it once (bin/cli-loader.cjs). That takes about a second of CPU; tsc only type-checks and writes declarations, for `npm run build`.
  *
- * In a checkout, bin/vmsnap.js calls ensureDist() at every start. It compares a signature of
+ * In a checkout, bin/vmsnap.cjs checks dist/ at every start (dist-check.cjs; ensureDist() when stale). It compares a signature of
  * src/ (every file's path, size and mtime: about a millisecond to read) with the one the last
  * build recorded in dist/.source-signature, so the CLI never runs stale code and never compiles
  * at start unless a source changed. A rebuild writes into a temporary folder beside dist/ and
@@ -26,7 +26,7 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync,
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { DIST, isFresh, ROOT, SRC, sourceFiles, sourceSignature, STAMP } from './dist-check.mjs';
+import { DIST, isFresh, ROOT, SRC, sourceFiles, sourceSignature, STAMP } from './dist-check.cjs';
 
 export { isFresh, sourceSignature };
 
@@ -179,7 +179,7 @@ async function build(opts) {
       // The library, file by file, as `import 'vmsnap'` uses it.
       esbuild.build({ ...common, entryPoints: ts.filter((f) => !f.startsWith(`${CLI_DIR}/`)).map((f) => join(SRC, f)), outdir: tmp, outbase: SRC }),
       // The CLI, bundled with its dependencies (better-sqlite3 aside) into one CommonJS file, which
-      // bin/cli-loader.js runs with V8's code cache (made below): --help and list then load one
+      // bin/cli-loader.cjs runs with V8's code cache (made below): --help and list then load one
       // file and compile nothing. The commands still import the library only when they run: in
       // the bundle, `await import(...)` defers the evaluation of what it imports.
       esbuild.build({
@@ -242,7 +242,7 @@ async function build(opts) {
 
 /**
  * Run the new CLI bundle once, as users do (--help, and list on an empty home), and save the
- * code V8 compiled for it, for bin/cli-loader.js. A failure here fails the build: the bundle
+ * code V8 compiled for it, for bin/cli-loader.cjs. A failure here fails the build: the bundle
  * does not run.
  * @param {string} bundle
  * @param {string} tmp the build's temporary folder, which becomes dist/
@@ -253,7 +253,7 @@ async function makeCodeCache(bundle, tmp) {
   const { tmpdir } = await import('node:os');
   const home = mkdtempSync(join(tmpdir(), 'vmsnap-warmup-'));
   try {
-    const loader = new URL('../bin/cli-loader.js', import.meta.url).href;
+    const loader = new URL('../bin/cli-loader.cjs', import.meta.url).href;
     const warmup = `
       const { writeFileSync, renameSync } = await import('node:fs');
       const { loadCli } = await import(${JSON.stringify(loader)});
@@ -278,7 +278,7 @@ async function makeCodeCache(bundle, tmp) {
 }
 
 /**
- * The CLI bundle is read as Latin-1 by bin/cli-loader.js: refuse a build that is not pure ASCII.
+ * The CLI bundle is read as Latin-1 by bin/cli-loader.cjs: refuse a build that is not pure ASCII.
  * @param {string} file
  */
 function checkAscii(file) {
@@ -286,7 +286,7 @@ function checkAscii(file) {
   const at = bytes.findIndex((b) => b > 0x7f);
   if (at >= 0) {
     const line = bytes.subarray(0, at).toString('latin1').split('\n').length;
-    throw new Error(`${relative(ROOT, file)} has a non-ASCII byte at line ${line}: bin/cli-loader.js reads it as Latin-1 (see charset and minifyWhitespace in build())`);
+    throw new Error(`${relative(ROOT, file)} has a non-ASCII byte at line ${line}: bin/cli-loader.cjs reads it as Latin-1 (see charset and minifyWhitespace in build())`);
   }
 }
 

@@ -228,7 +228,7 @@ describe('the CLI and the API reach the same capabilities', () => {
   const ops = new Map<string, OperationObject>();
 
   beforeAll(async () => {
-    // The CLI's module only builds the tree; bin/vmsnap.js is what runs it.
+    // The CLI's module only builds the tree; bin/vmsnap.cjs is what runs it.
     const program: Command = (await import('../src/cli/main.js')).buildProgram();
     cli = walk(program);
     rootOptions = program.options.map((o) => o.attributeName());

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Vmsnap } from '../src/vmsnap.js';
 
-export const BIN = fileURLToPath(new URL('../bin/vmsnap.js', import.meta.url));
+export const BIN = fileURLToPath(new URL('../bin/vmsnap.cjs', import.meta.url));
 
 export interface CliResult {
   code: number;

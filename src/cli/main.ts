@@ -83,7 +83,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 already exists, 5 wrong state,
   return program;
 }
 
-/** Run the CLI: bin/vmsnap.js calls this with process.argv (this module does not run itself). */
+/** Run the CLI: bin/vmsnap.cjs calls this with process.argv (this module does not run itself). */
 export async function main(argv: string[]): Promise<void> {
   handleStdoutErrors();
   const program = buildProgram();

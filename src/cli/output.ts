@@ -85,7 +85,7 @@ export async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>):
  */
 export async function fingerprintInBackground(vm: string): Promise<void> {
   if (process.env.VMSNAP_NO_BACKGROUND_FINGERPRINT) return;
-  // The script this CLI was started as (bin/vmsnap.js): this module is bundled into
+  // The script this CLI was started as (bin/vmsnap.cjs): this module is bundled into
   // dist/cli/vmsnap-cli.cjs, so a path relative to it would not find bin/.
   const self = process.argv[1];
   if (self === undefined) return;

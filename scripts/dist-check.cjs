@@ -1,28 +1,29 @@
 // @ts-check
 /**
- * Whether dist/ was built from src/ as it is now: what bin/vmsnap.js asks at every start in a
+ * Whether dist/ was built from src/ as it is now: what bin/vmsnap.cjs asks at every start in a
  * checkout. Kept apart from dist.mjs (the build, with esbuild) so that this check loads only
  * node:fs and node:path: about a millisecond when dist/ is up to date.
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+'use strict';
+const { readdirSync, readFileSync, statSync } = require('node:fs');
+const { join } = require('node:path');
 
-export const ROOT = fileURLToPath(new URL('..', import.meta.url));
-export const SRC = join(ROOT, 'src');
-export const DIST = join(ROOT, 'dist');
-export const STAMP = join(DIST, '.source-signature');
+// CommonJS, like bin/vmsnap.cjs, which requires it at every start: no ES module loader to set up.
+const ROOT = join(__dirname, '..');
+const SRC = join(ROOT, 'src');
+const DIST = join(ROOT, 'dist');
+const STAMP = join(DIST, '.source-signature');
 /** Bump when the build's options change, so every dist/ built before is rebuilt. */
 const BUILD_FORMAT = 4;
 /** Files beside the sources that change how they are built. */
 // This script is part of the build: a change to it (new esbuild options, say) rebuilds too.
-const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs', 'scripts/dist-check.mjs'];
+const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs', 'scripts/dist-check.cjs'];
 
 /** @param {string} name */
 const isTest = (name) => name.endsWith('.test.ts');
 
 /** Every file under src/ that goes into dist/ (tests do not), relative to src/, sorted. */
-export function sourceFiles() {
+function sourceFiles() {
   /** @type {string[]} */
   const out = [];
   /** @param {string} dir @param {string} rel */
@@ -42,7 +43,7 @@ export function sourceFiles() {
  * all change it), the build configuration and this script's format.
  * @param {string[]} [files]
  */
-export function sourceSignature(files = sourceFiles()) {
+function sourceSignature(files = sourceFiles()) {
   // FNV-1a over the listing: cheap, and a collision would need a crafted file tree.
   let h = 0x811c9dc5;
   let n = 0;
@@ -82,10 +83,11 @@ function readStamp() {
  * Whether dist/ was built from src/ as it is now.
  * @param {{ declarations?: boolean, signature?: string }} [opts]
  */
-export function isFresh(opts = {}) {
+function isFresh(opts = {}) {
   const stamp = readStamp();
   if (!stamp) return false;
   if (opts.declarations && !stamp.declarations) return false;
   return stamp.signature === (opts.signature ?? sourceSignature());
 }
 
+module.exports = { ROOT, SRC, DIST, STAMP, sourceFiles, sourceSignature, isFresh };

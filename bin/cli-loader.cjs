@@ -8,10 +8,11 @@
  * by V8 and the bundle is compiled as usual. Node 22 can do this for ES modules itself
  * (module.enableCompileCache); on Node 20 only vm.Script can.
  */
-import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname } from 'node:path';
-import vm from 'node:vm';
+'use strict';
+const { readFileSync } = require('node:fs');
+const { createRequire } = require('node:module');
+const { dirname } = require('node:path');
+const vm = require('node:vm');
 
 /**
  * @typedef {{ main: (argv: string[]) => Promise<void> }} CliExports
@@ -25,7 +26,7 @@ import vm from 'node:vm';
  *   read from elsewhere (the build's temporary folder)
  * @returns {LoadedCli}
  */
-export function loadCli(file, opts = {}) {
+function loadCli(file, opts = {}) {
   // Pure ASCII (the build checks it), so read as Latin-1: a one-byte string, which V8 hashes and
   // compiles faster than the two-byte one UTF-8 decoding gives, and no decoding at all.
   const source = readFileSync(file, 'latin1');
@@ -51,3 +52,5 @@ export function loadCli(file, opts = {}) {
     cache: cachedData === undefined ? 'none' : script.cachedDataRejected ? 'rejected' : 'used',
   };
 }
+
+module.exports = { loadCli };
