@@ -477,6 +477,13 @@ export class Catalog {
     return rows.map((r) => this.toSnapshot(r));
   }
 
+  /** A VM's snapshots counted (all, protected) and the current one's name: what its summary (`list`) shows, without parsing every snapshot's config. */
+  snapshotSummary(vmId: string, currentId: string | null): { count: number; protectedCount: number; currentName: string | null } {
+    const { n, p } = this.db.prepare('SELECT count(*) AS n, coalesce(sum(protected), 0) AS p FROM snapshots WHERE vm_id = ?').get(vmId) as { n: number; p: number };
+    const cur = currentId === null ? undefined : (this.db.prepare('SELECT name FROM snapshots WHERE id = ? AND vm_id = ?').get(currentId, vmId) as { name: string } | undefined);
+    return { count: n, protectedCount: p, currentName: cur?.name ?? null };
+  }
+
   findSnapshot(vmId: string, nameOrId: string): SnapshotRecord | undefined {
     const r = this.db
       .prepare('SELECT * FROM snapshots WHERE vm_id = ? AND (name = ? OR id = ?)')

@@ -79,6 +79,18 @@ describe('records beside the VMs', () => {
       "which schedule slots a scheduler claimed: a rebuilt catalog starts with none; the snapshots a policy took keep their slot (policy_slot), and a pass takes at most one catch-up slot",
   };
 
+  it("counts a VM's snapshots and names its current one without reading their configs (list)", () => {
+    makeVm();
+    expect(catalog.snapshotSummary('vm-1', 'vm-1-s1')).toEqual({ count: 1, protectedCount: 0, currentName: 'S1' });
+    catalog.tx(() => catalog.insertSnapshot({ ...snapshot('vm-1-s2', 'vm-1', 'S2', 'vm-1-base', 'vm-1-s1'), protected: true }));
+    expect(catalog.snapshotSummary('vm-1', 'vm-1-s2')).toEqual({ count: 2, protectedCount: 1, currentName: 'S2' });
+    makeVm('vm-2', 'two');
+    // Another VM's snapshot is never this one's current.
+    expect(catalog.snapshotSummary('vm-1', 'vm-2-s1')).toEqual({ count: 2, protectedCount: 1, currentName: null });
+    expect(catalog.snapshotSummary('vm-2', null)).toEqual({ count: 1, protectedCount: 0, currentName: null });
+    expect(catalog.snapshotSummary('nobody', null)).toEqual({ count: 0, protectedCount: 0, currentName: null });
+  });
+
   it('carries every table of the catalog, or says why a table is bookkeeping; a carried table marks its VM stale on every change', () => {
     const tables = (catalog.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map(
       (r) => r.name,

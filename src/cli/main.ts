@@ -37,6 +37,10 @@ const run: Run = async (opts, action) => {
     else writeOut(`${line}\n`);
   };
   try {
+    // A command parses a handful of catalog rows and exits: zod's compiled parsers (built with
+    // `new Function` on a schema's first use) cost more to build than they save here. Set
+    // before the library's schemas are made (the setting is read then); `serve` keeps them.
+    (await import('zod')).config({ jitless: true });
     const { Vmsnap } = await import('../vmsnap.js');
     lib = Vmsnap.open();
     const code = await action(lib, log);

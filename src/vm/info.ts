@@ -11,8 +11,7 @@ import { readEndpoints } from './network.js';
 /** How the CLI, the API and the UI see VMs: summaries, and the full picture of one. */
 
 export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSummary {
-  const snaps = ctx.catalog.listSnapshots(vm.id);
-  const current = vm.currentSnapshotId ? (snaps.find((s) => s.id === vm.currentSnapshotId)?.name ?? null) : null;
+  const snaps = ctx.catalog.snapshotSummary(vm.id, vm.currentSnapshotId);
   return {
     id: vm.id,
     name: vm.name,
@@ -22,12 +21,12 @@ export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSumm
     memoryMiB: vm.config.memoryMiB,
     cpus: vm.config.cpus,
     disks: vm.config.disks.length,
-    snapshots: snaps.length,
-    currentSnapshot: current,
+    snapshots: snaps.count,
+    currentSnapshot: snaps.currentName,
     createdAt: vm.createdAt,
     ...(rt.staleCleaned ? { staleCleaned: true } : {}),
     policy: ctx.catalog.findPolicy(vm.id)?.spec.schedule ?? null,
-    protectedSnapshots: snaps.filter((s) => s.protected).length,
+    protectedSnapshots: snaps.protectedCount,
   };
 }
 
