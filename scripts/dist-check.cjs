@@ -17,7 +17,9 @@ const STAMP = join(DIST, '.source-signature');
 const BUILD_FORMAT = 4;
 /** Files beside the sources that change how they are built. */
 // This script is part of the build: a change to it (new esbuild options, say) rebuilds too.
-const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs', 'scripts/dist-check.cjs'];
+// package-lock.json: the CLI bundle contains its dependencies (better-sqlite3's JavaScript among
+// them, which must match the native addon npm installed), so an npm install rebuilds it too.
+const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs', 'scripts/dist-check.cjs', 'package-lock.json'];
 
 /** @param {string} name */
 const isTest = (name) => name.endsWith('.test.ts');

@@ -7,7 +7,9 @@ let addonPath: string | null | undefined;
  * better-sqlite3's native addon, located once by the package's own layout. Without it
  * better-sqlite3 asks the `bindings` package, which walks a stack trace and probes a
  * dozen paths: several milliseconds of every CLI start. Where the file is not at the
- * usual place (another build layout), `bindings` is asked as before.
+ * usual place, `bindings` is asked as before; that works for the library in dist/ (it finds
+ * the package from its caller's file), not from the CLI bundle, which then fails to open the
+ * catalog with bindings' error naming the paths it tried.
  */
 function nativeBinding(): string | undefined {
   if (addonPath === undefined) {

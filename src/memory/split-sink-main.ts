@@ -19,6 +19,8 @@ function report(m: SinkMessage): void {
   }
 }
 process.stdout.on('error', () => undefined);
+// Its stderr is a pipe to the parent too: a warning written after the parent is gone must not kill the reader mid-stream.
+process.stderr.on('error', () => undefined);
 
 const args = SinkArgsSchema.parse(JSON.parse(process.argv[2] ?? '{}'));
 const sink = await openSplitSink(args.socket, args.ram, args.dev, { ...args.opts, onStarted: () => report({ type: 'started' }) });

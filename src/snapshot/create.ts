@@ -298,7 +298,10 @@ export async function takeSnapshotLocked(ctx: Context, vm0: VmRecord, name: stri
     const sinkReady =
       memFiles && vmState !== 'off'
         ? openMemorySink(memFiles, {
-            sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, 'state-sink.sock'),
+            // A name per snapshot: the sink of an earlier save that outlived its vmsnap (it reads its
+            // stream to the end) must not remove or answer on this one's socket. Short: a unix
+            // socket's path has 107 bytes at most.
+            sinkSocket: join(runtimeFiles(ctx.paths.run, vm.id).dir, `sink-${snapshotId.slice(0, 8)}.sock`),
             snapshotId,
             onSplitStarted: () => op.fault('splitting'),
             // On XFS or btrfs the new image shares the parent's unchanged pages (reflinks).
