@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { VmsnapError } from '../errors.js';
+import { isProcessAlive } from '../util/process.js';
 import { spawnSplitSink } from './split-sink-process.js';
 import { PAGE, StreamBuilder, pageOf, q35Blocks, type PageRecord } from './stream-builder.js';
 
@@ -17,15 +18,6 @@ function stream(): ReturnType<StreamBuilder['build']> {
   b.devices([{ idstr: 'timer', payload: Buffer.alloc(100, 1) }]);
   return b.build();
 }
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** Writes `bufs` to the sink's unix socket one after another, calling `between` after the first. */
 async function send(socket: string, bufs: Buffer[], between: () => void = () => undefined): Promise<void> {
@@ -74,8 +66,8 @@ describe('spawnSplitSink', () => {
     const sink = await spawnSplitSink(join(dir, 's.sock'), join(dir, 'ram'), join(dir, 'dev'));
     sink.close();
     await expect(sink.done).rejects.toBeInstanceOf(VmsnapError);
-    for (let i = 0; i < 100 && alive(sink.pid); i++) await new Promise((r) => setTimeout(r, 20));
-    expect(alive(sink.pid)).toBe(false);
+    for (let i = 0; i < 100 && isProcessAlive(sink.pid); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(isProcessAlive(sink.pid)).toBe(false);
     expect(existsSync(join(dir, 'ram')) || existsSync(join(dir, 'dev')) || existsSync(join(dir, 's.sock'))).toBe(false);
   }, 30_000);
 
