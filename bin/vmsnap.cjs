@@ -8,6 +8,13 @@
 // it is, without the check. CommonJS, not an ES module: Node sets up no module loader for it
 // (about 10 ms of a start that `vmsnap --help` and `list` want near `node -e 0`).
 'use strict';
+// bin/vmsnap (the installed command) started Node without NODE_EXTRA_CA_CERTS, whose
+// certificates cost Node's start a lot and which vmsnap has no use for: what vmsnap runs
+// gets it back.
+if (process.env.VMSNAP_NODE_EXTRA_CA_CERTS !== undefined) {
+  process.env.NODE_EXTRA_CA_CERTS = process.env.VMSNAP_NODE_EXTRA_CA_CERTS;
+  delete process.env.VMSNAP_NODE_EXTRA_CA_CERTS;
+}
 const { existsSync } = require('node:fs');
 const { join } = require('node:path');
 

@@ -125,23 +125,34 @@ function listTree(dir) {
 }
 
 /**
- * commander requires node:child_process at load, for subcommands that are executables of
- * their own (vmsnap has none); loading it pulls in net, streams and dgram, a sixth of the
- * CLI's start. commander gets a stand-in that requires the module when first used.
- * @type {import('esbuild').Plugin}
+ * Node's built-in modules that cost something to load (crypto, child_process, net, the http
+ * server: 1-5 ms each here) and that most commands never call. In the bundle, a module's
+ * imports are required when the module is evaluated (commander even requires child_process
+ * for a feature vmsnap does not use), so `list` would load every one the library imports.
+ * fs, path, url, events, module and buffer are loaded by Node's own start anyway; node:stream
+ * is left out because its module is a function (the legacy Stream class), which a stand-in
+ * cannot be.
  */
-const lazyChildProcessForCommander = {
-  name: 'lazy-child-process-for-commander',
-  setup(b) {
-    b.onResolve({ filter: /^node:child_process$/ }, (args) =>
-      /[\\/]node_modules[\\/]commander[\\/]/.test(args.importer) ? { path: 'lazy-child-process', namespace: 'vmsnap-lazy' } : undefined,
-    );
-    b.onLoad({ filter: /.*/, namespace: 'vmsnap-lazy' }, () => ({
-      contents: "module.exports = new Proxy({}, { get: (_, key) => require('node:child_process')[key] });",
-      loader: 'js',
-    }));
-  },
-};
+const LAZY_BUILTINS = ['child_process', 'crypto', 'dgram', 'fs/promises', 'http', 'https', 'net', 'os', 'readline', 'readline/promises', 'stream/promises', 'stream/web', 'tty', 'worker_threads', 'zlib'];
+/** The stand-in for `require` of those: as long as the word `require`, so the source map's columns hold. */
+const LAZY_REQUIRE = '__lzyrq';
+/**
+ * Defined at the top of the bundle: a stand-in for a built-in module that requires it on first
+ * use of any of its members. esbuild reads a named import at its call (`(0, m.createHash)(...)`),
+ * so a module that imports crypto but is not asked to hash never loads it.
+ */
+const LAZY_REQUIRE_DEFINITION = `var ${LAZY_REQUIRE}=(id)=>{let m;const load=()=>m??=require(id);return new Proxy({},{get:(_,k)=>load()[k],set:(_,k,v)=>{load()[k]=v;return true},has:(_,k)=>k in load(),ownKeys:()=>Reflect.ownKeys(load()),getOwnPropertyDescriptor:(_,k)=>{const d=Reflect.getOwnPropertyDescriptor(load(),k);return d&&{...d,configurable:true}}})};`;
+
+/**
+ * `x=require("node:crypto")` → `x=__lzyrq("node:crypto")`, where a module's import is bound to
+ * a name. Not inside esbuild's __toESM(...) (a default or namespace import, or `await import`),
+ * which copies every member at once and so would load the module anyway.
+ * @param {string} code
+ */
+function lazyBuiltinRequires(code) {
+  const names = LAZY_BUILTINS.map((m) => m.replace('/', '\\/')).join('|');
+  return code.replace(new RegExp(`(=\\s*)require(\\("(?:node:)?(?:${names})"\\))`, 'g'), `$1${LAZY_REQUIRE}$2`);
+}
 
 /**
  * Build dist/ (the caller holds the lock).
@@ -199,12 +210,13 @@ async function build(opts) {
         // bundle (node: built-ins, native addons) is required instead.
         supported: { 'dynamic-import': false },
         external: CLI_EXTERNAL,
-        plugins: [lazyChildProcessForCommander],
         // import.meta does not exist in CommonJS: the bundle's own URL stands in (dist/cli/ is at
         // the depth of src/cli/, so paths relative to a module hold: checked below).
         define: { 'import.meta.url': IMPORT_META_URL },
-        banner: { js: `var ${IMPORT_META_URL} = require('node:url').pathToFileURL(__filename).href;` },
+        banner: { js: `var ${IMPORT_META_URL} = require('node:url').pathToFileURL(__filename).href;${LAZY_REQUIRE_DEFINITION}` },
       }).then((r) => {
+        const out = join(tmp, CLI_DIR, CLI_BUNDLE);
+        writeFileSync(out, lazyBuiltinRequires(readFileSync(out, 'latin1')), 'latin1');
         checkRelativeUrls(r.metafile, tmp);
         checkAscii(join(tmp, CLI_DIR, CLI_BUNDLE));
       }),

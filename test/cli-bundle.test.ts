@@ -1,5 +1,5 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -35,6 +35,28 @@ describe('the CLI bundle', () => {
       }
     } finally {
       rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it('runs as installed (bin/vmsnap through a symlink): Node starts without NODE_EXTRA_CA_CERTS, and what vmsnap runs gets it back', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vs-installed-'));
+    try {
+      // npm's layout: the command is a symlink to the package's bin/vmsnap.
+      symlinkSync(fileURLToPath(new URL('../bin/vmsnap', import.meta.url)), join(dir, 'vmsnap'));
+      // A qemu-img that notes the variable it was given, then does the work.
+      mkdirSync(join(dir, 'path'));
+      const real = execFileSync('sh', ['-c', 'command -v qemu-img'], { encoding: 'utf8' }).trim();
+      writeFileSync(join(dir, 'path', 'qemu-img'), `#!/bin/sh\necho "$NODE_EXTRA_CA_CERTS" >> ${join(dir, 'seen')}\nexec ${real} "$@"\n`);
+      chmodSync(join(dir, 'path', 'qemu-img'), 0o755);
+      // A file that does not exist: a Node started with it warns ("Ignoring extra certs").
+      const env = { ...process.env, VMSNAP_HOME: join(dir, 'home'), NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem'), PATH: `${join(dir, 'path')}:${process.env.PATH ?? ''}` };
+      const r = spawnSync(join(dir, 'vmsnap'), ['create', 'ca', '--disk', '16M'], { env, encoding: 'utf8' });
+      expect({ code: r.status, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(readFileSync(join(dir, 'seen'), 'utf8').trim().split('\n')).toContain(env.NODE_EXTRA_CA_CERTS);
+      // The same Node, started directly with the variable, pays for it (and says so).
+      expect(spawnSync(process.execPath, [BIN, '--version'], { env, encoding: 'utf8' }).stderr).toMatch(/Ignoring extra certs/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

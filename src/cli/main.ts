@@ -1,9 +1,8 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
-import { isatty } from 'node:tty';
 import type { Vmsnap } from '../vmsnap.js';
 import { reportError } from './output.js';
-import { handleStdoutErrors, writeOut } from './stdout.js';
+import { handleStdoutErrors, stdoutIsTerminal, writeOut } from './stdout.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerMaintenanceCommands } from './commands/maintenance.js';
@@ -95,8 +94,8 @@ export async function main(argv: string[]): Promise<void> {
     writeOut,
     writeErr: (s: string) => process.stderr.write(s),
     // Commander's defaults read process.stdout.isTTY, which makes the stream (see stdout.ts); 80 is its width for a pipe.
-    getOutHelpWidth: () => (isatty(1) ? process.stdout.columns : 80),
-    getOutHasColors: () => isatty(1) && (process.stdout.hasColors?.() ?? false),
+    getOutHelpWidth: () => (stdoutIsTerminal() ? process.stdout.columns : 80),
+    getOutHasColors: () => stdoutIsTerminal() && (process.stdout.hasColors?.() ?? false),
   };
   // Every command, not only the program: subcommands copied their settings when they were made.
   const override = (c: Command): void => {

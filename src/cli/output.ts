@@ -1,7 +1,6 @@
 import { createRequire } from 'node:module';
-import { isatty } from 'node:tty';
 import { VmsnapError, toVmsnapError } from '../errors.js';
-import { writeOut } from './stdout.js';
+import { stdoutIsTerminal, writeOut } from './stdout.js';
 
 /** CommonJS packages loaded only when used, so that starting the CLI does not pay for them. */
 export const requireLazily = createRequire(import.meta.url);
@@ -10,9 +9,12 @@ export function printJson(value: unknown): void {
   writeOut(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** A plain table in the style of `docker ps`: no borders, aligned columns. */
-export function printTable(head: string[], rows: (string | number)[][]): void {
-  const Table = requireLazily('cli-table3') as typeof import('cli-table3');
+/**
+ * A plain table in the style of `docker ps`: no borders, aligned columns. cli-table3 is
+ * imported when a table is printed, and so bundled and code-cached with the CLI.
+ */
+export async function printTable(head: string[], rows: (string | number)[][]): Promise<void> {
+  const { default: Table } = await import('cli-table3');
   const t = new Table({
     head,
     chars: {
@@ -20,7 +22,7 @@ export function printTable(head: string[], rows: (string | number)[][]): void {
       bottom: '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '',
       left: '', 'left-mid': '', mid: '', 'mid-mid': '', right: '', 'right-mid': '', middle: '  ',
     },
-    style: { head: isatty(1) ? ['bold'] : [], border: [], 'padding-left': 0, 'padding-right': 0 },
+    style: { head: stdoutIsTerminal() ? ['bold'] : [], border: [], 'padding-left': 0, 'padding-right': 0 },
   });
   t.push(...rows.map((r) => r.map(String)));
   writeOut(`${t.toString()}\n`);

@@ -1,4 +1,5 @@
-import { writeSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
+import { createRequire } from 'node:module';
 
 /**
  * The CLI's output, written straight to fd 1. Node builds `process.stdout` on first
@@ -56,4 +57,19 @@ export function handleStdoutErrors(): void {
       return s;
     },
   });
+}
+
+/**
+ * Whether stdout is a terminal (`isatty(1)`), without loading node:tty when it is a pipe or a
+ * file, as it is under scripts: node:tty loads net and the streams, about 5 ms of the start.
+ * Only a character device can be a terminal; /dev/null is one too, so that case still asks.
+ */
+export function stdoutIsTerminal(): boolean {
+  try {
+    if (!fstatSync(1).isCharacterDevice()) return false;
+  } catch {
+    return false;
+  }
+  const { isatty } = createRequire(import.meta.url)('node:tty') as typeof import('node:tty');
+  return isatty(1);
 }

@@ -98,7 +98,7 @@ export function registerFilesCommands(program: Command, run: Run): void {
             const v = await interruptible((signal) => lib.files.filesystems(vm, snapshot, { ...f.opts, signal }));
             if (o.json) return printJson(v);
             if (v.filesystems.length) {
-              printTable(
+              await printTable(
                 ['NAME', 'DEVICE', 'DISK', 'TYPE', 'SIZE', 'LABEL'],
                 v.filesystems.map((x) => [x.name, x.device, x.slot ?? '-', x.type, x.sizeBytes !== undefined ? formatBytes(x.sizeBytes) : '-', x.label ?? '']),
               );
@@ -108,7 +108,7 @@ export function registerFilesCommands(program: Command, run: Run): void {
           }
           const l = await interruptible((signal) => lib.files.list(vm, snapshot, path, { ...f.opts, signal }));
           if (o.json) return printJson(l);
-          printTable(
+          await printTable(
             ['MODE', 'OWNER', 'SIZE', 'MODIFIED', 'NAME'],
             l.entries.map((e) => [e.modeText, `${e.uid}:${e.gid}`, e.type === 'dir' ? '-' : formatBytes(e.size), when(e.mtime), `${e.name}${e.type === 'dir' ? '/' : ''}${e.linkTarget !== undefined ? ` -> ${e.linkTarget}` : ''}`]),
           );

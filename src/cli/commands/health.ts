@@ -37,7 +37,7 @@ export function registerHealthCommands(program: Command, run: Run): void {
           const chains = v.disks.map((x) => `${x.slot} depth ${x.chainDepth}`).join(', ');
           process.stdout.write(`\n${v.vm}: ${formatBytes(v.totalBytes)} (layers ${formatBytes(v.layersBytes)}, state files ${formatBytes(v.statesBytes)}); ${chains}\n`);
           if (v.snapshots.length === 0) continue;
-          printTable(
+          await printTable(
             ['SNAPSHOT', 'AGE', 'DELTA', 'STATE FILE', 'DELETE FREES'],
             v.snapshots.map((s) => [
               s.name,

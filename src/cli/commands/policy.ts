@@ -90,23 +90,23 @@ function printPolicy(p: PolicyView): void {
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
-function printPrune(r: PruneResult): void {
+async function printPrune(r: PruneResult): Promise<void> {
   const verb = r.dryRun ? 'would delete' : 'deleted';
   process.stdout.write(`${r.vm}: ${r.rules} (periods in ${r.timeZone})${r.dryRun ? ' — dry run: nothing is deleted' : ''}\n`);
   if (r.deleted.length > 0) {
     process.stdout.write(`\n${r.dryRun ? 'To delete' : 'Deleted'} (${r.deleted.length}), oldest first:\n`);
-    printTable(
+    await printTable(
       ['SNAPSHOT', 'TAKEN', 'WHY', r.dryRun ? 'FREES (ABOUT)' : 'FREED'],
       r.deleted.map((d) => [d.name, local(d.createdAt, r.timeZone), d.reason, formatBytes(d.bytes)]),
     );
   }
   if (r.skipped.length > 0) {
     process.stdout.write(`\nNot deleted, though no rule keeps them (${r.skipped.length}):\n`);
-    printTable(['SNAPSHOT', 'WHY NOT'], r.skipped.map((s) => [s.name, s.reason]));
+    await printTable(['SNAPSHOT', 'WHY NOT'], r.skipped.map((s) => [s.name, s.reason]));
   }
   if (r.kept.length > 0) {
     process.stdout.write(`\nKept (${r.kept.length}), newest first:\n`);
-    printTable(['SNAPSHOT', 'TAKEN', 'WHY'], r.kept.map((k) => [k.name, local(k.createdAt, r.timeZone), k.reasons.join(', ')]));
+    await printTable(['SNAPSHOT', 'TAKEN', 'WHY'], r.kept.map((k) => [k.name, local(k.createdAt, r.timeZone), k.reasons.join(', ')]));
   }
   for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
   const freed = r.deleted.length > 0 ? `, ${r.dryRun ? 'freeing about' : 'freed'} ${formatBytes(r.freedBytes)}` : '';
@@ -181,7 +181,7 @@ export function registerPolicyCommands(program: Command, run: Run): void {
           process.stdout.write("no policies: set one with 'vmsnap policy set VM --schedule @daily --keep-daily 7'\n");
           return;
         }
-        printTable(
+        await printTable(
           ['VM', 'SCHEDULE', 'ZONE', 'RULES', 'NEXT RUN', 'LAST RUN', 'SNAPSHOTS'],
           list.map((p) => [
             p.vm,
@@ -255,7 +255,7 @@ export function registerPolicyCommands(program: Command, run: Run): void {
           }
         }
         if (o.json) return printJson(r);
-        printPrune(r);
+        await printPrune(r);
       }),
     );
 }

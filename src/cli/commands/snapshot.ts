@@ -72,7 +72,7 @@ export function registerSnapshotCommands(program: Command, run: Run): void {
           return;
         }
         const { snapshotFlags } = await import('../../contract/format.js');
-        printTable(
+        await printTable(
           ['', 'NAME', 'PARENT', 'TAKEN', 'MEMORY', 'PAUSE', 'DELTA', 'STATE FILE', 'FLAGS'],
           list.map((s) => [
             s.current ? '*' : '',

@@ -3,6 +3,7 @@ import { VmsnapError } from '../../errors.js';
 import { formatBytes } from '../../util/size.js';
 import type { VmInfo, VmSummary } from '../../contract/views.js';
 import { ago, printJson, printTable } from '../output.js';
+import { writeOut } from '../stdout.js';
 import { parseCount, parseDiskSize, parseDiskSpec, parseMemory } from '../parse.js';
 import type { Run } from '../main.js';
 
@@ -256,8 +257,8 @@ export function registerVmCommands(program: Command, run: Run): void {
       run(o, async (lib) => {
         const vms = await lib.vms.list();
         if (o.json) return printJson(vms);
-        if (vms.length === 0) return process.stdout.write("no VMs yet: create one with 'vmsnap create NAME --image demo'\n") as unknown as void;
-        printTable(
+        if (vms.length === 0) return writeOut("no VMs yet: create one with 'vmsnap create NAME --image demo'\n");
+        await printTable(
           ['NAME', 'STATE', 'CPUS', 'MEMORY', 'DISKS', 'SNAPSHOTS', 'CURRENT', 'CREATED'],
           vms.map((v) => [v.name, v.state, v.cpus, `${v.memoryMiB} MiB`, v.disks, v.snapshots, v.currentSnapshot ?? '-', ago(v.createdAt)]),
         );
