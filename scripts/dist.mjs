@@ -155,6 +155,23 @@ function lazyBuiltinRequires(code) {
 }
 
 /**
+ * zod's `z` namespace carries `z.locales`: error messages in some 60 languages, 300 KB of the
+ * CLI bundle (a fifth of what each start reads and hashes). vmsnap's messages are English, set
+ * by zod itself from locales/en.js, which it imports directly; the namespace of all of them
+ * becomes an empty one in the bundle.
+ * @type {import('esbuild').Plugin}
+ */
+const noZodLocales = {
+  name: 'no-zod-locales',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]node_modules[\\/]zod[\\/]/.test(args.importer) ? { path: 'zod-locales', namespace: 'vmsnap-stub' } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'vmsnap-stub' }, () => ({ contents: 'export {};', loader: 'js' }));
+  },
+};
+
+/**
  * Build dist/ (the caller holds the lock).
  * @param {{ declarations?: boolean, log?: (line: string) => void }} opts
  */
@@ -212,6 +229,7 @@ async function build(opts) {
         external: CLI_EXTERNAL,
         // import.meta does not exist in CommonJS: the bundle's own URL stands in (dist/cli/ is at
         // the depth of src/cli/, so paths relative to a module hold: checked below).
+        plugins: [noZodLocales],
         define: { 'import.meta.url': IMPORT_META_URL },
         banner: { js: `var ${IMPORT_META_URL} = require('node:url').pathToFileURL(__filename).href;${LAZY_REQUIRE_DEFINITION}` },
       }).then((r) => {

@@ -20,4 +20,5 @@ export type { PassOptions, PruneOptions } from './scheduler/service.js';
 export { parseSize } from './util/size.js';
 export { formatBytes } from './contract/format.js';
 export { buildTree, renderTree, type TreeNode } from './snapshot/tree.js';
-export { TransferService, ARCHIVE_FORMAT, ARCHIVE_VERSION, type ExportOptions, type ImportOptions, type ArchiveManifest } from './transfer/index.js';
+export { TransferService, type ExportOptions, type ImportOptions, type ArchiveManifest } from './transfer/index.js';
+export { ARCHIVE_FORMAT, ARCHIVE_VERSION } from './contract/archive.js';

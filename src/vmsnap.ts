@@ -1,20 +1,23 @@
 import { rmSync } from 'node:fs';
 import { withVmLock } from './catalog/lock.js';
-import { repairCatalogFiles, type RepairMode } from './catalog-repair.js';
+import type { RepairMode } from './catalog-repair.js';
 import { openCatalogParts, openContext, type Context, type VmsnapEvent } from './context.js';
 import type { CatalogRepairReport, RecoveryReport, VerifyReport } from './contract/views.js';
 import { FilesService } from './files/service.js';
 import { HealthService } from './health/index.js';
-import { findOrphans, othersAtWork, recoverVmOperations } from './operations/recovery.js';
 import { defaultHome, pathsFor } from './paths.js';
 import { PolicyService } from './scheduler/service.js';
 import { SnapshotService } from './snapshot/service.js';
-import { recordFingerprints, verifyVm } from './snapshot/verify.js';
 import { TransferService } from './transfer/index.js';
 import { VmService } from './vm/service.js';
 
 /** The registry imports every verb: load it only when there is an operation to recover. */
 const loadRegistry = async () => (await import('./registry.js')).registry;
+// Recovery, catalog repair and verify (with the memory-state code they read) are loaded when
+// called: opening a home and listing it, what most CLI commands do, needs none of them.
+const catalogRepair = () => import('./catalog-repair.js');
+const recovery = () => import('./operations/recovery.js');
+const verifying = () => import('./snapshot/verify.js');
 
 export interface OpenOptions {
   /** The data dir; default $VMSNAP_HOME or the XDG data dir. */
@@ -72,6 +75,7 @@ export class Vmsnap {
    */
   static async repairCatalog(opts: OpenOptions & { mode: RepairMode; dryRun?: boolean }): Promise<CatalogRepairReport> {
     const home = opts.home ?? defaultHome();
+    const { repairCatalogFiles } = await catalogRepair();
     const report = await repairCatalogFiles(pathsFor(home, opts.imageCache), await loadRegistry(), opts);
     if (report.dryRun) return report;
     const lib = Vmsnap.open({ home, ...(opts.imageCache ? { imageCache: opts.imageCache } : {}) });
@@ -91,6 +95,7 @@ export class Vmsnap {
    */
   async repairOwnCatalog(opts: { mode: RepairMode; dryRun?: boolean }): Promise<CatalogRepairReport> {
     const registry = await this.ctx.registry();
+    const { repairCatalogFiles } = await catalogRepair();
     if (opts.dryRun) return repairCatalogFiles(this.ctx.paths, registry, opts);
     // A backup owed now would copy the damage; the repair makes its own choice of backup.
     this.ctx.backups.close();
@@ -120,6 +125,7 @@ export class Vmsnap {
    */
   async recover(): Promise<RecoveryReport> {
     this.ctx.catalog.assertSound();
+    const { findOrphans, othersAtWork, recoverVmOperations } = await recovery();
     const report: RecoveryReport = { operations: [], orphansRemoved: [] };
     const vmIds = new Set(this.ctx.journal.unfinished().map((op) => op.vmId));
     for (const vmId of vmIds) {
@@ -144,12 +150,14 @@ export class Vmsnap {
   /** Check that a VM's catalog rows, files and chains agree; `deep` also re-hashes every snapshot's content. */
   async verify(vmName: string, opts: { deep?: boolean } = {}): Promise<VerifyReport> {
     this.ctx.catalog.assertSound();
+    const { verifyVm } = await verifying();
     return verifyVm(this.ctx, this.vms.get(vmName), opts);
   }
 
   /** verify() for every VM. */
   async verifyAll(opts: { deep?: boolean } = {}): Promise<VerifyReport[]> {
     this.ctx.catalog.assertSound();
+    const { verifyVm } = await verifying();
     const out: VerifyReport[] = [];
     for (const vm of this.ctx.catalog.listVms()) out.push(await verifyVm(this.ctx, vm, opts));
     return out;
@@ -157,6 +165,7 @@ export class Vmsnap {
 
   /** Fingerprint the snapshots of a VM that have none yet (normally done in the background after each snapshot). */
   async fingerprint(vmName: string): Promise<number> {
+    const { recordFingerprints } = await verifying();
     return recordFingerprints(this.ctx, this.vms.get(vmName));
   }
 

@@ -20,7 +20,7 @@ import { registerFilesCommands } from './commands/files.js';
  * The library is imported here, when a command runs, not when the CLI starts:
  * building the command tree (and answering --help) loads only commander and
  * these small modules. Keep it so: a command module imports nothing heavy at
- * its top (the library, zod, hono, better-sqlite3, cli-table3, cli-progress);
+ * its top (the library, zod, hono, better-sqlite3, string-width, cli-progress);
  * its action imports what it needs.
  */
 export type Run = (
@@ -36,10 +36,8 @@ const run: Run = async (opts, action) => {
     else writeOut(`${line}\n`);
   };
   try {
-    // A command parses a handful of catalog rows and exits: zod's compiled parsers (built with
-    // `new Function` on a schema's first use) cost more to build than they save here. Set
-    // before the library's schemas are made (the setting is read then); `serve` keeps them.
-    (await import('zod')).config({ jitless: true });
+    // zod without its compiled parsers: see zod-jitless.ts.
+    await import('./zod-jitless.js');
     const { Vmsnap } = await import('../vmsnap.js');
     lib = Vmsnap.open();
     const code = await action(lib, log);

@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import { VmsnapError, toVmsnapError } from '../errors.js';
 import { stdoutIsTerminal, writeOut } from './stdout.js';
+import { formatTable } from './table.js';
 
 /** CommonJS packages loaded only when used, so that starting the CLI does not pay for them. */
 export const requireLazily = createRequire(import.meta.url);
@@ -10,22 +11,14 @@ export function printJson(value: unknown): void {
 }
 
 /**
- * A plain table in the style of `docker ps`: no borders, aligned columns. cli-table3 is
- * imported when a table is printed, and so bundled and code-cached with the CLI.
+ * A table (see table.ts). Printable ASCII is one column a character; anything else is measured
+ * by string-width, imported only then (its emoji pattern alone takes milliseconds to compile).
  */
 export async function printTable(head: string[], rows: (string | number)[][]): Promise<void> {
-  const { default: Table } = await import('cli-table3');
-  const t = new Table({
-    head,
-    chars: {
-      top: '', 'top-mid': '', 'top-left': '', 'top-right': '',
-      bottom: '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '',
-      left: '', 'left-mid': '', mid: '', 'mid-mid': '', right: '', 'right-mid': '', middle: '  ',
-    },
-    style: { head: stdoutIsTerminal() ? ['bold'] : [], border: [], 'padding-left': 0, 'padding-right': 0 },
-  });
-  t.push(...rows.map((r) => r.map(String)));
-  writeOut(`${t.toString()}\n`);
+  const ascii = (text: string): boolean => /^[\x20-\x7e]*$/.test(text);
+  const plain = [head, ...rows].every((r) => r.every((c) => typeof c === 'number' || ascii(c)));
+  const width = plain ? (text: string) => text.length : (await import('string-width')).default;
+  writeOut(formatTable(head, rows, { width, bold: stdoutIsTerminal() }));
 }
 
 /** Report an error the way the user can act on it; returns the exit code. */

@@ -7,7 +7,6 @@ export type { ExportOptions } from './export.js';
 export type { ArchiveProbe, ImportOptions } from './import.js';
 export type { ArchiveManifest } from '../contract/archive.js';
 export type { ArchiveSource, CheckArchiveResult, ExportedDisk, ExportResult, ImportResult } from '../contract/views.js';
-export { ARCHIVE_FORMAT, ARCHIVE_VERSION } from '../contract/archive.js';
 
 /**
  * Export and import as a real backup (loaded when first used): one snapshot of a VM written as one
