@@ -9,7 +9,7 @@ bash scripts/install-deps.sh
 [ -d node_modules ] || npm install --no-audit --no-fund
 # Build dist/ now rather than in the first vmsnap command (a no-op when it is up to date).
 npm run --silent build:dist
-VMSNAP="node bin/vmsnap.cjs"
+VMSNAP="bin/vmsnap"
 VM=${1:-demo}
 
 if ! $VMSNAP status "$VM" >/dev/null 2>&1; then

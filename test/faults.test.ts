@@ -7,7 +7,7 @@ import { QmpClient } from '../src/qemu/qmp.js';
 import { findOrphans } from '../src/operations/recovery.js';
 import { isProcessAlive } from '../src/util/process.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { BIN, cleanupHome, cli, files, mountTmpfs, openLib, sh, skipBecause, tempHome, TMPFS_NEEDS_ROOT, waitFor } from './helpers.js';
+import { COMMAND, cleanupHome, cli, files, mountTmpfs, openLib, sh, skipBecause, tempHome, TMPFS_NEEDS_ROOT, waitFor } from './helpers.js';
 
 
 /** After recovery: nothing unfinished, no orphan, every fingerprint holds, and each snapshot reverts to its own files. */
@@ -54,7 +54,7 @@ describe('helpers and QEMU dying mid-merge, then recover', () => {
     await lib.snapshots.create('f', 'M', { memory: false });
     await sh(lib, 'f', 'dd if=/dev/urandom of=/data/m2 bs=1M count=16 2>/dev/null && sync');
     await lib.vms.stop('f', { force: true });
-    const child = spawn(process.execPath, [BIN, 'snapshot', 'delete', 'f', 'M'], {
+    const child = spawn(COMMAND, ['snapshot', 'delete', 'f', 'M'], {
       env: { ...process.env, VMSNAP_HOME: home, VMSNAP_TEST_JOB_SPEED: String(2 * 1024 ** 2) },
       stdio: 'ignore',
     });

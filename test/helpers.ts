@@ -5,7 +5,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Vmsnap } from '../src/vmsnap.js';
 
+/** The CLI's Node entry (what bin/vmsnap runs). */
 export const BIN = fileURLToPath(new URL('../bin/vmsnap.cjs', import.meta.url));
+/** The `vmsnap` command as installed (a sh script that runs BIN): what the tests run. */
+export const COMMAND = fileURLToPath(new URL('../bin/vmsnap', import.meta.url));
 
 export interface CliResult {
   code: number;
@@ -21,7 +24,7 @@ export function tempHome(): string {
 /** Run the real CLI as a user would. */
 export function cli(home: string, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
+    const child = spawn(COMMAND, args, {
       env: { ...process.env, VMSNAP_HOME: home, VMSNAP_ACCEL: testAccel(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -9,7 +9,7 @@ import { createApp } from '../src/api/server.js';
 import type { LibvirtImportResult } from '../src/contract/views.js';
 import { DEMO_APPEND, demoImagePaths } from '../src/vm/demo-image.js';
 import type { Vmsnap } from '../src/vmsnap.js';
-import { BIN, catalogDump, cleanupHome, cli, dataFiles, expectRefused, openLib, sh, tempHome } from './helpers.js';
+import { COMMAND, catalogDump, cleanupHome, cli, dataFiles, expectRefused, openLib, sh, tempHome } from './helpers.js';
 import { libvirtdUnavailable, type PrivateLibvirtd, startPrivateLibvirtd } from './libvirtd.js';
 
 /**
@@ -202,7 +202,7 @@ describe.skipIf(unavailable !== undefined)(`import-libvirt${unavailable ? ` (ski
   }, 300_000);
 
   it("reads the XML from stdin with '-', under another name", () => {
-    const r = spawnSync(process.execPath, [BIN, 'import-libvirt', '-', 'from-stdin'], {
+    const r = spawnSync(COMMAND, ['import-libvirt', '-', 'from-stdin'], {
       input: dumped,
       env: { ...process.env, VMSNAP_HOME: home, VMSNAP_ACCEL: 'tcg' },
       encoding: 'utf8',
