@@ -85,5 +85,6 @@ export async function fingerprintInBackground(vm: string): Promise<void> {
   const self = process.argv[1];
   if (self === undefined) return;
   const { spawn } = await import('node:child_process');
-  spawn(process.execPath, [self, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore' }).unref();
+  const { ownNodeEnv } = await import('../util/process.js');
+  spawn(process.execPath, [self, 'fingerprint', vm, '--quiet'], { detached: true, stdio: 'ignore', env: ownNodeEnv() }).unref();
 }

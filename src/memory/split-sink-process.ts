@@ -9,6 +9,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ERROR_CODES, VmsnapError } from '../errors.js';
+import { ownNodeEnv } from '../util/process.js';
 import type { SplitFilesResult, SplitSink, SplitToFilesOptions } from './split-files.js';
 
 /** What the sink process is started with (one JSON argument). */
@@ -62,7 +63,7 @@ export async function spawnSplitSink(
   const args: SinkArgs = { socket: socketPath, ram: ramImagePath, dev: deviceStatePath, opts: rest };
   // detached: a signal to vmsnap's process group (a terminal's ^C) does not reach it either;
   // vmsnap stops a save it gives up on through QEMU (migrate_cancel), which ends the stream.
-  const child = spawn(process.execPath, [await sinkScript(), JSON.stringify(args)], { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [await sinkScript(), JSON.stringify(args)], { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: ownNodeEnv() });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     stderr = (stderr + d).slice(-4000);

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it, vi } from 'vitest';
-import { isProcessAlive, isProcessExiting, killAndWait, processStartTime } from './process.js';
+import { isProcessAlive, isProcessExiting, killAndWait, ownNodeEnv, processStartTime } from './process.js';
 
 /** A process that is not our child once started (so nobody reaps it for us but init): sh forks it and exits. */
 async function orphan(script: string): Promise<number> {
@@ -61,5 +61,28 @@ describe('isProcessExiting', () => {
     await vi.waitFor(() => expect(isProcessAlive(pid)).toBe(false), { interval: 5 });
     expect(isProcessExiting(pid)).toBe(true);
     expect(isProcessExiting(2 ** 22 + 12345)).toBe(true); // above pid_max: never a process
+  });
+});
+
+describe('ownNodeEnv', () => {
+  it('is the environment without NODE_EXTRA_CA_CERTS, the rest kept; the caller’s object untouched', () => {
+    const env = { PATH: '/bin', NODE_EXTRA_CA_CERTS: '/etc/ssl/certs/ca.pem', VMSNAP_HOME: '/h' };
+    expect(ownNodeEnv(env)).toEqual({ PATH: '/bin', VMSNAP_HOME: '/h' });
+    expect(env.NODE_EXTRA_CA_CERTS).toBe('/etc/ssl/certs/ca.pem');
+  });
+
+  it('a Node started with it starts without reading certificates (a missing file would be warned about)', () => {
+    const env = { ...process.env, NODE_EXTRA_CA_CERTS: '/nonexistent/ca.pem' };
+    const run = (e: NodeJS.ProcessEnv) =>
+      new Promise<string>((resolve) => {
+        const c = spawn(process.execPath, ['-e', '0'], { env: e, stdio: ['ignore', 'ignore', 'pipe'] });
+        let err = '';
+        c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+        c.on('close', () => resolve(err));
+      });
+    return Promise.all([run(env), run(ownNodeEnv(env))]).then(([withIt, without]) => {
+      expect(withIt).toMatch(/Ignoring extra certs/);
+      expect(without).toBe('');
+    });
   });
 });

@@ -109,3 +109,15 @@ export async function killOrphanHelper(pid: number | undefined, commandPattern: 
   if (!commandPattern.test(processCmdline(pid).join(' '))) return;
   await killAndWait(pid, { timeoutMs });
 }
+
+/**
+ * The environment for a Node process of vmsnap's own (the split sink, a background
+ * fingerprint): without NODE_EXTRA_CA_CERTS, which makes Node read its whole certificate store
+ * before it runs anything (80-90 ms on a slow machine) and which vmsnap, making no TLS
+ * connection, has no use for. bin/vmsnap starts the CLI the same way.
+ */
+export function ownNodeEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  if (env.NODE_EXTRA_CA_CERTS === undefined) return env;
+  const { NODE_EXTRA_CA_CERTS: _unused, ...rest } = env;
+  return rest;
+}
