@@ -174,6 +174,25 @@ describe('GuestFs client (fake helper)', () => {
     await g.close();
   });
 
+  it('a call written into the pipe of a helper already dead fails with QEMU_FAILED (the EPIPE is no crash)', async () => {
+    const g = await openFake('ok');
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    process.kill(pid, 'SIGKILL');
+    // Synchronously until it is a zombie, so the request below meets a closed pipe before Node has seen the exit.
+    while (isProcessAlive(pid)) execFileSync('sleep', ['0.01']);
+    const unhandled: unknown[] = [];
+    const onUncaught = (e: unknown): void => void unhandled.push(e);
+    process.on('uncaughtException', onUncaught);
+    try {
+      expect((await failure(g.stat('/etc/hostname'))).code).toBe('QEMU_FAILED');
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+    expect(unhandled).toEqual([]);
+    await g.close();
+  });
+
   it('removes its session directory on close', async () => {
     const g = await openFake('ok');
     await g.close();

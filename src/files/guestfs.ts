@@ -349,6 +349,9 @@ export class GuestFs {
     child.stderr?.on('data', (d: Buffer) => {
       this.stderrTail = (this.stderrTail + d.toString()).slice(-16_384);
     });
+    // A request written after the helper died (killed, crashed) fails with EPIPE here; the
+    // call it carried is failed by 'close' above, with what the helper said last.
+    child.stdin?.on('error', () => undefined);
     let buf = '';
     child.stdout?.setEncoding('utf8');
     child.stdout?.on('data', (d: string) => {
