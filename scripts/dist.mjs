@@ -12,10 +12,10 @@
  * dist/cli/ (at the same depth, so those paths hold there too: checked at each build), with a
  * V8 code cache made by running it once (bin/cli-loader.cjs). That takes about a second of CPU; tsc only type-checks and writes declarations, for `npm run build`.
  *
- * In a checkout, bin/vmsnap.cjs checks dist/ at every start (dist-check.cjs; ensureDist() when stale). It compares a signature of
- * src/ (every file's path, size and mtime: about a millisecond to read) with the one the last
- * build recorded in dist/.source-signature, so the CLI never runs stale code and never compiles
- * at start unless a source changed. A rebuild writes into a temporary folder beside dist/ and
+ * In a checkout, bin/vmsnap.cjs checks dist/ at every start (dist-check.cjs; ensureDist() when
+ * stale): every source's size and mtime and every folder's mtime against what the last build
+ * recorded in dist/.source-stamp, so the CLI never runs stale code and never compiles at start
+ * unless a source changed. A rebuild writes into a temporary folder beside dist/ and
  * then renames each file into place, so a process loading dist/ meanwhile sees every file
  * either whole-old or whole-new, never half written, and never a missing file. Builders take
  * a lock (a folder: mkdir is atomic), and the second of two CLIs started at once finds the
@@ -26,9 +26,9 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync,
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { DIST, isFresh, ROOT, SRC, sourceFiles, sourceSignature, STAMP } from './dist-check.cjs';
+import { DIST, isFresh, ROOT, SRC, sourceStamp, STAMP } from './dist-check.cjs';
 
-export { isFresh, sourceSignature };
+export { isFresh, sourceStamp };
 
 const LOCK = join(DIST, '.build-lock');
 /** Builds go to ROOT/.dist-tmp-PID first: beside dist/ (same file system, same depth, so source maps point right). */
@@ -178,9 +178,9 @@ const noZodLocales = {
 async function build(opts) {
   const log = opts.log ?? (() => {});
   const started = performance.now();
-  const files = sourceFiles();
-  // The signature is taken before any source is read: a file edited during the build makes it stale at once.
-  const signature = sourceSignature(files);
+  // The stamp is taken before any source is read: a file edited during the build makes it stale at once.
+  const stamp = sourceStamp();
+  const files = stamp.files.flatMap(([p]) => (p.startsWith('src/') ? [p.slice('src/'.length)] : []));
   // Temporary folders of builders that died: nobody else builds while we hold the lock.
   for (const e of readdirSync(ROOT)) if (e.startsWith(TMP_PREFIX)) rmSync(join(ROOT, e), { recursive: true, force: true });
   const tmp = join(ROOT, `${TMP_PREFIX}${process.pid}`);
@@ -262,8 +262,10 @@ async function build(opts) {
     }
     for (const f of listTree(DIST)) if (!keep.has(f)) rmSync(join(DIST, f), { force: true });
     removeEmptyDirs(DIST);
-    writeFileSync(`${STAMP}.${process.pid}`, `${signature}\n${opts.declarations ? 'declarations' : 'js'}\n`);
+    writeFileSync(`${STAMP}.${process.pid}`, JSON.stringify({ ...stamp, declarations: opts.declarations ?? false }));
     renameSync(`${STAMP}.${process.pid}`, STAMP);
+    // What dist/ recorded before the stamp listed what it checks.
+    rmSync(join(DIST, '.source-signature'), { force: true });
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }

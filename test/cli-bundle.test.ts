@@ -1,5 +1,6 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -57,6 +58,49 @@ describe('the CLI bundle', () => {
       expect(spawnSync(process.execPath, [BIN, '--version'], { env, encoding: 'utf8' }).stderr).toMatch(/Ignoring extra certs/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("sees dist/ as stale after any change to what it is built from, and only then (scripts/dist-check.cjs)", () => {
+    const check = createRequire(import.meta.url)('../scripts/dist-check.cjs') as {
+      sourceStamp: (root: string) => object;
+      isFresh: (o: { root: string; declarations?: boolean }) => boolean;
+    };
+    const root = mkdtempSync(join(tmpdir(), 'vs-stamp-'));
+    const put = (rel: string, text: string) => {
+      mkdirSync(join(root, rel, '..'), { recursive: true });
+      writeFileSync(join(root, rel), text);
+    };
+    const stamp = () => put('dist/.source-stamp', JSON.stringify({ ...check.sourceStamp(root), declarations: false }));
+    const fresh = () => check.isFresh({ root });
+    try {
+      put('src/a.ts', 'export const a = 1;\n');
+      put('src/sub/b.ts', 'export const b = 2;\n');
+      put('src/sub/b.test.ts', 'test\n');
+      put('tsconfig.json', '{}');
+      stamp();
+      expect(fresh()).toBe(true);
+      expect(check.isFresh({ root, declarations: true })).toBe(false); // built without them
+      put('src/sub/b.test.ts', 'a test edited in place\n');
+      expect(fresh()).toBe(true); // tests are not built
+      const changes: [string, () => void][] = [
+        ['a source edited in place', () => put('src/a.ts', 'export const a = 10;\n')],
+        ['a source touched', () => utimesSync(join(root, 'src/sub/b.ts'), new Date(), new Date(Date.now() + 5000))],
+        ['a source put back with an older time', () => utimesSync(join(root, 'src/a.ts'), new Date(0), new Date(0))],
+        ['a file added in a folder', () => put('src/sub/c.ts', '')],
+        ['a folder added', () => mkdirSync(join(root, 'src/new'))],
+        ['a source removed', () => rmSync(join(root, 'src/a.ts'))],
+        ['a configuration file changed', () => put('tsconfig.json', '{"x":1}')],
+        ['a configuration file that was missing added', () => put('tsconfig.build.json', '{}')],
+      ];
+      for (const [what, change] of changes) {
+        change();
+        expect({ what, fresh: fresh() }).toEqual({ what, fresh: false });
+        stamp();
+        expect({ what, restamped: fresh() }).toEqual({ what, restamped: true });
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 });

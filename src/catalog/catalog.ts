@@ -18,6 +18,20 @@ export interface VmRecord {
   currentSnapshotId: string | null;
 }
 
+/**
+ * What a VM's line in a listing shows: its config's memory, vCPUs and disk count read in SQL,
+ * without parsing the whole config with its schema (which `info` and every operation do).
+ */
+export interface VmBrief {
+  id: string;
+  name: string;
+  memoryMiB: number;
+  cpus: number;
+  disks: number;
+  createdAt: string;
+  currentSnapshotId: string | null;
+}
+
 export interface LayerRecord {
   id: string;
   vmId: string;
@@ -293,6 +307,29 @@ export class Catalog {
   // ---- VMs ----
   listVms(): VmRecord[] {
     return (this.db.prepare('SELECT * FROM vms ORDER BY name').all() as VmRow[]).map(toVm);
+  }
+
+  /** Every VM as a listing shows it (see VmBrief), by name. */
+  listVmBriefs(): VmBrief[] {
+    const rows = this.db
+      .prepare(
+        `SELECT id, name, created_at, current_snapshot_id,
+           CASE WHEN json_valid(config) THEN json_extract(config, '$.memoryMiB') END AS memory_mib,
+           CASE WHEN json_valid(config) THEN json_extract(config, '$.cpus') END AS cpus,
+           CASE WHEN json_valid(config) THEN json_array_length(config, '$.disks') END AS disks
+         FROM vms ORDER BY name`,
+      )
+      .all() as { id: string; name: string; created_at: string; current_snapshot_id: string | null; memory_mib: unknown; cpus: unknown; disks: unknown }[];
+    return rows.map((r) => {
+      const count = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+      if (!count(r.memory_mib) || !count(r.cpus) || !count(r.disks)) {
+        throw new VmsnapError('CATALOG_ERROR', `the catalog's config of VM '${r.name}' is not what this vmsnap expects: no memoryMiB, cpus or disks`, {
+          hint: "run 'vmsnap verify'; do not edit the catalog by hand",
+          details: { where: `config of VM '${r.name}'` },
+        });
+      }
+      return { id: r.id, name: r.name, memoryMiB: r.memory_mib, cpus: r.cpus, disks: r.disks, createdAt: r.created_at, currentSnapshotId: r.current_snapshot_id };
+    });
   }
 
   findVm(nameOrId: string): VmRecord | undefined {

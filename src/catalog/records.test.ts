@@ -91,6 +91,19 @@ describe('records beside the VMs', () => {
     expect(catalog.snapshotSummary('nobody', null)).toEqual({ count: 0, protectedCount: 0, currentName: null });
   });
 
+  it('lists VMs as a listing shows them (memory, vCPUs, disk count read in SQL), the same as their parsed configs; a config without them is a clear CATALOG_ERROR', () => {
+    makeVm('vm-2', 'two');
+    makeVm('vm-1', 'one');
+    expect(catalog.listVmBriefs()).toEqual(
+      catalog.listVms().map((v) => ({ id: v.id, name: v.name, memoryMiB: v.config.memoryMiB, cpus: v.config.cpus, disks: v.config.disks.length, createdAt: v.createdAt, currentSnapshotId: v.currentSnapshotId })),
+    );
+    expect(catalog.listVmBriefs().map((v) => v.name)).toEqual(['one', 'two']);
+    for (const damage of ['{"cpus": 1}', 'not json']) {
+      catalog.db.prepare('UPDATE vms SET config = ? WHERE id = ?').run(damage, 'vm-2');
+      expect(() => catalog.listVmBriefs()).toThrow(expect.objectContaining({ code: 'CATALOG_ERROR', message: expect.stringMatching(/config of VM 'two'/) }));
+    }
+  });
+
   it('carries every table of the catalog, or says why a table is bookkeeping; a carried table marks its VM stale on every change', () => {
     const tables = (catalog.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map(
       (r) => r.name,

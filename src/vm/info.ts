@@ -1,4 +1,4 @@
-import type { VmRecord } from '../catalog/catalog.js';
+import type { VmBrief, VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import { NVRAM_SLOT } from '../contract/config.js';
 import type { LayerInfo, VmInfo, VmSummary } from '../contract/views.js';
@@ -10,7 +10,7 @@ import { readEndpoints } from './network.js';
 
 /** How the CLI, the API and the UI see VMs: summaries, and the full picture of one. */
 
-export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSummary {
+export function summarize(ctx: Context, vm: VmBrief, rt: RuntimeStatus): VmSummary {
   const snaps = ctx.catalog.snapshotSummary(vm.id, vm.currentSnapshotId);
   return {
     id: vm.id,
@@ -18,9 +18,9 @@ export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSumm
     state: rt.state,
     ...(rt.pid !== undefined ? { pid: rt.pid } : {}),
     ...(rt.qemuStatus !== undefined ? { qemuStatus: rt.qemuStatus } : {}),
-    memoryMiB: vm.config.memoryMiB,
-    cpus: vm.config.cpus,
-    disks: vm.config.disks.length,
+    memoryMiB: vm.memoryMiB,
+    cpus: vm.cpus,
+    disks: vm.disks,
     snapshots: snaps.count,
     currentSnapshot: snaps.currentName,
     createdAt: vm.createdAt,
@@ -30,12 +30,23 @@ export function summarize(ctx: Context, vm: VmRecord, rt: RuntimeStatus): VmSumm
   };
 }
 
+const briefOf = (vm: VmRecord): VmBrief => ({
+  id: vm.id,
+  name: vm.name,
+  memoryMiB: vm.config.memoryMiB,
+  cpus: vm.config.cpus,
+  disks: vm.config.disks.length,
+  createdAt: vm.createdAt,
+  currentSnapshotId: vm.currentSnapshotId,
+});
+
 export async function vmStatus(ctx: Context, vm: VmRecord): Promise<VmSummary> {
-  return summarize(ctx, vm, await probeRuntime(ctx.paths.run, vm.id));
+  return summarize(ctx, briefOf(vm), await probeRuntime(ctx.paths.run, vm.id));
 }
 
+/** Every VM's summary: configs are not parsed whole (see VmBrief); the runtimes are probed side by side. */
 export async function listVms(ctx: Context): Promise<VmSummary[]> {
-  return Promise.all(ctx.catalog.listVms().map((vm) => vmStatus(ctx, vm)));
+  return Promise.all(ctx.catalog.listVmBriefs().map(async (vm) => summarize(ctx, vm, await probeRuntime(ctx.paths.run, vm.id))));
 }
 
 /** Bytes a VM's own layers and state files take now (imported images not counted): what a delete must never increase. */
