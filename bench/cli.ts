@@ -11,6 +11,7 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ownNodeEnv } from '../src/util/process.js';
 import { Vmsnap } from '../src/vmsnap.js';
 import { cleanupHome, tempHome } from '../test/helpers.js';
 
@@ -80,8 +81,7 @@ export async function cliRoundTrip(runs: number, median: (xs: number[]) => numbe
     timeOnce(CHECKOUT_BIN, ['--version'], process.env);
     const installedBin = installedCopy(install);
     const base = { ...process.env, VMSNAP_NO_BACKGROUND_FINGERPRINT: '1' };
-    const nodeEnv = { ...process.env };
-    delete nodeEnv.NODE_EXTRA_CA_CERTS;
+    const nodeEnv = ownNodeEnv();
     const node = process.execPath;
     const measures = [
       { name: 'node -e 0 (the floor)', command: node, argv: ['-e', '0'], env: nodeEnv },

@@ -7,8 +7,9 @@
  * The build records in dist/.source-stamp what it was built from: the size and mtime of every
  * source, the mtime of every folder under src/, and the build configuration's files. The check
  * stats each of those again and compares: an edited file changes its mtime; an added, removed
- * or renamed file (or folder) changes its folder's; a file put back with an older time differs
- * too. Reading the recorded list instead of walking src/, and comparing numbers instead of
+ * or renamed file (or folder) changes its folder's, and then a listing of that folder says
+ * whether it was a source or only a test or an editor's swap file; a file put back with an
+ * older time differs too. Reading the recorded list instead of walking src/, and comparing numbers instead of
  * hashing a listing, keeps it to one stat per entry (about 3 ms for ~180 here).
  */
 'use strict';
@@ -28,8 +29,20 @@ const BUILD_FORMAT = 5;
 // them, which must match the native addon npm installed), so an npm install rebuilds it too.
 const CONFIG_FILES = ['tsconfig.json', 'tsconfig.build.json', 'scripts/dist.mjs', 'scripts/dist-check.cjs', 'package-lock.json'];
 
-/** @param {string} name */
-const isTest = (name) => name.endsWith('.test.ts');
+/**
+ * What in src/ is not built: tests, and what tools leave there (editors' swap and probe files
+ * start with a dot or are named 4913; Python's bytecode cache, when the libguestfs helper ran
+ * from src/).
+ * @param {string} name
+ */
+const notBuilt = (name) => name.endsWith('.test.ts') || name.startsWith('.') || name === '4913' || name === '__pycache__';
+
+/**
+ * The entries of a folder that go into dist/: its files (not tests) and its folders.
+ * @param {string} dir
+ * @returns {import('node:fs').Dirent[]}
+ */
+const builtEntries = (dir) => readdirSync(dir, { withFileTypes: true }).filter((e) => !notBuilt(e.name));
 
 /**
  * What dist/ is built from, as the build records it and the check compares it: paths are
@@ -54,9 +67,9 @@ function sourceStamp(root = ROOT) {
   const walk = (rel) => {
     const dir = join(root, rel);
     dirs.push([rel, statSync(dir).mtimeMs]);
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
+    for (const e of builtEntries(dir)) {
       if (e.isDirectory()) walk(`${rel}/${e.name}`);
-      else if (!isTest(e.name)) {
+      else {
         const st = statSync(join(dir, e.name));
         files.push([`${rel}/${e.name}`, st.size, st.mtimeMs]);
       }
@@ -91,13 +104,28 @@ function isFresh(opts = {}) {
   if (opts.declarations && !stamp.declarations) return false;
   for (const [rel, mtimeMs] of stamp.dirs) {
     const st = statSync(join(root, rel), { throwIfNoEntry: false });
-    if (!st || st.mtimeMs !== mtimeMs) return false;
+    if (!st) return false;
+    // Something was added, removed or renamed in it: stale unless it was only what is not built
+    // (a test, an editor's swap file), which a listing of the folder tells.
+    if (st.mtimeMs !== mtimeMs && !sameEntries(root, rel, stamp)) return false;
   }
   for (const [rel, size, mtimeMs] of stamp.files) {
     const st = statSync(join(root, rel), { throwIfNoEntry: false });
     if (st ? st.size !== size || st.mtimeMs !== mtimeMs : size !== -1) return false;
   }
   return true;
+}
+
+/**
+ * Whether a folder holds what the stamp recorded in it, by name.
+ * @param {string} root @param {string} rel @param {SourceStamp} stamp
+ */
+function sameEntries(root, rel, stamp) {
+  const prefix = `${rel}/`;
+  const child = (/** @type {string} */ p) => p.startsWith(prefix) && !p.slice(prefix.length).includes('/');
+  const recorded = [...stamp.files.map(([p]) => p), ...stamp.dirs.map(([p]) => p)].filter(child).map((p) => p.slice(prefix.length));
+  const now = builtEntries(join(root, rel)).map((e) => e.name);
+  return now.length === recorded.length && new Set([...now, ...recorded]).size === now.length;
 }
 
 module.exports = { ROOT, SRC, DIST, STAMP, sourceStamp, isFresh };

@@ -151,7 +151,8 @@ const LAZY_REQUIRE_DEFINITION = `var ${LAZY_REQUIRE}=(id)=>{let m;const load=()=
  */
 function lazyBuiltinRequires(code) {
   const names = LAZY_BUILTINS.map((m) => m.replace('/', '\\/')).join('|');
-  return code.replace(new RegExp(`(=\\s*)require(\\("(?:node:)?(?:${names})"\\))`, 'g'), `$1${LAZY_REQUIRE}$2`);
+  // Only an assignment (`x=`, `{a,b}=`, `[a]=`), never a comparison (`=== require(...)`).
+  return code.replace(new RegExp(`(?<=[\\w$\\]}]\\s*=\\s*)require(\\("(?:node:)?(?:${names})"\\))`, 'g'), `${LAZY_REQUIRE}$1`);
 }
 
 /**

@@ -124,8 +124,9 @@ export class Vmsnap {
    * nothing refers to.
    */
   async recover(): Promise<RecoveryReport> {
-    this.ctx.catalog.assertSound();
+    // Loaded first, so that no await comes between the catalog's check and reading what is unfinished.
     const { findOrphans, othersAtWork, recoverVmOperations } = await recovery();
+    this.ctx.catalog.assertSound();
     const report: RecoveryReport = { operations: [], orphansRemoved: [] };
     const vmIds = new Set(this.ctx.journal.unfinished().map((op) => op.vmId));
     for (const vmId of vmIds) {

@@ -83,6 +83,11 @@ describe('the CLI bundle', () => {
       expect(check.isFresh({ root, declarations: true })).toBe(false); // built without them
       put('src/sub/b.test.ts', 'a test edited in place\n');
       expect(fresh()).toBe(true); // tests are not built
+      // Nor what tools leave in src/: a new test, an editor's swap file, Python's cache.
+      put('src/sub/c.test.ts', '');
+      put('src/.a.ts.swp', '');
+      mkdirSync(join(root, 'src/sub/__pycache__'));
+      expect(fresh()).toBe(true);
       const changes: [string, () => void][] = [
         ['a source edited in place', () => put('src/a.ts', 'export const a = 10;\n')],
         ['a source touched', () => utimesSync(join(root, 'src/sub/b.ts'), new Date(), new Date(Date.now() + 5000))],

@@ -309,24 +309,27 @@ export class Catalog {
     return (this.db.prepare('SELECT * FROM vms ORDER BY name').all() as VmRow[]).map(toVm);
   }
 
-  /** Every VM as a listing shows it (see VmBrief), by name. */
+  /**
+   * Every VM as a listing shows it (see VmBrief), by name. Only the fields shown are read: a
+   * config that has them is listed even if another of its fields would fail the schema (`info`
+   * and every operation on that VM parse it whole, and `verify` reports it). One without them
+   * fails as a parse would, with the schema's own message.
+   */
   listVmBriefs(): VmBrief[] {
     const rows = this.db
       .prepare(
-        `SELECT id, name, created_at, current_snapshot_id,
+        `SELECT id, name, created_at, current_snapshot_id, config,
            CASE WHEN json_valid(config) THEN json_extract(config, '$.memoryMiB') END AS memory_mib,
            CASE WHEN json_valid(config) THEN json_extract(config, '$.cpus') END AS cpus,
            CASE WHEN json_valid(config) THEN json_array_length(config, '$.disks') END AS disks
          FROM vms ORDER BY name`,
       )
-      .all() as { id: string; name: string; created_at: string; current_snapshot_id: string | null; memory_mib: unknown; cpus: unknown; disks: unknown }[];
+      .all() as (VmRow & { memory_mib: unknown; cpus: unknown; disks: unknown })[];
     return rows.map((r) => {
-      const count = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
-      if (!count(r.memory_mib) || !count(r.cpus) || !count(r.disks)) {
-        throw new VmsnapError('CATALOG_ERROR', `the catalog's config of VM '${r.name}' is not what this vmsnap expects: no memoryMiB, cpus or disks`, {
-          hint: "run 'vmsnap verify'; do not edit the catalog by hand",
-          details: { where: `config of VM '${r.name}'` },
-        });
+      const atLeast = (min: number) => (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min;
+      if (!atLeast(1)(r.memory_mib) || !atLeast(1)(r.cpus) || !atLeast(0)(r.disks)) {
+        const { config } = toVm(r);
+        return { id: r.id, name: r.name, memoryMiB: config.memoryMiB, cpus: config.cpus, disks: config.disks.length, createdAt: r.created_at, currentSnapshotId: r.current_snapshot_id };
       }
       return { id: r.id, name: r.name, memoryMiB: r.memory_mib, cpus: r.cpus, disks: r.disks, createdAt: r.created_at, currentSnapshotId: r.current_snapshot_id };
     });

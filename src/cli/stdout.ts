@@ -70,6 +70,7 @@ export function stdoutIsTerminal(): boolean {
   } catch {
     return false;
   }
+  // A require of its own: output.ts's requireLazily would make the two modules import each other.
   const { isatty } = createRequire(import.meta.url)('node:tty') as typeof import('node:tty');
   return isatty(1);
 }

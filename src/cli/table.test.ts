@@ -29,4 +29,16 @@ describe('formatTable', () => {
   it('prints only the header when there are no rows', () => {
     expect(formatTable(['NAME', 'STATE'], [], { width })).toBe('NAME  STATE\n');
   });
+
+  it("keeps a cell's own trailing spaces (a file named 'a '), and drops only padding after the last non-empty cell", () => {
+    expect(formatTable(['NAME', 'SIZE'], [['a ', 1], ['b', '']], { width })).toBe('NAME  SIZE\na     1\nb\n');
+    expect(formatTable(['SIZE', 'NAME'], [[1, 'a '], [22, 'b']], { width })).toBe('SIZE  NAME\n1     a \n22    b\n');
+  });
+
+  it('lays out more rows than a function call takes arguments (a big directory)', () => {
+    const rows = Array.from({ length: 200_000 }, (_, i) => [String(i), 'x']);
+    const out = formatTable(['N', 'V'], rows, { width });
+    expect(out.split('\n')[1]).toBe('0       x');
+    expect(out.split('\n').length).toBe(200_002);
+  });
 });

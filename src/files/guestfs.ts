@@ -350,8 +350,11 @@ export class GuestFs {
       this.stderrTail = (this.stderrTail + d.toString()).slice(-16_384);
     });
     // A request written after the helper died (killed, crashed) fails with EPIPE here; the
-    // call it carried is failed by 'close' above, with what the helper said last.
-    child.stdin?.on('error', () => undefined);
+    // call it carried is failed by 'close' above, with what the helper said last. Any other
+    // failure to write leaves a helper that will never get the request: stop it.
+    child.stdin?.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPIPE') this.destroy(new VmsnapError('QEMU_FAILED', `cannot write to the libguestfs helper: ${e.message}`, { cause: e }));
+    });
     let buf = '';
     child.stdout?.setEncoding('utf8');
     child.stdout?.on('data', (d: string) => {
