@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { BIN } from './helpers.js';
+import { BIN, COMMAND } from './helpers.js';
 
 describe('the CLI bundle', () => {
   it('has no dynamic import left: the code-cache loader (a vm.Script) cannot run one', () => {
@@ -106,6 +106,42 @@ describe('the CLI bundle', () => {
       }
     } finally {
       rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('serves from the bundle (vmsnap serve): the API, its OpenAPI document, the web UI, the event stream; an operation runs', async () => {
+    // The tests of the API start its server in-process from src/; this is the CLI's bundle,
+    // with its built-in modules loaded on first use (http, crypto, net).
+    const home = mkdtempSync(join(tmpdir(), 'vs-serve-'));
+    const child = spawn(COMMAND, ['serve', '--port', '0', '--no-policies'], { env: { ...process.env, VMSNAP_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const base = await new Promise<string>((resolve, reject) => {
+        const t = setInterval(() => {
+          const m = /the API at (http:\/\/127\.0\.0\.1:\d+)\/api/.exec(out);
+          if (m) {
+            clearInterval(t);
+            resolve(m[1]!);
+          }
+        }, 50);
+        child.once('exit', (code) => reject(new Error(`vmsnap serve exited ${code}: ${out}`)));
+      });
+      expect(await (await fetch(`${base}/api/vms`)).json()).toEqual([]);
+      expect(((await (await fetch(`${base}/openapi.json`)).json()) as { openapi: string }).openapi).toMatch(/^3\./);
+      const page = await fetch(`${base}/`);
+      expect({ status: page.status, html: /<div id="root">/.test(await page.text()) }).toEqual({ status: 200, html: true });
+      const events = await fetch(`${base}/api/events`);
+      const reader = events.body!.getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toMatch(/^event: hello/);
+      await reader.cancel();
+      const created = await fetch(`${base}/api/vms`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'served', disks: [{ sizeBytes: 16 * 1024 ** 2 }] }) });
+      expect({ status: created.status, name: ((await created.json()) as { name: string }).name }).toEqual({ status: 201, name: 'served' });
+      expect(((await (await fetch(`${base}/api/vms`)).json()) as { name: string }[]).map((v) => v.name)).toEqual(['served']);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('close', r));
+      rmSync(home, { recursive: true, force: true });
     }
   });
 });
