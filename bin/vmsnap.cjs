@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // @ts-check
 // The CLI runs the JavaScript in dist/; nothing is compiled at start. In a checkout (src/
-// present) dist/ is first checked against src/ (a stat of each source, about a millisecond:
+// present) dist/ is first checked against src/ (a stat of each source and folder, a few ms:
 // scripts/dist-check.cjs) and rebuilt when a source changed (esbuild, and one run for the
 // code cache: about a second), so it never runs stale code: see scripts/dist.mjs. An
 // installed package has no src/ and runs dist/ as shipped. VMSNAP_USE_DIST=1 runs dist/ as
