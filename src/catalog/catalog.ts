@@ -32,6 +32,17 @@ export interface VmBrief {
   currentSnapshotId: string | null;
 }
 
+/** A VM's brief from its parsed record. */
+export const briefOf = (vm: VmRecord): VmBrief => ({
+  id: vm.id,
+  name: vm.name,
+  memoryMiB: vm.config.memoryMiB,
+  cpus: vm.config.cpus,
+  disks: vm.config.disks.length,
+  createdAt: vm.createdAt,
+  currentSnapshotId: vm.currentSnapshotId,
+});
+
 export interface LayerRecord {
   id: string;
   vmId: string;
@@ -325,14 +336,12 @@ export class Catalog {
          FROM vms ORDER BY name`,
       )
       .all() as (VmRow & { memory_mib: unknown; cpus: unknown; disks: unknown })[];
-    return rows.map((r) => {
-      const atLeast = (min: number) => (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min;
-      if (!atLeast(1)(r.memory_mib) || !atLeast(1)(r.cpus) || !atLeast(0)(r.disks)) {
-        const { config } = toVm(r);
-        return { id: r.id, name: r.name, memoryMiB: config.memoryMiB, cpus: config.cpus, disks: config.disks.length, createdAt: r.created_at, currentSnapshotId: r.current_snapshot_id };
-      }
-      return { id: r.id, name: r.name, memoryMiB: r.memory_mib, cpus: r.cpus, disks: r.disks, createdAt: r.created_at, currentSnapshotId: r.current_snapshot_id };
-    });
+    const atLeast = (min: number) => (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min;
+    return rows.map((r) =>
+      atLeast(1)(r.memory_mib) && atLeast(1)(r.cpus) && atLeast(0)(r.disks)
+        ? { id: r.id, name: r.name, memoryMiB: r.memory_mib, cpus: r.cpus, disks: r.disks, createdAt: r.created_at, currentSnapshotId: r.current_snapshot_id }
+        : briefOf(toVm(r)),
+    );
   }
 
   findVm(nameOrId: string): VmRecord | undefined {

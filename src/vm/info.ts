@@ -1,4 +1,4 @@
-import type { VmBrief, VmRecord } from '../catalog/catalog.js';
+import { briefOf, type VmBrief, type VmRecord } from '../catalog/catalog.js';
 import type { Context } from '../context.js';
 import { NVRAM_SLOT } from '../contract/config.js';
 import type { LayerInfo, VmInfo, VmSummary } from '../contract/views.js';
@@ -29,16 +29,6 @@ export function summarize(ctx: Context, vm: VmBrief, rt: RuntimeStatus): VmSumma
     protectedSnapshots: snaps.protectedCount,
   };
 }
-
-const briefOf = (vm: VmRecord): VmBrief => ({
-  id: vm.id,
-  name: vm.name,
-  memoryMiB: vm.config.memoryMiB,
-  cpus: vm.config.cpus,
-  disks: vm.config.disks.length,
-  createdAt: vm.createdAt,
-  currentSnapshotId: vm.currentSnapshotId,
-});
 
 export async function vmStatus(ctx: Context, vm: VmRecord): Promise<VmSummary> {
   return summarize(ctx, briefOf(vm), await probeRuntime(ctx.paths.run, vm.id));
